@@ -1,0 +1,1 @@
+"""Agent role presets, the service-wide agent cap and discussion orchestration."""

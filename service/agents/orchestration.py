@@ -1,0 +1,419 @@
+"""Runs discussions: rounds of agent turns under combined limits, inside the worker that owns the lease.
+
+A discussion runs as a background task in the worker that created it (or that later claimed it).
+The owner renews a lease row in PostgreSQL; if the worker dies, the lease expires and any worker's
+reaper claims and resumes the discussion from its persisted messages. Messages are keyed by
+(discussion_id, turn_index), so a resumed run never stores a completed turn twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+
+from service.agents.presets import MODERATOR, ROLES, Role, system_prompt
+from service.agents.slots import AgentSlots
+from service.llm import LlmClient, LlmError, Usage
+from service.metrics import AGENT_TURN_DURATION, DISCUSSION_DURATION
+from service.settings import Settings
+from service.streaming import FINISHED, EventLog
+
+log = logging.getLogger(__name__)
+
+TOKEN_BATCH_SECONDS = 0.05
+
+
+@dataclass
+class Run:
+    """One discussion being run by this worker."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    topic: str
+    panel: list[str]
+    max_rounds: int
+    token_budget: int
+    tokens_used: int
+    created_at: float
+    transcript: list[dict[str, str]] = field(default_factory=list)
+    done_turns: set[int] = field(default_factory=set)
+    # Why the task was cancelled: "stop" (user), "release" (shutdown / lease lost: resume elsewhere).
+    cancel_reason: str | None = None
+    task: asyncio.Task[None] | None = None
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        redis: Redis,
+        settings: Settings,
+        llm: LlmClient,
+        slots: AgentSlots,
+        events: EventLog,
+        worker_id: str,
+    ) -> None:
+        self._pool = pool
+        self._redis = redis
+        self._settings = settings
+        self._llm = llm
+        self._slots = slots
+        self._events = events
+        self.worker_id = worker_id
+        self._runs: dict[uuid.UUID, Run] = {}
+        self._background: list[asyncio.Task[None]] = []
+        self._stop_channel = f"{settings.redis_key_prefix}discussion-stop"
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._background = [
+            asyncio.create_task(self._reap_forever()),
+            asyncio.create_task(self._listen_stops()),
+        ]
+
+    async def close(self) -> None:
+        """Hand running discussions back: cancel them and expire their leases so another worker resumes."""
+        for task in self._background:
+            task.cancel()
+        runs = list(self._runs.values())
+        for run in runs:
+            self._cancel(run, "release")
+        await asyncio.gather(*(r.task for r in runs if r.task), return_exceptions=True)
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._pool.execute(
+            "UPDATE discussions SET lease_expires_at = now()"
+            " WHERE lease_owner = $1 AND status IN ('running', 'stopping')",
+            self.worker_id,
+        )
+
+    def launch(self, discussion_id: uuid.UUID) -> None:
+        """Start running a discussion whose lease this worker holds."""
+        task = asyncio.create_task(self._run(discussion_id))
+        task.add_done_callback(lambda _: self._runs.pop(discussion_id, None))
+
+    async def request_stop(self, discussion_id: uuid.UUID) -> None:
+        """Tell whichever worker runs the discussion to stop it (it may be this one)."""
+        await self._redis.publish(self._stop_channel, str(discussion_id))
+
+    def _cancel(self, run: Run, reason: str) -> None:
+        if run.task and run.cancel_reason is None:
+            run.cancel_reason = reason
+            run.task.cancel()
+
+    # --- running ------------------------------------------------------------------------------
+    async def _run(self, discussion_id: uuid.UUID) -> None:
+        run = await self._load(discussion_id)
+        if run is None:
+            return
+        run.task = asyncio.current_task()
+        self._runs[run.id] = run
+        heartbeat = asyncio.create_task(self._renew_lease(run))
+        status = "failed"
+        verdict: dict[str, Any] | None = None
+        try:
+            left = run.created_at + self._settings.workflow_timeout - time.time()
+            async with asyncio.timeout(max(left, 0)):
+                verdict = await self._run_turns(run)
+            status = "completed"
+        except TimeoutError:
+            status = "timed_out"
+        except asyncio.CancelledError:
+            if run.cancel_reason != "stop":
+                raise  # released: the lease expires and another worker resumes the discussion
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            status = "stopped"
+        except Exception:
+            log.exception("discussion %s failed", run.id)
+        finally:
+            heartbeat.cancel()
+        await self._finish(run, status, verdict)
+
+    async def _load(self, discussion_id: uuid.UUID) -> Run | None:
+        row = await self._pool.fetchrow(
+            "SELECT id, user_id, topic, panel, max_rounds, token_budget, tokens_used, status,"
+            " extract(epoch FROM created_at)::float8 AS created"
+            " FROM discussions WHERE id = $1 AND lease_owner = $2",
+            discussion_id,
+            self.worker_id,
+        )
+        if row is None:
+            return None
+        run = Run(
+            id=row["id"],
+            user_id=row["user_id"],
+            topic=row["topic"],
+            panel=list(row["panel"]),
+            max_rounds=row["max_rounds"],
+            token_budget=row["token_budget"],
+            tokens_used=row["tokens_used"],
+            created_at=row["created"],
+        )
+        messages = await self._pool.fetch(
+            "SELECT * FROM messages WHERE discussion_id = $1 ORDER BY turn_index",
+            discussion_id,
+        )
+        if messages:
+            await self._announce_missing(run, messages)
+        for m in messages:
+            run.done_turns.add(m["turn_index"])
+            if m["status"] == "completed":
+                run.transcript.append(_transcript_entry(_role(m["role"]), m["content"]))
+        if row["status"] == "stopping":
+            run.cancel_reason = "stop"
+        return run
+
+    async def _announce_missing(self, run: Run, messages: list[asyncpg.Record]) -> None:
+        """After a crash between persisting and announcing a message, announce it now (exactly once)."""
+        announced = {
+            e["message"]["turn_index"]
+            for e in await self._events.read_after(run.id, 0)
+            if e["type"] in ("message_completed", "agent_failed")
+        }
+        for m in messages:
+            if m["turn_index"] not in announced:
+                await self._announce_message(run, dict(m))
+
+    async def _run_turns(self, run: Run) -> dict[str, Any] | None:
+        if run.cancel_reason == "stop":
+            raise asyncio.CancelledError
+        turn_index = 0
+        for round_no in range(1, run.max_rounds + 1):
+            for key in run.panel:
+                if run.tokens_used >= run.token_budget:
+                    break
+                if turn_index not in run.done_turns:
+                    await self._stop_if_requested(run)
+                    await self._turn(run, turn_index, round_no, ROLES[key])
+                turn_index += 1
+        # The moderator's turn index is fixed so a resumed run finds it whatever the budget did.
+        moderator_index = run.max_rounds * len(run.panel)
+        if moderator_index not in run.done_turns:
+            message = await self._turn(run, moderator_index, run.max_rounds, MODERATOR)
+        else:
+            message = await self._message(run.id, moderator_index)
+        return _parse_verdict(message["content"]) if message["status"] == "completed" else None
+
+    async def _message(self, discussion_id: uuid.UUID, turn_index: int) -> dict[str, Any]:
+        row = await self._pool.fetchrow(
+            "SELECT * FROM messages WHERE discussion_id = $1 AND turn_index = $2", discussion_id, turn_index
+        )
+        assert row is not None, "callers only ask for stored turns"
+        return dict(row)
+
+    async def _stop_if_requested(self, run: Run) -> None:
+        # Backs up the pub/sub stop signal, which a worker misses while it is still loading the run.
+        if await self._pool.fetchval("SELECT status FROM discussions WHERE id = $1", run.id) == "stopping":
+            run.cancel_reason = "stop"
+            raise asyncio.CancelledError
+
+    def _prompt(self, run: Run, role: Role) -> list[dict[str, str]]:
+        # Append-only: system prompt + transcript is a shared prefix across agents (upstream cache hits).
+        return [
+            {"role": "system", "content": system_prompt(run.topic, run.panel)},
+            *run.transcript,
+            {"role": "user", "content": f"Now speak as the {role.name}. {role.instructions}"},
+        ]
+
+    async def _turn(self, run: Run, turn_index: int, round_no: int, role: Role) -> dict[str, Any]:
+        base = {"turn_index": turn_index, "role": role.key}
+
+        async def on_queued(position: int) -> None:
+            await self._events.append(run.id, "queued", position=position, **base)
+
+        content: list[str] = []
+        reasoning: list[str] = []
+        pending: list[str] = []
+        last_flush = time.monotonic()
+
+        async def flush() -> None:
+            nonlocal last_flush
+            if pending:
+                await self._events.append(run.id, "token", text="".join(pending), **base)
+                pending.clear()
+            last_flush = time.monotonic()
+
+        async def on_delta(text: str, thought: str) -> None:
+            content.append(text)
+            reasoning.append(thought)
+            pending.append(text)
+            if time.monotonic() - last_flush >= TOKEN_BATCH_SECONDS:
+                await flush()
+
+        usage = Usage()
+        status, error = "completed", None
+        started = time.monotonic()
+        try:
+            async with self._slots.slot(on_queued):
+                await self._events.append(run.id, "agent_started", **base)
+                started = time.monotonic()
+                try:
+                    usage = await self._llm.stream_turn(
+                        self._prompt(run, role), on_delta, json_mode=role is MODERATOR
+                    )
+                except LlmError as exc:
+                    status, error = "failed", str(exc)
+                await flush()
+        except asyncio.CancelledError:
+            if run.cancel_reason == "release":
+                raise
+            # User stop or WORKFLOW_TIMEOUT: keep the partial message, shielded from the cancellation.
+            status = "stopped" if run.cancel_reason == "stop" else "failed"
+            error = "stopped by user" if status == "stopped" else "WORKFLOW_TIMEOUT reached"
+            await asyncio.shield(
+                self._store(run, turn_index, round_no, role, status, content, reasoning, error, usage)
+            )
+            raise
+        AGENT_TURN_DURATION.labels(outcome=status).observe(time.monotonic() - started)
+        return await self._store(run, turn_index, round_no, role, status, content, reasoning, error, usage)
+
+    async def _store(
+        self,
+        run: Run,
+        turn_index: int,
+        round_no: int,
+        role: Role,
+        status: str,
+        content: list[str],
+        reasoning: list[str],
+        error: str | None,
+        usage: Usage,
+    ) -> dict[str, Any]:
+        """Persist the message and its token usage, then announce it: persisted before announced."""
+        text = "".join(content)
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "INSERT INTO messages (discussion_id, user_id, turn_index, round, role, status, content,"
+                " reasoning, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                " ON CONFLICT (discussion_id, turn_index) DO NOTHING RETURNING *",
+                run.id,
+                run.user_id,
+                turn_index,
+                round_no,
+                role.key,
+                status,
+                text,
+                "".join(reasoning) or None,
+                error,
+            )
+            if row is None:  # another owner stored this turn already: keep the first, announce nothing
+                return await self._message(run.id, turn_index)
+            spent = usage.prompt_tokens + usage.completion_tokens
+            await conn.execute(
+                "INSERT INTO token_usage (user_id, discussion_id, prompt_tokens, completion_tokens,"
+                " cache_hit_tokens) VALUES ($1, $2, $3, $4, $5)",
+                run.user_id,
+                run.id,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cache_hit_tokens,
+            )
+            await conn.execute(
+                "UPDATE discussions SET tokens_used = tokens_used + $2 WHERE id = $1", run.id, spent
+            )
+        run.tokens_used += spent
+        run.done_turns.add(turn_index)
+        if status == "completed":
+            run.transcript.append(_transcript_entry(role, text))
+        message = dict(row)
+        await self._announce_message(run, message)
+        return message
+
+    async def _announce_message(self, run: Run, message: dict[str, Any]) -> None:
+        kind = "message_completed" if message["status"] != "failed" else "agent_failed"
+        public = {k: message[k] for k in ("id", "turn_index", "round", "role", "status", "content", "error")}
+        await self._events.append(run.id, kind, message=public)
+
+    async def _finish(self, run: Run, status: str, verdict: dict[str, Any] | None) -> None:
+        finished = await self._pool.fetchval(
+            "UPDATE discussions SET status = $3, verdict = $4, finished_at = now(), lease_owner = NULL"
+            " WHERE id = $1 AND lease_owner = $2 RETURNING finished_at",
+            run.id,
+            self.worker_id,
+            status,
+            verdict,
+        )
+        if finished is None:
+            return  # the lease moved to another worker, which will finish the discussion
+        DISCUSSION_DURATION.labels(status=status).observe(max(time.time() - run.created_at, 0))
+        await self._events.append(run.id, FINISHED, status=status, verdict=verdict)
+
+    # --- leases and stop signals ----------------------------------------------------------------
+    async def _renew_lease(self, run: Run) -> None:
+        lease = self._settings.discussion_lease_seconds
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                held = await self._pool.fetchval(
+                    "UPDATE discussions SET lease_expires_at = now() + make_interval(secs => $3)"
+                    " WHERE id = $1 AND lease_owner = $2 RETURNING true",
+                    run.id,
+                    self.worker_id,
+                    lease,
+                )
+            except (asyncpg.PostgresError, OSError) as exc:
+                log.warning("lease renewal for discussion %s failed: %s", run.id, exc)
+                continue
+            if not held:
+                log.warning("lost the lease on discussion %s; another worker resumes it", run.id)
+                self._cancel(run, "release")
+                return
+
+    async def _reap_forever(self) -> None:
+        """Claim discussions whose owner stopped renewing (crashed worker) and resume them here."""
+        while True:
+            await asyncio.sleep(self._settings.discussion_lease_seconds / 2)
+            try:
+                claimed = await self._pool.fetch(
+                    "UPDATE discussions SET lease_owner = $1,"
+                    " lease_expires_at = now() + make_interval(secs => $2)"
+                    " WHERE id IN (SELECT id FROM discussions WHERE status IN ('running', 'stopping')"
+                    " AND lease_expires_at < now() FOR UPDATE SKIP LOCKED LIMIT 10) RETURNING id",
+                    self.worker_id,
+                    self._settings.discussion_lease_seconds,
+                )
+            except (asyncpg.PostgresError, OSError) as exc:
+                log.warning("reaper query failed: %s", exc)
+                continue
+            for row in claimed:
+                log.info("resuming discussion %s after its owner's lease expired", row["id"])
+                self.launch(row["id"])
+
+    async def _listen_stops(self) -> None:
+        pubsub = self._redis.pubsub()
+        await pubsub.subscribe(self._stop_channel)
+        try:
+            async for message in pubsub.listen():
+                if message["type"] != "message":
+                    continue
+                run = self._runs.get(uuid.UUID(message["data"].decode()))
+                if run is not None:
+                    self._cancel(run, "stop")
+        finally:
+            await pubsub.reset()
+
+
+def _role(key: str) -> Role:
+    return MODERATOR if key == MODERATOR.key else ROLES[key]
+
+
+def _transcript_entry(role: Role, text: str) -> dict[str, str]:
+    return {"role": "user", "content": f"[{role.name}]\n{text}"}
+
+
+def _parse_verdict(text: str) -> dict[str, Any] | None:
+    """The moderator's JSON verdict, or None when it is not the promised object."""
+    try:
+        verdict = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(verdict, dict) or not {"stance", "confidence", "summary"} <= verdict.keys():
+        return None
+    return verdict

@@ -1,0 +1,146 @@
+"""/api/discussions: create, list, get, stop, delete; /api/usage; /api/ws-ticket."""
+
+from __future__ import annotations
+
+import datetime
+import secrets
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from pydantic import BaseModel, Field, field_validator
+
+from service import discussions
+from service.agents.presets import DEFAULT_PANEL, ROLES
+from service.api.deps import Res, UserId, not_found
+
+router = APIRouter(prefix="/api", tags=["discussions"])
+WS_TICKET_TTL_SECONDS = 30
+
+
+class DiscussionIn(BaseModel):
+    topic: str = Field(min_length=3, max_length=2000)
+    panel: list[str] = Field(default=list(DEFAULT_PANEL), min_length=1, max_length=len(ROLES))
+    max_rounds: int = Field(default=2, ge=1, le=10)
+    token_budget: int = Field(default=50_000, ge=100, le=2_000_000)
+
+    @field_validator("panel")
+    @classmethod
+    def known_roles(cls, panel: list[str]) -> list[str]:
+        unknown = [k for k in panel if k not in ROLES]
+        if unknown or len(set(panel)) != len(panel):
+            raise ValueError(f"panel must list distinct roles from {sorted(ROLES)}; got {panel}")
+        return panel
+
+
+class MessageOut(BaseModel):
+    id: uuid.UUID
+    turn_index: int
+    round: int
+    role: str
+    status: str
+    content: str
+    reasoning: str | None
+    error: str | None
+    created_at: datetime.datetime
+
+
+class DiscussionOut(BaseModel):
+    id: uuid.UUID
+    topic: str
+    panel: list[str]
+    max_rounds: int
+    token_budget: int
+    status: str
+    verdict: dict[str, Any] | None
+    tokens_used: int
+    created_at: datetime.datetime
+    finished_at: datetime.datetime | None
+
+
+class DiscussionDetail(DiscussionOut):
+    messages: list[MessageOut]
+
+
+class TicketIn(BaseModel):
+    discussion_id: uuid.UUID
+
+
+class TicketOut(BaseModel):
+    ticket: str
+    expires_in: int
+
+
+@router.get("/roles")
+async def list_roles() -> list[dict[str, str]]:
+    return [{"key": r.key, "name": r.name, "instructions": r.instructions} for r in ROLES.values()]
+
+
+@router.post("/discussions", status_code=status.HTTP_201_CREATED)
+async def create_discussion(body: DiscussionIn, user_id: UserId, res: Res) -> DiscussionOut:
+    row = await discussions.create(
+        res.pool,
+        user_id,
+        body.topic,
+        body.panel,
+        body.max_rounds,
+        body.token_budget,
+        res.orchestrator.worker_id,
+        res.settings.discussion_lease_seconds,
+    )
+    # Runs here, in the worker that received the request, under a lease any worker can take over.
+    res.orchestrator.launch(row["id"])
+    return DiscussionOut(**row)
+
+
+@router.get("/discussions")
+async def list_discussions(
+    user_id: UserId, res: Res, limit: int = Query(20, ge=1, le=100), offset: int = Query(0, ge=0)
+) -> list[DiscussionOut]:
+    return [DiscussionOut(**r) for r in await discussions.list_for_user(res.pool, user_id, limit, offset)]
+
+
+@router.get("/discussions/{discussion_id}")
+async def get_discussion(discussion_id: uuid.UUID, user_id: UserId, res: Res) -> DiscussionDetail:
+    found = await discussions.get_for_user(res.pool, user_id, discussion_id)
+    if found is None:
+        raise not_found("discussion")
+    return DiscussionDetail(**found)
+
+
+@router.post("/discussions/{discussion_id}/stop", status_code=status.HTTP_202_ACCEPTED)
+async def stop_discussion(discussion_id: uuid.UUID, user_id: UserId, res: Res) -> dict[str, str]:
+    state = await discussions.mark_stopping(res.pool, user_id, discussion_id)
+    if state is None:
+        raise not_found("discussion")
+    if state == "stopping":
+        await res.orchestrator.request_stop(discussion_id)
+    return {"status": state}
+
+
+@router.delete("/discussions/{discussion_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_discussion(discussion_id: uuid.UUID, user_id: UserId, res: Res) -> Response:
+    try:
+        deleted = await discussions.delete(res.pool, user_id, discussion_id)
+    except discussions.DiscussionBusyError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    if not deleted:
+        raise not_found("discussion")
+    await res.events.delete(discussion_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/usage")
+async def usage(user_id: UserId, res: Res) -> dict[str, int]:
+    return await discussions.usage_for_user(res.pool, user_id)
+
+
+@router.post("/ws-ticket")
+async def ws_ticket(body: TicketIn, user_id: UserId, res: Res) -> TicketOut:
+    """A single-use ticket for /ws/discussions/{id}: browsers cannot send headers on a WebSocket."""
+    if not await discussions.owns(res.pool, user_id, body.discussion_id):
+        raise not_found("discussion")
+    ticket = secrets.token_urlsafe(24)
+    key = f"{res.settings.redis_key_prefix}ws-ticket:{ticket}"
+    await res.redis.set(key, f"{user_id}:{body.discussion_id}", ex=WS_TICKET_TTL_SECONDS)
+    return TicketOut(ticket=ticket, expires_in=WS_TICKET_TTL_SECONDS)

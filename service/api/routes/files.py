@@ -1,0 +1,67 @@
+"""/api/files: per-user artifact upload, list, download, delete."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, HTTPException, Response, UploadFile, status
+from fastapi.responses import FileResponse
+from pydantic import BaseModel
+
+from service.api.deps import Res, UserId, not_found
+from service.storage import UploadRejectedError
+
+router = APIRouter(prefix="/api/files", tags=["files"])
+CHUNK_BYTES = 256 * 1024
+
+
+class FileOut(BaseModel):
+    id: uuid.UUID
+    filename: str
+    content_type: str
+    size_bytes: int
+    created_at: datetime.datetime
+
+
+async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(CHUNK_BYTES):
+        yield chunk
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def upload(file: UploadFile, user_id: UserId, res: Res) -> FileOut:
+    content_type = (file.content_type or "application/octet-stream").split(";")[0].strip()
+    try:
+        row = await res.store.save(user_id, file.filename or "upload", content_type, _chunks(file))
+    except UploadRejectedError as exc:
+        code = (
+            status.HTTP_413_CONTENT_TOO_LARGE
+            if "exceeds" in str(exc)
+            else status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
+        )
+        raise HTTPException(code, str(exc)) from None
+    return FileOut(**row)
+
+
+@router.get("")
+async def list_files(user_id: UserId, res: Res) -> list[FileOut]:
+    return [FileOut(**r) for r in await res.store.list(user_id)]
+
+
+@router.get("/{file_id}")
+async def download(file_id: uuid.UUID, user_id: UserId, res: Res) -> FileResponse:
+    row = await res.store.get(user_id, file_id)
+    if row is None:
+        raise not_found("file")
+    return FileResponse(
+        res.store.path(user_id, file_id), media_type=row["content_type"], filename=row["filename"]
+    )
+
+
+@router.delete("/{file_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete(file_id: uuid.UUID, user_id: UserId, res: Res) -> Response:
+    if not await res.store.delete(user_id, file_id):
+        raise not_found("file")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

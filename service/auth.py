@@ -1,0 +1,139 @@
+"""Account flows: register, login (rate limited), refresh-token rotation, logout."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+from redis.asyncio import Redis
+
+from service import security
+from service.settings import Settings
+
+Conn = asyncpg.Connection | PoolConnectionProxy
+
+
+class AuthError(Exception):
+    """Credentials or refresh token rejected; the message is safe to show the client."""
+
+
+class EmailTakenError(Exception):
+    """Registration with an email that already has an account."""
+
+
+class RateLimitedError(Exception):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many login attempts; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+
+
+async def register(pool: asyncpg.Pool, email: str, password: str) -> uuid.UUID:
+    password_hash = await security.hash_password(password)
+    try:
+        user_id: uuid.UUID = await pool.fetchval(
+            "INSERT INTO users (email, password_hash) VALUES ($1, $2) RETURNING id",
+            email.lower(),
+            password_hash,
+        )
+    except asyncpg.UniqueViolationError:
+        raise EmailTakenError(f"{email} already has an account; log in instead") from None
+    return user_id
+
+
+async def _issue(conn: Conn, settings: Settings, user_id: uuid.UUID, family_id: uuid.UUID) -> TokenPair:
+    refresh = security.new_refresh_token()
+    await conn.execute(
+        "INSERT INTO refresh_tokens (token_hash, user_id, family_id, expires_at)"
+        " VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+        security.refresh_token_hash(refresh),
+        user_id,
+        family_id,
+        settings.refresh_token_ttl,
+    )
+    access = security.create_access_token(user_id, settings.jwt_secret, settings.access_token_ttl)
+    return TokenPair(access_token=access, refresh_token=refresh)
+
+
+async def _check_login_rate(redis: Redis, settings: Settings, email: str, ip: str) -> None:
+    prefix = settings.redis_key_prefix
+    window = settings.login_window_seconds
+    ip_key = f"{prefix}login:ip:{ip}"
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.incr(ip_key)
+        pipe.expire(ip_key, window, nx=True)
+        pipe.get(f"{prefix}login:fail:{email}")
+        ip_attempts, _, failures = await pipe.execute()
+    if ip_attempts > settings.login_max_attempts_per_ip or int(failures or 0) >= (
+        settings.login_max_failures_per_account
+    ):
+        raise RateLimitedError(window)
+
+
+async def login(
+    pool: asyncpg.Pool, redis: Redis, settings: Settings, email: str, password: str, ip: str
+) -> TokenPair:
+    """Verify credentials and open a new refresh-token family."""
+    email = email.lower()
+    await _check_login_rate(redis, settings, email, ip)
+    row = await pool.fetchrow("SELECT id, password_hash FROM users WHERE email = $1", email)
+    ok = await security.verify_password(
+        row["password_hash"] if row else security.DUMMY_PASSWORD_HASH, password
+    )
+    fail_key = f"{settings.redis_key_prefix}login:fail:{email}"
+    if not (row and ok):
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.incr(fail_key)
+            pipe.expire(fail_key, settings.login_window_seconds, nx=True)
+            await pipe.execute()
+        raise AuthError("wrong email or password")
+    await redis.delete(fail_key)
+    async with pool.acquire() as conn:
+        return await _issue(conn, settings, row["id"], uuid.uuid4())
+
+
+async def refresh(pool: asyncpg.Pool, settings: Settings, refresh_token: str) -> TokenPair:
+    """Rotate a refresh token. Presenting an already rotated token revokes its whole family."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT user_id, family_id, rotated_at, revoked_at, expires_at < now() AS expired"
+            " FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
+            security.refresh_token_hash(refresh_token),
+        )
+        if row is None or row["revoked_at"] is not None or row["expired"]:
+            raise AuthError("refresh token is invalid or expired; log in again")
+        if row["rotated_at"] is not None:
+            await _revoke_family(conn, row["family_id"])
+            return_error = AuthError("refresh token was already used; all sessions of this login are revoked")
+        else:
+            await conn.execute(
+                "UPDATE refresh_tokens SET rotated_at = now() WHERE token_hash = $1",
+                security.refresh_token_hash(refresh_token),
+            )
+            return await _issue(conn, settings, row["user_id"], row["family_id"])
+    # Raised after the transaction commits so the family revocation sticks.
+    raise return_error
+
+
+async def _revoke_family(conn: Conn, family_id: uuid.UUID) -> None:
+    await conn.execute(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL", family_id
+    )
+
+
+async def logout(pool: asyncpg.Pool, refresh_token: str) -> None:
+    """Revoke the refresh-token family the token belongs to; unknown tokens are ignored."""
+    async with pool.acquire() as conn:
+        family_id = await conn.fetchval(
+            "SELECT family_id FROM refresh_tokens WHERE token_hash = $1",
+            security.refresh_token_hash(refresh_token),
+        )
+        if family_id is not None:
+            await _revoke_family(conn, family_id)

@@ -1,0 +1,21 @@
+"""asyncpg connection pool."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb columns come back as Python objects, not strings.
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(database_url: str) -> asyncpg.Pool:
+    """Open a small pool; a dead connection is dropped by asyncpg and reopened on next use."""
+    pool = await asyncpg.create_pool(
+        database_url, min_size=1, max_size=10, command_timeout=10, init=_init_connection
+    )
+    assert pool is not None
+    return pool

@@ -1,0 +1,119 @@
+"""Discussion and message rows. Every query is scoped by user_id: another user's id reads as absent."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+# Statuses in which a worker is (or should be) running the discussion.
+ACTIVE_STATUSES = ("running", "stopping")
+DISCUSSION_COLUMNS = (
+    "id, topic, panel, max_rounds, token_budget, status, verdict, tokens_used, created_at, finished_at"
+)
+MESSAGE_COLUMNS = "id, turn_index, round, role, status, content, reasoning, error, created_at"
+
+
+class DiscussionBusyError(Exception):
+    """The discussion is still running; stop it and wait for it to finish first."""
+
+
+async def create(
+    pool: asyncpg.Pool,
+    user_id: uuid.UUID,
+    topic: str,
+    panel: list[str],
+    max_rounds: int,
+    token_budget: int,
+    worker_id: str,
+    lease_seconds: float,
+) -> dict[str, Any]:
+    row = await pool.fetchrow(
+        "INSERT INTO discussions (user_id, topic, panel, max_rounds, token_budget, status, lease_owner,"
+        " lease_expires_at) VALUES ($1, $2, $3, $4, $5, 'running', $6, now() + make_interval(secs => $7))"
+        " RETURNING *",
+        user_id,
+        topic,
+        panel,
+        max_rounds,
+        token_budget,
+        worker_id,
+        lease_seconds,
+    )
+    assert row is not None
+    return dict(row)
+
+
+async def list_for_user(
+    pool: asyncpg.Pool, user_id: uuid.UUID, limit: int, offset: int
+) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        f"SELECT {DISCUSSION_COLUMNS} FROM discussions WHERE user_id = $1"  # noqa: S608 - constant columns
+        " ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
+        user_id,
+        limit,
+        offset,
+    )
+    return [dict(r) for r in rows]
+
+
+async def get_for_user(
+    pool: asyncpg.Pool, user_id: uuid.UUID, discussion_id: uuid.UUID
+) -> dict[str, Any] | None:
+    """The discussion with its messages in turn order, or None if it is not this user's."""
+    row = await pool.fetchrow(
+        f"SELECT {DISCUSSION_COLUMNS} FROM discussions WHERE id = $1 AND user_id = $2",  # noqa: S608 - constant columns
+        discussion_id,
+        user_id,
+    )
+    if row is None:
+        return None
+    messages = await pool.fetch(
+        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE discussion_id = $1 ORDER BY turn_index",  # noqa: S608
+        discussion_id,
+    )
+    return {**dict(row), "messages": [dict(m) for m in messages]}
+
+
+async def owns(pool: asyncpg.Pool, user_id: uuid.UUID, discussion_id: uuid.UUID) -> bool:
+    found = await pool.fetchval(
+        "SELECT true FROM discussions WHERE id = $1 AND user_id = $2", discussion_id, user_id
+    )
+    return bool(found)
+
+
+async def mark_stopping(pool: asyncpg.Pool, user_id: uuid.UUID, discussion_id: uuid.UUID) -> str | None:
+    """Ask a running discussion to stop; return its status afterwards, None if not this user's."""
+    return await pool.fetchval(  # type: ignore[no-any-return]
+        "UPDATE discussions SET status = CASE WHEN status = 'running' THEN 'stopping' ELSE status END"
+        " WHERE id = $1 AND user_id = $2 RETURNING status",
+        discussion_id,
+        user_id,
+    )
+
+
+async def delete(pool: asyncpg.Pool, user_id: uuid.UUID, discussion_id: uuid.UUID) -> bool:
+    """Delete a finished discussion; False if not this user's; DiscussionBusyError while it runs."""
+    async with pool.acquire() as conn, conn.transaction():
+        status = await conn.fetchval(
+            "SELECT status FROM discussions WHERE id = $1 AND user_id = $2 FOR UPDATE", discussion_id, user_id
+        )
+        if status is None:
+            return False
+        if status in ACTIVE_STATUSES:
+            raise DiscussionBusyError("discussion is still running; POST .../stop and wait for it to finish")
+        await conn.execute("DELETE FROM discussions WHERE id = $1", discussion_id)
+        return True
+
+
+async def usage_for_user(pool: asyncpg.Pool, user_id: uuid.UUID) -> dict[str, int]:
+    row = await pool.fetchrow(
+        "SELECT coalesce(sum(prompt_tokens), 0) AS prompt_tokens,"
+        " coalesce(sum(completion_tokens), 0) AS completion_tokens,"
+        " coalesce(sum(cache_hit_tokens), 0) AS cache_hit_tokens, count(*) AS turns"
+        " FROM token_usage WHERE user_id = $1",
+        user_id,
+    )
+    assert row is not None  # an aggregate always returns one row
+    return {k: int(v) for k, v in row.items()}

@@ -1,0 +1,249 @@
+"""A local OpenAI-compatible chat-completions server for tests and the sandbox. Never run in production.
+
+`python -m service.fakellm --port 8900 [--reject-key KEY ...]`
+
+Answers are deterministic, derived from the request. Faults are injected per request either by a
+marker anywhere in the messages, `[[fake:delay=0.05,stall_first=3,only=Bear]]`, or by queueing
+one-shot faults with `POST /admin/faults {"faults": [{"status": 429}, {}]}` (one per request, in order).
+
+Marker/fault keys: words (answer length), delay (s between chunks), reasoning (words of
+reasoning_content first), stall_first / stall_mid (s of silence with keep-alive comments before the
+first / middle token), cut (1: drop the connection mid-stream), status (answer with this HTTP
+error), only (apply stall/cut/status only when the last message contains this text).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+MARKER = re.compile(r"\[\[fake:([^\]]*)\]\]")
+FAULT_KEYS = ("stall_first", "stall_mid", "cut", "status")
+VOCABULARY = (
+    "revenue",
+    "margin",
+    "growth",
+    "valuation",
+    "momentum",
+    "support",
+    "resistance",
+    "volume",
+    "sentiment",
+    "risk",
+    "downside",
+    "upside",
+    "catalyst",
+    "guidance",
+    "earnings",
+    "cashflow",
+    "leverage",
+    "moat",
+    "competition",
+    "regulation",
+    "volatility",
+    "trend",
+    "breakout",
+    "dividend",
+    "buyback",
+    "liquidity",
+    "drawdown",
+    "hedge",
+    "exposure",
+    "outlook",
+    "consensus",
+)
+KEEPALIVE_SECONDS = 0.5
+
+
+@dataclass
+class FakeState:
+    rejected_keys: set[str]
+    queued_faults: list[dict[str, Any]] = field(default_factory=list)
+    seen_prefixes: set[str] = field(default_factory=set)
+    active: int = 0
+    max_active: int = 0
+    requests: int = 0
+    keys_seen: list[str] = field(default_factory=list)
+
+
+def count_tokens(text: str) -> int:
+    return len(text.split()) + 1
+
+
+def parse_options(messages: list[dict[str, Any]]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for message in messages:
+        for body in MARKER.findall(str(message.get("content", ""))):
+            for pair in body.split(","):
+                key, _, value = pair.partition("=")
+                options[key.strip()] = value.strip()
+    only = options.get("only")
+    if only and only not in str(messages[-1].get("content", "")):
+        for key in FAULT_KEYS:
+            options.pop(key, None)
+    return options
+
+
+def cached_prefix_tokens(state: FakeState, messages: list[dict[str, Any]]) -> int:
+    """Tokens of the longest message prefix already seen, as a provider's prompt cache would report."""
+    hit = 0
+    running = 0
+    digest = hashlib.sha256()
+    for message in messages:
+        digest.update(json.dumps(message, sort_keys=True).encode())
+        key = digest.hexdigest()
+        running += count_tokens(str(message.get("content", "")))
+        if key in state.seen_prefixes:
+            hit = running
+        state.seen_prefixes.add(key)
+    return hit
+
+
+def answer_text(body: dict[str, Any], words: int) -> str:
+    seed = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).digest()
+    picked = [VOCABULARY[seed[i % len(seed)] * (i + 1) % len(VOCABULARY)] for i in range(words)]
+    if (body.get("response_format") or {}).get("type") == "json_object":
+        stance = ("bullish", "bearish", "neutral")[seed[0] % 3]
+        verdict = {"stance": stance, "confidence": round(seed[1] / 255, 2), "summary": " ".join(picked)}
+        return json.dumps(verdict)
+    return " ".join(picked)
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+async def stall(seconds: float) -> AsyncIterator[bytes]:
+    """Silence on the data channel, with SSE comment lines so the connection looks alive."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(min(KEEPALIVE_SECONDS, left))
+        yield b": keep-alive\n\n"
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    kind = {401: "authentication_error", 429: "rate_limit_error"}.get(status, "server_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+
+def create_app(rejected_keys: set[str] | None = None) -> Starlette:
+    state = FakeState(rejected_keys=rejected_keys or set())
+
+    async def completions(request: Request) -> Response:
+        body = await request.json()
+        key = request.headers.get("authorization", "").removeprefix("Bearer ")
+        state.requests += 1
+        state.keys_seen.append(key)
+        if key in state.rejected_keys:
+            return error_response(401, "invalid api key")
+        options = parse_options(body["messages"])
+        if state.queued_faults:
+            options.update({k: str(v) for k, v in state.queued_faults.pop(0).items()})
+        if "status" in options:
+            status = int(options["status"])
+            return error_response(status, f"injected HTTP {status}")
+        words = min(int(options.get("words", "12")), int(body.get("max_tokens") or 10**6))
+        text = answer_text(body, words)
+        prompt_tokens = sum(count_tokens(str(m.get("content", ""))) for m in body["messages"])
+        cache_hit = cached_prefix_tokens(state, body["messages"])
+        pieces = re.findall(r"\S+\s*", text)
+        if not body.get("stream"):
+            return JSONResponse({"error": {"message": "this fake only streams; set stream=true"}}, 400)
+        return StreamingResponse(
+            stream(body, options, pieces, prompt_tokens, cache_hit), media_type="text/event-stream"
+        )
+
+    async def stream(
+        body: dict[str, Any], options: dict[str, str], pieces: list[str], prompt_tokens: int, cache_hit: int
+    ) -> AsyncIterator[bytes]:
+        state.active += 1
+        state.max_active = max(state.max_active, state.active)
+        try:
+            base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time())}
+            base["model"] = body["model"]
+            delay = float(options.get("delay", "0.01"))
+            yield sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+            async for line in stall(float(options.get("stall_first", "0"))):
+                yield line
+            for i in range(int(options.get("reasoning", "0"))):
+                delta = {"reasoning_content": f"{VOCABULARY[i % len(VOCABULARY)]} "}
+                yield sse({**base, "choices": [{"index": 0, "delta": delta}]})
+            half = len(pieces) // 2
+            for i, piece in enumerate(pieces):
+                if i == half:
+                    async for line in stall(float(options.get("stall_mid", "0"))):
+                        yield line
+                    if options.get("cut") == "1":
+                        return  # connection closes without finish_reason or [DONE]
+                await asyncio.sleep(delay)
+                yield sse({**base, "choices": [{"index": 0, "delta": {"content": piece}}]})
+            yield sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            if (body.get("stream_options") or {}).get("include_usage"):
+                completion = count_tokens("".join(pieces))
+                usage = {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt_tokens + completion,
+                    "prompt_cache_hit_tokens": cache_hit,
+                    "prompt_cache_miss_tokens": prompt_tokens - cache_hit,
+                }
+                yield sse({**base, "choices": [], "usage": usage})
+            yield b"data: [DONE]\n\n"
+        finally:
+            state.active -= 1
+
+    async def queue_faults(request: Request) -> Response:
+        state.queued_faults.extend((await request.json())["faults"])
+        return JSONResponse({"queued": len(state.queued_faults)})
+
+    async def stats(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "active": state.active,
+                "max_active": state.max_active,
+                "requests": state.requests,
+                "keys_seen": state.keys_seen,
+            }
+        )
+
+    async def reset(request: Request) -> Response:
+        state.queued_faults.clear()
+        state.keys_seen.clear()
+        state.max_active = state.active
+        state.requests = 0
+        return JSONResponse({"ok": True})
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", completions, methods=["POST"]),
+            Route("/admin/faults", queue_faults, methods=["POST"]),
+            Route("/admin/stats", stats, methods=["GET"]),
+            Route("/admin/reset", reset, methods=["POST"]),
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8900)
+    parser.add_argument("--reject-key", action="append", default=[], help="answer 401 for this API key")
+    args = parser.parse_args()
+    uvicorn.run(create_app(set(args.reject_key)), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

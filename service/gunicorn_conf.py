@@ -1,0 +1,37 @@
+"""gunicorn settings: `gunicorn -c service/gunicorn_conf.py`.
+
+Env: BIND, WEB_CONCURRENCY, GRACEFUL_TIMEOUT, PROMETHEUS_MULTIPROC_DIR.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import multiprocess
+
+wsgi_app = "service.main:create_app()"
+worker_class = "uvicorn_worker.UvicornWorker"
+bind = os.environ.get("BIND", "0.0.0.0:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
+# Requests are short; discussions hand over to another worker via their lease, so 30 s drains HTTP.
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "30"))
+timeout = 60
+keepalive = 5
+accesslog = None  # the app logs one JSON line per request
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+def on_starting(server: Any) -> None:
+    # Metric files of a previous run would be summed into this one's.
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+        Path(directory).mkdir(parents=True)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

@@ -1,0 +1,85 @@
+"""Prometheus metrics, correct under several gunicorn workers.
+
+Counters and histograms use prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR);
+gunicorn_conf.child_exit marks dead workers. Gauges that must be ONE number for the whole
+service (agents running, turns waiting) are read from the Redis semaphore at scrape time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+
+import redis
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import REGISTRY, Collector
+
+# Bucket edges include the thresholds people alert on: 1 s, AGENT_TIMEOUT 300 s, WORKFLOW_TIMEOUT 1800 s.
+FAST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+TURN_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+DISCUSSION_BUCKETS = (1.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
+
+HTTP_REQUEST_DURATION = Histogram(
+    "cvm_http_request_duration_seconds",
+    "HTTP request duration by route template.",
+    ["method", "route", "status"],
+    buckets=FAST_BUCKETS,
+)
+AGENT_TURN_DURATION = Histogram(
+    "cvm_agent_turn_duration_seconds", "Duration of one agent turn.", ["outcome"], buckets=TURN_BUCKETS
+)
+LLM_TIME_TO_FIRST_TOKEN = Histogram(
+    "cvm_llm_time_to_first_token_seconds", "Time from request to first streamed token.", buckets=FAST_BUCKETS
+)
+LLM_REQUESTS = Counter("cvm_llm_requests", "Upstream LLM requests by outcome.", ["outcome"])
+LLM_TOKENS = Counter("cvm_llm_tokens", "LLM tokens by direction.", ["direction"])
+LLM_PROMPT_CACHE_TOKENS = Counter(
+    "cvm_llm_prompt_cache_tokens", "Prompt tokens served from / missing the upstream cache.", ["result"]
+)
+DISCUSSION_DURATION = Histogram(
+    "cvm_discussion_duration_seconds",
+    "Discussion wall time by final status.",
+    ["status"],
+    buckets=DISCUSSION_BUCKETS,
+)
+WEBSOCKET_CONNECTIONS = Gauge(
+    "cvm_websocket_connections", "Open WebSocket connections.", multiprocess_mode="livesum"
+)
+
+
+class AgentSlotsCollector(Collector):
+    """Agents running and turns waiting, read from the service-wide Redis semaphore."""
+
+    def __init__(self, client: redis.Redis, holders_key: str, queue_key: str) -> None:
+        self._client = client
+        self._holders_key = holders_key
+        self._queue_key = queue_key
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        now_ms = int(time.time() * 1000)
+        running = self._client.zcount(self._holders_key, now_ms, "+inf")
+        waiting = self._client.zcard(self._queue_key)
+        yield GaugeMetricFamily("cvm_agents_running", "Agent turns holding a slot now.", value=running)
+        yield GaugeMetricFamily("cvm_agent_turns_waiting", "Agent turns queued for a slot.", value=waiting)
+
+
+def render(extra: Collector) -> bytes:
+    """Prometheus text exposition for this process or, in multiprocess mode, all workers."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = CollectorRegistry()
+        registry.register(_ProcessLocal())
+    registry.register(extra)
+    return generate_latest(registry)
+
+
+class _ProcessLocal(Collector):
+    """The default registry's metrics, re-exposed so `extra` is not registered globally."""
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        yield from REGISTRY.collect()  # type: ignore[misc]

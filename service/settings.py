@@ -1,0 +1,100 @@
+"""Service settings, read once from environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable and the fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    redis_key_prefix: str
+    ai_model_name: str
+    ai_model_base_url: str
+    ai_api_keys: tuple[str, ...]
+    ai_model_max_tokens: int
+    max_concurrent_agents: int
+    agent_timeout: float
+    workflow_timeout: float
+    artifact_storage_path: Path
+    jwt_secret: str
+    cors_origins: tuple[str, ...]
+    access_token_ttl: int
+    refresh_token_ttl: int
+    discussion_lease_seconds: float
+    login_max_failures_per_account: int
+    login_max_attempts_per_ip: int
+    login_window_seconds: int
+    max_upload_bytes: int
+
+
+def _text(env: Mapping[str, str], name: str, default: str | None = None) -> str:
+    value = env.get(name, default)
+    if value is None or not value.strip():
+        raise SettingsError(f"{name} is not set; export {name}=... before starting the service")
+    return value.strip()
+
+
+def _number(env: Mapping[str, str], name: str, default: str, kind: type[int] | type[float]) -> int | float:
+    raw = _text(env, name, default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a {kind.__name__}; set it to a positive number") from None
+    if value <= 0:
+        raise SettingsError(f"{name}={raw!r} must be greater than 0")
+    return value
+
+
+def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...], default: str | None = None) -> str:
+    value = _text(env, name, default)
+    if not value.startswith(tuple(f"{s}://" for s in schemes)):
+        raise SettingsError(
+            f"{name}={value!r} must start with one of {', '.join(s + '://' for s in schemes)}"
+        )
+    return value
+
+
+def _csv(env: Mapping[str, str], name: str, default: str | None = None) -> tuple[str, ...]:
+    items = tuple(part.strip() for part in _text(env, name, default).split(",") if part.strip())
+    if not items:
+        raise SettingsError(f"{name} holds no values; give a comma-separated list")
+    return items
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from `env` (default: os.environ); raise SettingsError on the first bad one."""
+    env = os.environ if env is None else env
+    secret = _text(env, "JWT_SECRET")
+    if len(secret.encode()) < 32:
+        raise SettingsError("JWT_SECRET is shorter than 32 bytes; generate one with `openssl rand -hex 32`")
+    return Settings(
+        database_url=_url(env, "DATABASE_URL", ("postgresql", "postgres")),
+        redis_url=_url(env, "REDIS_URL", ("redis", "rediss", "unix")),
+        redis_key_prefix=_text(env, "REDIS_KEY_PREFIX", "cvm:"),
+        ai_model_name=_text(env, "AI_MODEL_NAME", "deepseek-chat"),
+        ai_model_base_url=_url(env, "AI_MODEL_BASE_URL", ("http", "https")),
+        ai_api_keys=_csv(env, "AI_API_KEY"),
+        ai_model_max_tokens=int(_number(env, "AI_MODEL_MAX_TOKENS", "4000", int)),
+        max_concurrent_agents=int(_number(env, "MAX_CONCURRENT_AGENTS", "10", int)),
+        agent_timeout=float(_number(env, "AGENT_TIMEOUT", "300", float)),
+        workflow_timeout=float(_number(env, "WORKFLOW_TIMEOUT", "1800", float)),
+        artifact_storage_path=Path(_text(env, "ARTIFACT_STORAGE_PATH", "/var/lib/cvm-service/artifacts")),
+        jwt_secret=secret,
+        cors_origins=_csv(env, "CORS_ORIGINS", "http://localhost:3000"),
+        access_token_ttl=int(_number(env, "ACCESS_TOKEN_TTL", "900", int)),
+        refresh_token_ttl=int(_number(env, "REFRESH_TOKEN_TTL", str(30 * 86400), int)),
+        discussion_lease_seconds=float(_number(env, "DISCUSSION_LEASE_SECONDS", "15", float)),
+        login_max_failures_per_account=int(_number(env, "LOGIN_MAX_FAILURES_PER_ACCOUNT", "5", int)),
+        login_max_attempts_per_ip=int(_number(env, "LOGIN_MAX_ATTEMPTS_PER_IP", "30", int)),
+        login_window_seconds=int(_number(env, "LOGIN_WINDOW_SECONDS", "300", int)),
+        max_upload_bytes=int(_number(env, "MAX_UPLOAD_BYTES", str(10 * 1024 * 1024), int)),
+    )

@@ -1,0 +1,55 @@
+"""Auth flows against real gunicorn (2 workers), PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.service.conftest import Service, new_user
+
+pytestmark = pytest.mark.integration
+
+
+def test_register_login_refresh_rotation_and_logout(client: httpx.Client) -> None:
+    user = new_user(client)
+    assert client.get("/api/discussions", headers=user.headers).status_code == 200
+    assert client.get("/api/discussions").status_code == 401
+    assert client.get("/api/discussions", headers={"Authorization": "Bearer nope"}).status_code == 401
+
+    dup = client.post("/api/auth/register", json={"email": user.email, "password": "whatever-long"})
+    assert dup.status_code == 409
+
+    first = user.refresh_token
+    rotated = client.post("/api/auth/refresh", json={"refresh_token": first})
+    assert rotated.status_code == 200
+    second = rotated.json()["refresh_token"]
+    assert second != first
+    assert client.get("/api/usage", headers={"Authorization": f"Bearer {rotated.json()['access_token']}"}).is_success
+
+    # Replaying the rotated token is theft: the whole family dies, including the newest token.
+    assert client.post("/api/auth/refresh", json={"refresh_token": first}).status_code == 401
+    assert client.post("/api/auth/refresh", json={"refresh_token": second}).status_code == 401
+
+    fresh = client.post("/api/auth/login", json={"email": user.email, "password": user.password}).json()
+    assert client.post("/api/auth/logout", json={"refresh_token": fresh["refresh_token"]}).status_code == 204
+    assert client.post("/api/auth/refresh", json={"refresh_token": fresh["refresh_token"]}).status_code == 401
+
+
+def test_wrong_password_and_account_rate_limit(client: httpx.Client) -> None:
+    user = new_user(client)
+    for _ in range(5):  # LOGIN_MAX_FAILURES_PER_ACCOUNT default
+        bad = client.post("/api/auth/login", json={"email": user.email, "password": "wrong-password"})
+        assert bad.status_code == 401
+    # Now even the right password is refused until the window passes.
+    locked = client.post("/api/auth/login", json={"email": user.email, "password": user.password})
+    assert locked.status_code == 429
+    assert int(locked.headers["Retry-After"]) > 0
+    unknown = client.post("/api/auth/login", json={"email": "nobody@example.test", "password": "whatever1"})
+    assert unknown.status_code == 401
+
+
+def test_request_id_is_accepted_and_returned(client: httpx.Client, service: Service) -> None:
+    echoed = client.get("/api/health", headers={"X-Request-ID": "abc-123"})
+    assert echoed.headers["X-Request-ID"] == "abc-123"
+    generated = client.get("/api/health", headers={"X-Request-ID": "bad id with spaces"})
+    assert generated.headers["X-Request-ID"] not in ("", "bad id with spaces")
