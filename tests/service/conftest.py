@@ -1,4 +1,4 @@
-"""Shared fixtures: a fresh PostgreSQL database, a Redis key prefix, the fake LLM and gunicorn, all on loopback."""
+"""Shared fixtures: a fresh database, a Redis key prefix, the fake LLM and gunicorn, all on loopback."""
 
 from __future__ import annotations
 
@@ -126,7 +126,9 @@ def fake_llm() -> Iterator[FakeLlm]:
         stop_process(proc)
 
 
-def service_env(database_url: str, redis_prefix: str, fake_llm: FakeLlm, tmp: Path, **overrides: str) -> dict[str, str]:
+def service_env(
+    database_url: str, redis_prefix: str, fake_llm: FakeLlm, tmp: Path, **overrides: str
+) -> dict[str, str]:
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -171,7 +173,10 @@ def start_service(env: dict[str, str]) -> Service:
     service = Service(url=f"http://127.0.0.1:{port}", proc=proc, env=env)
     workers = int(env["WEB_CONCURRENCY"])
     wait_until(
-        lambda: httpx.get(f"{service.url}/api/health").status_code == 200 and len(service.worker_pids()) == workers,
+        lambda: (
+            httpx.get(f"{service.url}/api/health").status_code == 200
+            and len(service.worker_pids()) == workers
+        ),
         30,
         "gunicorn to serve /api/health",
     )
@@ -203,7 +208,9 @@ def new_user(client: httpx.Client) -> User:
     password = secrets.token_urlsafe(12)
     client.post("/api/auth/register", json={"email": email, "password": password}).raise_for_status()
     tokens = client.post("/api/auth/login", json={"email": email, "password": password}).json()
-    return User(email, password, {"Authorization": f"Bearer {tokens['access_token']}"}, tokens["refresh_token"])
+    return User(
+        email, password, {"Authorization": f"Bearer {tokens['access_token']}"}, tokens["refresh_token"]
+    )
 
 
 @pytest.fixture
