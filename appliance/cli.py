@@ -1,0 +1,53 @@
+"""What every task shares: loading the config once, opening the host, one-line failures."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from invoke.exceptions import Exit
+
+from appliance.config import Config, config_path, load_config
+from appliance.errors import ApplianceError
+from appliance.remote import RemoteHost, connect
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+COMMON_HELP = {
+    "config": "config file (default: $APPLIANCE_CONFIG or ./appliance.toml)",
+    "env": "environment in the config (default: the only one, else production)",
+    "host": "USER@ADDRESS[:PORT] instead of the config's hosts",
+}
+
+
+def load(config: str | None, env: str | None, host: str | None = None) -> Config:
+    """The validated config for a task, aimed at `host` when given."""
+    loaded = load_config(config_path(config), env)
+    return loaded.with_host(host) if host else loaded
+
+
+def open_host(config: Config) -> RemoteHost:
+    """An SSH session to the config's (first) host."""
+    host = config.settings.hosts[0]
+    key = config.resolve(host.key) if host.key else None
+    return connect(host, key, config.resolve(host.known_hosts))
+
+
+def one_line_errors(task: Callable[P, R]) -> Callable[P, R]:
+    """Turn an ApplianceError into its message on stderr and its exit status, without a traceback."""
+
+    @functools.wraps(task)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return task(*args, **kwargs)
+        except ApplianceError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            raise Exit(code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            sys.stderr.write("interrupted\n")
+            raise Exit(code=130) from None
+
+    return wrapper

@@ -1,0 +1,343 @@
+"""The one config model: appliance.toml, its environments, validated once before any host is touched.
+
+Top-level tables are the defaults every environment shares; `[environments.NAME]` holds what differs
+for one environment (deep-merged over the defaults). Every environment is validated, whichever one a
+task uses, so a typo in staging is caught while deploying production.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from appliance.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Ubuntu 22.04's python3
+    import tomli as tomllib
+
+DEFAULT_CONFIG = "appliance.toml"
+CONFIG_ENV_VAR = "APPLIANCE_CONFIG"
+
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_CRON_FIELD = r"(\*|[0-9,\-*/]+)"
+_CRON = re.compile(rf"^{_CRON_FIELD}(\s+{_CRON_FIELD}){{4}}$")
+
+
+class _Section(BaseModel):
+    # TOML has real types: "10" for an integer is a mistake to report, not to coerce.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Host(_Section):
+    """One CVM reached over SSH."""
+
+    address: str = Field(min_length=1)
+    user: str = "root"
+    port: int = Field(default=22, ge=1, le=65535)
+    key: str | None = None
+    known_hosts: str = "~/.ssh/known_hosts"
+
+    @property
+    def target(self) -> str:
+        return f"{self.user}@{self.address}:{self.port}"
+
+
+class Tls(_Section):
+    """How nginx gets its certificate."""
+
+    mode: Literal["self-signed", "provided", "acme"] = "self-signed"
+    cert_file: str | None = None
+    key_file: str | None = None
+    acme_email: str | None = None
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> Tls:
+        if self.mode == "provided" and not (self.cert_file and self.key_file):
+            raise ValueError("mode 'provided' needs cert_file and key_file")
+        if self.mode == "acme" and not self.acme_email:
+            raise ValueError("mode 'acme' needs acme_email")
+        return self
+
+
+class Images(_Section):
+    """Which images run and how they reach the host."""
+
+    transport: Literal["ssh", "registry"] = "ssh"
+    registry: str | None = None
+    registry_user: str | None = None
+    api: str = "cvm-appliance/api"
+    base_image: str = "python:3.11-slim-bookworm"
+    postgres: str = "postgres:16-bookworm"
+    redis: str = "redis:7-bookworm"
+    nginx: str = "nginx:1.27-bookworm"
+
+    @model_validator(mode="after")
+    def _registry_needs(self) -> Images:
+        if self.transport == "registry" and not self.registry:
+            raise ValueError("transport 'registry' needs registry (e.g. ccr.ccs.tencentyun.com/NAMESPACE)")
+        return self
+
+
+class Service(_Section):
+    """Settings of the multi-agent service; they become its environment variables."""
+
+    model_name: str = "deepseek-chat"
+    base_url: str = "https://api.deepseek.com"
+    agent_cap: int = Field(default=10, ge=1, le=1000)
+    agent_timeout: int = Field(default=300, ge=1)
+    workflow_timeout: int = Field(default=1800, ge=1)
+    max_tokens: int = Field(default=4000, ge=1)
+    workers: int = Field(default=2, ge=1, le=64)
+    cors_origins: list[str] = Field(default_factory=list)
+    artifact_storage: Literal["local", "cos"] = "local"
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _timeouts_nest(self) -> Service:
+        if self.agent_timeout > self.workflow_timeout:
+            raise ValueError("agent_timeout must not exceed workflow_timeout")
+        return self
+
+
+class Retention(_Section):
+    """Calendar retention of backups."""
+
+    daily: int = Field(default=7, ge=1)
+    weekly: int = Field(default=4, ge=0)
+    monthly: int = Field(default=6, ge=0)
+
+
+class Backup(_Section):
+    """Where and when backups go (Tencent COS)."""
+
+    enabled: bool = False
+    schedule: str = "30 3 * * *"
+    cos_bucket: str | None = None
+    cos_region: str = "ap-shanghai"
+    cos_endpoint: str | None = None
+    prefix: str = "backups/"
+    age_recipient: str | None = None
+    retention: Retention = Field(default_factory=Retention)
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if not _CRON.match(value.strip()):
+            raise ValueError("must be a 5-field cron schedule such as '30 3 * * *'")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _enabled_needs(self) -> Backup:
+        if self.enabled and not self.cos_bucket:
+            raise ValueError("enabled backups need cos_bucket (NAME-APPID)")
+        if self.enabled and not (self.age_recipient or "").startswith("age1"):
+            raise ValueError("enabled backups need age_recipient, an age public key starting with 'age1'")
+        return self
+
+
+class Monitoring(_Section):
+    """The Prometheus/Alertmanager profile of the stack."""
+
+    enabled: bool = True
+    retention_time: str = "15d"
+    retention_size: str = "2GB"
+    email_to: list[str] = Field(default_factory=list)
+
+
+class Settings(_Section):
+    """One environment's complete, validated settings."""
+
+    name: str = "appliance"
+    base_dir: str = "/opt/appliance"
+    domain: str = ""
+    timezone: str = "Asia/Shanghai"
+    secrets_file: str = "secrets.env"
+    hosts: list[Host] = Field(min_length=1)
+    tls: Tls = Field(default_factory=Tls)
+    images: Images = Field(default_factory=Images)
+    service: Service = Field(default_factory=Service)
+    backup: Backup = Field(default_factory=Backup)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
+
+    @field_validator("name")
+    @classmethod
+    def _project_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("must be lower-case letters, digits and '-', starting with a letter")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_]+(/[A-Za-z0-9_+\-]+)*", value):
+            raise ValueError("must be a tz database name such as Asia/Shanghai or UTC")
+        return value
+
+    @field_validator("base_dir")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or value.rstrip("/") == "":
+            raise ValueError("must be an absolute directory other than /")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _acme_needs_domain(self) -> Settings:
+        if self.tls.mode == "acme" and not self.domain:
+            raise ValueError("tls.mode 'acme' needs a domain")
+        return self
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated environment of a config file, with paths resolved against the file's folder."""
+
+    path: Path
+    env: str
+    environments: tuple[str, ...]
+    settings: Settings
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the config, relative to the config file's folder, `~` expanded."""
+        candidate = Path(relative).expanduser()
+        return candidate if candidate.is_absolute() else self.path.parent / candidate
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.resolve(self.settings.secrets_file)
+
+    def with_host(self, target: str) -> Config:
+        """This config aimed at `user@address[:port]` given on the command line instead of [[hosts]]."""
+        host = parse_host_target(target, self.settings.hosts[0])
+        return Config(
+            self.path, self.env, self.environments, self.settings.model_copy(update={"hosts": [host]})
+        )
+
+
+def parse_host_target(target: str, template: Host) -> Host:
+    """`root@1.2.3.4`, `ubuntu@cvm:2222` or `1.2.3.4` → a Host keeping the template's key and known_hosts."""
+    match = re.fullmatch(
+        r"(?:(?P<user>[a-z_][a-z0-9_-]*)@)?(?P<address>[^@:\s]+)(?::(?P<port>\d{1,5}))?", target
+    )
+    if not match or (match["port"] and not 0 < int(match["port"]) < 65536):
+        raise ConfigError(f"--host {target!r}: expected USER@ADDRESS[:PORT], e.g. root@1.2.3.4")
+    return template.model_copy(
+        update={
+            "address": match["address"],
+            "user": match["user"] or template.user,
+            "port": int(match["port"]) if match["port"] else template.port,
+        }
+    )
+
+
+def config_path(explicit: str | None) -> Path:
+    """The config file named on the command line, else $APPLIANCE_CONFIG, else ./appliance.toml."""
+    return Path(explicit or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG)
+
+
+def load_config(path: Path, env: str | None = None) -> Config:
+    """Read and validate every environment of `path`; return the one named `env`.
+
+    Without `env`: the file's only environment, else "production".
+    """
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: not found (copy appliance.example.toml to {path}, or pass --config)"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    environments = document.pop("environments", {})
+    if not isinstance(environments, dict) or not all(isinstance(v, dict) for v in environments.values()):
+        raise ConfigError(f"{path}: environments: must be tables such as [environments.production]")
+    if env is None:
+        env = next(iter(environments)) if len(environments) == 1 else "production"
+    if env not in environments:
+        known = ", ".join(sorted(environments)) or "none"
+        raise ConfigError(f"{path}: environments.{env}: not defined (defined: {known})")
+
+    problems: list[str] = []
+    chosen: Settings | None = None
+    for name in sorted(environments):
+        overrides = environments[name]
+        try:
+            settings = Settings.model_validate(_deep_merge(document, overrides))
+        except ValidationError as exc:
+            problems.extend(_describe(error, name, overrides) for error in exc.errors())
+            continue
+        if name == env:
+            chosen = settings
+    if problems:
+        unique = list(dict.fromkeys(problems))
+        raise ConfigError("\n".join(f"{path}: {problem}" for problem in unique))
+    assert chosen is not None
+    return Config(path.resolve(), env, tuple(sorted(environments)), chosen)
+
+
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: Mapping[str, Any], env: str, overrides: Mapping[str, Any]) -> str:
+    """`field.path: message`, naming the environment table when the value came from there."""
+    loc = tuple(part for part in error["loc"] if not str(part).startswith("function-"))
+    where = ".".join(str(part) for part in loc)
+    if _defined_in(overrides, loc):
+        where = f"environments.{env}.{where}"
+    if error["type"] == "extra_forbidden":
+        message = "unknown key" + _suggestion(loc)
+    elif error["type"] == "missing":
+        message = f"required, missing (set it at top level or under [environments.{env}])"
+    else:
+        message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where or '(top level)'}: {message}"
+
+
+def _defined_in(tree: Any, loc: Sequence[Any]) -> bool:
+    for part in loc:
+        in_table = isinstance(tree, Mapping) and part in tree
+        in_list = isinstance(tree, list) and isinstance(part, int) and part < len(tree)
+        if in_table or in_list:
+            tree = tree[part]
+        else:
+            return False
+    return bool(loc)
+
+
+def _suggestion(loc: Sequence[Any]) -> str:
+    """' (did you mean X?)' when an unknown key is a near miss of a known one."""
+    model: type[BaseModel] = Settings
+    for part in loc[:-1]:
+        if isinstance(part, int):  # an index into a list such as hosts
+            continue
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        inner = getattr(annotation, "__args__", (annotation,))
+        nested = next((t for t in inner if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        if nested is None:
+            return ""
+        model = nested
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,140 @@
+"""The one executor: gathers a step's facts, asks the step for a plan, applies it, records the outcome.
+
+A step whose plan is empty is `ok`; one whose actions all succeed is `changed`; in check mode a
+non-empty plan is `pending` and nothing runs. The first `failed` step stops the run, so no step
+acts on a host that an earlier step left half-configured.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from appliance.errors import ApplianceError
+from appliance.steps import Action, Fact, Run, Step, Upload
+
+Status = Literal["ok", "changed", "pending", "failed"]
+
+
+class Host(Protocol):
+    """What the executor needs of a host (appliance.remote.RemoteHost is the real one)."""
+
+    def run(self, command: str, timeout: int | None = None) -> _Result: ...
+
+    def upload(self, path: str, content: bytes, mode: int, owner: str, group: str) -> _Result: ...
+
+
+class _Result(Protocol):
+    @property
+    def stdout(self) -> str: ...
+
+    @property
+    def stderr(self) -> str: ...
+
+    @property
+    def exit_code(self) -> int: ...
+
+
+@dataclass
+class StepResult:
+    """The outcome of one step on one host."""
+
+    step: str
+    status: Status
+    seconds: float
+    actions: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+def describe(action: Action) -> str:
+    """A one-line account of an action for plans and summaries."""
+    if isinstance(action, Upload):
+        return f"write {action.path} ({action.why or 'update'}, mode {action.mode:o})"
+    return action.why
+
+
+def probe_script(probes: Mapping[str, str]) -> str:
+    """One command that runs every probe and prints, per probe, base64(output + exit status) on a line."""
+    parts = []
+    for command in probes.values():
+        # A subshell per probe, so a probe's own `exit` ends only that probe.
+        captured = f'out=$( ( {command} ) 2>/dev/null; rc=$?; echo; echo "rc=$rc" )'
+        parts.append(f"{captured}; printf '%s' \"$out\" | base64 -w0; echo")
+    return "; ".join(parts)
+
+
+def parse_probe_output(probes: Mapping[str, str], stdout: str) -> dict[str, Fact]:
+    """Facts from the output of `probe_script(probes)`."""
+    lines = stdout.splitlines()
+    if len(lines) != len(probes):
+        raise ApplianceError(f"probe output has {len(lines)} lines for {len(probes)} probes")
+    facts = {}
+    for name, line in zip(probes, lines, strict=True):
+        decoded = base64.b64decode(line).decode("utf-8", errors="replace")
+        head, _, status = decoded.rpartition("\n")
+        facts[name] = Fact(head.removesuffix("\n"), int(status.removeprefix("rc=")))
+    return facts
+
+
+def read_facts(host: Host, probes: Mapping[str, str]) -> dict[str, Fact]:
+    """Run every probe in one round trip; each fact keeps its own output and exit status."""
+    if not probes:
+        return {}
+    result = host.run(probe_script(probes))
+    if result.exit_code != 0:
+        raise ApplianceError(
+            f"could not read facts: {result.stderr.strip() or 'exit ' + str(result.exit_code)}"
+        )
+    return parse_probe_output(probes, result.stdout)
+
+
+class Executor:
+    """Applies steps to one host and keeps their results."""
+
+    def __init__(self, host: Host, check: bool = False, redact: Callable[[str], str] = str) -> None:
+        self.host = host
+        self.check = check
+        self.redact = redact
+        self.results: list[StepResult] = []
+
+    def apply(self, step: Step) -> StepResult:
+        """Bring the host to what `step` wants (or, in check mode, say what that would take)."""
+        started = time.monotonic()
+        try:
+            actions = step.plan(read_facts(self.host, step.probes()))
+        except ApplianceError as exc:
+            return self._record(step, "failed", started, [], self.redact(str(exc)))
+        described = [describe(action) for action in actions]
+        if not actions:
+            return self._record(step, "ok", started, [])
+        if self.check:
+            return self._record(step, "pending", started, described)
+        for action, text in zip(actions, described, strict=True):
+            outcome = self._act(action)
+            if outcome.exit_code != 0:
+                reason = outcome.stderr.strip() or outcome.stdout.strip() or f"exit {outcome.exit_code}"
+                error = f"{text}: {reason.splitlines()[-1]}"
+                return self._record(step, "failed", started, described, self.redact(error))
+        return self._record(step, "changed", started, described)
+
+    def apply_all(self, steps: Iterable[Step]) -> list[StepResult]:
+        """Apply steps in order, stopping after the first failure."""
+        for step in steps:
+            if self.apply(step).status == "failed":
+                break
+        return self.results
+
+    def _act(self, action: Action) -> _Result:
+        if isinstance(action, Run):
+            return self.host.run(action.command)
+        return self.host.upload(action.path, action.content, action.mode, action.owner, action.group)
+
+    def _record(
+        self, step: Step, status: Status, started: float, actions: list[str], error: str = ""
+    ) -> StepResult:
+        result = StepResult(step.name, status, time.monotonic() - started, actions, error)
+        self.results.append(result)
+        return result

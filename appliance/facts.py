@@ -1,0 +1,83 @@
+"""What a host is: read-only probes and the pure parsing of what they print."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from appliance.executor import read_facts
+from appliance.remote import RemoteHost
+from appliance.steps import Fact
+
+PROBES: Mapping[str, str] = {
+    "os_release": "cat /etc/os-release",
+    "arch": "uname -m",
+    "meminfo": "cat /proc/meminfo",
+    "disk": "df -Pk /",
+    "cpus": "nproc",
+    "docker": "docker version --format '{{.Server.Version}}'",
+    "compose_v2": "docker compose version --short",
+    "compose_v1": "docker-compose version --short",
+    "systemd": "cat /proc/1/comm",
+}
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """The facts every task decides from."""
+
+    os_id: str
+    os_version: str
+    os_name: str
+    arch: str
+    memory_mb: int
+    disk_free_mb: int
+    cpus: int
+    docker: str | None
+    compose: str | None
+    systemd: bool
+
+    def summary(self) -> str:
+        compose = self.compose or "no compose"
+        docker = f"Docker {self.docker}" if self.docker else "no Docker"
+        return (
+            f"{self.os_name} ({self.arch}), {self.cpus} CPU, {self.memory_mb} MB RAM, "
+            f"{self.disk_free_mb} MB free on /, {docker}, {compose}"
+        )
+
+
+def parse_os_release(text: str) -> dict[str, str]:
+    """KEY=value pairs of /etc/os-release, quotes removed."""
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return {key.strip(): value.strip().strip('"') for key, value in pairs}
+
+
+def parse_facts(facts: Mapping[str, Fact]) -> HostFacts:
+    """HostFacts from the output of PROBES."""
+    release = parse_os_release(facts["os_release"].stdout)
+    meminfo = dict(line.split(":", 1) for line in facts["meminfo"].stdout.splitlines() if ":" in line)
+    memory_kb = int(meminfo.get("MemTotal", "0 kB").split()[0])
+    disk_lines = facts["disk"].stdout.splitlines()
+    free_kb = int(disk_lines[-1].split()[3]) if len(disk_lines) > 1 else 0
+    compose = None
+    if facts["compose_v2"].ok:
+        compose = f"v2 {facts['compose_v2'].stdout.strip()}"
+    elif facts["compose_v1"].ok:
+        compose = f"v1 {facts['compose_v1'].stdout.strip()}"
+    return HostFacts(
+        os_id=release.get("ID", "unknown"),
+        os_version=release.get("VERSION_ID", "unknown"),
+        os_name=release.get("PRETTY_NAME", "unknown OS"),
+        arch=facts["arch"].stdout.strip(),
+        memory_mb=memory_kb // 1024,
+        disk_free_mb=free_kb // 1024,
+        cpus=int(facts["cpus"].stdout.strip() or 0),
+        docker=facts["docker"].stdout.strip() if facts["docker"].ok else None,
+        compose=compose,
+        systemd=facts["systemd"].stdout.strip() == "systemd",
+    )
+
+
+def gather_facts(remote: RemoteHost) -> HostFacts:
+    """Read the host's facts in one round trip."""
+    return parse_facts(read_facts(remote, PROBES))

@@ -1,0 +1,154 @@
+"""The SSH edge: open a Fabric connection with known-host checks, run commands, upload files.
+
+Every transport failure becomes one `SshError` line that says what to fix. Command failures are
+not exceptions here: `run` returns the exit status and the caller decides.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paramiko
+from fabric import Connection
+
+from appliance.config import Host
+from appliance.errors import SshError
+from appliance.shell import as_root, sh
+
+CONNECT_TIMEOUT = 10
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    stdout: str
+    stderr: str
+    exit_code: int
+
+
+class _RememberNewHostKey(paramiko.MissingHostKeyPolicy):
+    """Trust on first use: a host never seen before is recorded; a changed key is refused by paramiko."""
+
+    def __init__(self, known_hosts: Path) -> None:
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with self.known_hosts.open("a", encoding="utf-8") as handle:
+            handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+class RemoteHost:
+    """An open SSH session to one host; commands run as root (sudo -n for other users)."""
+
+    def __init__(self, host: Host, connection: Connection) -> None:
+        self.host = host
+        self.connection = connection
+
+    def run(self, command: str, timeout: int | None = None) -> CommandResult:
+        """Run `command` as root under `set -o pipefail`; transport failures raise SshError."""
+        wrapped = as_root(command, self.host.user)
+        try:
+            result = self.connection.run(wrapped, hide=True, warn=True, in_stream=False, timeout=timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SshError(f"{self.host.target}: connection lost while running a command: {exc}") from None
+        return CommandResult(result.stdout, result.stderr, result.exited)
+
+    def upload(self, path: str, content: bytes, mode: int, owner: str, group: str) -> CommandResult:
+        """Write `content` to `path` atomically: a private temp file, then `install` into place."""
+        staging = f"/tmp/.appliance-upload-{secrets.token_hex(8)}"  # noqa: S108 - private name, 0600
+        try:
+            sftp = self.connection.sftp()
+            with sftp.open(staging, "wb") as handle:
+                handle.chmod(0o600)
+                handle.write(content)
+        except (paramiko.SSHException, OSError) as exc:
+            raise SshError(f"{self.host.target}: upload of {path} failed: {exc}") from None
+        install = sh("install", "-m", f"{mode:o}", "-o", owner, "-g", group, "-T", staging, path)
+        return self.run(f"{install}; status=$?; rm -f {sh(staging)}; exit $status")
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> RemoteHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(
+    host: Host, key_file: Path | None, known_hosts: Path, timeout: int = CONNECT_TIMEOUT
+) -> RemoteHost:
+    """An open, checked session: reachable, key accepted, host key known, root or passwordless sudo."""
+    connect_kwargs: dict[str, Any] = {
+        "banner_timeout": timeout,
+        "auth_timeout": timeout,
+        "channel_timeout": timeout,
+    }
+    if key_file is not None:
+        if not key_file.is_file():
+            raise SshError(f"{host.target}: SSH key {key_file} does not exist: fix hosts.key")
+        connect_kwargs.update(key_filename=str(key_file), look_for_keys=False, allow_agent=False)
+    connection = Connection(
+        host.address, user=host.user, port=host.port, connect_timeout=timeout, connect_kwargs=connect_kwargs
+    )
+    if known_hosts.exists():
+        connection.client.load_host_keys(str(known_hosts))
+    connection.client.set_missing_host_key_policy(_RememberNewHostKey(known_hosts))
+    try:
+        connection.open()
+    except Exception as exc:
+        connection.close()
+        raise SshError(describe_connect_failure(host, known_hosts, exc)) from None
+    remote = RemoteHost(host, connection)
+    if host.user != "root":
+        probe = remote.run("true")
+        if probe.exit_code != 0:
+            remote.close()
+            raise SshError(
+                f"{host.target}: user {host.user} needs passwordless sudo "
+                f"(sudo said: {probe.stderr.strip() or 'nothing'}): add a NOPASSWD rule or use root"
+            )
+    return remote
+
+
+def describe_connect_failure(host: Host, known_hosts: Path, exc: BaseException) -> str:
+    """One line for an SSH connection failure, saying what the operator should check."""
+    where = host.target
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return (
+            f"{where}: host key mismatch ({exc.key.get_name()}): the host was rebuilt or this is not it; "
+            f"if expected, remove its line from {known_hosts}"
+        )
+    if isinstance(exc, paramiko.AuthenticationException):
+        return (
+            f"{where}: SSH key refused for user {host.user}: check hosts.key and the host's authorized_keys"
+        )
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError | ConnectionRefusedError):
+        return (
+            f"{where}: connection refused: is sshd running and port {host.port} open in the security group?"
+        )
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return f"{where}: no answer within {CONNECT_TIMEOUT}s: check the address, port and security group"
+    if isinstance(exc, socket.gaierror):
+        return f"{where}: cannot resolve {host.address}: check hosts.address"
+    if isinstance(exc, paramiko.SSHException) and "banner" in str(exc).lower():
+        silence = f"no SSH server answered within {CONNECT_TIMEOUT}s"
+        return f"{where}: port {host.port} took the connection but {silence}"
+    return f"{where}: SSH connection failed: {type(exc).__name__}: {exc}"
+
+
+def host_key_line(address: str, port: int, public_key: str) -> str:
+    """A known_hosts line for a host key (`ssh-ed25519 AAAA…`) at address:port."""
+    name = address if port == 22 else f"[{address}]:{port}"
+    return f"{name} {public_key.strip()}\n"
+
+
+# paramiko logs every failed connect from its transport thread; the SshError line says it all.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)

@@ -1,0 +1,148 @@
+"""Remote steps as data: a step names the facts it reads, then decides the actions it needs.
+
+Deciding is pure: `plan(facts)` gets what the probes printed and returns actions, so every decision is
+tested without a host. An empty plan means the host already is as the step wants it ("ok"). The
+executor (appliance/executor.py) is the only code that runs anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from appliance.errors import StepFailed
+from appliance.shell import sh
+
+
+@dataclass(frozen=True)
+class Fact:
+    """What a read-only probe command printed, and its exit status."""
+
+    stdout: str
+    exit_code: int
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True)
+class Run:
+    """Run a shell command on the host as root."""
+
+    command: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Upload:
+    """Put a file on the host atomically with this content, mode and owner."""
+
+    path: str
+    content: bytes
+    mode: int
+    owner: str = "root"
+    group: str = "root"
+    why: str = ""
+
+
+Action = Run | Upload
+Facts = Mapping[str, Fact]
+
+
+class Step(Protocol):
+    """A unit of desired host state."""
+
+    @property
+    def name(self) -> str: ...
+
+    def probes(self) -> Mapping[str, str]:
+        """Fact name → read-only shell command whose output the plan needs."""
+        ...
+
+    def plan(self, facts: Facts) -> list[Action]:
+        """The actions that bring the host to the wanted state; [] when it already is."""
+        ...
+
+
+def _stat_probe(path: str) -> str:
+    return sh("stat", "-c", "%F %a %U %G", path)
+
+
+def _stat_fields(fact: Fact) -> tuple[str, str, str, str] | None:
+    """(kind, mode, owner, group) from a `stat -c '%F %a %U %G'` fact, None when the path is absent."""
+    if not fact.ok:
+        return None
+    *kind, mode, owner, group = fact.stdout.split()
+    return " ".join(kind), mode, owner, group
+
+
+def _ownership_actions(
+    path: str, current: tuple[str, str, str, str], mode: int, owner: str, group: str
+) -> list[Action]:
+    _, have_mode, have_owner, have_group = current
+    actions: list[Action] = []
+    if int(have_mode, 8) != mode:
+        actions.append(Run(sh("chmod", f"{mode:o}", path), f"mode {have_mode} → {mode:o}"))
+    if (have_owner, have_group) != (owner, group):
+        actions.append(
+            Run(sh("chown", f"{owner}:{group}", path), f"owner {have_owner}:{have_group} → {owner}:{group}")
+        )
+    return actions
+
+
+@dataclass(frozen=True)
+class ManagedFile:
+    """A file whose whole content, mode and owner the appliance owns."""
+
+    path: str
+    content: bytes
+    mode: int = 0o644
+    owner: str = "root"
+    group: str = "root"
+
+    @property
+    def name(self) -> str:
+        return f"file {self.path}"
+
+    def probes(self) -> Mapping[str, str]:
+        return {"stat": _stat_probe(self.path), "sha256": sh("sha256sum", self.path)}
+
+    def plan(self, facts: Facts) -> list[Action]:
+        current = _stat_fields(facts["stat"])
+        wanted = hashlib.sha256(self.content).hexdigest()
+        have = facts["sha256"].stdout.split()[0] if facts["sha256"].ok else None
+        if current is None or have != wanted:
+            why = "create" if current is None else "content differs"
+            return [Upload(self.path, self.content, self.mode, self.owner, self.group, why)]
+        return _ownership_actions(self.path, current, self.mode, self.owner, self.group)
+
+
+@dataclass(frozen=True)
+class Directory:
+    """A directory with this mode and owner (its content is not managed)."""
+
+    path: str
+    mode: int = 0o755
+    owner: str = "root"
+    group: str = "root"
+
+    @property
+    def name(self) -> str:
+        return f"directory {self.path}"
+
+    def probes(self) -> Mapping[str, str]:
+        return {"stat": _stat_probe(self.path)}
+
+    def plan(self, facts: Facts) -> list[Action]:
+        current = _stat_fields(facts["stat"])
+        if current is None:
+            create = sh(
+                "install", "-d", "-m", f"{self.mode:o}", "-o", self.owner, "-g", self.group, self.path
+            )
+            return [Run(create, "create")]
+        if current[0] != "directory":
+            raise StepFailed(f"{self.path} exists and is a {current[0]}, not a directory: move it away")
+        return _ownership_actions(self.path, current, self.mode, self.owner, self.group)

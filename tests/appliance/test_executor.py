@@ -1,0 +1,68 @@
+"""The executor's bookkeeping, against a local stand-in host that really runs bash and writes files."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from appliance.executor import Executor
+from appliance.report import summary_table
+from appliance.steps import Directory, ManagedFile, Step
+
+pytestmark = pytest.mark.unit
+
+
+@dataclass
+class Outcome:
+    stdout: str
+    stderr: str
+    exit_code: int
+
+
+class LocalHost:
+    """Runs the executor's commands with local bash; the SSH edge is covered by the e2e tests."""
+
+    def run(self, command: str, timeout: int | None = None) -> Outcome:
+        done = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], capture_output=True, text=True)
+        return Outcome(done.stdout, done.stderr, done.returncode)
+
+    def upload(self, path: str, content: bytes, mode: int, owner: str, group: str) -> Outcome:
+        Path(path).write_bytes(content)
+        Path(path).chmod(mode)
+        return Outcome("", "", 0)
+
+
+def test_changed_then_ok_and_check_changes_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "app.conf"
+    steps: list[Step] = [Directory(str(tmp_path / "etc"), 0o750), ManagedFile(str(target), b"a=1\n", 0o600)]
+
+    planned = Executor(LocalHost(), check=True).apply_all(steps)
+    assert [result.status for result in planned] == ["pending", "pending"]
+    assert not target.exists() and not (tmp_path / "etc").exists()
+
+    assert [result.status for result in Executor(LocalHost()).apply_all(steps)] == ["changed", "changed"]
+    assert target.read_bytes() == b"a=1\n"
+    assert [result.status for result in Executor(LocalHost()).apply_all(steps)] == ["ok", "ok"]
+    assert [result.status for result in Executor(LocalHost(), check=True).apply_all(steps)] == ["ok", "ok"]
+
+
+def test_first_failure_stops_the_run_and_is_reported(tmp_path: Path) -> None:
+    blocker = tmp_path / "data"
+    blocker.write_text("not a directory")
+    later = tmp_path / "later.conf"
+    results = Executor(LocalHost()).apply_all([Directory(str(blocker)), ManagedFile(str(later), b"x")])
+    assert [result.status for result in results] == ["failed"]
+    assert "is a regular file, not a directory" in results[0].error
+    assert not later.exists()
+    table = summary_table(results, "local")
+    assert "0 ok, 0 changed, 0 pending, 1 failed" in table
+
+
+def test_failed_command_error_is_redacted(tmp_path: Path) -> None:
+    step = Directory("/proc/secret-sk-123456/x")  # install -d fails under /proc
+    results = Executor(LocalHost(), redact=lambda text: text.replace("sk-123456", "******")).apply_all([step])
+    assert results[0].status == "failed"
+    assert "sk-123456" not in results[0].error and "******" in results[0].error

@@ -1,0 +1,123 @@
+"""Rendering: every host file for a config, secrets masked unless revealed, valid for Compose."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from appliance.config import Config, load_config
+from appliance.render import host_files, stack_limits, write_tree
+from appliance.secrets import MASK, ensure_generated, load_secrets
+from tests.conftest import REPO
+
+
+@pytest.fixture()
+def example(tmp_path: Path) -> Config:
+    config_file = tmp_path / "appliance.toml"
+    shutil.copy(REPO / "appliance.example.toml", config_file)
+    secrets_file = tmp_path / "secrets.env"
+    secrets_file.write_text("AI_API_KEY=sk-pool-one-1234,sk-pool-two-5678\n")
+    secrets_file.chmod(0o600)
+    ensure_generated(secrets_file, {})
+    return load_config(config_file)
+
+
+@pytest.mark.unit
+def test_masked_render_holds_no_secret(example: Config) -> None:
+    secrets = load_secrets(example.secrets_path, {})
+    files = {host_file.path: host_file for host_file in host_files(example, secrets, "v1")}
+    assert set(files) == {
+        "/opt/appliance/releases/v1/docker-compose.yml",
+        "/opt/appliance/releases/v1/api.env",
+        "/opt/appliance/releases/v1/postgres.env",
+        "/opt/appliance/releases/v1/redis.env",
+        "/opt/appliance/releases/v1/nginx/appliance.conf",
+        "/etc/systemd/system/agents.service",
+    }
+    everything = "".join(host_file.content for host_file in files.values())
+    for secret in secrets.values.values():
+        for part in secret.reveal().split(","):
+            assert part not in everything
+    assert f"AI_API_KEY={MASK}" in files["/opt/appliance/releases/v1/api.env"].content
+    assert files["/opt/appliance/releases/v1/api.env"].mode == 0o600
+    assert "MAX_CONCURRENT_AGENTS=10" in files["/opt/appliance/releases/v1/api.env"].content
+    assert "image: cvm-appliance/api:v1" in files["/opt/appliance/releases/v1/docker-compose.yml"].content
+    assert (
+        "server_name agents.example.com;" in files["/opt/appliance/releases/v1/nginx/appliance.conf"].content
+    )
+
+
+@pytest.mark.unit
+def test_reveal_writes_values_and_backup_adds_cron(example: Config) -> None:
+    secrets = load_secrets(example.secrets_path, {})
+    backup = example.settings.backup.model_copy(
+        update={"enabled": True, "cos_bucket": "b-1250000000", "age_recipient": "age1xyz"}
+    )
+    config = Config(
+        example.path,
+        example.env,
+        example.environments,
+        example.settings.model_copy(update={"backup": backup}),
+    )
+    files = {
+        host_file.path: host_file.content for host_file in host_files(config, secrets, "v2", reveal=True)
+    }
+    assert "AI_API_KEY=sk-pool-one-1234,sk-pool-two-5678" in files["/opt/appliance/releases/v2/api.env"]
+    assert files["/etc/cron.d/agents-backup"].splitlines()[-1] == (
+        "30 3 * * * root /opt/appliance/bin/backup.sh >> /var/log/agents-backup.log 2>&1"
+    )
+
+
+@pytest.mark.unit
+def test_limits_scale_with_host_memory() -> None:
+    small, large = stack_limits(2048), stack_limits(16384)
+    assert (small.api_memory, small.postgres_memory, small.redis_memory) == ("512m", "512m", "256m")
+    assert large.api_memory == "4096m"
+    assert small.redis_maxmemory == "192mb"
+
+
+@pytest.mark.unit
+def test_render_task_writes_readable_tree(example: Config, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "invoke",
+            "render",
+            "--out",
+            str(out),
+            "--version",
+            "v7",
+            "--config",
+            str(example.path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    compose = out / "opt/appliance/releases/v7/docker-compose.yml"
+    assert str(compose) in run.stdout.splitlines()
+    assert compose.read_text().startswith("# Rendered by cvm-appliance for agents (production), release v7.")
+    assert stat.S_IMODE((out / "opt/appliance/releases/v7/api.env").stat().st_mode) == 0o600
+    assert "sk-pool" not in run.stdout + run.stderr
+
+
+@pytest.mark.integration
+def test_rendered_compose_passes_docker_compose_config(example: Config, tmp_path: Path) -> None:
+    secrets = load_secrets(example.secrets_path, {})
+    write_tree(host_files(example, secrets, "v1", reveal=True), tmp_path / "host")
+    release = tmp_path / "host/opt/appliance/releases/v1"
+    check = subprocess.run(
+        ["docker-compose", "--project-name", "agents", "config", "--quiet"],
+        cwd=release,
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
