@@ -52,7 +52,9 @@ def test_upload_limits(client: httpx.Client) -> None:
     )
     assert wrong_type.status_code == 415 and "not accepted" in wrong_type.json()["detail"]
     too_big = client.post(
-        "/api/files", files={"file": ("big.txt", b"a" * (10 * 1024 * 1024 + 1), "text/plain")}, headers=user.headers
+        "/api/files",
+        files={"file": ("big.txt", b"a" * (10 * 1024 * 1024 + 1), "text/plain")},
+        headers=user.headers,
     )
     assert too_big.status_code == 413 and "MAX_UPLOAD_BYTES" in too_big.json()["detail"]
     assert client.get("/api/files", headers=user.headers).json() == []
@@ -60,7 +62,9 @@ def test_upload_limits(client: httpx.Client) -> None:
 
 def test_discussions_are_paginated_and_running_ones_cannot_be_deleted(client: httpx.Client) -> None:
     user = new_user(client)
-    ids = [create_discussion(client, user, f"Page {i} [[fake:words=20,delay=0.05]]", ["risk"]) for i in range(3)]
+    ids = [
+        create_discussion(client, user, f"Page {i} [[fake:words=20,delay=0.05]]", ["risk"]) for i in range(3)
+    ]
     busy = client.delete(f"/api/discussions/{ids[-1]}", headers=user.headers)
     assert busy.status_code == 409 and "stop" in busy.json()["detail"]
     for discussion in ids:
