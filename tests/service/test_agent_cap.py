@@ -94,8 +94,8 @@ def test_killed_worker_leaks_no_slot_and_loses_no_completed_message(
     read_events(
         service, client, user, discussion, until=lambda e: e["type"] == "token" and e["turn_index"] == 1
     )
-    rclient = redis.Redis.from_url(TEST_REDIS_URL)
-    held = [m.decode() for m in rclient.zrange(holders_key, 0, -1)]
+    rclient = redis.Redis.from_url(TEST_REDIS_URL, decode_responses=True)
+    held = {str(m) for m in rclient.zrange(holders_key, 0, -1)}
     (owner,) = asyncio.run(lease_owners(database_url, [discussion]))
     assert owner is not None
     pid = int(owner.split(":")[1])
@@ -104,8 +104,8 @@ def test_killed_worker_leaks_no_slot_and_loses_no_completed_message(
 
     # The dead worker's slot lease expires (DISCUSSION_LEASE_SECONDS=3) ...
     def slot_released() -> bool:
-        live = {m.decode() for m in rclient.zrangebyscore(holders_key, int(time.time() * 1000), "+inf")}
-        return not live & set(held)
+        live = {str(m) for m in rclient.zrangebyscore(holders_key, int(time.time() * 1000), "+inf")}
+        return not live & held
 
     wait_until(slot_released, 10, "the killed worker's slot to expire")
     # ... and another worker resumes the discussion from its persisted messages.
