@@ -88,7 +88,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = Redis.from_url(settings.redis_url)
         events = EventLog(client, settings.redis_key_prefix)
         slots = AgentSlots(
-            client, settings.redis_key_prefix, settings.max_concurrent_agents, settings.discussion_lease_seconds
+            client,
+            settings.redis_key_prefix,
+            settings.max_concurrent_agents,
+            settings.discussion_lease_seconds,
         )
         llm = LlmClient(settings)
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

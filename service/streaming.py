@@ -11,7 +11,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 from redis.asyncio import Redis
@@ -108,6 +108,7 @@ class EventHub:
         self._log = log_
         self._subscribers: dict[uuid.UUID, set[Subscription]] = {}
         self._tails: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._retired: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
     async def subscribe(self, discussion_id: uuid.UUID, after: int) -> AsyncIterator[AsyncIterator[Event]]:
@@ -126,10 +127,12 @@ class EventHub:
             subscribers.discard(sub)
             if not subscribers:
                 del self._subscribers[discussion_id]
+                # Not awaited: redis-py can swallow a cancel that lands inside its read timeout, so the
+                # tail also ends by itself once it is no longer the registered one (within one block).
                 tail = self._tails.pop(discussion_id)
                 tail.cancel()
-                with suppress(asyncio.CancelledError):
-                    await tail
+                self._retired.add(tail)
+                tail.add_done_callback(self._retired.discard)
 
     @staticmethod
     async def _events(sub: Subscription, backfill: list[Event], after: int) -> AsyncIterator[Event]:
@@ -144,9 +147,10 @@ class EventHub:
                 yield event
 
     async def _tail(self, discussion_id: uuid.UUID, after: int) -> None:
-        while True:
+        while self._tails.get(discussion_id) is asyncio.current_task():
             try:
-                events = await self._log.read_blocking(discussion_id, after, block_ms=5000)
+                # Blocks for less than redis-py's default 5 s socket timeout.
+                events = await self._log.read_blocking(discussion_id, after, block_ms=2000)
             except RedisError as exc:
                 log.warning("event stream read failed, retrying: %s", exc)
                 await asyncio.sleep(1)

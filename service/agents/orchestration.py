@@ -86,8 +86,10 @@ class Orchestrator:
         runs = list(self._runs.values())
         for run in runs:
             self._cancel(run, "release")
-        await asyncio.gather(*(r.task for r in runs if r.task), return_exceptions=True)
-        await asyncio.gather(*self._background, return_exceptions=True)
+        # Bounded wait: a cancel swallowed inside a Redis read must not stall the worker's shutdown.
+        pending = [r.task for r in runs if r.task] + self._background
+        if pending:
+            await asyncio.wait(pending, timeout=5)
         await self._pool.execute(
             "UPDATE discussions SET lease_expires_at = now()"
             " WHERE lease_owner = $1 AND status IN ('running', 'stopping')",

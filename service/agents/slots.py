@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
 
@@ -75,9 +75,8 @@ class AgentSlots:
             try:
                 yield
             finally:
+                # Not awaited (redis-py may swallow a cancel mid-read); it also stops once the lease is gone.
                 renewer.cancel()
-                with suppress(asyncio.CancelledError):
-                    await renewer
         finally:
             # Runs on cancellation too; shielded so a cancelled turn still frees its slot at once.
             await asyncio.shield(self._release(lease_id))
@@ -95,9 +94,10 @@ class AgentSlots:
             await asyncio.sleep(POLL_SECONDS)
 
     async def _keep_renewed(self, lease_id: str) -> None:
-        while True:
+        held = True
+        while held:
             await asyncio.sleep(self._lease_ms / 3000)
-            await self._renew(keys=[self.holders_key], args=[lease_id, self._lease_ms])
+            held = bool(await self._renew(keys=[self.holders_key], args=[lease_id, self._lease_ms]))
 
     async def _release(self, lease_id: str) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:

@@ -1,0 +1,108 @@
+"""/api/health goes 503 when PostgreSQL stops and back to 200 when it starts, on a throwaway cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.migrate import apply_migrations
+from tests.service.conftest import (
+    FakeLlm,
+    Service,
+    free_port,
+    service_env,
+    start_service,
+    stop_process,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class ThrowawayPostgres:
+    """A private PostgreSQL cluster on a spare port, run as the postgres user when we are root."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="pg-health-", dir="/tmp"))
+        self.port = free_port()
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            shutil.chown(self.dir, "postgres")
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._run("initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres")
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run([*self.as_user, str(PG_BIN / tool), *args], check=True, capture_output=True)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+        self._run(
+            "pg_ctl", "-D", str(self.dir / "data"), "-o", options, "-l", str(self.dir / "log"), "-w", "start"
+        )
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
+
+
+@pytest.fixture(scope="module")
+def throwaway_pg() -> Iterator[ThrowawayPostgres]:
+    pg = ThrowawayPostgres()
+    pg.start()
+    try:
+        yield pg
+    finally:
+        subprocess.run(
+            [*pg.as_user, str(PG_BIN / "pg_ctl"), "-D", str(pg.dir / "data"), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(pg.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pg_service(
+    throwaway_pg: ThrowawayPostgres,
+    redis_prefix: str,
+    fake_llm: FakeLlm,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Service]:
+    asyncio.run(apply_migrations(throwaway_pg.url))
+    env = service_env(throwaway_pg.url, f"{redis_prefix}health:", fake_llm, tmp_path_factory.mktemp("health"))
+    svc = start_service(env)
+    try:
+        yield svc
+    finally:
+        stop_process(svc.proc, timeout=40)
+
+
+def health(service: Service) -> httpx.Response:
+    # A fresh connection each time, so both workers get asked.
+    with httpx.Client(base_url=service.url, timeout=10) as client:
+        return client.get("/api/health")
+
+
+def test_health_503_while_postgres_is_down_then_recovers(
+    throwaway_pg: ThrowawayPostgres, pg_service: Service
+) -> None:
+    up = health(pg_service)
+    assert up.status_code == 200
+    body = up.json()
+    assert body["status"] == "ok" and body["database"]["connected"] and body["redis"]["connected"]
+    assert body["database"]["latency_ms"] >= 0 and body["version"]
+
+    throwaway_pg.stop()
+    wait_until(lambda: health(pg_service).status_code == 503, 15, "health to report 503")
+    down = health(pg_service).json()
+    assert down["status"] == "unavailable" and down["database"]["connected"] is False
+    assert down["redis"]["connected"] is True
+
+    throwaway_pg.start()
+    wait_until(lambda: all(health(pg_service).status_code == 200 for _ in range(6)), 30, "health to recover")
