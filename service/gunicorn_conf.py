@@ -21,6 +21,17 @@ graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "30"))
 timeout = 60
 keepalive = 5
 accesslog = None  # the app logs one JSON line per request
+# gunicorn's and uvicorn's own messages as JSON lines too (uvicorn workers reuse gunicorn.error's handlers).
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "service.logging.JsonFormatter"}},
+    "handlers": {
+        "json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    },
+    "root": {"level": "INFO", "handlers": ["json"]},
+    "loggers": {"gunicorn.error": {"level": "INFO", "handlers": ["json"], "propagate": False}},
+}
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 

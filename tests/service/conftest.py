@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -149,7 +149,7 @@ def service_env(
         "DISCUSSION_LEASE_SECONDS": "3",
         "LOGIN_MAX_ATTEMPTS_PER_IP": "1000",
         "WEB_CONCURRENCY": "2",
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": "INFO",
     }
     env.update(overrides)
     return env
@@ -160,20 +160,25 @@ class Service:
     url: str
     proc: subprocess.Popen[bytes]
     env: dict[str, str]
-    users: int = field(default=0)
+    log_path: Path
 
     def worker_pids(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
         return [int(p) for p in out.split()]
 
 
-def start_service(env: dict[str, str]) -> Service:
+def start_service(env: dict[str, str], log_path: Path) -> Service:
+    """gunicorn on a free loopback port; its stderr (JSON log lines) goes to `log_path`."""
     port = free_port()
     env = {**env, "BIND": f"127.0.0.1:{port}"}
-    proc = subprocess.Popen(
-        [PYTHON, "-m", "gunicorn", "-c", str(REPO / "service" / "gunicorn_conf.py")], cwd=REPO, env=env
-    )
-    service = Service(url=f"http://127.0.0.1:{port}", proc=proc, env=env)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "gunicorn", "-c", str(REPO / "service" / "gunicorn_conf.py")],
+            cwd=REPO,
+            env=env,
+            stderr=log,
+        )
+    service = Service(url=f"http://127.0.0.1:{port}", proc=proc, env=env, log_path=log_path)
     workers = int(env["WEB_CONCURRENCY"])
     wait_until(
         lambda: (
@@ -191,7 +196,8 @@ def service(
     database_url: str, redis_prefix: str, fake_llm: FakeLlm, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
     """gunicorn with 2 uvicorn workers, agent cap 3, AGENT_TIMEOUT 4 s, discussion lease 3 s."""
-    svc = start_service(service_env(database_url, redis_prefix, fake_llm, tmp_path_factory.mktemp("svc")))
+    tmp = tmp_path_factory.mktemp("svc")
+    svc = start_service(service_env(database_url, redis_prefix, fake_llm, tmp), tmp / "service.log")
     try:
         yield svc
     finally:

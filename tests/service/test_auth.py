@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import secrets
+from typing import Any
+
 import httpx
 import pytest
 
-from tests.service.conftest import Service, new_user
+from tests.service.conftest import Service, new_user, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -50,8 +54,17 @@ def test_wrong_password_and_account_rate_limit(client: httpx.Client) -> None:
     assert unknown.status_code == 401
 
 
-def test_request_id_is_accepted_and_returned(client: httpx.Client, service: Service) -> None:
-    echoed = client.get("/api/health", headers={"X-Request-ID": "abc-123"})
-    assert echoed.headers["X-Request-ID"] == "abc-123"
+def test_request_id_is_returned_and_logged_as_json(client: httpx.Client, service: Service) -> None:
+    rid = f"req-{secrets.token_hex(4)}"
+    echoed = client.get("/api/roles", headers={"X-Request-ID": rid})
+    assert echoed.headers["X-Request-ID"] == rid
     generated = client.get("/api/health", headers={"X-Request-ID": "bad id with spaces"})
     assert generated.headers["X-Request-ID"] not in ("", "bad id with spaces")
+
+    def logged() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in service.log_path.read_text().splitlines()]  # every line is JSON
+        return [entry for entry in lines if entry.get("request_id") == rid]
+
+    wait_until(lambda: bool(logged()), 5, "the request log line")
+    (entry,) = logged()
+    assert entry["route"] == "/api/roles" and entry["status"] == 200 and entry["duration_ms"] >= 0

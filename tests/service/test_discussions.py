@@ -135,10 +135,10 @@ def test_upstream_error_fails_the_turn_cleanly(client: httpx.Client, service: Se
 def short_workflow_service(
     database_url: str, redis_prefix: str, fake_llm: FakeLlm, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
-    env = service_env(
-        database_url, redis_prefix, fake_llm, tmp_path_factory.mktemp("wf"), WORKFLOW_TIMEOUT="2"
+    tmp = tmp_path_factory.mktemp("wf")
+    svc = start_service(
+        service_env(database_url, redis_prefix, fake_llm, tmp, WORKFLOW_TIMEOUT="2"), tmp / "log"
     )
-    svc = start_service(env)
     try:
         yield svc
     finally:

@@ -75,8 +75,8 @@ def pg_service(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Service]:
     asyncio.run(apply_migrations(throwaway_pg.url))
-    env = service_env(throwaway_pg.url, f"{redis_prefix}health:", fake_llm, tmp_path_factory.mktemp("health"))
-    svc = start_service(env)
+    tmp = tmp_path_factory.mktemp("health")
+    svc = start_service(service_env(throwaway_pg.url, f"{redis_prefix}health:", fake_llm, tmp), tmp / "log")
     try:
         yield svc
     finally:
