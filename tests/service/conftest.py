@@ -129,9 +129,7 @@ def fake_llm() -> Iterator[FakeLlm]:
         stop_process(proc)
 
 
-def service_env(
-    database_url: str, redis_prefix: str, fake_llm: FakeLlm, tmp: Path, **overrides: str
-) -> dict[str, str]:
+def service_env(database_url: str, redis_prefix: str, fake_llm: FakeLlm, tmp: Path, **overrides: str) -> dict[str, str]:
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -181,10 +179,7 @@ def start_service(env: dict[str, str], log_path: Path) -> Service:
     service = Service(url=f"http://127.0.0.1:{port}", proc=proc, env=env, log_path=log_path)
     workers = int(env["WEB_CONCURRENCY"])
     wait_until(
-        lambda: (
-            httpx.get(f"{service.url}/api/health").status_code == 200
-            and len(service.worker_pids()) == workers
-        ),
+        lambda: httpx.get(f"{service.url}/api/health").status_code == 200 and len(service.worker_pids()) == workers,
         30,
         "gunicorn to serve /api/health",
     )
@@ -217,9 +212,7 @@ def new_user(client: httpx.Client) -> User:
     password = secrets.token_urlsafe(12)
     client.post("/api/auth/register", json={"email": email, "password": password}).raise_for_status()
     tokens = client.post("/api/auth/login", json={"email": email, "password": password}).json()
-    return User(
-        email, password, {"Authorization": f"Bearer {tokens['access_token']}"}, tokens["refresh_token"]
-    )
+    return User(email, password, {"Authorization": f"Bearer {tokens['access_token']}"}, tokens["refresh_token"])
 
 
 @pytest.fixture
@@ -266,9 +259,7 @@ def create_discussion(client: httpx.Client, user: User, topic: str, panel: list[
     return str(response.json()["id"])
 
 
-def wait_finished(
-    client: httpx.Client, user: User, discussion_id: str, timeout: float = 60
-) -> dict[str, Any]:
+def wait_finished(client: httpx.Client, user: User, discussion_id: str, timeout: float = 60) -> dict[str, Any]:
     found: dict[str, Any] = {}
 
     def finished() -> bool:

@@ -66,9 +66,7 @@ def test_cap_holds_exactly_with_more_discussions_than_slots(
         for i in range(6):
             # A new connection per request, so gunicorn spreads the discussions over its workers.
             with httpx.Client(base_url=service.url, timeout=30) as fresh:
-                ids.append(
-                    create_discussion(fresh, user, f"Cap {i} [[fake:delay=0.1,words=10]]", ["bull", "bear"])
-                )
+                ids.append(create_discussion(fresh, user, f"Cap {i} [[fake:delay=0.1,words=10]]", ["bull", "bear"]))
         owners = {o.rsplit(":", 1)[0] for o in asyncio.run(lease_owners(database_url, ids)) if o}
         for discussion in ids:
             assert wait_finished(client, user, discussion, timeout=90)["status"] == "completed"
@@ -91,9 +89,7 @@ def test_killed_worker_leaks_no_slot_and_loses_no_completed_message(
     holders_key = f"{redis_prefix}agent-slots:holders"
     panel = ["fundamentals", "technical", "sentiment"]
     discussion = create_discussion(client, user, "Crash [[fake:delay=0.1,words=20]]", panel)
-    read_events(
-        service, client, user, discussion, until=lambda e: e["type"] == "token" and e["turn_index"] == 1
-    )
+    read_events(service, client, user, discussion, until=lambda e: e["type"] == "token" and e["turn_index"] == 1)
     rclient = redis.Redis.from_url(TEST_REDIS_URL, decode_responses=True)
     held = {str(m) for m in rclient.zrange(holders_key, 0, -1)}
     (owner,) = asyncio.run(lease_owners(database_url, [discussion]))
@@ -116,11 +112,7 @@ def test_killed_worker_leaks_no_slot_and_loses_no_completed_message(
     events = read_events(service, client, user, discussion)
     announced = Counter(e["message"]["turn_index"] for e in events if e["type"] == "message_completed")
     assert announced == Counter({0: 1, 1: 1, 2: 1, 3: 1})
-    by_turn = {
-        e["message"]["turn_index"]: e["message"]["content"]
-        for e in events
-        if e["type"] == "message_completed"
-    }
+    by_turn = {e["message"]["turn_index"]: e["message"]["content"] for e in events if e["type"] == "message_completed"}
     assert by_turn == {m["turn_index"]: m["content"] for m in detail["messages"]}
     wait_until(lambda: len(service.worker_pids()) == 2, 20, "gunicorn to replace the killed worker")
     assert running_now(rclient, holders_key) == 0

@@ -28,9 +28,7 @@ def test_register_login_refresh_rotation_and_logout(client: httpx.Client) -> Non
     assert rotated.status_code == 200
     second = rotated.json()["refresh_token"]
     assert second != first
-    assert client.get(
-        "/api/usage", headers={"Authorization": f"Bearer {rotated.json()['access_token']}"}
-    ).is_success
+    assert client.get("/api/usage", headers={"Authorization": f"Bearer {rotated.json()['access_token']}"}).is_success
 
     # Replaying the rotated token is theft: the whole family dies, including the newest token.
     assert client.post("/api/auth/refresh", json={"refresh_token": first}).status_code == 401

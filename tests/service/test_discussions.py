@@ -41,9 +41,7 @@ def assert_contiguous(events: list[dict[str, Any]], start: int = 1) -> None:
     assert [e["seq"] for e in events] == list(range(start, start + len(events)))
 
 
-def test_three_agents_and_moderator_stream_to_completion(
-    client: httpx.Client, service: Service, user: User
-) -> None:
+def test_three_agents_and_moderator_stream_to_completion(client: httpx.Client, service: Service, user: User) -> None:
     discussion = create_discussion(client, user, "Buy ACME? [[fake:delay=0.02,words=15]]", PANEL)
     events = read_events(service, client, user, discussion)
     assert_contiguous(events)
@@ -52,9 +50,7 @@ def test_three_agents_and_moderator_stream_to_completion(
     completed = [e["message"] for e in events if e["type"] == "message_completed"]
     assert [m["turn_index"] for m in completed] == [0, 1, 2, 3]
     for message in completed:  # token batches add up to exactly the persisted message
-        tokens = "".join(
-            e["text"] for e in events if e["type"] == "token" and e["turn_index"] == message["turn_index"]
-        )
+        tokens = "".join(e["text"] for e in events if e["type"] == "token" and e["turn_index"] == message["turn_index"])
         assert tokens == message["content"]
     assert events[-1]["status"] == "completed"
     assert events[-1]["verdict"]["stance"] in ("bullish", "bearish", "neutral")
@@ -78,9 +74,7 @@ def test_reconnect_with_after_loses_nothing_and_doubles_nothing(
     assert replay == first + rest
 
 
-def test_ws_ticket_is_single_use_and_origin_is_checked(
-    client: httpx.Client, service: Service, user: User
-) -> None:
+def test_ws_ticket_is_single_use_and_origin_is_checked(client: httpx.Client, service: Service, user: User) -> None:
     discussion = create_discussion(client, user, "Tickets [[fake:words=3]]", ["risk"])
     ticket = ws_ticket(client, user, discussion)
     with connect(ws_url(service, discussion, ticket), origin=Origin(ORIGIN), proxy=None) as ws:
@@ -136,9 +130,7 @@ def short_workflow_service(
     database_url: str, redis_prefix: str, fake_llm: FakeLlm, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
     tmp = tmp_path_factory.mktemp("wf")
-    svc = start_service(
-        service_env(database_url, redis_prefix, fake_llm, tmp, WORKFLOW_TIMEOUT="2"), tmp / "log"
-    )
+    svc = start_service(service_env(database_url, redis_prefix, fake_llm, tmp, WORKFLOW_TIMEOUT="2"), tmp / "log")
     try:
         yield svc
     finally:

@@ -45,9 +45,7 @@ class ThrowawayPostgres:
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
-        self._run(
-            "pg_ctl", "-D", str(self.dir / "data"), "-o", options, "-l", str(self.dir / "log"), "-w", "start"
-        )
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-o", options, "-l", str(self.dir / "log"), "-w", "start")
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
@@ -89,9 +87,7 @@ def health(service: Service) -> httpx.Response:
         return client.get("/api/health")
 
 
-def test_health_503_while_postgres_is_down_then_recovers(
-    throwaway_pg: ThrowawayPostgres, pg_service: Service
-) -> None:
+def test_health_503_while_postgres_is_down_then_recovers(throwaway_pg: ThrowawayPostgres, pg_service: Service) -> None:
     up = health(pg_service)
     assert up.status_code == 200
     body = up.json()

@@ -62,9 +62,7 @@ def test_upload_limits(client: httpx.Client) -> None:
 
 def test_discussions_are_paginated_and_running_ones_cannot_be_deleted(client: httpx.Client) -> None:
     user = new_user(client)
-    ids = [
-        create_discussion(client, user, f"Page {i} [[fake:words=20,delay=0.05]]", ["risk"]) for i in range(3)
-    ]
+    ids = [create_discussion(client, user, f"Page {i} [[fake:words=20,delay=0.05]]", ["risk"]) for i in range(3)]
     busy = client.delete(f"/api/discussions/{ids[-1]}", headers=user.headers)
     assert busy.status_code == 409 and "stop" in busy.json()["detail"]
     for discussion in ids:

@@ -56,9 +56,7 @@ def test_metrics_are_clean_and_aggregated_over_workers(client: httpx.Client, ser
     assert sample(body, "cvm_llm_prompt_cache_tokens_total", result="hit") > 0
     assert sample(body, "cvm_discussion_duration_seconds_count", status="completed") >= 1
     route = "/api/discussions/{discussion_id}"
-    assert (
-        sample(body, "cvm_http_request_duration_seconds_count", method="GET", route=route, status="200") >= 1
-    )
+    assert sample(body, "cvm_http_request_duration_seconds_count", method="GET", route=route, status="200") >= 1
 
     # Counters summed over workers never go backwards, whichever worker answers the scrape.
     counts = [

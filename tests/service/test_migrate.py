@@ -46,9 +46,7 @@ def test_concurrent_runs_apply_each_migration_once(empty_database: str) -> None:
     async def recorded() -> list[int]:
         conn = await asyncpg.connect(empty_database)
         try:
-            return [
-                r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")
-            ]
+            return [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
         finally:
             await conn.close()
 
@@ -57,19 +55,13 @@ def test_concurrent_runs_apply_each_migration_once(empty_database: str) -> None:
 
 def test_cli_runs_twice(empty_database: str) -> None:
     env = {**os.environ, "DATABASE_URL": empty_database}
-    first = subprocess.run(
-        [PYTHON, "-m", "service.migrate"], cwd=REPO, env=env, capture_output=True, text=True
-    )
-    second = subprocess.run(
-        [PYTHON, "-m", "service.migrate"], cwd=REPO, env=env, capture_output=True, text=True
-    )
+    first = subprocess.run([PYTHON, "-m", "service.migrate"], cwd=REPO, env=env, capture_output=True, text=True)
+    second = subprocess.run([PYTHON, "-m", "service.migrate"], cwd=REPO, env=env, capture_output=True, text=True)
     assert first.returncode == 0 and "applied migrations: [1]" in first.stdout
     assert second.returncode == 0 and "up to date" in second.stdout
 
 
 def test_cli_without_database_url_says_what_to_set() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    result = subprocess.run(
-        [PYTHON, "-m", "service.migrate"], cwd=REPO, env=env, capture_output=True, text=True
-    )
+    result = subprocess.run([PYTHON, "-m", "service.migrate"], cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 1 and result.stderr.strip().startswith("DATABASE_URL is not set")

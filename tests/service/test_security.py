@@ -31,12 +31,8 @@ def test_access_token_round_trip() -> None:
     [
         jwt.encode({"sub": str(uuid.uuid4()), "iat": 0, "exp": 1}, SECRET, algorithm="HS256"),  # expired
         jwt.encode({"sub": str(uuid.uuid4()), "iat": int(time.time())}, SECRET, algorithm="HS256"),  # no exp
-        jwt.encode(
-            {"sub": str(uuid.uuid4()), "exp": int(time.time()) + 60}, SECRET, algorithm="HS256"
-        ),  # no iat
-        jwt.encode(
-            {"sub": str(uuid.uuid4()), "iat": 0, "exp": 2**40}, "other" * 10, algorithm="HS256"
-        ),  # forged
+        jwt.encode({"sub": str(uuid.uuid4()), "exp": int(time.time()) + 60}, SECRET, algorithm="HS256"),  # no iat
+        jwt.encode({"sub": str(uuid.uuid4()), "iat": 0, "exp": 2**40}, "other" * 10, algorithm="HS256"),  # forged
         jwt.encode({"sub": str(uuid.uuid4()), "iat": 0, "exp": 2**40}, SECRET, algorithm="HS512"),  # alg swap
         jwt.encode({"sub": str(uuid.uuid4()), "iat": 0, "exp": 2**40}, "", algorithm="none"),  # unsigned
     ],
