@@ -10,8 +10,12 @@ from invoke.tasks import task
 
 from appliance import render as rendering
 from appliance import sandbox as sandboxes
-from appliance.cli import COMMON_HELP, load, one_line_errors, open_host
+from appliance.bootstrap import bootstrap, bootstrap_files
+from appliance.cli import COMMON_HELP, load, one_line_errors
+from appliance.errors import StepFailed
 from appliance.facts import gather_facts
+from appliance.remote import open_host
+from appliance.report import summary_table
 from appliance.secrets import ensure_generated, load_secrets
 
 
@@ -48,7 +52,8 @@ def render(
     """Write every file that would land on a host for this config, to read before deploying."""
     loaded = load(config, env, host)
     ensure_generated(loaded.secrets_path)
-    files = rendering.host_files(loaded, load_secrets(loaded.secrets_path), version, reveal=reveal)
+    secrets = load_secrets(loaded.secrets_path)
+    files = rendering.release_files(loaded, secrets, version, reveal=reveal) + bootstrap_files(loaded)
     for path in rendering.write_tree(files, Path(out)):
         print(path)
 
@@ -59,7 +64,36 @@ def facts(c: Context, config: str | None = None, env: str | None = None, host: s
     """Connect to the host and show what it is: OS, CPU, memory, disk, Docker and Compose."""
     loaded = load(config, env, host)
     with open_host(loaded) as remote:
-        print(f"{loaded.settings.hosts[0].target}: {gather_facts(remote).summary()}")
+        print(f"{loaded.settings.hosts[0].target}: {gather_facts(remote, loaded.settings.base_dir).summary()}")
+
+
+@task(
+    name="bootstrap",
+    help={
+        **COMMON_HELP,
+        "check": "show what would change; change nothing",
+        "diff": "show a unified diff of each managed file that would change (secrets masked)",
+    },
+)
+@one_line_errors
+def bootstrap_host(
+    c: Context,
+    check: bool = False,
+    diff: bool = False,
+    config: str | None = None,
+    env: str | None = None,
+    host: str | None = None,
+) -> None:
+    """Turn a fresh Ubuntu/Debian CVM into a hardened Docker host; run again after config changes."""
+    loaded = load(config, env, host)
+    target = loaded.settings.hosts[0].target
+    if loaded.settings.host.ssh_open_to_all:
+        print(f"warning: SSH on {target} stays open to any address: set host.ssh_allow_from to your networks")
+    facts, results = bootstrap(loaded, check=check, diff=print if diff else None)
+    print(summary_table(results, f"{target}: {facts.summary()}"))
+    failed = [result for result in results if result.status == "failed"]
+    if failed:
+        raise StepFailed(f"{target}: {failed[0].step}: {failed[0].error}")
 
 
 SANDBOX_HELP = {
@@ -100,4 +134,4 @@ def sandbox_down(c: Context, name: str = "cvm-sandbox", config_out: str = "sandb
     print("removed: " + (", ".join(removed) or f"nothing (no sandbox {name})"))
 
 
-namespace = Collection(config, render, facts, Collection("sandbox", sandbox_up, sandbox_down))
+namespace = Collection(config, render, facts, bootstrap_host, Collection("sandbox", sandbox_up, sandbox_down))

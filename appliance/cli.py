@@ -11,7 +11,6 @@ from invoke.exceptions import Exit
 
 from appliance.config import Config, config_path, load_config
 from appliance.errors import ApplianceError
-from appliance.remote import RemoteHost, connect
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -27,13 +26,6 @@ def load(config: str | None, env: str | None, host: str | None = None) -> Config
     """The validated config for a task, aimed at `host` when given."""
     loaded = load_config(config_path(config), env)
     return loaded.with_host(host) if host else loaded
-
-
-def open_host(config: Config) -> RemoteHost:
-    """An SSH session to the config's (first) host."""
-    host = config.settings.hosts[0]
-    key = config.resolve(host.key) if host.key else None
-    return connect(host, key, config.resolve(host.known_hosts))
 
 
 def one_line_errors(task: Callable[P, R]) -> Callable[P, R]:

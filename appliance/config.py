@@ -8,6 +8,7 @@ task uses, so a typo in staging is caught while deploying production.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import sys
@@ -160,6 +161,55 @@ class Monitoring(_Section):
     email_to: list[str] = Field(default_factory=list)
 
 
+class HostSetup(_Section):
+    """How bootstrap prepares the operating system of a CVM."""
+
+    # Tencent's NTP: the first is reachable from inside Tencent Cloud, the second from anywhere.
+    ntp_servers: list[str] = Field(default_factory=lambda: ["ntpupdate.tencentyun.com", "time1.cloud.tencent.com"])
+    swap: Literal["auto", "off"] | int = "auto"
+    sysctl: dict[str, int | str] = Field(default_factory=dict)
+    operator_user: str | None = None
+    ssh_allow_from: list[str] = Field(default_factory=lambda: ["0.0.0.0/0"])
+    docker_source: Literal["distribution", "docker-ce"] = "distribution"
+    docker_ce_mirror: str = "https://mirrors.cloud.tencent.com/docker-ce"
+    registry_mirrors: list[str] = Field(default_factory=list)
+    unattended_upgrades: bool = True
+    fail2ban: bool = True
+    journald_max_use: str = "500M"
+    min_memory_mb: int = Field(default=1800, ge=256)
+    min_disk_mb: int = Field(default=4096, ge=256)
+
+    @field_validator("ssh_allow_from")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an address or CIDR such as 203.0.113.7/32") from None
+        if not value:
+            raise ValueError("must allow SSH from somewhere, or the next bootstrap cannot connect")
+        return value
+
+    @field_validator("swap")
+    @classmethod
+    def _swap_size(cls, value: str | int) -> str | int:
+        if isinstance(value, int) and not 256 <= value <= 65536:
+            raise ValueError("a swap size is in MB, from 256 to 65536 (or 'auto' / 'off')")
+        return value
+
+    @field_validator("operator_user")
+    @classmethod
+    def _user_name(cls, value: str | None) -> str | None:
+        if value is not None and (value == "root" or not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value)):
+            raise ValueError("must be a lower-case Linux user name other than root")
+        return value
+
+    @property
+    def ssh_open_to_all(self) -> bool:
+        return any(ipaddress.ip_network(cidr, strict=False).prefixlen == 0 for cidr in self.ssh_allow_from)
+
+
 class Settings(_Section):
     """One environment's complete, validated settings."""
 
@@ -169,6 +219,7 @@ class Settings(_Section):
     timezone: str = "Asia/Shanghai"
     secrets_file: str = "secrets.env"
     hosts: list[Host] = Field(min_length=1)
+    host: HostSetup = Field(default_factory=HostSetup)
     tls: Tls = Field(default_factory=Tls)
     images: Images = Field(default_factory=Images)
     service: Service = Field(default_factory=Service)
@@ -224,16 +275,12 @@ class Config:
     def with_host(self, target: str) -> Config:
         """This config aimed at `user@address[:port]` given on the command line instead of [[hosts]]."""
         host = parse_host_target(target, self.settings.hosts[0])
-        return Config(
-            self.path, self.env, self.environments, self.settings.model_copy(update={"hosts": [host]})
-        )
+        return Config(self.path, self.env, self.environments, self.settings.model_copy(update={"hosts": [host]}))
 
 
 def parse_host_target(target: str, template: Host) -> Host:
     """`root@1.2.3.4`, `ubuntu@cvm:2222` or `1.2.3.4` → a Host keeping the template's key and known_hosts."""
-    match = re.fullmatch(
-        r"(?:(?P<user>[a-z_][a-z0-9_-]*)@)?(?P<address>[^@:\s]+)(?::(?P<port>\d{1,5}))?", target
-    )
+    match = re.fullmatch(r"(?:(?P<user>[a-z_][a-z0-9_-]*)@)?(?P<address>[^@:\s]+)(?::(?P<port>\d{1,5}))?", target)
     if not match or (match["port"] and not 0 < int(match["port"]) < 65536):
         raise ConfigError(f"--host {target!r}: expected USER@ADDRESS[:PORT], e.g. root@1.2.3.4")
     return template.model_copy(
@@ -258,9 +305,7 @@ def load_config(path: Path, env: str | None = None) -> Config:
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: not found (copy appliance.example.toml to {path}, or pass --config)"
-        ) from None
+        raise ConfigError(f"{path}: not found (copy appliance.example.toml to {path}, or pass --config)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     environments = document.pop("environments", {})

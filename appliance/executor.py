@@ -8,13 +8,15 @@ acts on a host that an earlier step left half-configured.
 from __future__ import annotations
 
 import base64
+import difflib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from appliance.errors import ApplianceError
-from appliance.steps import Action, Fact, Run, Step, Upload
+from appliance.shell import sh
+from appliance.steps import Action, Fact, Note, Run, Step, Upload, VerifyLogin
 
 Status = Literal["ok", "changed", "pending", "failed"]
 
@@ -56,6 +58,17 @@ def describe(action: Action) -> str:
     return action.why
 
 
+def unified_diff(path: str, old: str | None, new: str) -> str:
+    """A unified diff of a managed file, from what the host has to what it will have."""
+    lines = difflib.unified_diff(
+        (old or "").splitlines(keepends=True),
+        new.splitlines(keepends=True),
+        fromfile=f"{path} (host)" if old is not None else "/dev/null",
+        tofile=f"{path} (wanted)",
+    )
+    return "".join(lines)
+
+
 def probe_script(probes: Mapping[str, str]) -> str:
     """One command that runs every probe and prints, per probe, base64(output + exit status) on a line."""
     parts = []
@@ -85,19 +98,26 @@ def read_facts(host: Host, probes: Mapping[str, str]) -> dict[str, Fact]:
         return {}
     result = host.run(probe_script(probes))
     if result.exit_code != 0:
-        raise ApplianceError(
-            f"could not read facts: {result.stderr.strip() or 'exit ' + str(result.exit_code)}"
-        )
+        raise ApplianceError(f"could not read facts: {result.stderr.strip() or 'exit ' + str(result.exit_code)}")
     return parse_probe_output(probes, result.stdout)
 
 
 class Executor:
     """Applies steps to one host and keeps their results."""
 
-    def __init__(self, host: Host, check: bool = False, redact: Callable[[str], str] = str) -> None:
+    def __init__(
+        self,
+        host: Host,
+        check: bool = False,
+        redact: Callable[[str], str] = str,
+        diff: Callable[[str], None] | None = None,
+        login_check: Callable[[], None] | None = None,
+    ) -> None:
         self.host = host
         self.check = check
         self.redact = redact
+        self.diff = diff
+        self.login_check = login_check
         self.results: list[StepResult] = []
 
     def apply(self, step: Step) -> StepResult:
@@ -108,16 +128,16 @@ class Executor:
         except ApplianceError as exc:
             return self._record(step, "failed", started, [], self.redact(str(exc)))
         described = [describe(action) for action in actions]
-        if not actions:
-            return self._record(step, "ok", started, [])
+        if all(isinstance(action, Note) for action in actions):
+            return self._record(step, "ok", started, described)
+        if self.diff is not None:
+            self._show_diffs(actions)
         if self.check:
             return self._record(step, "pending", started, described)
         for action, text in zip(actions, described, strict=True):
-            outcome = self._act(action)
-            if outcome.exit_code != 0:
-                reason = outcome.stderr.strip() or outcome.stdout.strip() or f"exit {outcome.exit_code}"
-                error = f"{text}: {reason.splitlines()[-1]}"
-                return self._record(step, "failed", started, described, self.redact(error))
+            error = self._act(action)
+            if error:
+                return self._record(step, "failed", started, described, self.redact(f"{text}: {error}"))
         return self._record(step, "changed", started, described)
 
     def apply_all(self, steps: Iterable[Step]) -> list[StepResult]:
@@ -127,14 +147,47 @@ class Executor:
                 break
         return self.results
 
-    def _act(self, action: Action) -> _Result:
+    def _act(self, action: Action) -> str:
+        """Carry out one action; the reason it failed, or "" when it succeeded."""
+        if isinstance(action, Note):
+            return ""
+        if isinstance(action, VerifyLogin):
+            return self._verify_login(action)
         if isinstance(action, Run):
-            return self.host.run(action.command)
-        return self.host.upload(action.path, action.content, action.mode, action.owner, action.group)
+            outcome = self.host.run(action.command)
+        else:
+            outcome = self.host.upload(action.path, action.content, action.mode, action.owner, action.group)
+        if outcome.exit_code == 0:
+            return ""
+        reason = outcome.stderr.strip() or outcome.stdout.strip() or f"exit {outcome.exit_code}"
+        return reason.splitlines()[-1]
 
-    def _record(
-        self, step: Step, status: Status, started: float, actions: list[str], error: str = ""
-    ) -> StepResult:
+    def _verify_login(self, action: VerifyLogin) -> str:
+        if self.login_check is None:
+            return ""
+        for attempt in range(action.attempts):
+            try:
+                self.login_check()
+                return ""
+            except ApplianceError as exc:
+                failure = exc
+                if attempt + 1 < action.attempts:
+                    time.sleep(1)
+        undone = self.host.run(action.undo)
+        restored = "previous state restored" if undone.exit_code == 0 else "RESTORE FAILED: fix it by hand"
+        return f"new SSH logins failed ({failure}); {restored}"
+
+    def _show_diffs(self, actions: list[Action]) -> None:
+        assert self.diff is not None
+        for action in actions:
+            if isinstance(action, Upload):
+                current = self.host.run(sh("cat", "--", action.path))
+                old = current.stdout if current.exit_code == 0 else None
+                text = unified_diff(action.path, old, action.content.decode("utf-8", errors="replace"))
+                if text:
+                    self.diff(self.redact(text))
+
+    def _record(self, step: Step, status: Status, started: float, actions: list[str], error: str = "") -> StepResult:
         result = StepResult(step.name, status, time.monotonic() - started, actions, error)
         self.results.append(result)
         return result

@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from appliance.executor import read_facts
 from appliance.remote import RemoteHost
+from appliance.shell import sh
 from appliance.steps import Fact
 
-PROBES: Mapping[str, str] = {
-    "os_release": "cat /etc/os-release",
-    "arch": "uname -m",
-    "meminfo": "cat /proc/meminfo",
-    "disk": "df -Pk /",
-    "cpus": "nproc",
-    "docker": "docker version --format '{{.Server.Version}}'",
-    "compose_v2": "docker compose version --short",
-    "compose_v1": "docker-compose version --short",
-    "systemd": "cat /proc/1/comm",
-}
+
+def fact_probes(base_dir: str) -> dict[str, str]:
+    """Read-only commands whose output makes HostFacts; free space is measured where base_dir will live."""
+    nearest = f'd={sh(base_dir)}; while [ ! -e "$d" ]; do d=$(dirname "$d"); done; df -Pk "$d"'
+    return {
+        "os_release": "cat /etc/os-release",
+        "arch": "uname -m",
+        "meminfo": "cat /proc/meminfo",
+        "disk": nearest,
+        "cpus": "nproc",
+        "docker": "docker version --format '{{.Server.Version}}'",
+        "compose_v2": "docker compose version --short",
+        "compose_v1": "docker-compose version --short",
+        "systemd": "cat /proc/1/comm",
+        "container": "systemd-detect-virt --container",
+        "swap": "swapon --show=SIZE --bytes --noheadings",
+        "kex": "ssh -Q kex",
+        "cipher": "ssh -Q cipher",
+        "mac": "ssh -Q mac",
+        "sshd_ports": "sshd -T | awk '$1 == \"port\" {print $2}'",
+    }
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,7 @@ class HostFacts:
 
     os_id: str
     os_version: str
+    os_codename: str
     os_name: str
     arch: str
     memory_mb: int
@@ -36,13 +48,18 @@ class HostFacts:
     docker: str | None
     compose: str | None
     systemd: bool
+    container: bool
+    swap_mb: int
+    # The ports sshd listens on inside the host; the operator may reach it through another (NAT, forward).
+    sshd_ports: tuple[int, ...] = (22,)
+    ssh_algorithms: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def summary(self) -> str:
-        compose = self.compose or "no compose"
+        compose = f"Compose {self.compose}" if self.compose else "no Compose"
         docker = f"Docker {self.docker}" if self.docker else "no Docker"
         return (
             f"{self.os_name} ({self.arch}), {self.cpus} CPU, {self.memory_mb} MB RAM, "
-            f"{self.disk_free_mb} MB free on /, {docker}, {compose}"
+            f"{self.disk_free_mb} MB free for the appliance, {docker}, {compose}"
         )
 
 
@@ -53,7 +70,7 @@ def parse_os_release(text: str) -> dict[str, str]:
 
 
 def parse_facts(facts: Mapping[str, Fact]) -> HostFacts:
-    """HostFacts from the output of PROBES."""
+    """HostFacts from the output of fact_probes()."""
     release = parse_os_release(facts["os_release"].stdout)
     meminfo = dict(line.split(":", 1) for line in facts["meminfo"].stdout.splitlines() if ":" in line)
     memory_kb = int(meminfo.get("MemTotal", "0 kB").split()[0])
@@ -64,9 +81,11 @@ def parse_facts(facts: Mapping[str, Fact]) -> HostFacts:
         compose = f"v2 {facts['compose_v2'].stdout.strip()}"
     elif facts["compose_v1"].ok:
         compose = f"v1 {facts['compose_v1'].stdout.strip()}"
+    swap_bytes = sum(int(size) for size in facts["swap"].stdout.split() if size.isdigit())
     return HostFacts(
         os_id=release.get("ID", "unknown"),
         os_version=release.get("VERSION_ID", "unknown"),
+        os_codename=release.get("VERSION_CODENAME", ""),
         os_name=release.get("PRETTY_NAME", "unknown OS"),
         arch=facts["arch"].stdout.strip(),
         memory_mb=memory_kb // 1024,
@@ -75,9 +94,14 @@ def parse_facts(facts: Mapping[str, Fact]) -> HostFacts:
         docker=facts["docker"].stdout.strip() if facts["docker"].ok else None,
         compose=compose,
         systemd=facts["systemd"].stdout.strip() == "systemd",
+        # systemd-detect-virt prints "none" and exits 1 on a VM or bare metal.
+        container=facts["container"].ok and facts["container"].stdout.strip() not in ("", "none"),
+        swap_mb=swap_bytes // (1024 * 1024),
+        ssh_algorithms={kind: frozenset(facts[kind].stdout.split()) for kind in ("kex", "cipher", "mac")},
+        sshd_ports=tuple(int(port) for port in facts["sshd_ports"].stdout.split() if port.isdigit()) or (22,),
     )
 
 
-def gather_facts(remote: RemoteHost) -> HostFacts:
+def gather_facts(remote: RemoteHost, base_dir: str) -> HostFacts:
     """Read the host's facts in one round trip."""
-    return parse_facts(read_facts(remote, PROBES))
+    return parse_facts(read_facts(remote, fact_probes(base_dir)))

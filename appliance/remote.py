@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import paramiko
 from fabric import Connection
 
-from appliance.config import Host
+from appliance.config import Config, Host
 from appliance.errors import SshError
 from appliance.shell import as_root, sh
 
@@ -69,7 +70,7 @@ class RemoteHost:
                 handle.write(content)
         except (paramiko.SSHException, OSError) as exc:
             raise SshError(f"{self.host.target}: upload of {path} failed: {exc}") from None
-        install = sh("install", "-m", f"{mode:o}", "-o", owner, "-g", group, "-T", staging, path)
+        install = sh("install", "-D", "-m", f"{mode:o}", "-o", owner, "-g", group, "-T", staging, path)
         return self.run(f"{install}; status=$?; rm -f {sh(staging)}; exit $status")
 
     def close(self) -> None:
@@ -82,9 +83,7 @@ class RemoteHost:
         self.close()
 
 
-def connect(
-    host: Host, key_file: Path | None, known_hosts: Path, timeout: int = CONNECT_TIMEOUT
-) -> RemoteHost:
+def connect(host: Host, key_file: Path | None, known_hosts: Path, timeout: int = CONNECT_TIMEOUT) -> RemoteHost:
     """An open, checked session: reachable, key accepted, host key known, root or passwordless sudo."""
     connect_kwargs: dict[str, Any] = {
         "banner_timeout": timeout,
@@ -101,11 +100,12 @@ def connect(
     if known_hosts.exists():
         connection.client.load_host_keys(str(known_hosts))
     connection.client.set_missing_host_key_policy(_RememberNewHostKey(known_hosts))
+    started = time.monotonic()
     try:
         connection.open()
     except Exception as exc:
         connection.close()
-        raise SshError(describe_connect_failure(host, known_hosts, exc)) from None
+        raise SshError(describe_connect_failure(host, known_hosts, exc, time.monotonic() - started)) from None
     remote = RemoteHost(host, connection)
     if host.user != "root":
         probe = remote.run("true")
@@ -118,7 +118,14 @@ def connect(
     return remote
 
 
-def describe_connect_failure(host: Host, known_hosts: Path, exc: BaseException) -> str:
+def open_host(config: Config) -> RemoteHost:
+    """An SSH session to the config's (first) host, with its key and known_hosts resolved."""
+    host = config.settings.hosts[0]
+    key = config.resolve(host.key) if host.key else None
+    return connect(host, key, config.resolve(host.known_hosts))
+
+
+def describe_connect_failure(host: Host, known_hosts: Path, exc: BaseException, elapsed: float = 0.0) -> str:
     """One line for an SSH connection failure, saying what the operator should check."""
     where = host.target
     if isinstance(exc, paramiko.BadHostKeyException):
@@ -127,18 +134,16 @@ def describe_connect_failure(host: Host, known_hosts: Path, exc: BaseException) 
             f"if expected, remove its line from {known_hosts}"
         )
     if isinstance(exc, paramiko.AuthenticationException):
-        return (
-            f"{where}: SSH key refused for user {host.user}: check hosts.key and the host's authorized_keys"
-        )
+        return f"{where}: SSH key refused for user {host.user}: check hosts.key and the host's authorized_keys"
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError | ConnectionRefusedError):
-        return (
-            f"{where}: connection refused: is sshd running and port {host.port} open in the security group?"
-        )
+        return f"{where}: connection refused: is sshd running and port {host.port} open in the security group?"
     if isinstance(exc, socket.timeout | TimeoutError):
         return f"{where}: no answer within {CONNECT_TIMEOUT}s: check the address, port and security group"
     if isinstance(exc, socket.gaierror):
         return f"{where}: cannot resolve {host.address}: check hosts.address"
     if isinstance(exc, paramiko.SSHException) and "banner" in str(exc).lower():
+        if elapsed < CONNECT_TIMEOUT - 1:
+            return f"{where}: port {host.port} closed the connection before SSH greeted: is sshd (re)starting?"
         silence = f"no SSH server answered within {CONNECT_TIMEOUT}s"
         return f"{where}: port {host.port} took the connection but {silence}"
     return f"{where}: SSH connection failed: {type(exc).__name__}: {exc}"

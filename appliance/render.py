@@ -14,7 +14,6 @@ from appliance.secrets import GENERATED, MASK, Secrets
 
 BUNDLE_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_FOLDERS = ("compose", "nginx", "systemd", "monitoring")
-COMPOSE_V2 = "/usr/bin/docker compose"
 
 # Secrets the stack's env files carry: generated ones plus the LLM key pool.
 STACK_SECRETS = (*GENERATED, "AI_API_KEY")
@@ -68,14 +67,18 @@ def render_template(name: str, context: dict[str, Any]) -> str:
         raise ApplianceError(f"{name}: cannot render: {exc}") from None
 
 
-def stack_context(
-    config: Config, secrets: Secrets, version: str, reveal: bool, memory_mb: int, compose_command: str
-) -> dict[str, Any]:
+HOST_HEADER = "Managed by cvm-appliance (inv bootstrap); changes made on the host are overwritten."
+
+
+def render_host_template(template: str, **context: Any) -> bytes:
+    """A host configuration template from systemd/host/, with the managed-file header."""
+    return render_template(f"systemd/host/{template}", {"header": HOST_HEADER, **context}).encode()
+
+
+def stack_context(config: Config, secrets: Secrets, version: str, reveal: bool, memory_mb: int) -> dict[str, Any]:
     """Everything the templates may use; secrets masked unless `reveal`."""
     settings = config.settings
-    values = {
-        name: (secret.reveal() if reveal else MASK) for name in STACK_SECRETS if (secret := secrets.get(name))
-    }
+    values = {name: (secret.reveal() if reveal else MASK) for name in STACK_SECRETS if (secret := secrets.get(name))}
     registry = settings.images.registry if settings.images.transport == "registry" else None
     api_repository = f"{registry}/{settings.images.api}" if registry else settings.images.api
     return {
@@ -92,7 +95,6 @@ def stack_context(
         "service": settings.service,
         "backup": settings.backup,
         "limits": stack_limits(memory_mb),
-        "compose_command": compose_command,
         "secrets": _MissingSecrets(values),
     }
 
@@ -104,43 +106,24 @@ class _MissingSecrets(dict[str, str]):
         return f"<{key} not set>"
 
 
-def host_files(
+def release_files(
     config: Config,
     secrets: Secrets,
     version: str,
     reveal: bool = False,
     memory_mb: int = 4096,
-    compose_command: str = COMPOSE_V2,
 ) -> list[HostFile]:
-    """Every file the appliance puts on a host for this config and release."""
-    context = stack_context(config, secrets, version, reveal, memory_mb, compose_command)
+    """The files of one release: compose file, env files (0600), nginx config."""
+    context = stack_context(config, secrets, version, reveal, memory_mb)
     settings = config.settings
     release = f"{settings.base_dir}/releases/{version}"
-    files = [
-        HostFile(
-            f"{release}/docker-compose.yml", render_template("compose/docker-compose.yml.j2", context), 0o644
-        ),
+    return [
+        HostFile(f"{release}/docker-compose.yml", render_template("compose/docker-compose.yml.j2", context), 0o644),
         HostFile(f"{release}/api.env", render_template("compose/api.env.j2", context), 0o600),
         HostFile(f"{release}/postgres.env", render_template("compose/postgres.env.j2", context), 0o600),
         HostFile(f"{release}/redis.env", render_template("compose/redis.env.j2", context), 0o600),
-        HostFile(
-            f"{release}/nginx/appliance.conf", render_template("nginx/appliance.conf.j2", context), 0o644
-        ),
-        HostFile(
-            f"/etc/systemd/system/{settings.name}.service",
-            render_template("systemd/appliance.service.j2", context),
-            0o644,
-        ),
+        HostFile(f"{release}/nginx/appliance.conf", render_template("nginx/appliance.conf.j2", context), 0o644),
     ]
-    if settings.backup.enabled:
-        files.append(
-            HostFile(
-                f"/etc/cron.d/{settings.name}-backup",
-                render_template("systemd/backup.cron.j2", context),
-                0o644,
-            )
-        )
-    return files
 
 
 def write_tree(files: list[HostFile], out: Path) -> list[Path]:

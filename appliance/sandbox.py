@@ -31,14 +31,11 @@ from appliance.remote import host_key_line
 from appliance.render import render_template
 
 BASE_PACKAGES = (
-    "systemd,systemd-sysv,dbus,openssh-server,ca-certificates,curl,python3,sudo,cron,iproute2,"
-    "procps,kmod,iptables,less"
+    "systemd,systemd-sysv,dbus,openssh-server,ca-certificates,curl,python3,sudo,cron,iproute2,procps,kmod,iptables,less"
 )
 # Bump when _prepare_rootfs changes: the tag carries it, so no machine reuses an image of an old recipe.
 RECIPE_VERSION = 2
-BASE_IMAGE = (
-    "cvm-base:bookworm-" + hashlib.sha256(f"{BASE_PACKAGES}/{RECIPE_VERSION}".encode()).hexdigest()[:8]
-)
+BASE_IMAGE = "cvm-base:bookworm-" + hashlib.sha256(f"{BASE_PACKAGES}/{RECIPE_VERSION}".encode()).hexdigest()[:8]
 LABEL = "cvm-appliance.sandbox"
 MIRROR_ENV = "APPLIANCE_DEBIAN_MIRROR"
 BOOT_TIMEOUT = 90
@@ -127,9 +124,7 @@ def ensure_base_image(client: docker.DockerClient, image: str = BASE_IMAGE, log:
     except docker.errors.ImageNotFound:
         pass
     if shutil.which("debootstrap") is None:
-        raise SandboxError(
-            "debootstrap is not installed: run scripts/dev-prereqs.sh (apt-get install debootstrap)"
-        )
+        raise SandboxError("debootstrap is not installed: run scripts/dev-prereqs.sh (apt-get install debootstrap)")
     mirror = local_mirror()
     log(f"building {image} with debootstrap from the local Debian mirror (about a minute, once)")
     with tempfile.TemporaryDirectory(prefix="cvm-base-", dir="/var/tmp") as workdir:
@@ -148,9 +143,7 @@ def ensure_base_image(client: docker.DockerClient, image: str = BASE_IMAGE, log:
             raise SandboxError(f"debootstrap failed: {' '.join(tail) or 'exit ' + str(completed.returncode)}")
         _prepare_rootfs(rootfs, mirror)
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        importer = subprocess.run(
-            ["docker", "import", "-", image], stdin=tar.stdout, capture_output=True, check=False
-        )
+        importer = subprocess.run(["docker", "import", "-", image], stdin=tar.stdout, capture_output=True, check=False)
         tar.wait()
         if tar.returncode != 0 or importer.returncode != 0:
             raise SandboxError(f"docker import of {image} failed: {importer.stderr.decode().strip()}")
@@ -184,9 +177,7 @@ def generate_key(directory: Path) -> tuple[Path, str]:
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
     )
-    public = private.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
+    public = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     key_file = directory / "id_ed25519"
     key_file.unlink(missing_ok=True)
     descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -237,11 +228,7 @@ def _start_container(client: docker.DockerClient, spec: SandboxSpec) -> Containe
         )
     except docker.errors.APIError as exc:
         client.volumes.get(spec.volume).remove(force=True)
-        taken = (
-            re.search(r"127\.0\.0\.1:(\d+)", str(exc))
-            if "allocated" in str(exc) or "in use" in str(exc)
-            else None
-        )
+        taken = re.search(r"127\.0\.0\.1:(\d+)", str(exc)) if "allocated" in str(exc) or "in use" in str(exc) else None
         if taken:
             raise SandboxError(
                 f"port {taken.group(1)} on 127.0.0.1 is taken: pass other --ssh-port/--http-port/--https-port"
@@ -253,9 +240,7 @@ def _exec(container: Container, *command: str) -> str:
     code, output = container.exec_run(list(command))
     text = str(output.decode(errors="replace")).strip()
     if code != 0:
-        raise SandboxError(
-            f"sandbox {container.name}: {' '.join(command)} failed: {text.splitlines()[-1:] or code}"
-        )
+        raise SandboxError(f"sandbox {container.name}: {' '.join(command)} failed: {text.splitlines()[-1:] or code}")
     return text
 
 
@@ -319,9 +304,7 @@ def up(spec: SandboxSpec, log: TextLog = print) -> Sandbox:
         config_file=spec.config_out.resolve(),
     )
     host_key = _exec(container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
-    sandbox.known_hosts.write_text(
-        host_key_line(sandbox.address, sandbox.ssh_port, host_key), encoding="utf-8"
-    )
+    sandbox.known_hosts.write_text(host_key_line(sandbox.address, sandbox.ssh_port, host_key), encoding="utf-8")
     _write_config(sandbox, spec.state_dir.resolve())
     return sandbox
 

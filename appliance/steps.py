@@ -48,7 +48,26 @@ class Upload:
     why: str = ""
 
 
-Action = Run | Upload
+@dataclass(frozen=True)
+class VerifyLogin:
+    """Open a brand-new SSH session before going on; if that fails, run `undo` over the old one.
+
+    A reloaded sshd takes a moment to listen again, so the login is tried `attempts` times, a second apart.
+    """
+
+    undo: str
+    why: str = "a new SSH login still works"
+    attempts: int = 5
+
+
+@dataclass(frozen=True)
+class Note:
+    """Nothing to do, for a reason worth showing (e.g. a setting a container host cannot apply)."""
+
+    why: str
+
+
+Action = Run | Upload | VerifyLogin | Note
 Facts = Mapping[str, Fact]
 
 
@@ -87,9 +106,7 @@ def _ownership_actions(
     if int(have_mode, 8) != mode:
         actions.append(Run(sh("chmod", f"{mode:o}", path), f"mode {have_mode} → {mode:o}"))
     if (have_owner, have_group) != (owner, group):
-        actions.append(
-            Run(sh("chown", f"{owner}:{group}", path), f"owner {have_owner}:{have_group} → {owner}:{group}")
-        )
+        actions.append(Run(sh("chown", f"{owner}:{group}", path), f"owner {have_owner}:{have_group} → {owner}:{group}"))
     return actions
 
 
@@ -139,10 +156,79 @@ class Directory:
     def plan(self, facts: Facts) -> list[Action]:
         current = _stat_fields(facts["stat"])
         if current is None:
-            create = sh(
-                "install", "-d", "-m", f"{self.mode:o}", "-o", self.owner, "-g", self.group, self.path
-            )
+            create = sh("install", "-d", "-m", f"{self.mode:o}", "-o", self.owner, "-g", self.group, self.path)
             return [Run(create, "create")]
         if current[0] != "directory":
             raise StepFailed(f"{self.path} exists and is a {current[0]}, not a directory: move it away")
         return _ownership_actions(self.path, current, self.mode, self.owner, self.group)
+
+
+@dataclass(frozen=True)
+class Converge:
+    """A state with a read-only check (exit 0: already so) and a command that makes it so."""
+
+    name: str
+    check: str
+    fix: str
+    why: str
+
+    def probes(self) -> Mapping[str, str]:
+        return {"check": self.check}
+
+    def plan(self, facts: Facts) -> list[Action]:
+        return [] if facts["check"].ok else [Run(self.fix, self.why)]
+
+
+APT_ENV = "DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l"
+
+
+def apt_get(*words: str) -> str:
+    """apt-get that never asks, keeps changed config files and lists (never performs) restarts."""
+    options = ("-y", "-q", "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold")
+    return f"{APT_ENV} {sh('apt-get', *options, *words)}"
+
+
+@dataclass(frozen=True)
+class Packages:
+    """Debian packages that must be installed (never removed or upgraded here)."""
+
+    label: str
+    packages: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"packages: {self.label}"
+
+    def probes(self) -> Mapping[str, str]:
+        return {"installed": sh("dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\\n", *self.packages)}
+
+    def plan(self, facts: Facts) -> list[Action]:
+        lines = (line.split() for line in facts["installed"].stdout.splitlines())
+        installed = {fields[0].split(":")[0] for fields in lines if len(fields) == 2 and fields[1] == "installed"}
+        missing = [package for package in self.packages if package not in installed]
+        if not missing:
+            return []
+        install = f"{apt_get('update')} && {apt_get('install', '--no-install-recommends', *missing)}"
+        return [Run(install, "install " + " ".join(missing))]
+
+
+@dataclass(frozen=True)
+class ConfigFiles:
+    """Files of one program and the command that makes it take them up, run only after a change."""
+
+    name: str
+    files: tuple[ManagedFile, ...]
+    on_change: str
+    why: str
+
+    def probes(self) -> Mapping[str, str]:
+        return {
+            f"{index}:{key}": command for index, file in enumerate(self.files) for key, command in file.probes().items()
+        }
+
+    def plan(self, facts: Facts) -> list[Action]:
+        actions: list[Action] = []
+        for index, file in enumerate(self.files):
+            own = {key.split(":", 1)[1]: fact for key, fact in facts.items() if key.startswith(f"{index}:")}
+            actions.extend(file.plan(own))
+        return [*actions, Run(self.on_change, self.why)] if actions else []

@@ -79,9 +79,7 @@ def test_unknown_key_suggests_the_near_miss(tmp_path: Path) -> None:
 
 def test_unknown_key_inside_a_host_names_the_environment(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + 'adress = "x"\n')
-    assert error_of(path) == (
-        f"{path}: environments.production.hosts.0.adress: unknown key (did you mean 'address'?)"
-    )
+    assert error_of(path) == (f"{path}: environments.production.hosts.0.adress: unknown key (did you mean 'address'?)")
 
 
 def test_missing_required_field(tmp_path: Path) -> None:
@@ -100,9 +98,7 @@ def test_every_environment_is_validated(tmp_path: Path) -> None:
 def test_cross_field_rules(tmp_path: Path) -> None:
     acme = write(tmp_path, MINIMAL + '\n[tls]\nmode = "acme"\nacme_email = "ops@example.com"\n')
     assert error_of(acme) == f"{acme}: (top level): tls.mode 'acme' needs a domain"
-    backup = write(
-        tmp_path, MINIMAL + '\n[backup]\nenabled = true\ncos_bucket = "b-125"\nage_recipient = "x"\n'
-    )
+    backup = write(tmp_path, MINIMAL + '\n[backup]\nenabled = true\ncos_bucket = "b-125"\nage_recipient = "x"\n')
     assert "backup: enabled backups need age_recipient" in error_of(backup)
     cron = write(tmp_path, MINIMAL + '\n[backup]\nschedule = "daily"\n')
     assert "backup.schedule: must be a 5-field cron schedule" in error_of(cron)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import Config, load_config
-from appliance.render import host_files, stack_limits, write_tree
+from appliance.render import release_files, stack_limits, write_tree
 from appliance.secrets import MASK, ensure_generated, load_secrets
 from tests.conftest import REPO
 
@@ -30,14 +30,13 @@ def example(tmp_path: Path) -> Config:
 @pytest.mark.unit
 def test_masked_render_holds_no_secret(example: Config) -> None:
     secrets = load_secrets(example.secrets_path, {})
-    files = {host_file.path: host_file for host_file in host_files(example, secrets, "v1")}
+    files = {host_file.path: host_file for host_file in release_files(example, secrets, "v1")}
     assert set(files) == {
         "/opt/appliance/releases/v1/docker-compose.yml",
         "/opt/appliance/releases/v1/api.env",
         "/opt/appliance/releases/v1/postgres.env",
         "/opt/appliance/releases/v1/redis.env",
         "/opt/appliance/releases/v1/nginx/appliance.conf",
-        "/etc/systemd/system/agents.service",
     }
     everything = "".join(host_file.content for host_file in files.values())
     for secret in secrets.values.values():
@@ -47,30 +46,16 @@ def test_masked_render_holds_no_secret(example: Config) -> None:
     assert files["/opt/appliance/releases/v1/api.env"].mode == 0o600
     assert "MAX_CONCURRENT_AGENTS=10" in files["/opt/appliance/releases/v1/api.env"].content
     assert "image: cvm-appliance/api:v1" in files["/opt/appliance/releases/v1/docker-compose.yml"].content
-    assert (
-        "server_name agents.example.com;" in files["/opt/appliance/releases/v1/nginx/appliance.conf"].content
-    )
+    assert "server_name agents.example.com;" in files["/opt/appliance/releases/v1/nginx/appliance.conf"].content
 
 
 @pytest.mark.unit
-def test_reveal_writes_values_and_backup_adds_cron(example: Config) -> None:
+def test_reveal_writes_values(example: Config) -> None:
     secrets = load_secrets(example.secrets_path, {})
-    backup = example.settings.backup.model_copy(
-        update={"enabled": True, "cos_bucket": "b-1250000000", "age_recipient": "age1xyz"}
-    )
-    config = Config(
-        example.path,
-        example.env,
-        example.environments,
-        example.settings.model_copy(update={"backup": backup}),
-    )
-    files = {
-        host_file.path: host_file.content for host_file in host_files(config, secrets, "v2", reveal=True)
-    }
+    files = {host_file.path: host_file.content for host_file in release_files(example, secrets, "v2", reveal=True)}
     assert "AI_API_KEY=sk-pool-one-1234,sk-pool-two-5678" in files["/opt/appliance/releases/v2/api.env"]
-    assert files["/etc/cron.d/agents-backup"].splitlines()[-1] == (
-        "30 3 * * * root /opt/appliance/bin/backup.sh >> /var/log/agents-backup.log 2>&1"
-    )
+    password = secrets.require(["POSTGRES_PASSWORD"])["POSTGRES_PASSWORD"].reveal()
+    assert f"POSTGRES_PASSWORD={password}" in files["/opt/appliance/releases/v2/postgres.env"]
 
 
 @pytest.mark.unit
@@ -112,7 +97,7 @@ def test_render_task_writes_readable_tree(example: Config, tmp_path: Path) -> No
 @pytest.mark.integration
 def test_rendered_compose_passes_docker_compose_config(example: Config, tmp_path: Path) -> None:
     secrets = load_secrets(example.secrets_path, {})
-    write_tree(host_files(example, secrets, "v1", reveal=True), tmp_path / "host")
+    write_tree(release_files(example, secrets, "v1", reveal=True), tmp_path / "host")
     release = tmp_path / "host/opt/appliance/releases/v1"
     check = subprocess.run(
         ["docker-compose", "--project-name", "agents", "config", "--quiet"],

@@ -72,7 +72,5 @@ def test_as_root_wraps_in_bash_with_pipefail_and_sudo_for_others() -> None:
     assert subprocess.run(["sh", "-c", as_root("false | true", "root")], check=False).returncode == 1
     assert as_root("id", "ubuntu").startswith("sudo -n -- bash -c ")
     hostile = "x; rm -rf / #'\""
-    echoed = subprocess.run(
-        ["sh", "-c", as_root(sh("printf", "%s", hostile), "root")], capture_output=True, text=True
-    )
+    echoed = subprocess.run(["sh", "-c", as_root(sh("printf", "%s", hostile), "root")], capture_output=True, text=True)
     assert echoed.stdout == hostile

@@ -86,8 +86,7 @@ def test_closed_port_is_one_line_within_15s(shared_sandbox: Sandbox, tmp_path: P
     run, elapsed = inv("facts", "--config", str(config))
     assert run.returncode == 3
     assert run.stderr.strip() == (
-        f"error: root@127.0.0.1:{port}: connection refused: "
-        f"is sshd running and port {port} open in the security group?"
+        f"error: root@127.0.0.1:{port}: connection refused: is sshd running and port {port} open in the security group?"
     )
     assert elapsed < 15
 
@@ -119,12 +118,8 @@ def silent_port() -> Iterator[int]:
     listener.close()
 
 
-def test_silent_port_is_one_line_within_15s(
-    shared_sandbox: Sandbox, tmp_path: Path, silent_port: int
-) -> None:
-    config = variant(
-        shared_sandbox, tmp_path, **{f"port = {shared_sandbox.ssh_port}": f"port = {silent_port}"}
-    )
+def test_silent_port_is_one_line_within_15s(shared_sandbox: Sandbox, tmp_path: Path, silent_port: int) -> None:
+    config = variant(shared_sandbox, tmp_path, **{f"port = {shared_sandbox.ssh_port}": f"port = {silent_port}"})
     run, elapsed = inv("facts", "--config", str(config))
     assert run.returncode == 3
     assert len(run.stderr.strip().splitlines()) == 1
@@ -150,9 +145,7 @@ def test_unknown_host_key_is_recorded_on_first_use(shared_sandbox: Sandbox, tmp_
     assert run.returncode == 0, run.stderr
     recorded = known_hosts.read_text().split()
     expected = shared_sandbox.known_hosts.read_text().split()
-    assert (
-        recorded[:3] == expected[:3] == [f"[127.0.0.1]:{shared_sandbox.ssh_port}", "ssh-ed25519", expected[2]]
-    )
+    assert recorded[:3] == expected[:3] == [f"[127.0.0.1]:{shared_sandbox.ssh_port}", "ssh-ed25519", expected[2]]
 
 
 def add_user(root: RemoteHost, user: str, public_key: str, sudo_rule: str | None) -> None:
@@ -164,9 +157,7 @@ def add_user(root: RemoteHost, user: str, public_key: str, sudo_rule: str | None
         f"echo {sh(user + ':a-password-nobody-types')} | chpasswd",
     ]
     if sudo_rule:
-        commands.append(
-            f"echo {sh(user + ' ' + sudo_rule)} > /etc/sudoers.d/{user} && chmod 440 /etc/sudoers.d/{user}"
-        )
+        commands.append(f"echo {sh(user + ' ' + sudo_rule)} > /etc/sudoers.d/{user} && chmod 440 /etc/sudoers.d/{user}")
     result = root.run(" && ".join(commands))
     assert result.exit_code == 0, result.stderr
 
@@ -181,15 +172,12 @@ def test_user_whose_sudo_wants_a_password_is_refused(
     with pytest.raises(SshError) as caught:
         connect(host, key, shared_sandbox.known_hosts)
     assert str(caught.value).startswith(
-        f"needspw@127.0.0.1:{shared_sandbox.ssh_port}: "
-        "user needspw needs passwordless sudo (sudo said: sudo: "
+        f"needspw@127.0.0.1:{shared_sandbox.ssh_port}: user needspw needs passwordless sudo (sudo said: sudo: "
     )
     assert time.monotonic() - started < 15
 
 
-def test_sudo_user_writes_root_owned_files(
-    shared_sandbox: Sandbox, sandbox_host: RemoteHost, tmp_path: Path
-) -> None:
+def test_sudo_user_writes_root_owned_files(shared_sandbox: Sandbox, sandbox_host: RemoteHost, tmp_path: Path) -> None:
     key, public = generate_key(tmp_path / "deploy")
     add_user(sandbox_host, "deployer", public, "ALL=(ALL:ALL) NOPASSWD: ALL")
     host = sandbox_host.host.model_copy(update={"user": "deployer"})

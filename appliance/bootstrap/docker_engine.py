@@ -1,0 +1,83 @@
+"""Docker engine and Compose, from the distribution or from Docker's packages through a mirror."""
+
+from __future__ import annotations
+
+import json
+
+from appliance.bootstrap.system import service_running
+from appliance.config import Settings
+from appliance.facts import HostFacts
+from appliance.render import render_host_template
+from appliance.shell import sh
+from appliance.steps import ConfigFiles, Converge, ManagedFile, Packages, Step
+
+DOCKER_CE_PACKAGES = (
+    "docker-ce",
+    "docker-ce-cli",
+    "containerd.io",
+    "docker-compose-plugin",
+    "docker-buildx-plugin",
+)
+WEB_PORTS = (80, 443)
+
+
+def distribution_packages(facts: HostFacts) -> tuple[str, ...]:
+    """docker.io plus the host's Compose: the v2 plugin where the release ships it, else v1."""
+    if facts.os_id == "ubuntu" and facts.os_version in ("22.04", "24.04"):
+        return ("docker.io", "docker-compose-v2")
+    return ("docker.io", "docker-compose")
+
+
+def docker_ce_repository(settings: Settings, facts: HostFacts) -> Converge:
+    """Docker's apt repository, through the configured mirror (mainland hosts cannot reach Docker's own)."""
+    base = f"{settings.host.docker_ce_mirror.rstrip('/')}/linux/{facts.os_id}"
+    keyring = "/etc/apt/keyrings/docker.asc"
+    line = f"deb [signed-by={keyring}] {base} {facts.os_codename} stable"
+    source = "/etc/apt/sources.list.d/docker.list"
+    return Converge(
+        "docker-ce repository",
+        check=f"test -s {keyring} && grep -qxF {sh(line)} {source}",
+        fix=(
+            f"install -d -m 755 /etc/apt/keyrings && curl -fsSL --max-time 60 {sh(base + '/gpg')} -o {keyring} "
+            f"&& chmod 644 {keyring} && echo {sh(line)} > {source}"
+        ),
+        why=f"add Docker's repository from {settings.host.docker_ce_mirror}",
+    )
+
+
+def daemon_json(settings: Settings) -> bytes:
+    daemon = {
+        "log-driver": "json-file",
+        "log-opts": {"max-size": "10m", "max-file": "5"},
+        # Containers keep running while dockerd restarts (an upgrade, a config change).
+        "live-restore": True,
+        "registry-mirrors": settings.host.registry_mirrors,
+    }
+    return render_host_template("docker-daemon.json.j2", daemon=json.loads(json.dumps(daemon)))
+
+
+def docker_steps(settings: Settings, facts: HostFacts) -> list[Step]:
+    """Engine, Compose, daemon.json, and the DOCKER-USER guard that keeps published ports closed."""
+    steps: list[Step] = []
+    if settings.host.docker_source == "docker-ce":
+        steps += [docker_ce_repository(settings, facts), Packages("docker-ce", DOCKER_CE_PACKAGES)]
+    else:
+        steps.append(Packages("docker", distribution_packages(facts)))
+    daemon = ManagedFile("/etc/docker/daemon.json", daemon_json(settings))
+    guard_unit = ManagedFile(
+        "/etc/systemd/system/docker-user-firewall.service",
+        render_host_template("docker-user-firewall.service.j2", ports=WEB_PORTS, base_dir=settings.base_dir),
+    )
+    return [
+        *steps,
+        ConfigFiles("docker daemon.json", (daemon,), "systemctl restart docker", "restart docker"),
+        service_running("docker"),
+        ConfigFiles(
+            "docker published-port guard",
+            (guard_unit,),
+            "systemctl daemon-reload && systemctl enable docker-user-firewall "
+            "&& systemctl restart docker-user-firewall",
+            "load and run the guard",
+        ),
+        service_running("docker-user-firewall"),
+    ]

@@ -1,0 +1,207 @@
+"""The appliance's own place on the host: directories, host scripts, TLS, the boot unit, cron."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+from appliance.config import Config, Settings
+from appliance.errors import ConfigError
+from appliance.facts import HostFacts
+from appliance.render import BUNDLE_ROOT, render_host_template, render_template
+from appliance.shell import sh
+from appliance.steps import ConfigFiles, Converge, Directory, ManagedFile, Packages, Step
+
+# scripts/ files that run on the host, and their names in BASE/bin.
+HOST_SCRIPTS = {
+    "compose.sh": "compose",
+    "docker-user-firewall.sh": "docker-user-firewall.sh",
+    "cert-expiry.sh": "cert-expiry.sh",
+}
+CERT_DAYS = 397  # browsers' limit for a server certificate's lifetime
+
+
+def directories(base: str) -> list[Step]:
+    return [
+        Directory(base, 0o755),
+        Directory(f"{base}/releases", 0o755),
+        Directory(f"{base}/bin", 0o755),
+        Directory(f"{base}/shared", 0o755),
+        Directory(f"{base}/shared/certs", 0o750),
+        Directory(f"{base}/shared/www", 0o755),
+        Directory(f"{base}/shared/data", 0o750),
+        Directory(f"{base}/shared/backups", 0o700),
+        Directory(f"{base}/shared/metrics", 0o755),
+    ]
+
+
+def host_scripts(base: str) -> list[Step]:
+    return [
+        ManagedFile(f"{base}/bin/{name}", (BUNDLE_ROOT / "scripts" / source).read_bytes(), 0o755)
+        for source, name in HOST_SCRIPTS.items()
+    ]
+
+
+def reload_nginx(settings: Settings) -> str:
+    """Reload the running stack's nginx, if a release is running; nothing otherwise."""
+    current = f"{settings.base_dir}/current"
+    compose = f"{settings.base_dir}/bin/compose --project-name {sh(settings.name)}"
+    return (
+        f"if [ -e {sh(current)}/docker-compose.yml ]; then "
+        f"cd {sh(current)} && {compose} exec -T nginx nginx -s reload || true; fi"
+    )
+
+
+def _subject_alt_name(name: str) -> str:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return f"DNS:{name}"
+    return f"IP:{name}"
+
+
+def self_signed_certificate(settings: Settings, common_name: str) -> Converge:
+    """A certificate from a private CA, valid for the host's name, renewed 30 days before it lapses."""
+    certs = f"{settings.base_dir}/shared/certs"
+    san = _subject_alt_name(common_name)
+    shown = san.replace("IP:", "IP Address:")
+    script = render_template(
+        "systemd/host/selfsigned-cert.sh.j2",
+        {
+            "header": "written by inv bootstrap",
+            "certs_dir": certs,
+            "name": settings.name,
+            "common_name": common_name,
+            "subject_alt_names": san,
+            "days": CERT_DAYS,
+        },
+    )
+    expiry = sh(
+        f"{settings.base_dir}/bin/cert-expiry.sh",
+        f"{certs}/fullchain.pem",
+        f"{settings.base_dir}/shared/metrics/tls.prom",
+    )
+    return Converge(
+        f"TLS certificate for {common_name}",
+        check=(
+            f"openssl x509 -checkend 2592000 -noout -in {certs}/fullchain.pem && test -s {certs}/privkey.pem "
+            f"&& openssl x509 -noout -ext subjectAltName -in {certs}/fullchain.pem | grep -F {sh(shown)} >/dev/null"
+        ),
+        fix=f"bash -c {sh(script)} && {expiry} && {reload_nginx(settings)}",
+        why=f"issue a {CERT_DAYS}-day certificate from the appliance's own CA",
+    )
+
+
+def provided_certificate(config: Config) -> ConfigFiles:
+    settings = config.settings
+    certs = f"{settings.base_dir}/shared/certs"
+    files = []
+    for local, remote, mode in (
+        (settings.tls.cert_file, "fullchain.pem", 0o644),
+        (settings.tls.key_file, "privkey.pem", 0o600),
+    ):
+        path = config.resolve(local or "")
+        if not path.is_file():
+            raise ConfigError(f"{config.path}: tls: {path} not found: fix tls.cert_file / tls.key_file")
+        files.append(ManagedFile(f"{certs}/{remote}", path.read_bytes(), mode))
+    expiry = sh(
+        f"{settings.base_dir}/bin/cert-expiry.sh",
+        f"{certs}/fullchain.pem",
+        f"{settings.base_dir}/shared/metrics/tls.prom",
+    )
+    return ConfigFiles(
+        "TLS certificate (provided)", tuple(files), f"{expiry} && {reload_nginx(settings)}", "reload nginx"
+    )
+
+
+def tls_steps(config: Config) -> list[Step]:
+    settings = config.settings
+    name = settings.domain or settings.hosts[0].address
+    if settings.tls.mode == "provided":
+        return [provided_certificate(config)]
+    steps: list[Step] = [self_signed_certificate(settings, name)]
+    if settings.tls.mode == "acme":
+        # Certbot comes now; the first certificate is requested by deploy, once nginx serves the
+        # webroot. Until then the self-signed one keeps nginx able to start.
+        steps.insert(0, Packages("certbot", ("certbot",)))
+    return steps
+
+
+def boot_unit(settings: Settings) -> list[Step]:
+    unit = f"{settings.name}.service"
+    content = render_template(
+        "systemd/appliance.service.j2",
+        {
+            "header": "Managed by cvm-appliance (inv bootstrap).",
+            "name": settings.name,
+            "base_dir": settings.base_dir,
+        },
+    ).encode()
+    return [
+        ConfigFiles(
+            f"unit {unit}",
+            (ManagedFile(f"/etc/systemd/system/{unit}", content),),
+            "systemctl daemon-reload",
+            "reload systemd",
+        ),
+        Converge(
+            f"{unit} enabled",
+            f"systemctl is-enabled --quiet {unit}",
+            f"systemctl enable {unit}",
+            f"start {unit} at boot",
+        ),
+    ]
+
+
+def cron_entries(settings: Settings) -> list[Step]:
+    entries: list[Step] = [
+        ManagedFile(
+            f"/etc/cron.d/{settings.name}-cert-expiry",
+            render_host_template("cert-expiry.cron.j2", base_dir=settings.base_dir),
+        )
+    ]
+    backup_cron = f"/etc/cron.d/{settings.name}-backup"
+    if settings.backup.enabled:
+        content = render_template(
+            "systemd/backup.cron.j2",
+            {
+                "header": "Managed by cvm-appliance (inv bootstrap).",
+                "backup": settings.backup,
+                "base_dir": settings.base_dir,
+                "name": settings.name,
+            },
+        )
+        entries.append(ManagedFile(backup_cron, content.encode()))
+    else:
+        entries.append(
+            Converge(
+                "backup cron off",
+                f"! test -e {backup_cron}",
+                f"rm -f {backup_cron}",
+                "remove the backup cron entry",
+            )
+        )
+    return entries
+
+
+def host_record(settings: Settings, facts: HostFacts) -> ManagedFile:
+    """What bootstrap found, for deploy and for the operator: OS, Docker, and which Compose."""
+    record = {
+        "os": f"{facts.os_id} {facts.os_version}",
+        "arch": facts.arch,
+        "docker": facts.docker,
+        "compose": facts.compose,
+        "compose_command": f"{settings.base_dir}/bin/compose",
+    }
+    return ManagedFile(f"{settings.base_dir}/shared/host.json", (json.dumps(record, indent=2) + "\n").encode())
+
+
+def layout_steps(config: Config) -> list[Step]:
+    """The appliance's directories and host scripts (the Docker guard needs them first)."""
+    base = config.settings.base_dir
+    return [*directories(base), *host_scripts(base)]
+
+
+def service_steps(config: Config) -> list[Step]:
+    """What needs Docker in place: TLS, the unit that starts the stack at boot, cron."""
+    return [*tls_steps(config), *boot_unit(config.settings), *cron_entries(config.settings)]

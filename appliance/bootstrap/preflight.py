@@ -1,0 +1,32 @@
+"""Refuse a host the appliance cannot serve from, before anything on it changes."""
+
+from __future__ import annotations
+
+from appliance.config import HostSetup
+from appliance.facts import HostFacts
+
+SUPPORTED_OS = {("ubuntu", "20.04"), ("ubuntu", "22.04"), ("ubuntu", "24.04"), ("debian", "12")}
+SUPPORTED_ARCH = {"x86_64", "aarch64"}
+
+
+def preflight_problems(setup: HostSetup, facts: HostFacts) -> list[str]:
+    """Every reason this host is unfit, each one line that says what to do; [] when it is fit."""
+    problems = []
+    if (facts.os_id, facts.os_version) not in SUPPORTED_OS:
+        supported = ", ".join(f"{name.title()} {version}" for name, version in sorted(SUPPORTED_OS))
+        problems.append(f"unsupported OS {facts.os_name!r} ({facts.os_id} {facts.os_version}): use {supported}")
+    if facts.arch not in SUPPORTED_ARCH:
+        problems.append(f"unsupported architecture {facts.arch}: use x86_64 or aarch64")
+    if not facts.systemd:
+        problems.append("systemd is not PID 1: the appliance needs a systemd host")
+    if facts.memory_mb < setup.min_memory_mb:
+        problems.append(
+            f"only {facts.memory_mb} MB of memory, needs {setup.min_memory_mb} MB (host.min_memory_mb): "
+            "choose a larger instance"
+        )
+    if facts.disk_free_mb < setup.min_disk_mb:
+        problems.append(
+            f"only {facts.disk_free_mb} MB free where the appliance lives, needs {setup.min_disk_mb} MB "
+            "(host.min_disk_mb): free space or grow the disk"
+        )
+    return problems
