@@ -13,7 +13,7 @@ from appliance.errors import ApplianceError
 from appliance.secrets import GENERATED, MASK, Secrets
 
 BUNDLE_ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE_FOLDERS = ("compose", "nginx", "systemd", "monitoring")
+TEMPLATE_FOLDERS = ("compose", "nginx", "systemd")
 
 # Secrets the stack's env files carry: generated ones plus the LLM key pool.
 STACK_SECRETS = (*GENERATED, "AI_API_KEY")
