@@ -77,16 +77,12 @@ async def _check_login_rate(redis: Redis, settings: Settings, email: str, ip: st
         raise RateLimitedError(window)
 
 
-async def login(
-    pool: asyncpg.Pool, redis: Redis, settings: Settings, email: str, password: str, ip: str
-) -> TokenPair:
+async def login(pool: asyncpg.Pool, redis: Redis, settings: Settings, email: str, password: str, ip: str) -> TokenPair:
     """Verify credentials and open a new refresh-token family."""
     email = email.lower()
     await _check_login_rate(redis, settings, email, ip)
     row = await pool.fetchrow("SELECT id, password_hash FROM users WHERE email = $1", email)
-    ok = await security.verify_password(
-        row["password_hash"] if row else security.DUMMY_PASSWORD_HASH, password
-    )
+    ok = await security.verify_password(row["password_hash"] if row else security.DUMMY_PASSWORD_HASH, password)
     fail_key = f"{settings.redis_key_prefix}login:fail:{email}"
     if not (row and ok):
         async with redis.pipeline(transaction=True) as pipe:

@@ -14,8 +14,6 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 async def create_pool(database_url: str) -> asyncpg.Pool:
     """Open a small pool; a dead connection is dropped by asyncpg and reopened on next use."""
-    pool = await asyncpg.create_pool(
-        database_url, min_size=1, max_size=10, command_timeout=10, init=_init_connection
-    )
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10, command_timeout=10, init=_init_connection)
     assert pool is not None
     return pool

@@ -9,9 +9,7 @@ import asyncpg
 
 # Statuses in which a worker is (or should be) running the discussion.
 ACTIVE_STATUSES = ("running", "stopping")
-DISCUSSION_COLUMNS = (
-    "id, topic, panel, max_rounds, token_budget, status, verdict, tokens_used, created_at, finished_at"
-)
+DISCUSSION_COLUMNS = "id, topic, panel, max_rounds, token_budget, status, verdict, tokens_used, created_at, finished_at"
 MESSAGE_COLUMNS = "id, turn_index, round, role, status, content, reasoning, error, created_at"
 
 
@@ -45,9 +43,7 @@ async def create(
     return dict(row)
 
 
-async def list_for_user(
-    pool: asyncpg.Pool, user_id: uuid.UUID, limit: int, offset: int
-) -> list[dict[str, Any]]:
+async def list_for_user(pool: asyncpg.Pool, user_id: uuid.UUID, limit: int, offset: int) -> list[dict[str, Any]]:
     rows = await pool.fetch(
         f"SELECT {DISCUSSION_COLUMNS} FROM discussions WHERE user_id = $1"  # noqa: S608 - constant columns
         " ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
@@ -58,9 +54,7 @@ async def list_for_user(
     return [dict(r) for r in rows]
 
 
-async def get_for_user(
-    pool: asyncpg.Pool, user_id: uuid.UUID, discussion_id: uuid.UUID
-) -> dict[str, Any] | None:
+async def get_for_user(pool: asyncpg.Pool, user_id: uuid.UUID, discussion_id: uuid.UUID) -> dict[str, Any] | None:
     """The discussion with its messages in turn order, or None if it is not this user's."""
     row = await pool.fetchrow(
         f"SELECT {DISCUSSION_COLUMNS} FROM discussions WHERE id = $1 AND user_id = $2",  # noqa: S608 - constant columns
@@ -77,9 +71,7 @@ async def get_for_user(
 
 
 async def owns(pool: asyncpg.Pool, user_id: uuid.UUID, discussion_id: uuid.UUID) -> bool:
-    found = await pool.fetchval(
-        "SELECT true FROM discussions WHERE id = $1 AND user_id = $2", discussion_id, user_id
-    )
+    found = await pool.fetchval("SELECT true FROM discussions WHERE id = $1 AND user_id = $2", discussion_id, user_id)
     return bool(found)
 
 

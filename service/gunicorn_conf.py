@@ -26,9 +26,7 @@ logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "service.logging.JsonFormatter"}},
-    "handlers": {
-        "json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
-    },
+    "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
     "root": {"level": "INFO", "handlers": ["json"]},
     "loggers": {"gunicorn.error": {"level": "INFO", "handlers": ["json"], "propagate": False}},
 }

@@ -89,9 +89,7 @@ class LlmClient:
             LLM_REQUESTS.labels(outcome="timeout").inc()
             raise LlmTimeoutError(f"turn exceeded AGENT_TIMEOUT={self._timeout:g} s") from None
 
-    async def _with_retries(
-        self, messages: list[dict[str, str]], on_delta: DeltaCallback, json_mode: bool
-    ) -> Usage:
+    async def _with_retries(self, messages: list[dict[str, str]], on_delta: DeltaCallback, json_mode: bool) -> Usage:
         started = [False]  # set once the first token arrived; after that a retry would repeat text
         for attempt in range(MAX_ATTEMPTS):
             try:

@@ -45,9 +45,7 @@ DISCUSSION_DURATION = Histogram(
     ["status"],
     buckets=DISCUSSION_BUCKETS,
 )
-WEBSOCKET_CONNECTIONS = Gauge(
-    "cvm_websocket_connections", "Open WebSocket connections.", multiprocess_mode="livesum"
-)
+WEBSOCKET_CONNECTIONS = Gauge("cvm_websocket_connections", "Open WebSocket connections.", multiprocess_mode="livesum")
 
 
 class AgentSlotsCollector(Collector):

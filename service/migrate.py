@@ -40,9 +40,7 @@ async def apply_migrations(database_url: str) -> list[int]:
                 continue
             async with conn.transaction():
                 await conn.execute(path.read_text())
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, path.name
-                )
+                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, path.name)
             applied.append(version)
         return applied
     finally:

@@ -46,9 +46,7 @@ def create_access_token(user_id: uuid.UUID, secret: str, ttl_seconds: int) -> st
 def decode_access_token(token: str, secret: str) -> uuid.UUID:
     """Return the user id of a valid token; raise InvalidTokenError otherwise."""
     try:
-        claims = jwt.decode(
-            token, secret, algorithms=[JWT_ALGORITHM], options={"require": ["exp", "iat", "sub"]}
-        )
+        claims = jwt.decode(token, secret, algorithms=[JWT_ALGORITHM], options={"require": ["exp", "iat", "sub"]})
         return uuid.UUID(claims["sub"])
     except (jwt.PyJWTError, ValueError) as exc:
         raise InvalidTokenError(str(exc)) from None

@@ -57,9 +57,7 @@ def _number(env: Mapping[str, str], name: str, default: str, kind: type[int] | t
 def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...], default: str | None = None) -> str:
     value = _text(env, name, default)
     if not value.startswith(tuple(f"{s}://" for s in schemes)):
-        raise SettingsError(
-            f"{name}={value!r} must start with one of {', '.join(s + '://' for s in schemes)}"
-        )
+        raise SettingsError(f"{name}={value!r} must start with one of {', '.join(s + '://' for s in schemes)}")
     return value
 
 

@@ -81,8 +81,7 @@ class ArtifactStore:
 
     async def get(self, user_id: uuid.UUID, file_id: uuid.UUID) -> dict[str, Any] | None:
         row = await self._pool.fetchrow(
-            "SELECT id, filename, content_type, size_bytes, created_at FROM files"
-            " WHERE id = $1 AND user_id = $2",
+            "SELECT id, filename, content_type, size_bytes, created_at FROM files WHERE id = $1 AND user_id = $2",
             file_id,
             user_id,
         )

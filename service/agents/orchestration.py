@@ -257,9 +257,7 @@ class Orchestrator:
                 await self._events.append(run.id, "agent_started", **base)
                 started = time.monotonic()
                 try:
-                    usage = await self._llm.stream_turn(
-                        self._prompt(run, role), on_delta, json_mode=role is MODERATOR
-                    )
+                    usage = await self._llm.stream_turn(self._prompt(run, role), on_delta, json_mode=role is MODERATOR)
                 except LlmError as exc:
                     status, error = "failed", str(exc)
                 await flush()
@@ -269,9 +267,7 @@ class Orchestrator:
             # User stop or WORKFLOW_TIMEOUT: keep the partial message, shielded from the cancellation.
             status = "stopped" if run.cancel_reason == "stop" else "failed"
             error = "stopped by user" if status == "stopped" else "WORKFLOW_TIMEOUT reached"
-            await asyncio.shield(
-                self._store(run, turn_index, round_no, role, status, content, reasoning, error, usage)
-            )
+            await asyncio.shield(self._store(run, turn_index, round_no, role, status, content, reasoning, error, usage))
             raise
         AGENT_TURN_DURATION.labels(outcome=status).observe(time.monotonic() - started)
         return await self._store(run, turn_index, round_no, role, status, content, reasoning, error, usage)
@@ -317,9 +313,7 @@ class Orchestrator:
                 usage.completion_tokens,
                 usage.cache_hit_tokens,
             )
-            await conn.execute(
-                "UPDATE discussions SET tokens_used = tokens_used + $2 WHERE id = $1", run.id, spent
-            )
+            await conn.execute("UPDATE discussions SET tokens_used = tokens_used + $2 WHERE id = $1", run.id, spent)
         run.tokens_used += spent
         run.done_turns.add(turn_index)
         if status == "completed":

@@ -44,9 +44,7 @@ def current_user(
     if credentials is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token; log in at /api/auth/login")
     try:
-        return security.decode_access_token(
-            credentials.credentials, get_resources(request).settings.jwt_secret
-        )
+        return security.decode_access_token(credentials.credentials, get_resources(request).settings.jwt_secret)
     except security.InvalidTokenError:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "access token invalid or expired; refresh it at /api/auth/refresh"

@@ -36,11 +36,7 @@ async def upload(file: UploadFile, user_id: UserId, res: Res) -> FileOut:
     try:
         row = await res.store.save(user_id, file.filename or "upload", content_type, _chunks(file))
     except UploadRejectedError as exc:
-        code = (
-            status.HTTP_413_CONTENT_TOO_LARGE
-            if "exceeds" in str(exc)
-            else status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
-        )
+        code = status.HTTP_413_CONTENT_TOO_LARGE if "exceeds" in str(exc) else status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
         raise HTTPException(code, str(exc)) from None
     return FileOut(**row)
 
@@ -55,9 +51,7 @@ async def download(file_id: uuid.UUID, user_id: UserId, res: Res) -> FileRespons
     row = await res.store.get(user_id, file_id)
     if row is None:
         raise not_found("file")
-    return FileResponse(
-        res.store.path(user_id, file_id), media_type=row["content_type"], filename=row["filename"]
-    )
+    return FileResponse(res.store.path(user_id, file_id), media_type=row["content_type"], filename=row["filename"])
 
 
 @router.delete("/{file_id}", status_code=status.HTTP_204_NO_CONTENT)

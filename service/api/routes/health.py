@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -17,10 +18,16 @@ from service.api.deps import Res
 router = APIRouter(tags=["ops"])
 PROBE_TIMEOUT_SECONDS = 2.0
 
-try:
-    SERVICE_VERSION = version("cvm-appliance")
-except PackageNotFoundError:
-    SERVICE_VERSION = "unknown"
+
+def _service_version() -> str:
+    """SERVICE_VERSION (set by the image build) or, from a source checkout, the project's version."""
+    try:
+        return os.environ.get("SERVICE_VERSION") or version("cvm-appliance")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+SERVICE_VERSION = _service_version()
 
 
 async def _probe(check: Any) -> dict[str, Any]:

@@ -1,0 +1,69 @@
+"""service/Dockerfile builds from a host wheelhouse, runs gunicorn as a non-root user and gets healthy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import subprocess
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from appliance.sandbox import BASE_IMAGE
+from service.migrate import apply_migrations
+from tests.service.conftest import PYTHON, REPO, TEST_REDIS_URL, FakeLlm, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+TAG = "cvm-service:test"
+
+
+def run(*args: str) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True, cwd=REPO).stdout
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    wheelhouse = ["--wheel-dir", "build/wheelhouse", "-r", "service/requirements.txt", "pip", "async-timeout"]
+    run(PYTHON, "-m", "pip", "wheel", "-q", *wheelhouse)
+    build_args = ["--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--build-arg", "SERVICE_VERSION=test-build"]
+    run("docker", "build", "-q", "-f", "service/Dockerfile", *build_args, "-t", TAG, ".")
+    return TAG
+
+
+@pytest.fixture
+def container(image: str, database_url: str, redis_prefix: str, fake_llm: FakeLlm) -> Iterator[tuple[str, int]]:
+    asyncio.run(apply_migrations(database_url))
+    port = free_port()
+    name = f"cvm-service-test-{secrets.token_hex(4)}"
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": TEST_REDIS_URL,
+        "REDIS_KEY_PREFIX": f"{redis_prefix}image:",
+        "AI_MODEL_BASE_URL": fake_llm.base_url,
+        "AI_API_KEY": "sk-image",
+        "JWT_SECRET": secrets.token_hex(32),
+        "BIND": f"127.0.0.1:{port}",
+        "WEB_CONCURRENCY": "2",
+    }
+    flags = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
+    run("docker", "run", "-d", "--name", name, "--network", "host", *flags, image)
+    try:
+        yield name, port
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def test_image_runs_non_root_and_serves_health(container: tuple[str, int]) -> None:
+    name, port = container
+    wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200, 60, "the container")
+    body = httpx.get(f"http://127.0.0.1:{port}/api/health").json()
+    assert body["version"] == "test-build" and body["database"]["connected"]
+    assert run("docker", "exec", name, "id", "-u").strip() != "0"
+    config = json.loads(run("docker", "inspect", name))[0]["Config"]
+    assert config["Healthcheck"]["Test"][0] == "CMD"
+    baked = json.loads(run("docker", "image", "inspect", TAG))[0]["Config"]["Env"]
+    assert not any(var.startswith(("JWT_SECRET=", "AI_API_KEY=", "DATABASE_URL=")) for var in baked)
+    processes = [line for line in run("docker", "top", name).splitlines() if "gunicorn" in line]
+    assert len(processes) == 3  # master + WEB_CONCURRENCY=2 workers
