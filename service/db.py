@@ -6,6 +6,9 @@ import json
 
 import asyncpg
 
+# What a lost or unreachable database raises: retried by background loops, never fatal to them.
+DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb columns come back as Python objects, not strings.

@@ -75,9 +75,13 @@ class SlowConsumerError(Exception):
 
 
 class Subscription:
-    def __init__(self) -> None:
+    """One client's view of a discussion: stored events after `after`, then live ones."""
+
+    def __init__(self, after: int) -> None:
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE_LIMIT)
         self.dropped = asyncio.Event()
+        self.backfill: list[Event] = []
+        self.after = after
 
     def offer(self, event: Event) -> bool:
         try:
@@ -100,6 +104,17 @@ class Subscription:
             return getter.result()
         raise SlowConsumerError(f"client fell more than {SUBSCRIBER_QUEUE_LIMIT} events behind")
 
+    async def events(self) -> AsyncIterator[Event]:
+        last = self.after
+        for event in self.backfill:
+            last = event["seq"]
+            yield event
+        while True:
+            event = await self.next()
+            if event["seq"] > last:  # live events already covered by the backfill are skipped
+                last = event["seq"]
+                yield event
+
 
 class EventHub:
     """One Redis reader per discussion per worker, fanned out to that worker's subscribers."""
@@ -111,9 +126,9 @@ class EventHub:
         self._retired: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
-    async def subscribe(self, discussion_id: uuid.UUID, after: int) -> AsyncIterator[AsyncIterator[Event]]:
-        """Yield an iterator of events with seq > `after`, in order, each exactly once."""
-        sub = Subscription()
+    async def subscribe(self, discussion_id: uuid.UUID, after: int) -> AsyncIterator[Subscription]:
+        """Yield a subscription whose events() are those with seq > `after`, in order, each exactly once."""
+        sub = Subscription(after)
         subscribers = self._subscribers.setdefault(discussion_id, set())
         subscribers.add(sub)
         if discussion_id not in self._tails:
@@ -121,8 +136,8 @@ class EventHub:
             self._tails[discussion_id] = asyncio.create_task(self._tail(discussion_id, start))
         try:
             # Registered before the backfill, so nothing falls between backfill and live events.
-            backfill = await self._log.read_after(discussion_id, after)
-            yield self._events(sub, backfill, after)
+            sub.backfill = await self._log.read_after(discussion_id, after)
+            yield sub
         finally:
             subscribers.discard(sub)
             if not subscribers:
@@ -133,18 +148,6 @@ class EventHub:
                 tail.cancel()
                 self._retired.add(tail)
                 tail.add_done_callback(self._retired.discard)
-
-    @staticmethod
-    async def _events(sub: Subscription, backfill: list[Event], after: int) -> AsyncIterator[Event]:
-        last = after
-        for event in backfill:
-            last = event["seq"]
-            yield event
-        while True:
-            event = await sub.next()
-            if event["seq"] > last:  # live events already covered by the backfill are skipped
-                last = event["seq"]
-                yield event
 
     async def _tail(self, discussion_id: uuid.UUID, after: int) -> None:
         while self._tails.get(discussion_id) is asyncio.current_task():

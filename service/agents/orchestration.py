@@ -18,9 +18,11 @@ from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from service.agents.presets import MODERATOR, ROLES, Role, system_prompt
 from service.agents.slots import AgentSlots
+from service.db import DATABASE_ERRORS
 from service.llm import LlmClient, LlmError, Usage
 from service.metrics import AGENT_TURN_DURATION, DISCUSSION_DURATION
 from service.settings import Settings
@@ -354,7 +356,7 @@ class Orchestrator:
                     self.worker_id,
                     lease,
                 )
-            except (asyncpg.PostgresError, OSError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("lease renewal for discussion %s failed: %s", run.id, exc)
                 continue
             if not held:
@@ -375,7 +377,7 @@ class Orchestrator:
                     self.worker_id,
                     self._settings.discussion_lease_seconds,
                 )
-            except (asyncpg.PostgresError, OSError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("reaper query failed: %s", exc)
                 continue
             for row in claimed:
@@ -383,17 +385,22 @@ class Orchestrator:
                 self.launch(row["id"])
 
     async def _listen_stops(self) -> None:
-        pubsub = self._redis.pubsub()
-        await pubsub.subscribe(self._stop_channel)
-        try:
-            async for message in pubsub.listen():
-                if message["type"] != "message":
-                    continue
-                run = self._runs.get(uuid.UUID(message["data"].decode()))
-                if run is not None:
-                    self._cancel(run, "stop")
-        finally:
-            await pubsub.reset()
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(self._stop_channel)
+                async for message in pubsub.listen():
+                    if message["type"] != "message":
+                        continue
+                    run = self._runs.get(uuid.UUID(message["data"].decode()))
+                    if run is not None:
+                        self._cancel(run, "stop")
+            except RedisError as exc:
+                # Stops missed meanwhile are still caught by the status check before each turn.
+                log.warning("stop-signal subscription failed, resubscribing: %s", exc)
+                await asyncio.sleep(1)
+            finally:
+                await pubsub.reset()
 
 
 def _role(key: str) -> Role:

@@ -85,7 +85,7 @@ def test_slow_subscriber_is_dropped_without_slowing_others(redis_prefix: str) ->
         async with hub.subscribe(discussion, 0) as fast, hub.subscribe(discussion, 0) as slow:
 
             async def read_fast() -> None:
-                async for event in fast:
+                async for event in fast.events():
                     received.append(event["seq"])
                     if event["seq"] == total:
                         return
@@ -95,7 +95,7 @@ def test_slow_subscriber_is_dropped_without_slowing_others(redis_prefix: str) ->
                 await log.append(discussion, "token", text=str(i))
             await asyncio.wait_for(reader, 20)
             try:
-                async for _ in slow:  # never read until now: its buffer overflowed long ago
+                async for _ in slow.events():  # never read until now: its buffer overflowed long ago
                     pass
             except SlowConsumerError:
                 dropped = True

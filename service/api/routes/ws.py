@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from contextlib import suppress
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect, status
 
 from service import discussions
 from service.api.deps import Resources
 from service.metrics import WEBSOCKET_CONNECTIONS
-from service.streaming import FINISHED, SlowConsumerError
+from service.streaming import FINISHED, SlowConsumerError, Subscription
 
 router = APIRouter()
+CLOSE_TIMEOUT_SECONDS = 2.0
 
 
 async def _ticket_user(res: Resources, ticket: str, discussion_id: uuid.UUID) -> uuid.UUID | None:
@@ -42,15 +45,39 @@ async def discussion_events(
     await websocket.accept()
     WEBSOCKET_CONNECTIONS.inc()
     try:
-        async with res.hub.subscribe(discussion_id, after) as events:
-            async for event in events:
-                await websocket.send_json(event)
-                if event["type"] == FINISHED:
-                    break
-        await websocket.close()
-    except SlowConsumerError as exc:
-        await websocket.close(code=status.WS_1013_TRY_AGAIN_LATER, reason=str(exc)[:120])
-    except WebSocketDisconnect:
-        pass
+        async with res.hub.subscribe(discussion_id, after) as sub:
+            await _serve(websocket, sub)
     finally:
         WEBSOCKET_CONNECTIONS.dec()
+
+
+async def _serve(websocket: WebSocket, sub: Subscription) -> None:
+    """Send events until the discussion finishes, the client leaves, or it stops reading."""
+
+    async def send_events() -> None:
+        async for event in sub.events():
+            await websocket.send_json(event)
+            if event["type"] == FINISHED:
+                return
+
+    async def client_left() -> None:
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass  # clients have nothing to say; reading is how a disconnect is noticed while idle
+
+    sender = asyncio.create_task(send_events())
+    listener = asyncio.create_task(client_left())
+    # A send blocked on a client that stopped reading never gets to notice the overflow itself.
+    overflow = asyncio.create_task(sub.dropped.wait())
+    done, pending = await asyncio.wait({sender, listener, overflow}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    error = sender.exception() if sender in done else None
+    if listener in done or isinstance(error, WebSocketDisconnect):
+        return  # the client is gone
+    if error is not None and not isinstance(error, SlowConsumerError):
+        raise error
+    code, reason = status.WS_1000_NORMAL_CLOSURE, ""
+    if sub.dropped.is_set():
+        code, reason = status.WS_1013_TRY_AGAIN_LATER, "client stopped reading; reconnect with ?after=<seq>"
+    with suppress(Exception):  # the peer may already be gone; closing is best effort
+        await asyncio.wait_for(websocket.close(code=code, reason=reason), CLOSE_TIMEOUT_SECONDS)
