@@ -235,7 +235,7 @@ class Orchestrator:
         content: list[str] = []
         reasoning: list[str] = []
         pending: list[str] = []
-        last_flush = time.monotonic()
+        last_flush = 0.0  # the first delta goes out at once: time to first token is what users feel
 
         async def flush() -> None:
             nonlocal last_flush

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import subprocess
 from collections.abc import Iterator
 
@@ -12,27 +11,15 @@ import asyncpg
 import pytest
 
 from service.migrate import apply_migrations, migration_files
-from tests.service.conftest import PYTHON, REPO, TEST_DATABASE_URL, with_database
+from tests.service.conftest import PYTHON, REPO, scratch_database
 
 pytestmark = pytest.mark.integration
 
 
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(TEST_DATABASE_URL)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 def empty_database() -> Iterator[str]:
-    name = f"svc_migrate_{secrets.token_hex(6)}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield with_database(TEST_DATABASE_URL, name)
-    finally:
-        asyncio.run(_admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    with scratch_database("svc_migrate") as url:
+        yield url
 
 
 def test_concurrent_runs_apply_each_migration_once(empty_database: str) -> None:
