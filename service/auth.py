@@ -105,17 +105,15 @@ async def refresh(pool: asyncpg.Pool, settings: Settings, refresh_token: str) ->
         )
         if row is None or row["revoked_at"] is not None or row["expired"]:
             raise AuthError("refresh token is invalid or expired; log in again")
-        if row["rotated_at"] is not None:
-            await _revoke_family(conn, row["family_id"])
-            return_error = AuthError("refresh token was already used; all sessions of this login are revoked")
-        else:
+        if row["rotated_at"] is None:
             await conn.execute(
                 "UPDATE refresh_tokens SET rotated_at = now() WHERE token_hash = $1",
                 security.refresh_token_hash(refresh_token),
             )
             return await _issue(conn, settings, row["user_id"], row["family_id"])
-    # Raised after the transaction commits so the family revocation sticks.
-    raise return_error
+        await _revoke_family(conn, row["family_id"])
+    # A rotated token came back: stolen or replayed. Raised after the commit so the revocation sticks.
+    raise AuthError("refresh token was already used; all sessions of this login are revoked, log in again")
 
 
 async def _revoke_family(conn: Conn, family_id: uuid.UUID) -> None:

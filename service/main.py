@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 import redis
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.agents.orchestration import Orchestrator
@@ -31,6 +31,7 @@ from service.streaming import EventHub, EventLog
 
 log = logging.getLogger("service.http")
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+REDIS_POOL_SIZE = 100  # per worker
 
 
 class RequestContextMiddleware:
@@ -85,7 +86,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings.database_url)
-        client = Redis.from_url(settings.redis_url)
+        # Blocking pool: a burst of WebSocket handshakes waits for a connection instead of failing
+        # (redis-py's default pool raises "Too many connections" past 100).
+        client = Redis.from_pool(
+            BlockingConnectionPool.from_url(settings.redis_url, max_connections=REDIS_POOL_SIZE, timeout=10)
+        )
         events = EventLog(client, settings.redis_key_prefix)
         slots = AgentSlots(
             client,

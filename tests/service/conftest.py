@@ -124,8 +124,9 @@ class FakeLlm:
         httpx.post(f"{self.admin_url}/faults", json={"faults": list(faults)}).raise_for_status()
 
 
-@pytest.fixture(scope="session")
-def fake_llm() -> Iterator[FakeLlm]:
+@contextmanager
+def running_fake_llm() -> Iterator[FakeLlm]:
+    """`python -m service.fakellm` on a free port, rejecting REJECTED_KEY with 401."""
     port = free_port()
     proc = subprocess.Popen(
         [PYTHON, "-m", "service.fakellm", "--port", str(port), "--reject-key", REJECTED_KEY], cwd=REPO
@@ -136,6 +137,12 @@ def fake_llm() -> Iterator[FakeLlm]:
         yield llm
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def fake_llm() -> Iterator[FakeLlm]:
+    with running_fake_llm() as llm:
+        yield llm
 
 
 def service_env(database_url: str, redis_prefix: str, fake_llm: FakeLlm, tmp: Path, **overrides: str) -> dict[str, str]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import websockets
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Origin
@@ -144,3 +147,27 @@ def test_workflow_timeout_ends_the_discussion(short_workflow_service: Service) -
         detail = wait_finished(client, user, discussion, timeout=20)
     assert detail["status"] == "timed_out"
     assert detail["messages"][-1]["error"] == "WORKFLOW_TIMEOUT reached"
+
+
+def test_many_websocket_clients_of_one_discussion_all_get_the_same_log(
+    client: httpx.Client, service: Service, user: User
+) -> None:
+    clients = 150  # more simultaneous handshakes than one Redis pool's 100 connections
+    discussion = create_discussion(client, user, "Crowd [[fake:stall_first=3,words=40,delay=0.01]]", ["risk"])
+    tickets = [ws_ticket(client, user, discussion) for _ in range(clients)]
+
+    async def listen(ticket: str) -> list[dict[str, Any]]:
+        events = []
+        url = ws_url(service, discussion, ticket)
+        async with websockets.connect(url, origin=Origin(ORIGIN), open_timeout=30) as ws:
+            async for raw in ws:
+                events.append(json.loads(raw))
+        return events
+
+    async def crowd() -> list[list[dict[str, Any]]]:
+        return await asyncio.gather(*(listen(t) for t in tickets))
+
+    logs = asyncio.run(crowd())
+    assert logs[0][-1]["type"] == "discussion_finished"
+    assert_contiguous(logs[0])
+    assert all(log == logs[0] for log in logs)
