@@ -62,11 +62,12 @@ def summary_ms(values: list[float]) -> str:
 
 # --- http ---------------------------------------------------------------------------------------------
 def wrk(url: str, headers: dict[str, str], seconds: float) -> str:
-    """Closed-loop load from wrk (2 threads, 32 connections); a Python client would be the bottleneck."""
+    """Closed-loop load from wrk (2 threads, 32 connections, 10 s timeout); a Python client would be the bottleneck."""
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed; run `apt-get install wrk` and retry")
     flags = [arg for key, value in headers.items() for arg in ("-H", f"{key}: {value}")]
-    command = ["wrk", "-t2", "-c32", f"-d{seconds:g}s", "-s", str(REPO / "bench" / "wrk_report.lua"), *flags, url]
+    report_script = str(REPO / "bench" / "wrk_report.lua")
+    command = ["wrk", "-t2", "-c32", "--timeout", "10s", f"-d{seconds:g}s", "-s", report_script, *flags, url]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     report = json.loads(out.strip().splitlines()[-1])
     return (
