@@ -64,8 +64,8 @@ class RemoteHost:
         """Write `content` to `path` atomically: a private temp file, then `install` into place."""
         staging = f"/tmp/.appliance-upload-{secrets.token_hex(8)}"  # noqa: S108 - private name, 0600
         try:
-            sftp = self.connection.sftp()
-            with sftp.open(staging, "wb") as handle:
+            # A channel of its own, closed at once: sshd's MaxSessions counts every open one.
+            with self.connection.client.open_sftp() as sftp, sftp.open(staging, "wb") as handle:
                 handle.chmod(0o600)
                 handle.write(content)
         except (paramiko.SSHException, OSError) as exc:
@@ -141,11 +141,12 @@ def describe_connect_failure(host: Host, known_hosts: Path, exc: BaseException, 
         return f"{where}: no answer within {CONNECT_TIMEOUT}s: check the address, port and security group"
     if isinstance(exc, socket.gaierror):
         return f"{where}: cannot resolve {host.address}: check hosts.address"
-    if isinstance(exc, paramiko.SSHException) and "banner" in str(exc).lower():
-        if elapsed < CONNECT_TIMEOUT - 1:
-            return f"{where}: port {host.port} closed the connection before SSH greeted: is sshd (re)starting?"
+    if isinstance(exc, paramiko.SSHException) and elapsed >= CONNECT_TIMEOUT - 1:
+        # Paramiko words a silent peer as a banner error or as "No existing session", by timing.
         silence = f"no SSH server answered within {CONNECT_TIMEOUT}s"
         return f"{where}: port {host.port} took the connection but {silence}"
+    if isinstance(exc, paramiko.SSHException) and "banner" in str(exc).lower():
+        return f"{where}: port {host.port} closed the connection before SSH greeted: is sshd (re)starting?"
     return f"{where}: SSH connection failed: {type(exc).__name__}: {exc}"
 
 

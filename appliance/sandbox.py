@@ -34,7 +34,7 @@ BASE_PACKAGES = (
     "systemd,systemd-sysv,dbus,openssh-server,ca-certificates,curl,python3,sudo,cron,iproute2,procps,kmod,iptables,less"
 )
 # Bump when _prepare_rootfs changes: the tag carries it, so no machine reuses an image of an old recipe.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 BASE_IMAGE = "cvm-base:bookworm-" + hashlib.sha256(f"{BASE_PACKAGES}/{RECIPE_VERSION}".encode()).hexdigest()[:8]
 LABEL = "cvm-appliance.sandbox"
 MIRROR_ENV = "APPLIANCE_DEBIAN_MIRROR"
@@ -82,21 +82,30 @@ class Sandbox:
         return f"ssh -p {self.ssh_port} -i {self.key_file} -o {known} root@{self.address}"
 
 
-def debian_mirror(sources_text: str) -> str | None:
-    """The first Debian archive URI in apt sources text (one-line or deb822 format)."""
-    for line in sources_text.splitlines():
-        line = line.strip()
-        one_line = re.match(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(bookworm|bullseye|trixie|stable)\b", line)
-        deb822 = re.match(r"^URIs:\s*(\S+/debian)/?$", line)
-        if one_line or deb822:
-            return (one_line or deb822).group(1)  # type: ignore[union-attr]
-    return None
+@dataclass(frozen=True)
+class DebianMirror:
+    """Where the Debian archive and its security archive are."""
+
+    archive: str
+    security: str
 
 
-def local_mirror() -> str:
+def debian_mirror(sources_text: str) -> DebianMirror | None:
+    """The Debian archive and security URIs in apt sources text (one-line or deb822 format)."""
+    uris = re.findall(r"^\s*(?:deb\s+(?:\[[^\]]*\]\s+)?|URIs:\s*)(\S+)", sources_text, re.MULTILINE)
+    uris = [uri.rstrip("/") for uri in uris]
+    archive = next((uri for uri in uris if uri.endswith("/debian")), None)
+    if archive is None:
+        return None
+    security = next((uri for uri in uris if uri.endswith("/debian-security")), f"{archive}-security")
+    return DebianMirror(archive, security)
+
+
+def local_mirror() -> DebianMirror:
     """The Debian mirror this machine's apt uses ($APPLIANCE_DEBIAN_MIRROR wins)."""
     if os.environ.get(MIRROR_ENV):
-        return os.environ[MIRROR_ENV]
+        archive = os.environ[MIRROR_ENV].rstrip("/")
+        return DebianMirror(archive, f"{archive}-security")
     sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
     text = "\n".join(path.read_text(errors="replace") for path in sources if path.is_file())
     mirror = debian_mirror(text)
@@ -135,7 +144,7 @@ def ensure_base_image(client: docker.DockerClient, image: str = BASE_IMAGE, log:
             f"--include={BASE_PACKAGES}",
             "bookworm",
             str(rootfs),
-            mirror,
+            mirror.archive,
         ]
         completed = subprocess.run(command, capture_output=True, text=True, check=False)
         if completed.returncode != 0:
@@ -150,10 +159,12 @@ def ensure_base_image(client: docker.DockerClient, image: str = BASE_IMAGE, log:
     return True
 
 
-def _prepare_rootfs(rootfs: Path, mirror: str) -> None:
+def _prepare_rootfs(rootfs: Path, mirror: DebianMirror) -> None:
     """Make the tree boot as a container: apt sources, no host keys baked in, no getty on a tty."""
     (rootfs / "etc/apt/sources.list").write_text(
-        f"deb {mirror} bookworm main\ndeb {mirror} bookworm-updates main\n", encoding="utf-8"
+        f"deb {mirror.archive} bookworm main\ndeb {mirror.archive} bookworm-updates main\n"
+        f"deb {mirror.security} bookworm-security main\n",
+        encoding="utf-8",
     )
     for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
         key.unlink()

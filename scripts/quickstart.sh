@@ -9,3 +9,4 @@ bash scripts/dev-prereqs.sh
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e .
 .venv/bin/inv sandbox.up
+.venv/bin/inv bootstrap --config sandbox.toml

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,12 +25,19 @@ RUN_ID = os.environ.get("APPLIANCE_TEST_RUN") or f"cvmt-{secrets.token_hex(3)}"
 SandboxFactory = Callable[[str], sandboxes.Sandbox]
 
 
+def free_port() -> int:
+    """A port free on 127.0.0.1 now. Explicit ports survive a container restart; Docker re-draws random ones."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def _spec(tmp_root: Path, suffix: str) -> sandboxes.SandboxSpec:
     return sandboxes.SandboxSpec(
         name=f"{RUN_ID}-{suffix}",
-        ssh_port=0,
-        http_port=0,
-        https_port=0,
+        ssh_port=free_port(),
+        http_port=free_port(),
+        https_port=free_port(),
         state_root=tmp_root / "state",
         config_out=tmp_root / f"{suffix}.toml",
     )
@@ -63,3 +75,32 @@ def sandbox_host(sandbox_config: Config, shared_sandbox: sandboxes.Sandbox) -> I
     host = sandbox_config.settings.hosts[0]
     with connect(host, shared_sandbox.key_file, shared_sandbox.known_hosts) as remote:
         yield remote
+
+
+def inv(*args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    """Run a task exactly as an operator does: `inv ARGS` from the repository."""
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@dataclass(frozen=True)
+class Bootstrapped:
+    """A sandbox after its first `inv bootstrap`, with that run's output and duration."""
+
+    sandbox: sandboxes.Sandbox
+    first_run: subprocess.CompletedProcess[str]
+    seconds: float
+
+
+def bootstrap_sandbox(sandbox: sandboxes.Sandbox) -> Bootstrapped:
+    started = time.monotonic()
+    run = inv("bootstrap", "--config", str(sandbox.config_file))
+    assert run.returncode == 0, run.stdout + run.stderr
+    return Bootstrapped(sandbox, run, time.monotonic() - started)
+
+
+@pytest.fixture(scope="session")
+def bootstrapped(shared_sandbox: sandboxes.Sandbox) -> Bootstrapped:
+    """The shared sandbox, bootstrapped once for every test that reads it."""
+    return bootstrap_sandbox(shared_sandbox)

@@ -14,6 +14,7 @@ import paramiko
 
 from appliance.bootstrap.access import SshdHardening, access_steps, docker_group_member
 from appliance.bootstrap.docker_engine import docker_steps
+from appliance.bootstrap.hardening import hardening_steps
 from appliance.bootstrap.layout import host_record, layout_steps, service_steps
 from appliance.bootstrap.preflight import preflight_problems
 from appliance.bootstrap.system import SYSCTL_FILE, KernelSettings, system_steps
@@ -54,6 +55,7 @@ def bootstrap_steps(config: Config, facts: HostFacts, operator_key: str | None) 
         *system_steps(settings, facts),
         *layout_steps(config),
         *access_steps(settings, facts, operator_key),
+        *hardening_steps(facts),
         *docker_steps(settings, facts),
         *docker_group_member(settings.host.operator_user),
         *service_steps(config),

@@ -183,7 +183,8 @@ def fail2ban(settings: Settings, facts: HostFacts) -> list[Step]:
     if not settings.host.fail2ban:
         return []
     jail = ManagedFile(
-        "/etc/fail2ban/jail.d/appliance.conf",
+        # jail.local, not jail.d: package updates never touch it, and audits look for it.
+        "/etc/fail2ban/jail.local",
         render_host_template("fail2ban-jail.conf.j2", ssh_port=",".join(map(str, facts.sshd_ports))),
     )
     return [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,14 +16,14 @@ from appliance.errors import SshError
 from appliance.remote import RemoteHost, connect
 from appliance.sandbox import Sandbox, generate_key
 from appliance.shell import sh
-from tests.conftest import REPO
+from tests.conftest import free_port, inv
 
 pytestmark = pytest.mark.e2e
 
 
-def inv(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+def timed_inv(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True)
+    run = inv(*args)
     return run, time.monotonic() - started
 
 
@@ -61,7 +60,7 @@ def test_plain_ssh_reaches_a_running_systemd(shared_sandbox: Sandbox) -> None:
 
 
 def test_facts_task(shared_sandbox: Sandbox) -> None:
-    run, _ = inv("facts", "--config", str(shared_sandbox.config_file))
+    run, _ = timed_inv("facts", "--config", str(shared_sandbox.config_file))
     assert run.returncode == 0, run.stderr
     assert f"root@127.0.0.1:{shared_sandbox.ssh_port}: Debian GNU/Linux 12 (bookworm) (x86_64)" in run.stdout
 
@@ -69,7 +68,7 @@ def test_facts_task(shared_sandbox: Sandbox) -> None:
 def test_wrong_key_is_one_line_within_15s(shared_sandbox: Sandbox, tmp_path: Path) -> None:
     other_key, _ = generate_key(tmp_path / "other")
     config = variant(shared_sandbox, tmp_path, **{str(shared_sandbox.key_file): str(other_key)})
-    run, elapsed = inv("facts", "--config", str(config))
+    run, elapsed = timed_inv("facts", "--config", str(config))
     assert run.returncode == 3
     assert run.stderr.strip() == (
         f"error: root@127.0.0.1:{shared_sandbox.ssh_port}: SSH key refused for user root: "
@@ -79,11 +78,9 @@ def test_wrong_key_is_one_line_within_15s(shared_sandbox: Sandbox, tmp_path: Pat
 
 
 def test_closed_port_is_one_line_within_15s(shared_sandbox: Sandbox, tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a port nobody listens on: bind, learn it, close
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nobody listens there
     config = variant(shared_sandbox, tmp_path, **{f"port = {shared_sandbox.ssh_port}": f"port = {port}"})
-    run, elapsed = inv("facts", "--config", str(config))
+    run, elapsed = timed_inv("facts", "--config", str(config))
     assert run.returncode == 3
     assert run.stderr.strip() == (
         f"error: root@127.0.0.1:{port}: connection refused: is sshd running and port {port} open in the security group?"
@@ -120,7 +117,7 @@ def silent_port() -> Iterator[int]:
 
 def test_silent_port_is_one_line_within_15s(shared_sandbox: Sandbox, tmp_path: Path, silent_port: int) -> None:
     config = variant(shared_sandbox, tmp_path, **{f"port = {shared_sandbox.ssh_port}": f"port = {silent_port}"})
-    run, elapsed = inv("facts", "--config", str(config))
+    run, elapsed = timed_inv("facts", "--config", str(config))
     assert run.returncode == 3
     assert len(run.stderr.strip().splitlines()) == 1
     assert f"port {silent_port} took the connection but no SSH server answered within 10s" in run.stderr
@@ -132,7 +129,7 @@ def test_changed_host_key_is_refused(shared_sandbox: Sandbox, tmp_path: Path) ->
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(f"[127.0.0.1]:{shared_sandbox.ssh_port} {impostor_public}")
     config = variant(shared_sandbox, tmp_path, **{str(shared_sandbox.known_hosts): str(known_hosts)})
-    run, _ = inv("facts", "--config", str(config))
+    run, _ = timed_inv("facts", "--config", str(config))
     assert run.returncode == 3
     assert "host key mismatch (ssh-ed25519): the host was rebuilt or this is not it" in run.stderr
     assert str(known_hosts) in run.stderr
@@ -141,7 +138,7 @@ def test_changed_host_key_is_refused(shared_sandbox: Sandbox, tmp_path: Path) ->
 def test_unknown_host_key_is_recorded_on_first_use(shared_sandbox: Sandbox, tmp_path: Path) -> None:
     known_hosts = tmp_path / "fresh_known_hosts"
     config = variant(shared_sandbox, tmp_path, **{str(shared_sandbox.known_hosts): str(known_hosts)})
-    run, _ = inv("facts", "--config", str(config))
+    run, _ = timed_inv("facts", "--config", str(config))
     assert run.returncode == 0, run.stderr
     recorded = known_hosts.read_text().split()
     expected = shared_sandbox.known_hosts.read_text().split()
