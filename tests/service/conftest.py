@@ -196,7 +196,7 @@ def start_service(env: dict[str, str], log_path: Path) -> Service:
     workers = int(env["WEB_CONCURRENCY"])
     wait_until(
         lambda: httpx.get(f"{service.url}/api/health").status_code == 200 and len(service.worker_pids()) == workers,
-        30,
+        60,  # generous: the 2 cores are shared with Docker builds
         "gunicorn to serve /api/health",
     )
     return service

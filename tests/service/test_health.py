@@ -95,10 +95,10 @@ def test_health_503_while_postgres_is_down_then_recovers(throwaway_pg: Throwaway
     assert body["database"]["latency_ms"] >= 0 and body["version"]
 
     throwaway_pg.stop()
-    wait_until(lambda: health(pg_service).status_code == 503, 15, "health to report 503")
+    wait_until(lambda: health(pg_service).status_code == 503, 20, "health to report 503")
     down = health(pg_service).json()
     assert down["status"] == "unavailable" and down["database"]["connected"] is False
     assert down["redis"]["connected"] is True
 
     throwaway_pg.start()
-    wait_until(lambda: all(health(pg_service).status_code == 200 for _ in range(6)), 30, "health to recover")
+    wait_until(lambda: all(health(pg_service).status_code == 200 for _ in range(6)), 45, "health to recover")

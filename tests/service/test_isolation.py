@@ -71,3 +71,20 @@ def test_discussions_are_paginated_and_running_ones_cannot_be_deleted(client: ht
     page2 = client.get("/api/discussions?limit=2&offset=2", headers=user.headers).json()
     assert len(page1) == 2 and len(page2) == 1
     assert {d["id"] for d in page1 + page2} == set(ids)
+
+
+def test_nul_characters_are_refused_not_a_server_error(client: httpx.Client) -> None:
+    # PostgreSQL text cannot hold NUL; it must be a 422 (or cleaned), never a 500.
+    register = client.post("/api/auth/register", json={"email": "a\x00b@example.test", "password": "long-enough"})
+    assert register.status_code == 422
+    user = new_user(client)
+    topic = client.post("/api/discussions", json={"topic": "nul\x00topic", "panel": ["risk"]}, headers=user.headers)
+    assert topic.status_code == 422
+    # Built by hand: httpx would percent-encode the NUL in the filename.
+    body = (
+        b'--cut\r\nContent-Disposition: form-data; name="file"; filename="a\x00b.txt"\r\n'
+        b"Content-Type: text/plain\r\n\r\nx\r\n--cut--\r\n"
+    )
+    headers = {**user.headers, "Content-Type": "multipart/form-data; boundary=cut"}
+    upload = client.post("/api/files", content=body, headers=headers)
+    assert upload.status_code == 201 and upload.json()["filename"] == "ab.txt"

@@ -19,7 +19,7 @@ WS_TICKET_TTL_SECONDS = 30
 
 
 class DiscussionIn(BaseModel):
-    topic: str = Field(min_length=3, max_length=2000)
+    topic: str = Field(min_length=3, max_length=2000, pattern=r"^[^\x00]*$")  # PostgreSQL text has no NUL
     panel: list[str] = Field(default=list(DEFAULT_PANEL), min_length=1, max_length=len(ROLES))
     max_rounds: int = Field(default=2, ge=1, le=10)
     token_budget: int = Field(default=50_000, ge=100, le=2_000_000)

@@ -34,7 +34,8 @@ async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
 async def upload(file: UploadFile, user_id: UserId, res: Res) -> FileOut:
     content_type = (file.content_type or "application/octet-stream").split(";")[0].strip()
     try:
-        row = await res.store.save(user_id, file.filename or "upload", content_type, _chunks(file))
+        filename = (file.filename or "").replace("\x00", "") or "upload"  # PostgreSQL text has no NUL
+        row = await res.store.save(user_id, filename, content_type, _chunks(file))
     except UploadRejectedError as exc:
         code = status.HTTP_413_CONTENT_TOO_LARGE if "exceeds" in str(exc) else status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
         raise HTTPException(code, str(exc)) from None
