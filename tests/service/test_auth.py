@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from typing import Any
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
-from tests.service.conftest import Service, new_user, wait_until
+from service import auth
+from service.db import create_pool
+from service.settings import load_settings
+from tests.service.conftest import TEST_REDIS_URL, Service, new_user, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -66,3 +71,38 @@ def test_request_id_is_returned_and_logged_as_json(client: httpx.Client, service
     wait_until(lambda: bool(logged()), 5, "the request log line")
     (entry,) = logged()
     assert entry["route"] == "/api/roles" and entry["status"] == 200 and entry["duration_ms"] >= 0
+
+
+def test_login_rate_limit_per_ip(database_url: str, redis_prefix: str) -> None:
+    """auth.login called directly with a small per-IP limit: the IP is cut off, other IPs are not."""
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": TEST_REDIS_URL,
+        "REDIS_KEY_PREFIX": f"{redis_prefix}ip-limit:",
+        "AI_MODEL_BASE_URL": "http://127.0.0.1:9/v1",
+        "AI_API_KEY": "unused",
+        "JWT_SECRET": "s" * 32,
+        "LOGIN_MAX_ATTEMPTS_PER_IP": "3",
+    }
+    settings = load_settings(env)
+
+    async def scenario() -> tuple[list[str], str]:
+        pool = await create_pool(database_url)
+        redis = Redis.from_url(TEST_REDIS_URL)
+        email = f"ip{secrets.token_hex(4)}@example.test"
+        await auth.register(pool, email, "right-password")
+        outcomes = []
+        for _ in range(4):
+            try:
+                await auth.login(pool, redis, settings, email, "right-password", "203.0.113.7")
+                outcomes.append("ok")
+            except auth.RateLimitedError:
+                outcomes.append("limited")
+        other = await auth.login(pool, redis, settings, email, "right-password", "198.51.100.1")
+        await pool.close()
+        await redis.aclose()
+        return outcomes, other.access_token
+
+    outcomes, other_ip_token = asyncio.run(scenario())
+    assert outcomes == ["ok", "ok", "ok", "limited"]
+    assert other_ip_token
