@@ -26,7 +26,7 @@ from service.llm import LlmClient
 from service.logging import configure_logging, request_id
 from service.metrics import HTTP_REQUEST_DURATION, AgentSlotsCollector
 from service.settings import Settings, load_settings
-from service.storage import ArtifactStore
+from service.storage import ArtifactStore, blobs_for
 from service.streaming import EventHub, EventLog
 
 log = logging.getLogger("service.http")
@@ -110,7 +110,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             events=events,
             hub=EventHub(events),
             orchestrator=orchestrator,
-            store=ArtifactStore(pool, settings.artifact_storage_path, settings.max_upload_bytes),
+            store=ArtifactStore(
+                pool, blobs_for(settings), settings.artifact_storage_path / ".spool", settings.max_upload_bytes
+            ),
         )
         orchestrator.start()
         try:

@@ -25,6 +25,13 @@ class Settings:
     agent_timeout: float
     workflow_timeout: float
     artifact_storage_path: Path
+    artifact_storage_backend: str
+    cos_region: str | None
+    cos_bucket: str | None
+    cos_secret_id: str | None
+    cos_secret_key: str | None
+    cos_scheme: str
+    cos_domain: str | None
     jwt_secret: str
     cors_origins: tuple[str, ...]
     access_token_ttl: int
@@ -68,12 +75,24 @@ def _csv(env: Mapping[str, str], name: str, default: str | None = None) -> tuple
     return items
 
 
+def _cos(env: Mapping[str, str], backend: str, name: str) -> str | None:
+    """A COS setting: required with ARTIFACT_STORAGE_BACKEND=cos, ignored otherwise."""
+    if backend != "cos":
+        return None
+    if not env.get(name, "").strip():
+        raise SettingsError(f"{name} is not set; ARTIFACT_STORAGE_BACKEND=cos needs it")
+    return env[name].strip()
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build settings from `env` (default: os.environ); raise SettingsError on the first bad one."""
     env = os.environ if env is None else env
     secret = _text(env, "JWT_SECRET")
     if len(secret.encode()) < 32:
         raise SettingsError("JWT_SECRET is shorter than 32 bytes; generate one with `openssl rand -hex 32`")
+    backend = _text(env, "ARTIFACT_STORAGE_BACKEND", "local")
+    if backend not in ("local", "cos"):
+        raise SettingsError(f"ARTIFACT_STORAGE_BACKEND={backend!r} must be 'local' or 'cos'")
     return Settings(
         database_url=_url(env, "DATABASE_URL", ("postgresql", "postgres")),
         redis_url=_url(env, "REDIS_URL", ("redis", "rediss", "unix")),
@@ -86,6 +105,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         agent_timeout=float(_number(env, "AGENT_TIMEOUT", "300", float)),
         workflow_timeout=float(_number(env, "WORKFLOW_TIMEOUT", "1800", float)),
         artifact_storage_path=Path(_text(env, "ARTIFACT_STORAGE_PATH", "/var/lib/cvm-service/artifacts")),
+        artifact_storage_backend=backend,
+        cos_region=_cos(env, backend, "COS_REGION"),
+        cos_bucket=_cos(env, backend, "COS_BUCKET"),
+        cos_secret_id=_cos(env, backend, "COS_SECRET_ID"),
+        cos_secret_key=_cos(env, backend, "COS_SECRET_KEY"),
+        cos_scheme=_text(env, "COS_SCHEME", "https"),
+        cos_domain=env.get("COS_DOMAIN", "").strip() or None,
         jwt_secret=secret,
         cors_origins=_csv(env, "CORS_ORIGINS", "http://localhost:3000"),
         access_token_ttl=int(_number(env, "ACCESS_TOKEN_TTL", "900", int)),

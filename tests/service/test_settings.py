@@ -47,3 +47,13 @@ def test_missing_required_setting() -> None:
     del env["DATABASE_URL"]
     with pytest.raises(SettingsError, match="DATABASE_URL is not set"):
         load_settings(env)
+
+
+def test_cos_backend_needs_its_settings() -> None:
+    with pytest.raises(SettingsError, match="COS_REGION is not set; ARTIFACT_STORAGE_BACKEND=cos needs it"):
+        load_settings({**VALID, "ARTIFACT_STORAGE_BACKEND": "cos"})
+    with pytest.raises(SettingsError, match="ARTIFACT_STORAGE_BACKEND='s3' must be 'local' or 'cos'"):
+        load_settings({**VALID, "ARTIFACT_STORAGE_BACKEND": "s3"})
+    cos = {"COS_REGION": "ap-guangzhou", "COS_BUCKET": "b-1", "COS_SECRET_ID": "id", "COS_SECRET_KEY": "key"}
+    settings = load_settings({**VALID, "ARTIFACT_STORAGE_BACKEND": "cos", **cos})
+    assert (settings.cos_bucket, settings.cos_scheme, settings.cos_domain) == ("b-1", "https", None)

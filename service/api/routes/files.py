@@ -5,16 +5,16 @@ from __future__ import annotations
 import datetime
 import uuid
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Response, UploadFile, status
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from service.api.deps import Res, UserId, not_found
-from service.storage import UploadRejectedError
+from service.storage import CHUNK_BYTES, UploadRejectedError
 
 router = APIRouter(prefix="/api/files", tags=["files"])
-CHUNK_BYTES = 256 * 1024
 
 
 class FileOut(BaseModel):
@@ -48,11 +48,15 @@ async def list_files(user_id: UserId, res: Res) -> list[FileOut]:
 
 
 @router.get("/{file_id}")
-async def download(file_id: uuid.UUID, user_id: UserId, res: Res) -> FileResponse:
+async def download(file_id: uuid.UUID, user_id: UserId, res: Res) -> StreamingResponse:
     row = await res.store.get(user_id, file_id)
     if row is None:
         raise not_found("file")
-    return FileResponse(res.store.path(user_id, file_id), media_type=row["content_type"], filename=row["filename"])
+    headers = {
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(row['filename'])}",
+        "Content-Length": str(row["size_bytes"]),
+    }
+    return StreamingResponse(res.store.chunks(user_id, file_id), media_type=row["content_type"], headers=headers)
 
 
 @router.delete("/{file_id}", status_code=status.HTTP_204_NO_CONTENT)
