@@ -381,6 +381,8 @@ class Orchestrator:
                 log.warning("reaper query failed: %s", exc)
                 continue
             for row in claimed:
+                if row["id"] in self._runs:
+                    continue  # our own run outlived a renewal outage; the claim just renewed its lease
                 log.info("resuming discussion %s after its owner's lease expired", row["id"])
                 self.launch(row["id"])
 

@@ -82,8 +82,9 @@ def test_cap_holds_exactly_with_more_discussions_than_slots(
     rclient.close()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "graceful-term"])
 def test_killed_worker_leaks_no_slot_and_loses_no_completed_message(
-    client: httpx.Client, service: Service, redis_prefix: str, database_url: str
+    client: httpx.Client, service: Service, redis_prefix: str, database_url: str, sig: signal.Signals
 ) -> None:
     user = new_user(client)
     holders_key = f"{redis_prefix}agent-slots:holders"
@@ -96,9 +97,9 @@ def test_killed_worker_leaks_no_slot_and_loses_no_completed_message(
     assert owner is not None
     pid = int(owner.split(":")[1])
     assert pid in service.worker_pids()
-    os.kill(pid, signal.SIGKILL)
+    os.kill(pid, sig)
 
-    # The dead worker's slot lease expires (DISCUSSION_LEASE_SECONDS=3) ...
+    # The dead worker's slot lease expires (DISCUSSION_LEASE_SECONDS=3) or a stopping one releases it ...
     def slot_released() -> bool:
         live = {str(m) for m in rclient.zrangebyscore(holders_key, int(time.time() * 1000), "+inf")}
         return not live & held
