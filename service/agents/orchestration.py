@@ -47,9 +47,20 @@ class Run:
     created_at: float
     transcript: list[dict[str, str]] = field(default_factory=list)
     done_turns: set[int] = field(default_factory=set)
-    # Why the task was cancelled: "stop" (user), "release" (shutdown / lease lost: resume elsewhere).
+    deadline: float = 0.0  # event-loop time at which WORKFLOW_TIMEOUT ends the discussion
+    # "stop" (user: ends the speaking turn, keeps its partial message) or "release" (shutdown / lease
+    # lost: cancels the whole run, which another worker resumes from the persisted messages).
     cancel_reason: str | None = None
     task: asyncio.Task[None] | None = None
+    speaking: asyncio.Task[Usage] | None = None
+
+
+class _Stopped(Exception):
+    """The user stopped the discussion."""
+
+
+class _OutOfTime(Exception):
+    """WORKFLOW_TIMEOUT is reached."""
 
 
 class Orchestrator:
@@ -108,8 +119,15 @@ class Orchestrator:
         await self._redis.publish(self._stop_channel, str(discussion_id))
 
     def _cancel(self, run: Run, reason: str) -> None:
-        if run.task and run.cancel_reason is None:
-            run.cancel_reason = reason
+        if run.cancel_reason is not None:
+            return
+        run.cancel_reason = reason
+        if reason == "stop":
+            # Only the speaking part is cancelled, so a message being persisted is never cut short;
+            # between turns the flag ends the run at the next check.
+            if run.speaking:
+                run.speaking.cancel()
+        elif run.task:
             run.task.cancel()
 
     # --- running ------------------------------------------------------------------------------
@@ -122,21 +140,20 @@ class Orchestrator:
         heartbeat = asyncio.create_task(self._renew_lease(run))
         status = "failed"
         verdict: dict[str, Any] | None = None
+        # Measured from creation, so a resumed discussion does not get a fresh WORKFLOW_TIMEOUT.
+        left = run.created_at + self._settings.workflow_timeout - time.time()
+        run.deadline = asyncio.get_running_loop().time() + left
         try:
-            left = run.created_at + self._settings.workflow_timeout - time.time()
-            async with asyncio.timeout(max(left, 0)):
-                verdict = await self._run_turns(run)
+            verdict = await self._run_turns(run)
             status = "completed"
-        except TimeoutError:
+        except _OutOfTime:
             status = "timed_out"
-        except asyncio.CancelledError:
-            if run.cancel_reason != "stop":
-                raise  # released: the lease expires and another worker resumes the discussion
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        except _Stopped:
             status = "stopped"
         except Exception:
             log.exception("discussion %s failed", run.id)
         finally:
+            # A CancelledError (release) passes through: the lease expires and another worker resumes.
             heartbeat.cancel()
         await self._finish(run, status, verdict)
 
@@ -186,20 +203,19 @@ class Orchestrator:
                 await self._announce_message(run, dict(m))
 
     async def _run_turns(self, run: Run) -> dict[str, Any] | None:
-        if run.cancel_reason == "stop":
-            raise asyncio.CancelledError
         turn_index = 0
         for round_no in range(1, run.max_rounds + 1):
             for key in run.panel:
                 if run.tokens_used >= run.token_budget:
                     break
                 if turn_index not in run.done_turns:
-                    await self._stop_if_requested(run)
+                    await self._check_may_continue(run)
                     await self._turn(run, turn_index, round_no, ROLES[key])
                 turn_index += 1
         # The moderator's turn index is fixed so a resumed run finds it whatever the budget did.
         moderator_index = run.max_rounds * len(run.panel)
         if moderator_index not in run.done_turns:
+            await self._check_may_continue(run)
             message = await self._turn(run, moderator_index, run.max_rounds, MODERATOR)
         else:
             message = await self._message(run.id, moderator_index)
@@ -212,11 +228,14 @@ class Orchestrator:
         assert row is not None, "callers only ask for stored turns"
         return dict(row)
 
-    async def _stop_if_requested(self, run: Run) -> None:
-        # Backs up the pub/sub stop signal, which a worker misses while it is still loading the run.
-        if await self._pool.fetchval("SELECT status FROM discussions WHERE id = $1", run.id) == "stopping":
-            run.cancel_reason = "stop"
-            raise asyncio.CancelledError
+    async def _check_may_continue(self, run: Run) -> None:
+        """Before each turn: raise _Stopped or _OutOfTime if the discussion must end now."""
+        if asyncio.get_running_loop().time() >= run.deadline:
+            raise _OutOfTime
+        # The status backs up the pub/sub stop signal, which a worker misses while loading the run.
+        status = await self._pool.fetchval("SELECT status FROM discussions WHERE id = $1", run.id)
+        if run.cancel_reason == "stop" or status == "stopping":
+            raise _Stopped
 
     def _prompt(self, run: Run, role: Role) -> list[dict[str, str]]:
         # Append-only: system prompt + transcript is a shared prefix across agents (upstream cache hits).
@@ -251,28 +270,41 @@ class Orchestrator:
             if time.monotonic() - last_flush >= TOKEN_BATCH_SECONDS:
                 await flush()
 
-        usage = Usage()
-        status, error = "completed", None
         started = time.monotonic()
-        try:
+
+        async def speak() -> Usage:
+            nonlocal started
             async with self._slots.slot(on_queued):
                 await self._events.append(run.id, "agent_started", **base)
                 started = time.monotonic()
                 try:
-                    usage = await self._llm.stream_turn(self._prompt(run, role), on_delta, json_mode=role is MODERATOR)
-                except LlmError as exc:
-                    status, error = "failed", str(exc)
-                await flush()
+                    return await self._llm.stream_turn(self._prompt(run, role), on_delta, json_mode=role is MODERATOR)
+                finally:
+                    await flush()
+
+        usage = Usage()
+        status, error = "completed", None
+        ending: Exception | None = None
+        run.speaking = asyncio.create_task(speak())
+        try:
+            async with asyncio.timeout_at(run.deadline):
+                usage = await run.speaking
+        except LlmError as exc:
+            status, error = "failed", str(exc)
+        except TimeoutError:
+            status, error, ending = "failed", "WORKFLOW_TIMEOUT reached", _OutOfTime()
         except asyncio.CancelledError:
-            if run.cancel_reason == "release":
-                raise
-            # User stop or WORKFLOW_TIMEOUT: keep the partial message, shielded from the cancellation.
-            status = "stopped" if run.cancel_reason == "stop" else "failed"
-            error = "stopped by user" if status == "stopped" else "WORKFLOW_TIMEOUT reached"
-            await asyncio.shield(self._store(run, turn_index, round_no, role, status, content, reasoning, error, usage))
-            raise
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise  # the whole run is released, not just this turn stopped
+            status, error, ending = "stopped", "stopped by user", _Stopped()
+        finally:
+            run.speaking = None
         AGENT_TURN_DURATION.labels(outcome=status).observe(time.monotonic() - started)
-        return await self._store(run, turn_index, round_no, role, status, content, reasoning, error, usage)
+        # Stop and timeout only ever cancel speak(): persisting the (partial) message is never cut short.
+        message = await self._store(run, turn_index, round_no, role, status, content, reasoning, error, usage)
+        if ending is not None:
+            raise ending
+        return message
 
     async def _store(
         self,
