@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
-
-from prometheus_client import multiprocess
 
 wsgi_app = "service.main:create_app()"
 worker_class = "uvicorn_worker.UvicornWorker"
 bind = os.environ.get("BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
+if workers > 1:
+    # Several workers need prometheus_client's multiprocess mode, or each scrape shows one worker's counts.
+    # Set before any worker imports prometheus_client, which reads it at import time.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(Path(tempfile.gettempdir()) / "cvm-service-metrics"))
 # Requests are short; discussions hand over to another worker via their lease, so 30 s drains HTTP.
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "30"))
 timeout = 60
@@ -43,4 +46,6 @@ def on_starting(server: Any) -> None:
 
 def child_exit(server: Any, worker: Any) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess  # imported late: see PROMETHEUS_MULTIPROC_DIR above
+
         multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
