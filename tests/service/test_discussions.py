@@ -45,7 +45,7 @@ def assert_contiguous(events: list[dict[str, Any]], start: int = 1) -> None:
 
 
 def test_three_agents_and_moderator_stream_to_completion(client: httpx.Client, service: Service, user: User) -> None:
-    discussion = create_discussion(client, user, "Buy ACME? [[fake:delay=0.02,words=15]]", PANEL)
+    discussion = create_discussion(client, user, "Buy ACME? [[fake:delay=0.02,words=15,reasoning=3]]", PANEL)
     events = read_events(service, client, user, discussion)
     assert_contiguous(events)
     started = [e["role"] for e in events if e["type"] == "agent_started"]
@@ -61,6 +61,7 @@ def test_three_agents_and_moderator_stream_to_completion(client: httpx.Client, s
     detail = client.get(f"/api/discussions/{discussion}", headers=user.headers).json()
     assert detail["status"] == "completed" and detail["verdict"] == events[-1]["verdict"]
     assert [m["content"] for m in detail["messages"]] == [m["content"] for m in completed]
+    assert all(len(m["reasoning"].split()) == 3 for m in detail["messages"])  # DeepSeek reasoning_content kept
     usage = client.get("/api/usage", headers=user.headers).json()
     assert usage["turns"] == 4 and usage["completion_tokens"] > 0
     assert usage["cache_hit_tokens"] > 0  # agents share the system prompt + transcript prefix
@@ -171,3 +172,17 @@ def test_many_websocket_clients_of_one_discussion_all_get_the_same_log(
     assert logs[0][-1]["type"] == "discussion_finished"
     assert_contiguous(logs[0])
     assert all(log == logs[0] for log in logs)
+
+
+def test_rounds_and_token_budget_limit_the_discussion(client: httpx.Client, user: User) -> None:
+    two_rounds = create_discussion(client, user, "Rounds [[fake:words=4]]", ["bull", "bear"], rounds=2)
+    roles = [m["role"] for m in wait_finished(client, user, two_rounds)["messages"]]
+    assert roles == ["bull", "bear", "bull", "bear", "moderator"]
+
+    body = {"topic": "Budget [[fake:words=4]]", "panel": ["bull", "bear"], "max_rounds": 3, "token_budget": 100}
+    response = client.post("/api/discussions", json=body, headers=user.headers)
+    assert response.status_code == 201
+    # The first turn's prompt alone spends the budget: the moderator closes right after it.
+    detail = wait_finished(client, user, response.json()["id"])
+    assert [(m["turn_index"], m["role"]) for m in detail["messages"]] == [(0, "bull"), (6, "moderator")]
+    assert detail["status"] == "completed" and detail["tokens_used"] >= 100
