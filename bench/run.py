@@ -110,7 +110,7 @@ async def direct_ttft(fake: FakeLlm, samples: int) -> list[float]:
     for i in range(samples):
         started = time.perf_counter()
         stream = await client.chat.completions.create(
-            model="deepseek-chat", stream=True, messages=[{"role": "user", "content": f"ttft {i} [[fake:words=5]]"}]
+            model="fake-bench", stream=True, messages=[{"role": "user", "content": f"ttft {i} [[fake:words=5]]"}]
         )
         async for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
