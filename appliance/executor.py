@@ -16,7 +16,7 @@ from typing import Literal, Protocol
 
 from appliance.errors import ApplianceError
 from appliance.shell import sh
-from appliance.steps import Action, Fact, Note, Run, Step, Upload, VerifyLogin
+from appliance.steps import Action, Fact, Note, Run, Step, Stream, Upload, VerifyLogin
 
 Status = Literal["ok", "changed", "pending", "failed"]
 
@@ -27,6 +27,8 @@ class Host(Protocol):
     def run(self, command: str, timeout: int | None = None) -> _Result: ...
 
     def upload(self, path: str, content: bytes, mode: int, owner: str, group: str) -> _Result: ...
+
+    def stream(self, command: str, chunks: Iterable[bytes], progress: Callable[[int], None]) -> _Result: ...
 
 
 class _Result(Protocol):
@@ -112,12 +114,14 @@ class Executor:
         redact: Callable[[str], str] = str,
         diff: Callable[[str], None] | None = None,
         login_check: Callable[[], None] | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.host = host
         self.check = check
         self.redact = redact
         self.diff = diff
         self.login_check = login_check
+        self.progress = progress
         self.results: list[StepResult] = []
 
     def apply(self, step: Step) -> StepResult:
@@ -155,12 +159,20 @@ class Executor:
             return self._verify_login(action)
         if isinstance(action, Run):
             outcome = self.host.run(action.command)
+        elif isinstance(action, Stream):
+            outcome = self.host.stream(action.command, action.source.chunks(), self._progress_of(action))
         else:
             outcome = self.host.upload(action.path, action.content, action.mode, action.owner, action.group)
         if outcome.exit_code == 0:
             return ""
         reason = outcome.stderr.strip() or outcome.stdout.strip() or f"exit {outcome.exit_code}"
         return reason.splitlines()[-1]
+
+    def _progress_of(self, action: Stream) -> Callable[[int], None]:
+        report, total = self.progress, action.source.size
+        if report is None:
+            return lambda done: None
+        return lambda done: report(action.why, done, total)
 
     def _verify_login(self, action: VerifyLogin) -> str:
         if self.login_check is None:

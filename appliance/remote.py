@@ -10,6 +10,7 @@ import logging
 import secrets
 import socket
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,26 @@ class RemoteHost:
             raise SshError(f"{self.host.target}: upload of {path} failed: {exc}") from None
         install = sh("install", "-D", "-m", f"{mode:o}", "-o", owner, "-g", group, "-T", staging, path)
         return self.run(f"{install}; status=$?; rm -f {sh(staging)}; exit $status")
+
+    def stream(self, command: str, chunks: Iterable[bytes], progress: Callable[[int], None]) -> CommandResult:
+        """Run `command` as root on its own channel, feeding it `chunks` as standard input."""
+        try:
+            transport = self.connection.client.get_transport()
+            assert transport is not None, "connected"
+            channel = transport.open_session()
+            channel.exec_command(as_root(command, self.host.user))
+            sent = 0
+            for chunk in chunks:
+                channel.sendall(chunk)
+                sent += len(chunk)
+                progress(sent)
+            channel.shutdown_write()
+            stdout = channel.makefile("rb").read().decode(errors="replace")
+            stderr = channel.makefile_stderr("rb").read().decode(errors="replace")
+            status = channel.recv_exit_status()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SshError(f"{self.host.target}: connection lost while streaming to {command!r}: {exc}") from None
+        return CommandResult(stdout, stderr, status)
 
     def close(self) -> None:
         self.connection.close()

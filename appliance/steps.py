@@ -8,7 +8,7 @@ executor (appliance/executor.py) is the only code that runs anything.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,6 +60,26 @@ class VerifyLogin:
     attempts: int = 5
 
 
+class ByteSource(Protocol):
+    """Bytes produced on the operator's side (e.g. a compressed `docker save`), read once."""
+
+    @property
+    def size(self) -> int:
+        """Expected size in bytes before compression, for progress; 0 when unknown."""
+        ...
+
+    def chunks(self) -> Iterator[bytes]: ...
+
+
+@dataclass(frozen=True)
+class Stream:
+    """Run `command` on the host as root with `source`'s bytes on its standard input."""
+
+    command: str
+    source: ByteSource
+    why: str
+
+
 @dataclass(frozen=True)
 class Note:
     """Nothing to do, for a reason worth showing (e.g. a setting a container host cannot apply)."""
@@ -67,7 +87,7 @@ class Note:
     why: str
 
 
-Action = Run | Upload | VerifyLogin | Note
+Action = Run | Upload | Stream | VerifyLogin | Note
 Facts = Mapping[str, Fact]
 
 

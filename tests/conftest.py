@@ -16,7 +16,7 @@ import pytest
 
 from appliance import sandbox as sandboxes
 from appliance.config import Config, load_config
-from appliance.remote import RemoteHost, connect
+from appliance.remote import RemoteHost, connect, open_host
 
 REPO = Path(__file__).resolve().parent.parent
 # One prefix per test run, so two runs on a machine never touch each other's containers.
@@ -104,3 +104,10 @@ def bootstrap_sandbox(sandbox: sandboxes.Sandbox) -> Bootstrapped:
 def bootstrapped(shared_sandbox: sandboxes.Sandbox) -> Bootstrapped:
     """The shared sandbox, bootstrapped once for every test that reads it."""
     return bootstrap_sandbox(shared_sandbox)
+
+
+@pytest.fixture()
+def bootstrapped_host(bootstrapped: Bootstrapped) -> Iterator[RemoteHost]:
+    """An SSH session to the bootstrapped shared sandbox (Docker is there)."""
+    with open_host(load_config(bootstrapped.sandbox.config_file)) as remote:
+        yield remote

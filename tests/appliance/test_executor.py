@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from appliance.executor import Executor
 from appliance.report import summary_table
-from appliance.steps import Directory, ManagedFile, Step
+from appliance.steps import Action, Directory, Facts, ManagedFile, Step, Stream
 
 pytestmark = pytest.mark.unit
 
@@ -28,6 +29,12 @@ class LocalHost:
     def run(self, command: str, timeout: int | None = None) -> Outcome:
         done = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], capture_output=True, text=True)
         return Outcome(done.stdout, done.stderr, done.returncode)
+
+    def stream(self, command: str, chunks: Iterable[bytes], progress: Callable[[int], None]) -> Outcome:
+        payload = b"".join(chunks)
+        progress(len(payload))
+        done = subprocess.run(["bash", "-c", command], input=payload, capture_output=True)
+        return Outcome(done.stdout.decode(), done.stderr.decode(), done.returncode)
 
     def upload(self, path: str, content: bytes, mode: int, owner: str, group: str) -> Outcome:
         Path(path).write_bytes(content)
@@ -66,3 +73,42 @@ def test_failed_command_error_is_redacted(tmp_path: Path) -> None:
     results = Executor(LocalHost(), redact=lambda text: text.replace("sk-123456", "******")).apply_all([step])
     assert results[0].status == "failed"
     assert "sk-123456" not in results[0].error and "******" in results[0].error
+
+
+@dataclass(frozen=True)
+class Pieces:
+    parts: tuple[bytes, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.parts))
+
+    def chunks(self) -> Iterator[bytes]:
+        yield from self.parts
+
+
+@dataclass(frozen=True)
+class StreamInto:
+    """A step that streams bytes into a file when it is missing."""
+
+    path: str
+
+    @property
+    def name(self) -> str:
+        return f"stream into {self.path}"
+
+    def probes(self) -> dict[str, str]:
+        return {"exists": f"test -e {self.path}"}
+
+    def plan(self, facts: Facts) -> list[Action]:
+        return [] if facts["exists"].ok else [Stream(f"cat > {self.path}", Pieces((b"abc", b"def")), "copy")]
+
+
+def test_stream_feeds_the_command_and_reports_progress(tmp_path: Path) -> None:
+    target = tmp_path / "streamed"
+    seen: list[tuple[str, int, int]] = []
+    executor = Executor(LocalHost(), progress=lambda why, done, total: seen.append((why, done, total)))
+    assert executor.apply(StreamInto(str(target))).status == "changed"
+    assert target.read_bytes() == b"abcdef"
+    assert seen == [("copy", 6, 6)]
+    assert Executor(LocalHost()).apply(StreamInto(str(target))).status == "ok"

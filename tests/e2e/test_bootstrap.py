@@ -8,14 +8,14 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
-from appliance.config import load_config
-from appliance.remote import RemoteHost, open_host
+from appliance.executor import Executor
+from appliance.images import images_on_host
+from appliance.remote import RemoteHost
 from appliance.sandbox import BASE_IMAGE
 from tests.conftest import REPO, Bootstrapped, inv
 
@@ -31,12 +31,6 @@ def totals(output: str) -> tuple[int, int, int, int]:
     return ok, changed, pending, failed
 
 
-@pytest.fixture()
-def host(bootstrapped: Bootstrapped) -> Iterator[RemoteHost]:
-    with open_host(load_config(bootstrapped.sandbox.config_file)) as remote:
-        yield remote
-
-
 def daemon_pids(host: RemoteHost) -> str:
     """The PIDs of the listening sshd and of dockerd: a restart changes them."""
     return host.run("cat /run/sshd.pid; pidof dockerd").stdout
@@ -49,14 +43,16 @@ def test_first_run_changes_the_host_and_fails_nothing(bootstrapped: Bootstrapped
     print(f"first bootstrap: {bootstrapped.seconds:.1f}s, {changed} changed, {ok} ok")
 
 
-def test_second_run_changes_nothing_restarts_nothing_within_20s(bootstrapped: Bootstrapped, host: RemoteHost) -> None:
-    before = daemon_pids(host)
+def test_second_run_changes_nothing_restarts_nothing_within_20s(
+    bootstrapped: Bootstrapped, bootstrapped_host: RemoteHost
+) -> None:
+    before = daemon_pids(bootstrapped_host)
     started = time.monotonic()
     run = inv("bootstrap", "--config", str(bootstrapped.sandbox.config_file))
     elapsed = time.monotonic() - started
     assert run.returncode == 0, run.stdout + run.stderr
     assert totals(run.stdout)[1:] == (0, 0, 0), run.stdout
-    assert daemon_pids(host) == before
+    assert daemon_pids(bootstrapped_host) == before
     print(f"second bootstrap: {elapsed:.1f}s")
     assert elapsed <= 20, run.stdout
 
@@ -67,18 +63,20 @@ def test_check_on_a_converged_host_has_nothing_pending(bootstrapped: Bootstrappe
     assert totals(run.stdout)[1:] == (0, 0, 0), run.stdout
 
 
-def test_check_and_diff_show_a_drifted_file_without_touching_it(bootstrapped: Bootstrapped, host: RemoteHost) -> None:
-    host.run("echo 'edited by hand' >> /etc/issue")
-    drifted = host.run("cat /etc/issue").stdout
+def test_check_and_diff_show_a_drifted_file_without_touching_it(
+    bootstrapped: Bootstrapped, bootstrapped_host: RemoteHost
+) -> None:
+    bootstrapped_host.run("echo 'edited by hand' >> /etc/issue")
+    drifted = bootstrapped_host.run("cat /etc/issue").stdout
     run = inv("bootstrap", "--check", "--diff", "--config", str(bootstrapped.sandbox.config_file))
     assert run.returncode == 0, run.stderr
     assert "--- /etc/issue (host)\n+++ /etc/issue (wanted)\n" in run.stdout
     assert "-edited by hand" in run.stdout
     assert re.search(r"file /etc/issue\s+pending", run.stdout)
-    assert host.run("cat /etc/issue").stdout == drifted  # check mode changed nothing
+    assert bootstrapped_host.run("cat /etc/issue").stdout == drifted  # check mode changed nothing
     fixed = inv("bootstrap", "--config", str(bootstrapped.sandbox.config_file))
     assert re.search(r"file /etc/issue\s+changed", fixed.stdout)
-    assert "edited by hand" not in host.run("cat /etc/issue").stdout
+    assert "edited by hand" not in bootstrapped_host.run("cat /etc/issue").stdout
 
 
 def test_ssh_audit_finds_no_failures(bootstrapped: Bootstrapped, tmp_path: Path) -> None:
@@ -142,18 +140,14 @@ def reachable(address: str, port: int) -> bool:
         return False
 
 
-def test_published_ports_other_than_web_are_closed_to_the_outside(bootstrapped: Bootstrapped, host: RemoteHost) -> None:
+def test_published_ports_other_than_web_are_closed_to_the_outside(
+    bootstrapped: Bootstrapped, bootstrapped_host: RemoteHost
+) -> None:
     box = bootstrapped.sandbox
     engine = docker.from_env()
-    loader = subprocess.Popen(
-        ["docker", "exec", "-i", box.name, "docker", "load"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
-    )
-    assert loader.stdin is not None
-    for chunk in engine.images.get(BASE_IMAGE).save(named=True):
-        loader.stdin.write(chunk)
-    loader.stdin.close()
-    assert loader.wait(timeout=300) == 0
-    started = host.run(
+    [send_base] = images_on_host(engine, [BASE_IMAGE])
+    assert Executor(bootstrapped_host).apply(send_base).status in ("changed", "ok")
+    started = bootstrapped_host.run(
         f"docker run -d --pull never --name portprobe -p 0.0.0.0:8080:8000 -p 80:8000 -p 443:8000 {BASE_IMAGE} "
         "python3 -m http.server 8000"
     )
@@ -166,19 +160,19 @@ def test_published_ports_other_than_web_are_closed_to_the_outside(bootstrapped: 
         assert reachable(address, 80)
         assert reachable(address, 443)
         assert not reachable(address, 8080)
-        assert host.run("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/").stdout == "200"
+        assert bootstrapped_host.run("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/").stdout == "200"
     finally:
-        host.run("docker rm -f portprobe")
+        bootstrapped_host.run("docker rm -f portprobe")
 
 
-def test_lynis_hardening_index(bootstrapped: Bootstrapped, host: RemoteHost) -> None:
+def test_lynis_hardening_index(bootstrapped: Bootstrapped, bootstrapped_host: RemoteHost) -> None:
     profile = (REPO / "tests/e2e/lynis-container.prf").read_bytes()
-    assert host.upload("/root/lynis-container.prf", profile, 0o600, "root", "root").exit_code == 0
-    installed = host.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q lynis", timeout=300)
+    assert bootstrapped_host.upload("/root/lynis-container.prf", profile, 0o600, "root", "root").exit_code == 0
+    installed = bootstrapped_host.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q lynis", timeout=300)
     assert installed.exit_code == 0, installed.stderr
     indexes = {}
     for label, flags in (("plain", ""), ("container profile", "--profile /root/lynis-container.prf")):
-        audit = host.run(
+        audit = bootstrapped_host.run(
             f"lynis audit system --quick --no-colors {flags} >/dev/null 2>&1; "
             "grep '^hardening_index=' /var/log/lynis-report.dat",
             timeout=300,
@@ -189,8 +183,8 @@ def test_lynis_hardening_index(bootstrapped: Bootstrapped, host: RemoteHost) -> 
     assert indexes["plain"] >= 75
 
 
-def test_units_and_files_in_place(host: RemoteHost) -> None:
-    states = host.run(
+def test_units_and_files_in_place(bootstrapped_host: RemoteHost) -> None:
+    states = bootstrapped_host.run(
         "systemctl is-enabled appliance.service docker docker-user-firewall fail2ban; "
         "systemctl is-active docker docker-user-firewall fail2ban; ufw status | head -1; "
         "stat -c '%a %n' /opt/appliance/shared/certs/privkey.pem /etc/ssh/sshd_config.d/00-appliance-hardening.conf"
@@ -201,10 +195,10 @@ def test_units_and_files_in_place(host: RemoteHost) -> None:
         "600 /opt/appliance/shared/certs/privkey.pem",
         "600 /etc/ssh/sshd_config.d/00-appliance-hardening.conf",
     ]
-    record = json.loads(host.run("cat /opt/appliance/shared/host.json").stdout)
+    record = json.loads(bootstrapped_host.run("cat /opt/appliance/shared/host.json").stdout)
     assert record["compose"].startswith("v1 ")  # Debian 12 ships Compose v1
-    assert host.run("/opt/appliance/bin/compose version --short").exit_code == 0
-    expiry = host.run("cat /opt/appliance/shared/metrics/tls.prom").stdout
+    assert bootstrapped_host.run("/opt/appliance/bin/compose version --short").exit_code == 0
+    expiry = bootstrapped_host.run("cat /opt/appliance/shared/metrics/tls.prom").stdout
     assert re.search(r"^appliance_tls_cert_expiry_timestamp_seconds \d{10}$", expiry, re.MULTILINE)
 
 
