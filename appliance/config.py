@@ -99,8 +99,12 @@ class Service(_Section):
     workflow_timeout: int = Field(default=1800, ge=1)
     max_tokens: int = Field(default=4000, ge=1)
     workers: int = Field(default=2, ge=1, le=64)
+    # Seconds a stopping API gets to finish in-flight requests before it is killed.
+    graceful_timeout: int = Field(default=30, ge=1, le=600)
     cors_origins: list[str] = Field(default_factory=list)
     artifact_storage: Literal["local", "cos"] = "local"
+    # Run the project's local OpenAI-compatible stand-in next to the API (a sandbox; never production).
+    llm_stub: bool = False
 
     @field_validator("base_url")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -75,6 +76,20 @@ def render_host_template(template: str, **context: Any) -> bytes:
     return render_template(f"systemd/host/{template}", {"header": HOST_HEADER, **context}).encode()
 
 
+def release_slug(version: str) -> str:
+    """A version as it may appear in Compose project and host names: lower-case letters, digits, '-'."""
+    slug = re.sub(r"[^a-z0-9]+", "-", version.lower()).strip("-")
+    if not slug:
+        raise ApplianceError(f"release version {version!r} has no letters or digits")
+    return slug
+
+
+def site_origin(config: Config) -> str:
+    """The origin browsers see for the appliance, which the API must accept for WebSockets."""
+    settings = config.settings
+    return f"https://{settings.domain or settings.hosts[0].address}"
+
+
 def stack_context(config: Config, secrets: Secrets, version: str, reveal: bool, memory_mb: int) -> dict[str, Any]:
     """Everything the templates may use; secrets masked unless `reveal`."""
     settings = config.settings
@@ -87,6 +102,9 @@ def stack_context(config: Config, secrets: Secrets, version: str, reveal: bool, 
         "name": settings.name,
         "env": config.env,
         "version": version,
+        "slug": release_slug(version),
+        "graceful_timeout": settings.service.graceful_timeout,
+        "origins": [site_origin(config), *settings.service.cors_origins],
         "base_dir": settings.base_dir,
         "timezone": settings.timezone,
         "server_name": settings.domain or "_",
@@ -123,6 +141,8 @@ def release_files(
         HostFile(f"{release}/postgres.env", render_template("compose/postgres.env.j2", context), 0o600),
         HostFile(f"{release}/redis.env", render_template("compose/redis.env.j2", context), 0o600),
         HostFile(f"{release}/nginx/appliance.conf", render_template("nginx/appliance.conf.j2", context), 0o644),
+        HostFile(f"{release}/api.yml", render_template("compose/api.yml.j2", context), 0o644),
+        HostFile(f"{release}/upstream.conf", render_template("nginx/upstream.conf.j2", context), 0o644),
     ]
 
 

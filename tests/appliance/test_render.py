@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from appliance.config import Config, load_config
-from appliance.render import release_files, stack_limits, write_tree
+from appliance.errors import ApplianceError
+from appliance.render import release_files, release_slug, stack_limits, write_tree
 from appliance.secrets import MASK, ensure_generated, load_secrets
 from tests.conftest import REPO
 
@@ -37,6 +38,8 @@ def test_masked_render_holds_no_secret(example: Config) -> None:
         "/opt/appliance/releases/v1/postgres.env",
         "/opt/appliance/releases/v1/redis.env",
         "/opt/appliance/releases/v1/nginx/appliance.conf",
+        "/opt/appliance/releases/v1/api.yml",
+        "/opt/appliance/releases/v1/upstream.conf",
     }
     everything = "".join(host_file.content for host_file in files.values())
     for secret in secrets.values.values():
@@ -45,7 +48,12 @@ def test_masked_render_holds_no_secret(example: Config) -> None:
     assert f"AI_API_KEY={MASK}" in files["/opt/appliance/releases/v1/api.env"].content
     assert files["/opt/appliance/releases/v1/api.env"].mode == 0o600
     assert "MAX_CONCURRENT_AGENTS=10" in files["/opt/appliance/releases/v1/api.env"].content
-    assert "image: cvm-appliance/api:v1" in files["/opt/appliance/releases/v1/docker-compose.yml"].content
+    api = files["/opt/appliance/releases/v1/api.yml"].content
+    assert "image: cvm-appliance/api:v1" in api
+    assert "aliases: [api-v1]" in api
+    assert "server api-v1:8000;" in files["/opt/appliance/releases/v1/upstream.conf"].content
+    assert "llm-stub" not in files["/opt/appliance/releases/v1/docker-compose.yml"].content
+    assert "CORS_ORIGINS=https://agents.example.com\n" in files["/opt/appliance/releases/v1/api.env"].content
     assert "server_name agents.example.com;" in files["/opt/appliance/releases/v1/nginx/appliance.conf"].content
 
 
@@ -99,10 +107,19 @@ def test_rendered_compose_passes_docker_compose_config(example: Config, tmp_path
     secrets = load_secrets(example.secrets_path, {})
     write_tree(release_files(example, secrets, "v1", reveal=True), tmp_path / "host")
     release = tmp_path / "host/opt/appliance/releases/v1"
-    check = subprocess.run(
-        ["docker-compose", "--project-name", "agents", "config", "--quiet"],
-        cwd=release,
-        capture_output=True,
-        text=True,
-    )
-    assert check.returncode == 0, check.stderr
+    for project, compose_file in (("agents", "docker-compose.yml"), ("agents-api-v1", "api.yml")):
+        check = subprocess.run(
+            ["docker-compose", "--project-name", project, "--file", compose_file, "config", "--quiet"],
+            cwd=release,
+            capture_output=True,
+            text=True,
+        )
+        assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.unit
+def test_release_slugs() -> None:
+    assert release_slug("v1.2.0+build.7") == "v1-2-0-build-7"
+    assert release_slug("2026-11-23T1701") == "2026-11-23t1701"
+    with pytest.raises(ApplianceError):
+        release_slug("+++")
