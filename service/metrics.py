@@ -8,7 +8,6 @@ service (agents running, turns waiting) are read from the Redis semaphore at scr
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable
 
 import redis
@@ -57,7 +56,8 @@ class AgentSlotsCollector(Collector):
         self._queue_key = queue_key
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        now_ms = int(time.time() * 1000)
+        seconds, micros = self._client.time()  # the clock the semaphore's leases are scored with
+        now_ms = seconds * 1000 + micros // 1000
         running = self._client.zcount(self._holders_key, now_ms, "+inf")
         waiting = self._client.zcard(self._queue_key)
         yield GaugeMetricFamily("cvm_agents_running", "Agent turns holding a slot now.", value=running)
