@@ -37,11 +37,16 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 
 def on_starting(server: Any) -> None:
-    # Metric files of a previous run would be summed into this one's.
+    # Metric files of a previous run would be summed into this one's. The folder itself stays: in the
+    # appliance's stack it is a tmpfs mount point, which cannot be removed.
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
-        shutil.rmtree(directory, ignore_errors=True)
-        Path(directory).mkdir(parents=True)
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        for leftover in Path(directory).iterdir():
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
 
 def child_exit(server: Any, worker: Any) -> None:
