@@ -16,7 +16,11 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(database_url: str) -> asyncpg.Pool:
-    """Open a small pool; a dead connection is dropped by asyncpg and reopened on next use."""
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10, command_timeout=10, init=_init_connection)
+    """A small pool; a dead connection is dropped by asyncpg and reopened on next use.
+
+    min_size=0 opens no connection up front, so a worker boots (and /api/health answers 503) even while
+    PostgreSQL is down: with gunicorn, a worker that fails to boot takes the whole server down.
+    """
+    pool = await asyncpg.create_pool(database_url, min_size=0, max_size=10, command_timeout=10, init=_init_connection)
     assert pool is not None
     return pool

@@ -15,6 +15,8 @@ import pytest
 
 from service.migrate import apply_migrations
 from tests.service.conftest import (
+    PYTHON,
+    REPO,
     FakeLlm,
     Service,
     free_port,
@@ -102,3 +104,22 @@ def test_health_503_while_postgres_is_down_then_recovers(throwaway_pg: Throwaway
 
     throwaway_pg.start()
     wait_until(lambda: all(health(pg_service).status_code == 200 for _ in range(6)), 45, "health to recover")
+
+
+def test_service_boots_while_postgres_is_down_and_recovers(
+    throwaway_pg: ThrowawayPostgres, redis_prefix: str, fake_llm: FakeLlm, tmp_path: Path
+) -> None:
+    throwaway_pg.stop()
+    env = service_env(throwaway_pg.url, f"{redis_prefix}health-boot:", fake_llm, tmp_path)
+    port = free_port()
+    command = [PYTHON, "-m", "gunicorn", "-c", str(REPO / "service" / "gunicorn_conf.py")]
+    with (tmp_path / "log").open("ab") as log:
+        proc = subprocess.Popen(command, cwd=REPO, env={**env, "BIND": f"127.0.0.1:{port}"}, stderr=log)
+    url = f"http://127.0.0.1:{port}/api/health"
+    try:
+        wait_until(lambda: httpx.get(url).status_code == 503, 60, "a booted worker answering 503")
+        throwaway_pg.start()
+        wait_until(lambda: all(httpx.get(url).status_code == 200 for _ in range(6)), 45, "health to recover")
+        assert proc.poll() is None
+    finally:
+        stop_process(proc, timeout=40)
