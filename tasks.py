@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from invoke.collection import Collection
@@ -11,10 +12,13 @@ from invoke.tasks import task
 from appliance import render as rendering
 from appliance import sandbox as sandboxes
 from appliance.bootstrap import bootstrap, bootstrap_files
+from appliance.build import build_api_image, default_version
 from appliance.cli import COMMON_HELP, load, one_line_errors
+from appliance.deploy import deploy as deploy_release
 from appliance.errors import StepFailed
 from appliance.facts import gather_facts
 from appliance.remote import open_host
+from appliance.render import site_origin
 from appliance.report import summary_table
 from appliance.secrets import ensure_generated, load_secrets
 
@@ -96,6 +100,46 @@ def bootstrap_host(
         raise StepFailed(f"{target}: {failed[0].step}: {failed[0].error}")
 
 
+def show_progress(what: str, sent: int, total: int) -> None:
+    """One status line per image while it streams: compressed bytes sent, image size."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r  {what}: {sent / 1e6:.0f} MB sent (image {total / 1e6:.0f} MB)  ")
+
+
+@task(
+    help={
+        **COMMON_HELP,
+        "version": "release name (default: UTC time and git commit, e.g. 20261123-170102-3f9c2ab)",
+        "image": "an API image already in the local engine, instead of building one",
+        "check": "show what would change; change nothing (builds nothing)",
+    }
+)
+@one_line_errors
+def deploy(
+    c: Context,
+    version: str | None = None,
+    image: str | None = None,
+    check: bool = False,
+    config: str | None = None,
+    env: str | None = None,
+    host: str | None = None,
+) -> None:
+    """Build the API image and put a release on the host, health-gated, without dropping requests."""
+    loaded = load(config, env, host)
+    version = version or default_version()
+    if image is None and not check:
+        print(f"building {loaded.settings.images.api}:{version}")
+        image = build_api_image(loaded, version)
+    target = loaded.settings.hosts[0].target
+    results = deploy_release(loaded, image or f"{loaded.settings.images.api}:{version}", version, check, show_progress)
+    print(summary_table(results, f"{target}: release {version}"))
+    failed = [result for result in results if result.status == "failed"]
+    if failed:
+        raise StepFailed(f"{target}: {failed[0].step}: {failed[0].error}")
+    if not check:
+        print(f"{target}: release {version} is serving: {site_origin(loaded)}/")
+
+
 SANDBOX_HELP = {
     "name": "sandbox name; containers, volumes and files are named after it",
     "ssh_port": "port on 127.0.0.1 for SSH (0: any free port)",
@@ -134,4 +178,4 @@ def sandbox_down(c: Context, name: str = "cvm-sandbox", config_out: str = "sandb
     print("removed: " + (", ".join(removed) or f"nothing (no sandbox {name})"))
 
 
-namespace = Collection(config, render, facts, bootstrap_host, Collection("sandbox", sandbox_up, sandbox_down))
+namespace = Collection(config, render, facts, bootstrap_host, deploy, Collection("sandbox", sandbox_up, sandbox_down))

@@ -15,7 +15,7 @@ import docker.errors
 
 from appliance.errors import ApplianceError
 from appliance.shell import sh
-from appliance.steps import Action, Facts, Stream
+from appliance.steps import Action, Facts, Run, Stream
 
 LOAD = "gzip -dc | docker load --quiet"
 
@@ -48,7 +48,8 @@ class SavedImage:
 
     def chunks(self) -> Iterator[bytes]:
         compressor = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: the gzip format
-        for chunk in self.client.images.get(self.ref).save(named=True):
+        # Saved by this exact reference: Image.save(named=True) would use the image's first tag instead.
+        for chunk in self.client.api.get_image(self.ref):
             compressed = compressor.compress(chunk)
             if compressed:
                 yield compressed
@@ -67,11 +68,19 @@ class ImageOnHost:
         return f"image {self.image.ref}"
 
     def probes(self) -> Mapping[str, str]:
-        return {"id": sh("docker", "image", "inspect", "--format", "{{.Id}}", self.image.ref)}
+        inspect = ("docker", "image", "inspect", "--format", "{{.Id}}")
+        return {"id": sh(*inspect, self.image.ref), "by_id": sh(*inspect, self.image.image_id)}
 
     def plan(self, facts: Facts) -> list[Action]:
         if facts["id"].ok and facts["id"].stdout.strip() == self.image.image_id:
             return []
+        if facts["by_id"].ok:
+            # The host has these very layers under another name (a rollback, a re-tagged build).
+            return [
+                Run(
+                    sh("docker", "tag", self.image.image_id, self.image.ref), f"tag the host's copy as {self.image.ref}"
+                )
+            ]
         megabytes = self.image.size // 1_000_000
         source = SavedImage(self.client, self.image.ref, self.image.size)
         return [Stream(LOAD, source, f"send {self.image.ref} ({megabytes} MB) over SSH")]

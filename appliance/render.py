@@ -142,7 +142,7 @@ def release_files(
         HostFile(f"{release}/redis.env", render_template("compose/redis.env.j2", context), 0o600),
         HostFile(f"{release}/nginx/appliance.conf", render_template("nginx/appliance.conf.j2", context), 0o644),
         HostFile(f"{release}/api.yml", render_template("compose/api.yml.j2", context), 0o644),
-        HostFile(f"{release}/upstream.conf", render_template("nginx/upstream.conf.j2", context), 0o644),
+        HostFile(f"{release}/nginx/upstream.inc", render_template("nginx/upstream.conf.j2", context), 0o644),
     ]
 
 

@@ -17,6 +17,7 @@ HOST_SCRIPTS = {
     "compose.sh": "compose",
     "docker-user-firewall.sh": "docker-user-firewall.sh",
     "cert-expiry.sh": "cert-expiry.sh",
+    "stack.sh": "stack.sh",
 }
 CERT_DAYS = 397  # browsers' limit for a server certificate's lifetime
 

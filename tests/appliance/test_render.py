@@ -39,7 +39,7 @@ def test_masked_render_holds_no_secret(example: Config) -> None:
         "/opt/appliance/releases/v1/redis.env",
         "/opt/appliance/releases/v1/nginx/appliance.conf",
         "/opt/appliance/releases/v1/api.yml",
-        "/opt/appliance/releases/v1/upstream.conf",
+        "/opt/appliance/releases/v1/nginx/upstream.inc",
     }
     everything = "".join(host_file.content for host_file in files.values())
     for secret in secrets.values.values():
@@ -51,7 +51,7 @@ def test_masked_render_holds_no_secret(example: Config) -> None:
     api = files["/opt/appliance/releases/v1/api.yml"].content
     assert "image: cvm-appliance/api:v1" in api
     assert "aliases: [api-v1]" in api
-    assert "server api-v1:8000;" in files["/opt/appliance/releases/v1/upstream.conf"].content
+    assert "server api-v1:8000;" in files["/opt/appliance/releases/v1/nginx/upstream.inc"].content
     assert "llm-stub" not in files["/opt/appliance/releases/v1/docker-compose.yml"].content
     assert "CORS_ORIGINS=https://agents.example.com\n" in files["/opt/appliance/releases/v1/api.env"].content
     assert "server_name agents.example.com;" in files["/opt/appliance/releases/v1/nginx/appliance.conf"].content

@@ -1,0 +1,88 @@
+"""`inv deploy` on the bootstrapped sandbox: the stack serves through nginx TLS, health-gated."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import urllib.request
+from pathlib import Path
+
+import docker
+import pytest
+
+from appliance.config import load_config
+from appliance.remote import RemoteHost
+from appliance.sandbox import BASE_IMAGE
+from tests.conftest import Bootstrapped, inv
+from tests.rig.images import rig_image
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def deploy_config(bootstrapped: Bootstrapped, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sandbox's config with the rig's images and the local LLM stand-in."""
+    engine = docker.from_env()
+    overrides = f"""
+[images]
+base_image = "{BASE_IMAGE}"
+postgres = "{rig_image(engine, "postgres")}"
+redis = "{rig_image(engine, "redis")}"
+nginx = "{rig_image(engine, "nginx")}"
+
+[service]
+llm_stub = true
+base_url = "http://llm-stub:8900/v1"
+workers = 2
+cors_origins = ["https://127.0.0.1:{bootstrapped.sandbox.https_port}"]
+"""
+    path = tmp_path_factory.mktemp("deploy") / "deploy.toml"
+    path.write_text(bootstrapped.sandbox.config_file.read_text() + overrides)
+    return path
+
+
+def https_get(port: int, path: str, ca: bytes) -> tuple[int, dict[str, object]]:
+    context = ssl.create_default_context(cadata=ca.decode())
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", context=context, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def first_release(deploy_config: Path) -> str:
+    run = inv("deploy", "--version", "v1", "--config", str(deploy_config), timeout=1500)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout
+
+
+def test_first_deploy_serves_health_through_nginx_tls(
+    first_release: str, bootstrapped: Bootstrapped, bootstrapped_host: RemoteHost
+) -> None:
+    assert "release v1 is serving" in first_release
+    ca = bootstrapped_host.run("cat /opt/appliance/shared/certs/ca.pem").stdout.encode()
+    status, body = https_get(bootstrapped.sandbox.https_port, "/api/health", ca)
+    assert status == 200, body
+    assert body["database"]["connected"] is True  # type: ignore[index]
+    assert bootstrapped_host.run("readlink /opt/appliance/current").stdout.strip() == "/opt/appliance/releases/v1"
+    audit = bootstrapped_host.run("tail -n 1 /opt/appliance/shared/audit.jsonl").stdout
+    assert json.loads(audit)["result"] == "ok"
+
+
+def test_concurrent_deploy_is_refused_naming_the_holder(
+    first_release: str, deploy_config: Path, bootstrapped_host: RemoteHost
+) -> None:
+    holder = {"who": "alice@laptop", "command": "deploy", "version": "v9", "since": time.time() - 42}
+    lock = "/opt/appliance/shared/deploy.lock"
+    bootstrapped_host.run(f"mkdir {lock} && echo '{json.dumps(holder)}' > {lock}/holder.json")
+    try:
+        started = time.monotonic()
+        run = inv("deploy", "--version", "v2", "--image", "cvm-appliance/api:v1", "--config", str(deploy_config))
+        assert time.monotonic() - started < 30
+    finally:
+        bootstrapped_host.run(f"rm -rf {lock}")
+    assert run.returncode == 4
+    assert "deploy lock held by alice@laptop (deploy v9) for 4" in run.stderr
+    load_config(deploy_config)  # the config stays valid for later tests
