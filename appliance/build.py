@@ -38,7 +38,7 @@ def build_api_image(config: Config, version: str) -> str:
     _run(
         f"docker build of {ref}",
         [
-            "docker", "build", "-q", "-f", "service/Dockerfile",
+            "docker", "build", "-q", "--force-rm", "-f", "service/Dockerfile",
             "--build-arg", f"BASE_IMAGE={config.settings.images.base_image}",
             "--build-arg", f"SERVICE_VERSION={version}",
             "-t", ref, ".",

@@ -28,5 +28,7 @@ def rig_image(client: docker.DockerClient, name: str) -> str:
     try:
         client.images.get(ref)
     except docker.errors.ImageNotFound:
-        client.images.build(path=str(folder), tag=ref, buildargs={"BASE_IMAGE": BASE_IMAGE}, rm=True, pull=False)
+        client.images.build(
+            path=str(folder), tag=ref, buildargs={"BASE_IMAGE": BASE_IMAGE}, rm=True, forcerm=True, pull=False
+        )
     return ref
