@@ -15,7 +15,9 @@ from appliance.bootstrap import bootstrap, bootstrap_files
 from appliance.build import build_api_image, default_version
 from appliance.cli import COMMON_HELP, load, one_line_errors
 from appliance.deploy import deploy as deploy_release
+from appliance.deploy import rollback as rollback_release
 from appliance.errors import StepFailed
+from appliance.executor import StepResult
 from appliance.facts import gather_facts
 from appliance.remote import open_host
 from appliance.render import site_origin
@@ -95,9 +97,7 @@ def bootstrap_host(
         print(f"warning: SSH on {target} stays open to any address: set host.ssh_allow_from to your networks")
     facts, results = bootstrap(loaded, check=check, diff=print if diff else None)
     print(summary_table(results, f"{target}: {facts.summary()}"))
-    failed = [result for result in results if result.status == "failed"]
-    if failed:
-        raise StepFailed(f"{target}: {failed[0].step}: {failed[0].error}")
+    report_failure(target, results)
 
 
 def show_progress(what: str, sent: int, total: int) -> None:
@@ -133,11 +133,40 @@ def deploy(
     target = loaded.settings.hosts[0].target
     results = deploy_release(loaded, image or f"{loaded.settings.images.api}:{version}", version, check, show_progress)
     print(summary_table(results, f"{target}: release {version}"))
+    report_failure(target, results)
+    if not check:
+        print(f"{target}: release {version} is serving: {site_origin(loaded)}/")
+
+
+@task(
+    help={
+        **COMMON_HELP,
+        "to": "a kept release to serve (default: the one that served before the current one)",
+        "check": "show what would change; change nothing",
+    }
+)
+@one_line_errors
+def rollback(
+    c: Context,
+    to: str | None = None,
+    check: bool = False,
+    config: str | None = None,
+    env: str | None = None,
+    host: str | None = None,
+) -> None:
+    """Serve an earlier release again through the same health-gated switch (no image build, no migration)."""
+    loaded = load(config, env, host)
+    target = loaded.settings.hosts[0].target
+    results = rollback_release(loaded, to, check)
+    print(summary_table(results, f"{target}: rollback"))
+    report_failure(target, results)
+
+
+def report_failure(target: str, results: list[StepResult]) -> None:
+    """Exit non-zero with the first failed step's reason, if any step failed."""
     failed = [result for result in results if result.status == "failed"]
     if failed:
         raise StepFailed(f"{target}: {failed[0].step}: {failed[0].error}")
-    if not check:
-        print(f"{target}: release {version} is serving: {site_origin(loaded)}/")
 
 
 SANDBOX_HELP = {
@@ -178,4 +207,6 @@ def sandbox_down(c: Context, name: str = "cvm-sandbox", config_out: str = "sandb
     print("removed: " + (", ".join(removed) or f"nothing (no sandbox {name})"))
 
 
-namespace = Collection(config, render, facts, bootstrap_host, deploy, Collection("sandbox", sandbox_up, sandbox_down))
+namespace = Collection(
+    config, render, facts, bootstrap_host, deploy, rollback, Collection("sandbox", sandbox_up, sandbox_down)
+)

@@ -101,6 +101,8 @@ class Service(_Section):
     workers: int = Field(default=2, ge=1, le=64)
     # Seconds a stopping API gets to finish in-flight requests before it is killed.
     graceful_timeout: int = Field(default=30, ge=1, le=600)
+    # Seconds a new API gets to answer /api/health three times in a row before a deploy gives up on it.
+    health_timeout: int = Field(default=120, ge=6, le=1800)
     cors_origins: list[str] = Field(default_factory=list)
     artifact_storage: Literal["local", "cos"] = "local"
     # Run the project's local OpenAI-compatible stand-in next to the API (a sandbox; never production).

@@ -30,7 +30,6 @@ from appliance.shell import sh
 from appliance.steps import Action, Facts, ManagedFile, Run, Step
 
 HEALTHY_IN_A_ROW = 3
-HEALTH_TIMEOUT = 120
 
 
 @dataclass(frozen=True)
@@ -95,12 +94,12 @@ def health_gate(release: Release) -> str:
     """Succeeds after HEALTHY_IN_A_ROW consecutive 200s from the new API's /api/health, within the timeout."""
     probe = "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/api/health', timeout=3)"
     check = release.compose("exec", "-T", "api", "python3", "-c", probe, api=True)
-    rounds = HEALTH_TIMEOUT // 2
+    timeout = release.settings.service.health_timeout
     # Loops run in a subshell: their own `exit` must not skip what an `&&` before them guards.
     return (
-        f"(ok=0; for i in $(seq {rounds}); do "
+        f"(ok=0; for i in $(seq {timeout}); do "
         f"if ({check}) >/dev/null 2>&1; then ok=$((ok + 1)); [ $ok -ge {HEALTHY_IN_A_ROW} ] && exit 0; else ok=0; fi; "
-        f"sleep 2; done; echo 'no {HEALTHY_IN_A_ROW} healthy answers in a row within {HEALTH_TIMEOUT}s' >&2; exit 1)"
+        f"sleep 1; done; echo 'no {HEALTHY_IN_A_ROW} healthy answers in a row within {timeout}s' >&2; exit 1)"
     )
 
 
@@ -139,13 +138,20 @@ def switch_traffic(release: Release) -> str:
 
 
 def move_current(release: Release) -> str:
-    """`current` → the release, atomically (a new link renamed over the old one)."""
+    """`current` → the release, atomically (a new link renamed over the old one), noted in the history."""
     current = release.settings.base_dir + "/current"
-    return f"ln -sfn {sh(release.directory)} {sh(current + '.next')} && mv -T {sh(current + '.next')} {sh(current)}"
+    history = release.settings.base_dir + "/shared/history"
+    link = f"ln -sfn {sh(release.directory)} {sh(current + '.next')} && mv -T {sh(current + '.next')} {sh(current)}"
+    return f"{link} && echo {sh(release.version)} >> {sh(history)}"
 
 
-def release_steps(config: Config, release: Release, files: list[ManagedFile], previous: Release | None) -> list[Step]:
-    """The procedure after images: files, checks, databases, migrations, new API, gate, switch, drain."""
+def rollback_target(history: list[str], current: str) -> str | None:
+    """The release that served before the current one: the last other version in the history."""
+    return next((version for version in reversed(history) if version != current), None)
+
+
+def prepare_steps(config: Config, release: Release, files: list[ManagedFile]) -> list[Step]:
+    """A new release's files, checks, databases and migrations: nothing here touches live traffic."""
     settings = config.settings
     infra = ("postgres", "redis", *(("llm-stub",) if settings.service.llm_stub else ()))
     nginx_check = (
@@ -154,7 +160,7 @@ def release_steps(config: Config, release: Release, files: list[ManagedFile], pr
         f"-v {sh(settings.base_dir + '/shared/certs')}:/etc/appliance/certs:ro "
         f"{sh(settings.images.nginx)} nginx -t -q"
     )
-    steps: list[Step] = [
+    return [
         *files,
         Always(
             "validate release",
@@ -167,13 +173,19 @@ def release_steps(config: Config, release: Release, files: list[ManagedFile], pr
             release.compose("run", "--rm", "--no-deps", "api", "python3", "-m", "service.migrate", api=True),
             "apply database migrations",
         ),
-        Always(f"API {release.version} up", release.compose("up", "-d", api=True), "start the new API"),
+    ]
+
+
+def switch_steps(release: Release, previous: Release | None) -> list[Step]:
+    """The release's API up, its health gate, nginx switched to it, `current` moved, the previous API drained."""
+    steps: list[Step] = [
+        Always(f"API {release.version} up", release.compose("up", "-d", api=True), "start the API"),
         Always("health gate", health_gate(release), f"{HEALTHY_IN_A_ROW} healthy answers in a row"),
         Always("switch traffic", switch_traffic(release), "nginx to the new API, graceful reload"),
         Always("current release", move_current(release), f"current → {release.version}"),
     ]
     if previous is not None and previous.slug != release.slug:
-        grace = str(settings.service.graceful_timeout + 5)
+        grace = str(release.settings.service.graceful_timeout + 5)
         steps.append(
             Always(
                 f"drain API {previous.version}",
@@ -208,6 +220,50 @@ def audit_line(settings: Settings, entry: Mapping[str, object]) -> str:
     return f"umask 077; printf '%s\\n' {sh(json.dumps(entry, sort_keys=True))} >> {sh(path)}"
 
 
+def _who() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _bootstrapped(remote: RemoteHost, settings: Settings) -> None:
+    if remote.run(f"test -d {sh(settings.base_dir + '/bin')}").exit_code != 0:
+        missing = f"{settings.base_dir}/bin missing"
+        raise StepFailed(f"{settings.hosts[0].target}: not bootstrapped ({missing}): run inv bootstrap first")
+
+
+def _run_locked(
+    remote: RemoteHost, executor: Executor, command: str, release: Release, previous: Release | None, steps: list[Step]
+) -> list[StepResult]:
+    """Apply `steps` under the host's deploy lock, append the outcome to the audit log, always unlock."""
+    settings = release.settings
+    started = time.time()
+    holder = {"who": _who(), "command": command, "version": release.version, "since": started}
+    if remote.run(acquire_lock(settings, holder)).exit_code != 0:
+        held = remote.run(f"cat {sh(lock_dir(settings) + '/holder.json')}").stdout
+        raise StepFailed(f"{settings.hosts[0].target}: {lock_holder_message(held, time.time())}")
+    try:
+        results = executor.apply_all(steps)
+        failed = next((result for result in results if result.status == "failed"), None)
+        if failed is not None and failed.step in ("health gate", f"API {release.version} up"):
+            # Traffic never moved: take the unhealthy API away and show why it failed.
+            report = _failure_report(remote, release)
+            remote.run(release.compose("rm", "-s", "-f", api=True))
+            failed.error += "\n" + executor.redact(report)
+        return results
+    finally:
+        outcome = "failed" if any(result.status == "failed" for result in executor.results) else "ok"
+        entry = {
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "who": _who(),
+            "command": command,
+            "version": release.version,
+            "previous": previous.version if previous else None,
+            "result": outcome,
+            "seconds": round(time.time() - started, 1),
+        }
+        remote.run(audit_line(settings, entry))
+        remote.run(f"rm -rf {sh(lock_dir(settings))}")
+
+
 def deploy(
     config: Config,
     image: str,
@@ -221,20 +277,15 @@ def deploy(
     secrets = load_secrets(config.secrets_path)
     secrets.require(["AI_API_KEY"])
     release = Release(settings, version)
-    who = f"{getpass.getuser()}@{socket.gethostname()}"
-    started = time.time()
     with open_host(config) as remote:
-        if remote.run(f"test -d {sh(settings.base_dir + '/bin')}").exit_code != 0:
-            raise StepFailed(
-                f"{settings.hosts[0].target}: not bootstrapped ({settings.base_dir}/bin missing): run inv bootstrap"
-            )
+        _bootstrapped(remote, settings)
         facts = gather_facts(remote, settings.base_dir)
         previous = _current_release(remote, settings)
         files = [
             ManagedFile(item.path, item.content.encode(), item.mode)
             for item in release_files(config, secrets, version, reveal=True, memory_mb=facts.memory_mb)
         ]
-        slug_file = ManagedFile(f"{release.directory}/slug", f"{release.slug}\n".encode())
+        files.append(ManagedFile(f"{release.directory}/slug", f"{release.slug}\n".encode()))
         executor = Executor(remote, check=check, redact=secrets.redact, progress=progress)
         engine = docker.from_env()
         release_image = f"{settings.images.api}:{version}"
@@ -243,31 +294,39 @@ def deploy(
             local_image(engine, image)  # one clear line if it is missing
             engine.images.get(image).tag(settings.images.api, version)
         refs = [release_image, settings.images.postgres, settings.images.redis, settings.images.nginx]
-        steps = [*images_on_host(engine, refs), *release_steps(config, release, [*files, slug_file], previous)]
+        steps = [
+            *images_on_host(engine, refs),
+            *prepare_steps(config, release, files),
+            *switch_steps(release, previous),
+        ]
         if check:
             return executor.apply_all(steps)
-        holder = {"who": who, "command": "deploy", "version": version, "since": started}
-        if remote.run(acquire_lock(settings, holder)).exit_code != 0:
-            held = remote.run(f"cat {sh(lock_dir(settings) + '/holder.json')}").stdout
-            raise StepFailed(f"{settings.hosts[0].target}: {lock_holder_message(held, time.time())}")
-        try:
-            results = executor.apply_all(steps)
-            failed = next((result for result in results if result.status == "failed"), None)
-            if failed is not None and failed.step in ("health gate", f"API {version} up"):
-                report = _failure_report(remote, release)
-                remote.run(release.compose("rm", "-s", "-f", api=True))
-                failed.error += "\n" + secrets.redact(report)
-        finally:
-            outcome = "failed" if any(result.status == "failed" for result in executor.results) else "ok"
-            entry = {
-                "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "who": who,
-                "command": "deploy",
-                "version": version,
-                "previous": previous.version if previous else None,
-                "result": outcome,
-                "seconds": round(time.time() - started, 1),
-            }
-            remote.run(audit_line(settings, entry))
-            remote.run(f"rm -rf {sh(lock_dir(settings))}")
-        return results
+        return _run_locked(remote, executor, "deploy", release, previous, steps)
+
+
+def rollback(config: Config, to: str | None = None, check: bool = False) -> list[StepResult]:
+    """Serve an earlier release again (default: the one before the current), through the same health gate."""
+    settings = config.settings
+    secrets = load_secrets(config.secrets_path)
+    target_host = settings.hosts[0].target
+    with open_host(config) as remote:
+        _bootstrapped(remote, settings)
+        current = _current_release(remote, settings)
+        if current is None:
+            raise StepFailed(f"{target_host}: nothing deployed yet: run inv deploy")
+        history = remote.run(f"cat {sh(settings.base_dir + '/shared/history')}").stdout.split()
+        version = to or rollback_target(history, current.version)
+        if version is None:
+            raise StepFailed(f"{target_host}: no earlier release to roll back to (history: {' '.join(history)})")
+        release = Release(settings, version)
+        kept = remote.run(
+            f"test -f {sh(release.directory + '/api.yml')} && "
+            f"docker image inspect {sh(f'{settings.images.api}:{version}')} >/dev/null"
+        )
+        if kept.exit_code != 0:
+            raise StepFailed(f"{target_host}: release {version} or its image is no longer on the host: deploy it again")
+        executor = Executor(remote, check=check, redact=secrets.redact)
+        steps = switch_steps(release, current)
+        if check:
+            return executor.apply_all(steps)
+        return _run_locked(remote, executor, "rollback", release, current, steps)

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from appliance.config import Config, load_config
-from appliance.deploy import Release, acquire_lock, lock_holder_message, release_steps, wait_healthy
+from appliance.deploy import (
+    Release,
+    acquire_lock,
+    lock_holder_message,
+    prepare_steps,
+    rollback_target,
+    switch_steps,
+    wait_healthy,
+)
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit
@@ -33,7 +41,7 @@ def test_lock_is_a_mkdir(config: Config) -> None:
 
 def test_release_procedure_order_and_drain(config: Config) -> None:
     release, previous = Release(config.settings, "v2"), Release(config.settings, "v1")
-    names = [step.name for step in release_steps(config, release, [], previous)]
+    names = [step.name for step in [*prepare_steps(config, release, []), *switch_steps(release, previous)]]
     assert names == [
         "validate release",
         "databases up",
@@ -44,7 +52,7 @@ def test_release_procedure_order_and_drain(config: Config) -> None:
         "current release",
         "drain API v1",
     ]
-    redeploy = [step.name for step in release_steps(config, release, [], release)]
+    redeploy = [step.name for step in switch_steps(release, release)]
     assert "drain API v2" not in redeploy
 
 
@@ -56,3 +64,9 @@ def test_a_failed_command_before_a_wait_loop_skips_the_whole_loop(config: Config
     script = f"false && {wait_healthy(Release(settings, 'v1'), ('postgres',))}; echo after"
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=10)
     assert (done.stdout, done.stderr) == ("after\n", "")
+
+
+def test_rollback_target_is_the_release_that_served_before() -> None:
+    assert rollback_target(["v1", "v2", "v3"], "v3") == "v2"
+    assert rollback_target(["v1", "v2", "v3", "v2"], "v2") == "v3"
+    assert rollback_target(["v1"], "v1") is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import ssl
 import time
@@ -86,3 +87,46 @@ def test_concurrent_deploy_is_refused_naming_the_holder(
     assert run.returncode == 4
     assert "deploy lock held by alice@laptop (deploy v9) for 4" in run.stderr
     load_config(deploy_config)  # the config stays valid for later tests
+
+
+def served_version(bootstrapped: Bootstrapped, host: RemoteHost) -> object:
+    ca = host.run("cat /opt/appliance/shared/certs/ca.pem").stdout.encode()
+    status, body = https_get(bootstrapped.sandbox.https_port, "/api/health", ca)
+    assert status == 200, body
+    return body["version"]
+
+
+def test_switch_to_v2_then_roll_back_to_v1(
+    first_release: str, deploy_config: Path, bootstrapped: Bootstrapped, bootstrapped_host: RemoteHost
+) -> None:
+    run = inv("deploy", "--version", "v2", "--image", "cvm-appliance/api:v1", "--config", str(deploy_config))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "tag the host's copy as cvm-appliance/api:v2" in run.stdout  # same layers: not sent again
+    assert served_version(bootstrapped, bootstrapped_host) == "v2"
+    started = time.monotonic()
+    back = inv("rollback", "--config", str(deploy_config))
+    elapsed = time.monotonic() - started
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert served_version(bootstrapped, bootstrapped_host) == "v1"
+    running = bootstrapped_host.run("docker ps --format '{{.Names}}' | grep -c api-v2 || true").stdout.strip()
+    assert running == "0"  # the v2 API was drained and stopped
+    print(f"rollback with the image on the host: {elapsed:.1f}s")
+
+
+def test_release_that_never_gets_healthy_leaves_the_served_one_alone(
+    first_release: str, deploy_config: Path, bootstrapped: Bootstrapped, bootstrapped_host: RemoteHost
+) -> None:
+    engine = docker.from_env()
+    dockerfile = b'FROM cvm-appliance/api:v1\nCMD ["python3", "-c", "import time; time.sleep(3600)"]\n'
+    engine.images.build(fileobj=io.BytesIO(dockerfile), tag="cvm-appliance/never-healthy:1", rm=True, forcerm=True)
+    impatient = deploy_config.parent / "impatient.toml"
+    impatient.write_text(deploy_config.read_text().replace("[service]\n", "[service]\nhealth_timeout = 8\n"))
+    before = served_version(bootstrapped, bootstrapped_host)
+    run = inv("deploy", "--version", "broken", "--image", "cvm-appliance/never-healthy:1", "--config", str(impatient))
+    assert run.returncode == 4
+    assert "health gate" in run.stderr
+    assert "no 3 healthy answers in a row within 8s" in run.stderr
+    assert "last API log lines" in run.stderr
+    assert served_version(bootstrapped, bootstrapped_host) == before
+    left = bootstrapped_host.run("docker ps -a --format '{{.Names}}' | grep -c api-broken || true").stdout.strip()
+    assert left == "0"
