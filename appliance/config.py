@@ -222,6 +222,8 @@ class Settings(_Section):
     name: str = "appliance"
     base_dir: str = "/opt/appliance"
     domain: str = ""
+    # The address browsers use when it is not https://DOMAIN (a port forward, a load balancer).
+    public_url: str = ""
     timezone: str = "Asia/Shanghai"
     secrets_file: str = "secrets.env"
     hosts: list[Host] = Field(min_length=1)
@@ -237,6 +239,13 @@ class Settings(_Section):
     def _project_name(cls, value: str) -> str:
         if not _NAME.match(value):
             raise ValueError("must be lower-case letters, digits and '-', starting with a letter")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        if value and not re.fullmatch(r"https://[^\s/]+", value):
+            raise ValueError("must be an origin such as https://agents.example.com or https://203.0.113.10:8443")
         return value
 
     @field_validator("timezone")

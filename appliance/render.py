@@ -87,7 +87,7 @@ def release_slug(version: str) -> str:
 def site_origin(config: Config) -> str:
     """The origin browsers see for the appliance, which the API must accept for WebSockets."""
     settings = config.settings
-    return f"https://{settings.domain or settings.hosts[0].address}"
+    return settings.public_url or f"https://{settings.domain or settings.hosts[0].address}"
 
 
 def stack_context(config: Config, secrets: Secrets, version: str, reveal: bool, memory_mb: int) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from docker.models.containers import Container
 
 from appliance.errors import SandboxError
 from appliance.remote import host_key_line
-from appliance.render import render_template
+from appliance.render import BUNDLE_ROOT, render_template
 
 BASE_PACKAGES = (
     "systemd,systemd-sysv,dbus,openssh-server,ca-certificates,curl,python3,sudo,cron,iproute2,procps,kmod,iptables,less"
@@ -181,6 +181,30 @@ def _prepare_rootfs(rootfs: Path, mirror: DebianMirror) -> None:
     (rootfs / "etc/machine-id").write_text("", encoding="utf-8")
 
 
+STANDIN_IMAGES = BUNDLE_ROOT / "compose" / "standin-images"
+STANDINS = ("postgres", "redis", "nginx")
+
+
+def standin_image(client: docker.DockerClient, name: str) -> str:
+    """`cvm-standin/NAME:<content hash>` built from compose/standin-images/NAME on the base image, once."""
+    folder = STANDIN_IMAGES / name
+    digest = hashlib.sha256(BASE_IMAGE.encode())
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    ref = f"cvm-standin/{name}:{digest.hexdigest()[:10]}"
+    try:
+        client.images.get(ref)
+    except docker.errors.ImageNotFound:
+        try:
+            client.images.build(
+                path=str(folder), tag=ref, buildargs={"BASE_IMAGE": BASE_IMAGE}, rm=True, forcerm=True, pull=False
+            )
+        except docker.errors.BuildError as exc:
+            raise SandboxError(f"building the {name} stand-in image failed: {exc.msg}") from None
+    return ref
+
+
 def generate_key(directory: Path) -> tuple[Path, str]:
     """A fresh ed25519 key pair in `directory` (0600 private key); returns (key path, public line)."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -293,6 +317,8 @@ def up(spec: SandboxSpec, log: TextLog = print) -> Sandbox:
     """Create (or find running) the sandbox, install a fresh key, write its config; return its address."""
     client = docker_client()
     ensure_base_image(client, spec.image, log)
+    log("building the postgres, redis and nginx stand-in images (once; no registry is needed)")
+    standins = {name: standin_image(client, name) for name in STANDINS}
     container = _existing(client, spec.name)
     if container is not None and container.status != "running":
         container.start()
@@ -316,18 +342,24 @@ def up(spec: SandboxSpec, log: TextLog = print) -> Sandbox:
     )
     host_key = _exec(container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
     sandbox.known_hosts.write_text(host_key_line(sandbox.address, sandbox.ssh_port, host_key), encoding="utf-8")
-    _write_config(sandbox, spec.state_dir.resolve())
+    _write_config(sandbox, spec.state_dir.resolve(), standins)
     return sandbox
 
 
-def _write_config(sandbox: Sandbox, state_dir: Path) -> None:
+def _write_config(sandbox: Sandbox, state_dir: Path, standins: dict[str, str]) -> None:
     secrets_file = state_dir / "secrets.env"
     if not secrets_file.exists():
         descriptor = os.open(secrets_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             # The sandbox talks to the project's local LLM stand-in, which takes any key.
             handle.write(f"AI_API_KEY=sandbox-{os.urandom(12).hex()}\n")
-    context = {"sandbox": sandbox, "secrets_file": secrets_file, "marker": config_marker(sandbox.name)}
+    context = {
+        "sandbox": sandbox,
+        "secrets_file": secrets_file,
+        "marker": config_marker(sandbox.name),
+        "base_image": BASE_IMAGE,
+        "standins": standins,
+    }
     text = render_template("appliance/sandbox.toml.j2", context)
     sandbox.config_file.write_text(text, encoding="utf-8")
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job, from a fresh clone: prerequisites, the virtualenv with the project, a sandbox CVM.
-# Later stages (bootstrap, deploy) are appended here as one line each.
+# The main job, from a fresh clone to the appliance deployed in a local sandbox CVM; it ends by
+# printing the URL it serves on.
+# Each stage is one line: prerequisites, the project, the sandbox, bootstrap, deploy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,3 +11,4 @@ bash scripts/dev-prereqs.sh
 .venv/bin/pip install -q -e .
 .venv/bin/inv sandbox.up
 .venv/bin/inv bootstrap --config sandbox.toml
+.venv/bin/inv deploy --config sandbox.toml

@@ -14,33 +14,15 @@ import pytest
 
 from appliance.config import load_config
 from appliance.remote import RemoteHost
-from appliance.sandbox import BASE_IMAGE
 from tests.conftest import Bootstrapped, inv
-from tests.rig.images import rig_image
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def deploy_config(bootstrapped: Bootstrapped, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sandbox's config with the rig's images and the local LLM stand-in."""
-    engine = docker.from_env()
-    overrides = f"""
-[images]
-base_image = "{BASE_IMAGE}"
-postgres = "{rig_image(engine, "postgres")}"
-redis = "{rig_image(engine, "redis")}"
-nginx = "{rig_image(engine, "nginx")}"
-
-[service]
-llm_stub = true
-base_url = "http://llm-stub:8900/v1"
-workers = 2
-cors_origins = ["https://127.0.0.1:{bootstrapped.sandbox.https_port}"]
-"""
-    path = tmp_path_factory.mktemp("deploy") / "deploy.toml"
-    path.write_text(bootstrapped.sandbox.config_file.read_text() + overrides)
-    return path
+def deploy_config(bootstrapped: Bootstrapped) -> Path:
+    """The sandbox's own config: stand-in images, the LLM stand-in, its forwarded HTTPS address."""
+    return bootstrapped.sandbox.config_file
 
 
 def https_get(port: int, path: str, ca: bytes) -> tuple[int, dict[str, object]]:
@@ -62,7 +44,7 @@ def first_release(deploy_config: Path) -> str:
 def test_first_deploy_serves_health_through_nginx_tls(
     first_release: str, bootstrapped: Bootstrapped, bootstrapped_host: RemoteHost
 ) -> None:
-    assert "release v1 is serving" in first_release
+    assert f"release v1 is serving: https://127.0.0.1:{bootstrapped.sandbox.https_port}/" in first_release
     ca = bootstrapped_host.run("cat /opt/appliance/shared/certs/ca.pem").stdout.encode()
     status, body = https_get(bootstrapped.sandbox.https_port, "/api/health", ca)
     assert status == 200, body
