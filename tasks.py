@@ -13,15 +13,12 @@ from appliance import render as rendering
 from appliance import sandbox as sandboxes
 from appliance.bootstrap import bootstrap, bootstrap_files
 from appliance.build import build_api_image, default_version
-from appliance.cli import COMMON_HELP, load, one_line_errors
+from appliance.cli import COMMON_HELP, load, one_line_errors, print_outcome
 from appliance.deploy import deploy as deploy_release
 from appliance.deploy import rollback as rollback_release
-from appliance.errors import StepFailed
-from appliance.executor import StepResult
 from appliance.facts import gather_facts
 from appliance.remote import open_host
 from appliance.render import site_origin
-from appliance.report import summary_table
 from appliance.secrets import ensure_generated, load_secrets
 
 
@@ -96,8 +93,7 @@ def bootstrap_host(
     if loaded.settings.host.ssh_open_to_all:
         print(f"warning: SSH on {target} stays open to any address: set host.ssh_allow_from to your networks")
     facts, results = bootstrap(loaded, check=check, diff=print if diff else None)
-    print(summary_table(results, f"{target}: {facts.summary()}"))
-    report_failure(target, results)
+    print_outcome(results, f"{target}: {facts.summary()}", target)
 
 
 def show_progress(what: str, sent: int, total: int) -> None:
@@ -124,7 +120,7 @@ def deploy(
     env: str | None = None,
     host: str | None = None,
 ) -> None:
-    """Build the API image and put a release on the host, health-gated, without dropping requests."""
+    """Build the API image and put a release on the host; the old one serves until the new one is healthy."""
     loaded = load(config, env, host)
     version = version or default_version()
     if image is None and not check:
@@ -132,8 +128,7 @@ def deploy(
         image = build_api_image(loaded, version)
     target = loaded.settings.hosts[0].target
     results = deploy_release(loaded, image or f"{loaded.settings.images.api}:{version}", version, check, show_progress)
-    print(summary_table(results, f"{target}: release {version}"))
-    report_failure(target, results)
+    print_outcome(results, f"{target}: release {version}", target)
     if not check:
         print(f"{target}: release {version} is serving: {site_origin(loaded)}/")
 
@@ -158,15 +153,7 @@ def rollback(
     loaded = load(config, env, host)
     target = loaded.settings.hosts[0].target
     results = rollback_release(loaded, to, check)
-    print(summary_table(results, f"{target}: rollback"))
-    report_failure(target, results)
-
-
-def report_failure(target: str, results: list[StepResult]) -> None:
-    """Exit non-zero with the first failed step's reason, if any step failed."""
-    failed = [result for result in results if result.status == "failed"]
-    if failed:
-        raise StepFailed(f"{target}: {failed[0].step}: {failed[0].error}")
+    print_outcome(results, f"{target}: rollback", target)
 
 
 SANDBOX_HELP = {
