@@ -18,7 +18,7 @@ from appliance.deploy import deploy as deploy_release
 from appliance.deploy import rollback as rollback_release
 from appliance.facts import gather_facts
 from appliance.remote import open_host
-from appliance.render import site_origin
+from appliance.render import api_image, site_origin
 from appliance.secrets import ensure_generated, load_secrets
 
 
@@ -124,10 +124,10 @@ def deploy(
     loaded = load(config, env, host)
     version = version or default_version()
     if image is None and not check:
-        print(f"building {loaded.settings.images.api}:{version}")
+        print(f"building {api_image(loaded.settings, version)}")
         image = build_api_image(loaded, version)
     target = loaded.settings.hosts[0].target
-    results = deploy_release(loaded, image or f"{loaded.settings.images.api}:{version}", version, check, show_progress)
+    results = deploy_release(loaded, image or api_image(loaded.settings, version), version, check, show_progress)
     print_outcome(results, f"{target}: release {version}", target)
     if not check:
         print(f"{target}: release {version} is serving: {site_origin(loaded)}/")

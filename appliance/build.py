@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 from appliance.config import Config
 from appliance.errors import ApplianceError
-from appliance.render import BUNDLE_ROOT
+from appliance.render import BUNDLE_ROOT, api_image
 
 WHEELHOUSE = "build/wheelhouse"
 
@@ -32,7 +32,7 @@ def _run(what: str, command: list[str]) -> None:
 
 def build_api_image(config: Config, version: str) -> str:
     """Build the service image for `version`; return its reference."""
-    ref = f"{config.settings.images.api}:{version}"
+    ref = api_image(config.settings, version)
     wheels = ["--wheel-dir", WHEELHOUSE, "-r", "service/requirements.txt", "pip", "async-timeout"]
     _run("building the wheelhouse", [sys.executable, "-m", "pip", "wheel", "-q", *wheels])
     _run(

@@ -19,12 +19,12 @@ from datetime import datetime, timezone
 import docker
 
 from appliance.config import Config, Settings
-from appliance.errors import StepFailed
+from appliance.errors import ConfigError, StepFailed
 from appliance.executor import Executor, StepResult
 from appliance.facts import gather_facts
 from appliance.images import images_on_host, local_image
 from appliance.remote import RemoteHost, open_host
-from appliance.render import release_files, release_slug
+from appliance.render import api_image, release_files, release_slug
 from appliance.secrets import ensure_generated, load_secrets
 from appliance.shell import sh
 from appliance.steps import Action, Facts, ManagedFile, Run, Step
@@ -273,6 +273,9 @@ def deploy(
 ) -> list[StepResult]:
     """Put release `version` (API image `image`, already built locally) on the config's host."""
     settings = config.settings
+    if settings.images.transport == "registry":
+        # Otherwise images would still travel over SSH while the setting says they go through a registry.
+        raise ConfigError(f"{config.path}: images.transport: 'registry' is not built yet: use 'ssh'")
     ensure_generated(config.secrets_path)
     secrets = load_secrets(config.secrets_path)
     secrets.require(["AI_API_KEY"])
@@ -288,11 +291,12 @@ def deploy(
         files.append(ManagedFile(f"{release.directory}/slug", f"{release.slug}\n".encode()))
         executor = Executor(remote, check=check, redact=secrets.redact, progress=progress)
         engine = docker.from_env()
-        release_image = f"{settings.images.api}:{version}"
+        release_image = api_image(settings, version)
         if image != release_image and not check:
             # Releases always run `api:VERSION`, so a given image is tagged with the release's name.
             local_image(engine, image)  # one clear line if it is missing
-            engine.images.get(image).tag(settings.images.api, version)
+            repository, tag = release_image.rsplit(":", 1)
+            engine.images.get(image).tag(repository, tag)
         refs = [release_image, settings.images.postgres, settings.images.redis, settings.images.nginx]
         steps = [
             *images_on_host(engine, refs),
@@ -321,7 +325,7 @@ def rollback(config: Config, to: str | None = None, check: bool = False) -> list
         release = Release(settings, version)
         kept = remote.run(
             f"test -f {sh(release.directory + '/api.yml')} && "
-            f"docker image inspect {sh(f'{settings.images.api}:{version}')} >/dev/null"
+            f"docker image inspect {sh(api_image(settings, version))} >/dev/null"
         )
         if kept.exit_code != 0:
             raise StepFailed(f"{target_host}: release {version} or its image is no longer on the host: deploy it again")

@@ -9,7 +9,7 @@ from typing import Any
 
 import jinja2
 
-from appliance.config import Config
+from appliance.config import Config, Settings
 from appliance.errors import ApplianceError
 from appliance.secrets import GENERATED, MASK, Secrets
 
@@ -90,12 +90,17 @@ def site_origin(config: Config) -> str:
     return settings.public_url or f"https://{settings.domain or settings.hosts[0].address}"
 
 
+def api_image(settings: Settings, version: str) -> str:
+    """The API image of a release as the host knows it: REPOSITORY:VERSION, the registry in front for that transport."""
+    images = settings.images
+    repository = f"{images.registry}/{images.api}" if images.transport == "registry" and images.registry else images.api
+    return f"{repository}:{version}"
+
+
 def stack_context(config: Config, secrets: Secrets, version: str, reveal: bool, memory_mb: int) -> dict[str, Any]:
     """Everything the templates may use; secrets masked unless `reveal`."""
     settings = config.settings
     values = {name: (secret.reveal() if reveal else MASK) for name in STACK_SECRETS if (secret := secrets.get(name))}
-    registry = settings.images.registry if settings.images.transport == "registry" else None
-    api_repository = f"{registry}/{settings.images.api}" if registry else settings.images.api
     return {
         "header": f"Rendered by cvm-appliance for {settings.name} ({config.env}), release {version}. "
         "Changes on the host are overwritten.",
@@ -109,7 +114,7 @@ def stack_context(config: Config, secrets: Secrets, version: str, reveal: bool, 
         "timezone": settings.timezone,
         "server_name": settings.domain or "_",
         "images": settings.images,
-        "api_image": f"{api_repository}:{version}",
+        "api_image": api_image(settings, version),
         "service": settings.service,
         "backup": settings.backup,
         "limits": stack_limits(memory_mb),

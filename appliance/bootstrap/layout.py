@@ -61,9 +61,22 @@ def _subject_alt_name(name: str) -> str:
     return f"IP:{name}"
 
 
+def certs_dir(settings: Settings) -> str:
+    return f"{settings.base_dir}/shared/certs"
+
+
+def cert_expiry_command(settings: Settings) -> str:
+    """Refresh the TLS expiry metric (also run every 6 hours by cron)."""
+    return sh(
+        f"{settings.base_dir}/bin/cert-expiry.sh",
+        f"{certs_dir(settings)}/fullchain.pem",
+        f"{settings.base_dir}/shared/metrics/tls.prom",
+    )
+
+
 def self_signed_certificate(settings: Settings, common_name: str) -> Converge:
     """A certificate from a private CA, valid for the host's name, renewed 30 days before it lapses."""
-    certs = f"{settings.base_dir}/shared/certs"
+    certs = certs_dir(settings)
     san = _subject_alt_name(common_name)
     shown = san.replace("IP:", "IP Address:")
     script = render_template(
@@ -77,25 +90,20 @@ def self_signed_certificate(settings: Settings, common_name: str) -> Converge:
             "days": CERT_DAYS,
         },
     )
-    expiry = sh(
-        f"{settings.base_dir}/bin/cert-expiry.sh",
-        f"{certs}/fullchain.pem",
-        f"{settings.base_dir}/shared/metrics/tls.prom",
-    )
     return Converge(
         f"TLS certificate for {common_name}",
         check=(
             f"openssl x509 -checkend 2592000 -noout -in {certs}/fullchain.pem && test -s {certs}/privkey.pem "
             f"&& openssl x509 -noout -ext subjectAltName -in {certs}/fullchain.pem | grep -F {sh(shown)} >/dev/null"
         ),
-        fix=f"bash -c {sh(script)} && {expiry} && {reload_nginx(settings)}",
+        fix=f"bash -c {sh(script)} && {cert_expiry_command(settings)} && {reload_nginx(settings)}",
         why=f"issue a {CERT_DAYS}-day certificate from the appliance's own CA",
     )
 
 
 def provided_certificate(config: Config) -> ConfigFiles:
     settings = config.settings
-    certs = f"{settings.base_dir}/shared/certs"
+    certs = certs_dir(settings)
     files = []
     for local, remote, mode in (
         (settings.tls.cert_file, "fullchain.pem", 0o644),
@@ -105,13 +113,11 @@ def provided_certificate(config: Config) -> ConfigFiles:
         if not path.is_file():
             raise ConfigError(f"{config.path}: tls: {path} not found: fix tls.cert_file / tls.key_file")
         files.append(ManagedFile(f"{certs}/{remote}", path.read_bytes(), mode))
-    expiry = sh(
-        f"{settings.base_dir}/bin/cert-expiry.sh",
-        f"{certs}/fullchain.pem",
-        f"{settings.base_dir}/shared/metrics/tls.prom",
-    )
     return ConfigFiles(
-        "TLS certificate (provided)", tuple(files), f"{expiry} && {reload_nginx(settings)}", "reload nginx"
+        "TLS certificate (provided)",
+        tuple(files),
+        f"{cert_expiry_command(settings)} && {reload_nginx(settings)}",
+        "reload nginx",
     )
 
 
@@ -158,7 +164,7 @@ def cron_entries(settings: Settings) -> list[Step]:
     entries: list[Step] = [
         ManagedFile(
             f"/etc/cron.d/{settings.name}-cert-expiry",
-            render_host_template("cert-expiry.cron.j2", base_dir=settings.base_dir),
+            render_host_template("cert-expiry.cron.j2", command=cert_expiry_command(settings)),
         )
     ]
     backup_cron = f"/etc/cron.d/{settings.name}-backup"

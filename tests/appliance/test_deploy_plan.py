@@ -12,12 +12,14 @@ from appliance.config import Config, load_config
 from appliance.deploy import (
     Release,
     acquire_lock,
+    deploy,
     lock_holder_message,
     prepare_steps,
     rollback_target,
     switch_steps,
     wait_healthy,
 )
+from appliance.errors import ConfigError
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit
@@ -70,3 +72,13 @@ def test_rollback_target_is_the_release_that_served_before() -> None:
     assert rollback_target(["v1", "v2", "v3"], "v3") == "v2"
     assert rollback_target(["v1", "v2", "v3", "v2"], "v2") == "v3"
     assert rollback_target(["v1"], "v1") is None
+
+
+def test_registry_transport_is_refused_before_anything_happens(tmp_path: Path) -> None:
+    text = (REPO / "appliance.example.toml").read_text().replace('transport = "ssh"', 'transport = "registry"')
+    config_file = tmp_path / "appliance.toml"
+    config_file.write_text(text.replace('# registry = "ccr', 'registry = "ccr'))
+    config = load_config(config_file)
+    with pytest.raises(ConfigError, match=r"images\.transport: 'registry' is not built yet: use 'ssh'"):
+        deploy(config, "cvm-appliance/api:v1", "v1")
+    assert not (tmp_path / "secrets.env").exists()  # refused before generating anything

@@ -12,7 +12,7 @@ import pytest
 
 from appliance.config import Config, load_config
 from appliance.errors import ApplianceError
-from appliance.render import release_files, release_slug, stack_limits, write_tree
+from appliance.render import api_image, release_files, release_slug, stack_limits, write_tree
 from appliance.secrets import MASK, ensure_generated, load_secrets
 from tests.conftest import REPO
 
@@ -123,3 +123,16 @@ def test_release_slugs() -> None:
     assert release_slug("2026-11-23T1701") == "2026-11-23t1701"
     with pytest.raises(ApplianceError):
         release_slug("+++")
+
+
+@pytest.mark.unit
+def test_one_name_for_a_release_image(example: Config) -> None:
+    settings = example.settings
+    assert api_image(settings, "v5") == "cvm-appliance/api:v5"
+    images = settings.images.model_copy(update={"transport": "registry", "registry": "ccr.ccs.tencentyun.com/team"})
+    via_registry = settings.model_copy(update={"images": images})
+    assert api_image(via_registry, "v5") == "ccr.ccs.tencentyun.com/team/cvm-appliance/api:v5"
+    secrets = load_secrets(example.secrets_path, {})
+    config = Config(example.path, example.env, example.environments, via_registry)
+    api = next(item for item in release_files(config, secrets, "v5") if item.path.endswith("/api.yml"))
+    assert "image: ccr.ccs.tencentyun.com/team/cvm-appliance/api:v5" in api.content
