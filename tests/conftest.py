@@ -106,6 +106,26 @@ def bootstrapped(shared_sandbox: sandboxes.Sandbox) -> Bootstrapped:
     return bootstrap_sandbox(shared_sandbox)
 
 
+@dataclass(frozen=True)
+class Deployed:
+    """A bootstrapped sandbox after its first `inv deploy --version v1`, with that run's output."""
+
+    sandbox: sandboxes.Sandbox
+    first_run: subprocess.CompletedProcess[str]
+
+
+def deploy_sandbox(sandbox: sandboxes.Sandbox, version: str = "v1") -> Deployed:
+    run = inv("deploy", "--version", version, "--config", str(sandbox.config_file), timeout=1500)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return Deployed(sandbox, run)
+
+
+@pytest.fixture(scope="session")
+def deployed(bootstrapped: Bootstrapped) -> Deployed:
+    """The shared sandbox with release v1 serving: for every e2e test that needs the running stack."""
+    return deploy_sandbox(bootstrapped.sandbox)
+
+
 @pytest.fixture()
 def bootstrapped_host(bootstrapped: Bootstrapped) -> Iterator[RemoteHost]:
     """An SSH session to the bootstrapped shared sandbox (Docker is there)."""

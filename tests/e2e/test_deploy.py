@@ -14,7 +14,7 @@ import pytest
 
 from appliance.config import load_config
 from appliance.remote import RemoteHost
-from tests.conftest import Bootstrapped, inv
+from tests.conftest import Bootstrapped, Deployed, inv
 
 pytestmark = pytest.mark.e2e
 
@@ -35,10 +35,8 @@ def https_get(port: int, path: str, ca: bytes) -> tuple[int, dict[str, object]]:
 
 
 @pytest.fixture(scope="module")
-def first_release(deploy_config: Path) -> str:
-    run = inv("deploy", "--version", "v1", "--config", str(deploy_config), timeout=1500)
-    assert run.returncode == 0, run.stdout + run.stderr
-    return run.stdout
+def first_release(deployed: Deployed) -> str:
+    return deployed.first_run.stdout
 
 
 def test_first_deploy_serves_health_through_nginx_tls(
