@@ -81,6 +81,10 @@ class Images(_Section):
     postgres: str = "postgres:16-bookworm"
     redis: str = "redis:7-bookworm"
     nginx: str = "nginx:1.27-bookworm"
+    # The monitoring profile (monitoring.enabled); the WeCom/e-mail relay runs on the API image.
+    prometheus: str = "prom/prometheus:v2.53.2"
+    alertmanager: str = "prom/alertmanager:v0.27.0"
+    node_exporter: str = "prom/node-exporter:v1.8.2"
 
     @model_validator(mode="after")
     def _registry_needs(self) -> Images:
@@ -158,13 +162,56 @@ class Backup(_Section):
         return self
 
 
+_DURATION = re.compile(r"^[1-9][0-9]*(ms|s|m|h|d|w|y)$")
+
+
 class Monitoring(_Section):
-    """The Prometheus/Alertmanager profile of the stack."""
+    """The Prometheus/Alertmanager profile of the stack, and the thresholds its alerts use."""
 
     enabled: bool = True
     retention_time: str = "15d"
-    retention_size: str = "2GB"
+    retention_size: str = Field(default="2GB", pattern=r"^[1-9][0-9]*(B|KB|MB|GB|TB)$")
+    scrape_interval: str = "15s"
+    # Alert when the P95 of an agent turn / of the LLM's time to first token stays above these (seconds).
+    turn_p95_seconds: int = Field(default=120, ge=1)
+    first_token_p95_seconds: int = Field(default=10, ge=1)
+    # Open WebSockets the site is sized for; the alert fires at 80 % of it.
+    websocket_limit: int = Field(default=1000, ge=1)
+
+    @field_validator("retention_time", "scrape_interval")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if not _DURATION.match(value):
+            raise ValueError("must be a Prometheus duration such as 15s, 5m or 15d")
+        return value
+
+
+class Notify(_Section):
+    """Where operators are told: alerts (through the relay) and deploy/rollback results.
+
+    The WeCom group robot's URL (with its key) is the WECOM_WEBHOOK_URL secret; e-mail goes through
+    smtp_host (password: the SMTP_PASSWORD secret) to email_to."""
+
     email_to: list[str] = Field(default_factory=list)
+    smtp_host: str = ""
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "ssl", "none"] = "starttls"
+    smtp_user: str = ""
+    smtp_from: str = ""
+
+    @field_validator("email_to")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", address):
+                raise ValueError(f"{address!r} is not an e-mail address")
+        return value
+
+    @model_validator(mode="after")
+    def _email_needs(self) -> Notify:
+        if self.email_to and not (self.smtp_host and self.smtp_from):
+            raise ValueError("email_to needs smtp_host and smtp_from")
+        return self
 
 
 class HostSetup(_Section):
@@ -233,6 +280,7 @@ class Settings(_Section):
     service: Service = Field(default_factory=Service)
     backup: Backup = Field(default_factory=Backup)
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    notify: Notify = Field(default_factory=Notify)
 
     @field_validator("name")
     @classmethod
