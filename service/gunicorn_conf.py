@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 wsgi_app = "service.main:create_app()"
-worker_class = "uvicorn_worker.UvicornWorker"
+worker_class = "service.worker.DrainingUvicornWorker"  # uvicorn's, draining WebSockets first
 bind = os.environ.get("BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
 if workers > 1:

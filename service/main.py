@@ -22,6 +22,7 @@ from service.agents.slots import AgentSlots
 from service.api.deps import Resources
 from service.api.routes import auth, discussions, files, health, ws
 from service.db import create_pool
+from service.drain import Drain
 from service.llm import LlmClient
 from service.logging import configure_logging, request_id
 from service.metrics import HTTP_REQUEST_DURATION, AgentSlotsCollector
@@ -125,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sync_client.close()
 
     app = FastAPI(title="cvm multi-agent service", lifespan=lifespan)
+    app.state.drain = Drain(settings.ws_drain_seconds)  # started by service.worker on shutdown
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.cors_origins),

@@ -41,6 +41,7 @@ class Settings:
     login_max_attempts_per_ip: int
     login_window_seconds: int
     max_upload_bytes: int
+    ws_drain_seconds: float
 
 
 def _text(env: Mapping[str, str], name: str, default: str | None = None) -> str:
@@ -121,4 +122,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         login_max_attempts_per_ip=int(_number(env, "LOGIN_MAX_ATTEMPTS_PER_IP", "30", int)),
         login_window_seconds=int(_number(env, "LOGIN_WINDOW_SECONDS", "300", int)),
         max_upload_bytes=int(_number(env, "MAX_UPLOAD_BYTES", str(10 * 1024 * 1024), int)),
+        ws_drain_seconds=float(_number(env, "WS_DRAIN_SECONDS", "2", float)),
     )

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect, status
 
 from service import discussions
 from service.api.deps import Resources
+from service.drain import CLOSE_CODE, CLOSE_REASON, Drain
 from service.metrics import WEBSOCKET_CONNECTIONS
 from service.streaming import FINISHED, SlowConsumerError, Subscription
 
@@ -44,15 +45,17 @@ async def discussion_events(
         return
     await websocket.accept()
     WEBSOCKET_CONNECTIONS.inc()
+    drain: Drain = websocket.app.state.drain
     try:
-        async with res.hub.subscribe(discussion_id, after) as sub:
-            await _serve(websocket, sub)
+        with drain.holding():
+            async with res.hub.subscribe(discussion_id, after) as sub:
+                await _serve(websocket, sub, drain)
     finally:
         WEBSOCKET_CONNECTIONS.dec()
 
 
-async def _serve(websocket: WebSocket, sub: Subscription) -> None:
-    """Send events until the discussion finishes, the client leaves, or it stops reading."""
+async def _serve(websocket: WebSocket, sub: Subscription, drain: Drain) -> None:
+    """Send events until the discussion finishes, the client leaves or stops reading, or the worker drains."""
 
     async def send_events() -> None:
         async for event in sub.events():
@@ -68,7 +71,8 @@ async def _serve(websocket: WebSocket, sub: Subscription) -> None:
     listener = asyncio.create_task(client_left())
     # A send blocked on a client that stopped reading never gets to notice the overflow itself.
     overflow = asyncio.create_task(sub.dropped.wait())
-    done, pending = await asyncio.wait({sender, listener, overflow}, return_when=asyncio.FIRST_COMPLETED)
+    draining = asyncio.create_task(drain.grace_over())
+    done, pending = await asyncio.wait({sender, listener, overflow, draining}, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
     error = sender.exception() if sender in done else None
@@ -79,5 +83,9 @@ async def _serve(websocket: WebSocket, sub: Subscription) -> None:
     code, reason = status.WS_1000_NORMAL_CLOSURE, ""
     if sub.dropped.is_set():
         code, reason = status.WS_1013_TRY_AGAIN_LATER, "client stopped reading; reconnect with ?after=<seq>"
+    elif draining in done and sender not in done:
+        code, reason = CLOSE_CODE, CLOSE_REASON
+        with suppress(Exception):
+            await asyncio.wait_for(websocket.send_json(drain.hint()), CLOSE_TIMEOUT_SECONDS)
     with suppress(Exception):  # the peer may already be gone; closing is best effort
         await asyncio.wait_for(websocket.close(code=code, reason=reason), CLOSE_TIMEOUT_SECONDS)
