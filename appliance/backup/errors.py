@@ -1,0 +1,7 @@
+"""The one error of the host-side backup code: a line an operator can act on."""
+
+from __future__ import annotations
+
+
+class BackupError(Exception):
+    """A backup, restore, drill or prune failed; the message is one line naming what to fix."""
