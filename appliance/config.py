@@ -173,8 +173,9 @@ class Monitoring(_Section):
     retention_size: str = Field(default="2GB", pattern=r"^[1-9][0-9]*(B|KB|MB|GB|TB)$")
     scrape_interval: str = "15s"
     # Alert when the P95 of an agent turn / of the LLM's time to first token stays above these (seconds).
-    turn_p95_seconds: int = Field(default=120, ge=1)
-    first_token_p95_seconds: int = Field(default=10, ge=1)
+    # Below the histograms' top bucket edges (600 s, 10 s): a P95 is never estimated above those.
+    turn_p95_seconds: int = Field(default=120, ge=1, lt=600)
+    first_token_p95_seconds: int = Field(default=5, ge=1, lt=10)
     # Open WebSockets the site is sized for; the alert fires at 80 % of it.
     websocket_limit: int = Field(default=1000, ge=1)
 

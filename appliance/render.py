@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jinja2
 
+from appliance import notify
 from appliance.config import Config, Settings
 from appliance.errors import ApplianceError
 from appliance.secrets import GENERATED, MASK, Secrets
 
 BUNDLE_ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE_FOLDERS = ("compose", "nginx", "systemd")
+TEMPLATE_FOLDERS = ("compose", "nginx", "systemd", "monitoring")
 
 # Secrets the stack's env files carry: generated ones plus the LLM key pool.
 STACK_SECRETS = (*GENERATED, "AI_API_KEY")
@@ -117,6 +120,9 @@ def stack_context(config: Config, secrets: Secrets, version: str, reveal: bool, 
         "api_image": api_image(settings, version),
         "service": settings.service,
         "backup": settings.backup,
+        "monitoring": settings.monitoring,
+        # Backups count as stale after twice the longest gap between two runs of their schedule.
+        "backup_max_age": 2 * cron_max_gap(settings.backup.schedule),
         "limits": stack_limits(memory_mb),
         "secrets": _MissingSecrets(values),
     }
@@ -148,7 +154,73 @@ def release_files(
         HostFile(f"{release}/nginx/appliance.conf", render_template("nginx/appliance.conf.j2", context), 0o644),
         HostFile(f"{release}/api.yml", render_template("compose/api.yml.j2", context), 0o644),
         HostFile(f"{release}/nginx/upstream.inc", render_template("nginx/upstream.conf.j2", context), 0o644),
+        *(monitoring_files(config, secrets, release, context, reveal) if settings.monitoring.enabled else []),
     ]
+
+
+def monitoring_files(
+    config: Config, secrets: Secrets, release: str, context: dict[str, Any], reveal: bool
+) -> list[HostFile]:
+    """Prometheus's config and rules, Alertmanager's routing, and the relay: its code and its channels."""
+    folder = f"{release}/monitoring"
+    env = notify.channels_for(config.settings, secrets).to_env()
+    secret_keys = ("WECOM_WEBHOOK_URL", "SMTP_PASSWORD")
+    lines = [f"# {context['header']}"]
+    lines += [f"{key}={MASK if key in secret_keys and value and not reveal else value}" for key, value in env.items()]
+    return [
+        HostFile(f"{folder}/prometheus.yml", render_template("monitoring/prometheus.yml.j2", context), 0o644),
+        HostFile(f"{folder}/alerts.yml", render_template("monitoring/alerts.yml.j2", context), 0o644),
+        HostFile(f"{folder}/alertmanager.yml", render_template("monitoring/alertmanager.yml.j2", context), 0o644),
+        # The relay runs this very module (stdlib only), so alerts and deploy notices read alike.
+        HostFile(f"{folder}/notify.py", Path(notify.__file__).read_text(encoding="utf-8"), 0o644),
+        HostFile(f"{release}/relay.env", "\n".join(lines) + "\n", 0o600),
+    ]
+
+
+def monitoring_images(settings: Settings) -> list[str]:
+    """The images the monitoring profile adds to the stack (none when it is off); the relay uses the API's."""
+    if not settings.monitoring.enabled:
+        return []
+    images = settings.images
+    return [images.prometheus, images.alertmanager, images.node_exporter]
+
+
+def cron_max_gap(schedule: str) -> int:
+    """The longest time, in seconds, between two consecutive runs of a 5-field cron schedule."""
+    fields = schedule.split()
+    bounds = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+    minute, hour, day, month, weekday = (
+        _cron_field(text, low, high) for text, (low, high) in zip(fields, bounds, strict=True)
+    )
+    weekday = {value % 7 for value in weekday}  # 7 is Sunday too
+    both_days_restricted = fields[2] != "*" and fields[4] != "*"
+    runs: list[datetime] = []
+    start = datetime(2024, 1, 1)  # two years from here hold every month length and a leap day
+    for offset in range(731):
+        date = start + timedelta(days=offset)
+        day_ok, weekday_ok = date.day in day, (date.weekday() + 1) % 7 in weekday
+        # cron: when both day fields are restricted, either one matching is enough.
+        if date.month in month and ((day_ok or weekday_ok) if both_days_restricted else (day_ok and weekday_ok)):
+            runs += [date.replace(hour=h, minute=m) for h in sorted(hour) for m in sorted(minute)]
+    if len(runs) < 2:
+        raise ApplianceError(f"backup.schedule {schedule!r} runs less than twice in two years")
+    return int(max((later - earlier).total_seconds() for earlier, later in itertools.pairwise(runs)))
+
+
+def _cron_field(text: str, low: int, high: int) -> set[int]:
+    values: set[int] = set()
+    for part in text.split(","):
+        span, _, step = part.partition("/")
+        if span == "*":
+            first, last = low, high
+        elif "-" in span:
+            first, last = (int(bound) for bound in span.split("-", 1))
+        else:
+            first = last = int(span)
+            if step:
+                last = high
+        values.update(range(first, last + 1, int(step or 1)))
+    return values
 
 
 def write_tree(files: list[HostFile], out: Path) -> list[Path]:

@@ -17,6 +17,7 @@ command -v apt-get >/dev/null || die "needs a Debian or Ubuntu machine (apt-get 
 packages=(docker.io docker-compose debootstrap openssh-client python3-venv ca-certificates)
 if [ "$want_servers" = 1 ]; then
   packages+=(postgresql redis-server nginx-light prometheus)
+  packages+=(prometheus-alertmanager)  # amtool: the monitoring tests check Alertmanager's config
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -40,6 +40,12 @@ def test_masked_render_holds_no_secret(example: Config) -> None:
         "/opt/appliance/releases/v1/nginx/appliance.conf",
         "/opt/appliance/releases/v1/api.yml",
         "/opt/appliance/releases/v1/nginx/upstream.inc",
+        # monitoring.enabled (the default): tests/monitoring/ checks these
+        "/opt/appliance/releases/v1/monitoring/prometheus.yml",
+        "/opt/appliance/releases/v1/monitoring/alerts.yml",
+        "/opt/appliance/releases/v1/monitoring/alertmanager.yml",
+        "/opt/appliance/releases/v1/monitoring/notify.py",
+        "/opt/appliance/releases/v1/relay.env",
     }
     everything = "".join(host_file.content for host_file in files.values())
     for secret in secrets.values.values():

@@ -1,0 +1,122 @@
+"""Prometheus and Alertmanager configuration as rendered, checked by promtool and amtool; the alert rules'
+promtool cases (monitoring/alerts_test.yml) run, and cover every alert both ways."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.monitoring.conftest import example_config, rendered_release
+
+RULE_TESTS = REPO / "monitoring" / "alerts_test.yml"
+
+
+def run(*command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+
+
+def alert_names(rules_file: Path) -> set[str]:
+    document: dict[str, Any] = yaml.safe_load(rules_file.read_text())
+    return {rule["alert"] for group in document["groups"] for rule in group["rules"] if "alert" in rule}
+
+
+@pytest.mark.unit
+def test_prometheus_config_and_its_rules_pass_promtool(release: Path, promtool: str) -> None:
+    checked = run(promtool, "check", "config", "prometheus.yml", cwd=release / "monitoring")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 17 rules found" in checked.stdout
+    config = yaml.safe_load((release / "monitoring" / "prometheus.yml").read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    assert targets["api"] == ["api-v1:8000"]  # the release's own API, by its network alias
+    assert targets["node"] == ["node-exporter:9100"]
+
+
+@pytest.mark.unit
+def test_alertmanager_config_passes_amtool(release: Path) -> None:
+    amtool = shutil.which("amtool")
+    assert amtool, "amtool is missing: scripts/dev-prereqs.sh --servers installs prometheus-alertmanager"
+    checked = run(amtool, "check-config", "alertmanager.yml", cwd=release / "monitoring")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    routed = run(
+        amtool,
+        "config",
+        "routes",
+        "test",
+        "--config.file=alertmanager.yml",
+        "severity=critical",
+        cwd=release / "monitoring",
+    )
+    assert routed.stdout.strip() == "relay", routed.stdout + routed.stderr
+
+
+@pytest.mark.unit
+def test_rule_cases_pass(release: Path, promtool: str) -> None:
+    shutil.copy(RULE_TESTS, release / "monitoring" / "alerts_test.yml")
+    tested = run(promtool, "test", "rules", "alerts_test.yml", cwd=release / "monitoring")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+@pytest.mark.unit
+def test_every_alert_has_a_case_where_it_fires_and_one_where_it_does_not(release: Path) -> None:
+    cases = yaml.safe_load(RULE_TESTS.read_text())["tests"]
+    fires: set[str] = set()
+    quiet: set[str] = set()
+    for case in cases:
+        for check in case["alert_rule_test"]:
+            (fires if check["exp_alerts"] else quiet).add(check["alertname"])
+    alerts = alert_names(release / "monitoring" / "alerts.yml")
+    assert len(alerts) == 17
+    assert alerts - fires == set(), "alerts without a case where they fire"
+    assert alerts - quiet == set(), "alerts without a case where they stay quiet"
+
+
+@pytest.mark.unit
+def test_every_alert_has_a_runbook_entry(release: Path) -> None:
+    runbook = (REPO / "docs" / "runbook.md").read_text()
+    document = yaml.safe_load((release / "monitoring" / "alerts.yml").read_text())
+    for group in document["groups"]:
+        for rule in group["rules"]:
+            anchor = rule["annotations"]["runbook"].split("#", 1)[1]
+            assert anchor == rule["alert"].lower()
+            assert f"\n### {rule['alert']}\n" in runbook, f"docs/runbook.md has no section for {rule['alert']}"
+
+
+@pytest.mark.unit
+def test_thresholds_follow_the_config(tmp_path: Path, promtool: str) -> None:
+    extra = "\n[environments.production.monitoring]\nturn_p95_seconds = 300\n"
+    config = example_config(tmp_path, extra_toml=extra)
+    staging = rendered_release(config, tmp_path / "prod")
+    rules = (staging / "monitoring" / "alerts.yml").read_text()
+    assert "max(cvm_agents_running) >= 10\n" in rules
+    assert "[10m]))) > 300\n" in rules
+    # The promtool cases are written for the default thresholds: a 300 s P95 threshold makes the
+    # "slow agent turns fire" case (P95 291 s) fail, so the cases really test these rules.
+    shutil.copy(RULE_TESTS, staging / "monitoring" / "alerts_test.yml")
+    tested = run(promtool, "test", "rules", "alerts_test.yml", cwd=staging / "monitoring")
+    assert tested.returncode != 0
+    assert "AgentTurnSlow" in tested.stdout + tested.stderr
+
+
+@pytest.mark.unit
+def test_backup_staleness_follows_the_schedule(tmp_path: Path) -> None:
+    extra = '\n[environments.production.backup]\nschedule = "0 */6 * * *"\n'
+    release = rendered_release(example_config(tmp_path, extra_toml=extra), tmp_path / "out")
+    rules = (release / "monitoring" / "alerts.yml").read_text()
+    assert "time() - appliance_backup_last_success_timestamp_seconds > 43200\n" in rules  # 2 x 6 h
+
+
+@pytest.mark.unit
+def test_monitoring_off_renders_no_monitoring(tmp_path: Path) -> None:
+    extra = "\n[environments.production.monitoring]\nenabled = false\n"
+    release = rendered_release(example_config(tmp_path, extra_toml=extra), tmp_path / "out")
+    assert not (release / "monitoring").exists()
+    assert not (release / "relay.env").exists()
+    compose = (release / "docker-compose.yml").read_text()
+    assert "prometheus" not in compose
+    assert "relay" not in compose
