@@ -141,10 +141,30 @@ class Backup(_Section):
     schedule: str = "30 3 * * *"
     cos_bucket: str | None = None
     cos_region: str = "ap-shanghai"
+    # A COS endpoint domain (e.g. cos-internal.ap-shanghai.tencentcos.cn from inside Tencent Cloud), or
+    # http://IP:PORT for a COS-compatible server reached by address (the test rig's local COS).
     cos_endpoint: str | None = None
     prefix: str = "backups/"
     age_recipient: str | None = None
+    # The operator's age private key file (never sent to the host's disk): inv restore and restore.drill.
+    age_identity_file: str | None = None
+    # Multipart part size; COS allows 1 MB to 5 GB per part and 10000 parts per object.
+    part_size_mb: int = Field(default=16, ge=1, le=5120)
     retention: Retention = Field(default_factory=Retention)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"([A-Za-z0-9._-]+/)*", value):
+            raise ValueError("must be empty or folder names each ending in '/', such as 'backups/'")
+        return value
+
+    @field_validator("cos_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"(https?://[^\s/:]+(:\d{1,5})?|[a-z0-9.-]+\.[a-z]{2,})", value):
+            raise ValueError("must be a COS endpoint domain or http(s)://ADDRESS[:PORT]")
+        return value
 
     @field_validator("schedule")
     @classmethod

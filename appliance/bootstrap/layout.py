@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 
+from appliance.backup.install import backup_steps
 from appliance.config import Config, Settings
 from appliance.errors import ConfigError
 from appliance.facts import HostFacts
@@ -18,6 +19,7 @@ HOST_SCRIPTS = {
     "docker-user-firewall.sh": "docker-user-firewall.sh",
     "cert-expiry.sh": "cert-expiry.sh",
     "stack.sh": "stack.sh",
+    "backup.sh": "backup.sh",
 }
 CERT_DAYS = 397  # browsers' limit for a server certificate's lifetime
 
@@ -211,4 +213,4 @@ def layout_steps(config: Config) -> list[Step]:
 
 def service_steps(config: Config) -> list[Step]:
     """What needs Docker in place: TLS, the unit that starts the stack at boot, cron."""
-    return [*tls_steps(config), *boot_unit(config.settings), *cron_entries(config.settings)]
+    return [*tls_steps(config), *boot_unit(config.settings), *backup_steps(config), *cron_entries(config.settings)]

@@ -1,0 +1,143 @@
+"""The host's backup command: `python3 backup.pyz --settings FILE COMMAND` (run by bin/backup.sh).
+
+Commands: `backup [--reason R]`, `list` (JSON lines), `restore --id ID`, `drill [--id ID]`,
+`prune [--dry-run]`. restore and drill read the age identity from standard input: the private key
+never touches the host's disk. Each run ends with one line (stdout on success, stderr on failure,
+exit status 1) and appends its lines, timestamped, to BASE/shared/backups/backup.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+
+from appliance.backup import metrics
+from appliance.backup.errors import BackupError
+from appliance.backup.runner import Runner
+from appliance.backup.settings import HostSettings
+
+DEFAULT_SETTINGS = "/opt/appliance/shared/backup.json"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backup", description="backups of the appliance to Tencent COS")
+    parser.add_argument("--settings", default=DEFAULT_SETTINGS)
+    commands = parser.add_subparsers(dest="command", required=True)
+    backup = commands.add_parser("backup", help="take a backup now")
+    backup.add_argument("--reason", default="manual")
+    commands.add_parser("list", help="the backups in COS, one JSON object a line")
+    restore = commands.add_parser("restore", help="restore a backup into the running stack (identity on stdin)")
+    restore.add_argument("--id", required=True)
+    drill = commands.add_parser("drill", help="restore into throwaway containers and compare (identity on stdin)")
+    drill.add_argument("--id")
+    prune = commands.add_parser("prune", help="apply the retention policy")
+    prune.add_argument("--dry-run", action="store_true")
+    return parser
+
+
+def _identity() -> str:
+    text = sys.stdin.read()
+    if "AGE-SECRET-KEY-" not in text:
+        raise BackupError("no age identity on standard input (expected an AGE-SECRET-KEY-… line)")
+    return text
+
+
+class _Log:
+    def __init__(self, settings: HostSettings) -> None:
+        self.path = settings.backups_dir / "backup.log"
+
+    def __call__(self, line: str, stream: TextIO | None = None) -> None:
+        print(line, file=stream or sys.stdout, flush=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(f"{stamp} {line}\n")
+        except OSError:
+            pass  # a full disk must not hide the line itself
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = HostSettings.load(Path(args.settings))
+    log = _Log(settings)
+    runner = Runner(settings, log=lambda line: log(line, sys.stderr))
+    state = settings.backups_dir / "metrics.json"
+    started = time.time()
+    try:
+        if args.command == "backup":
+            try:
+                manifest = runner.backup(args.reason)
+            except BaseException:
+                metrics.record(state, settings.metrics_file, {
+                    "appliance_backup_last_run_timestamp_seconds": time.time(),
+                    "appliance_backup_last_run_success": 0,
+                })  # fmt: skip
+                raise
+            metrics.record(state, settings.metrics_file, {
+                "appliance_backup_last_run_timestamp_seconds": time.time(),
+                "appliance_backup_last_run_success": 1,
+                "appliance_backup_last_success_timestamp_seconds": time.time(),
+                "appliance_backup_last_duration_seconds": round(time.time() - started, 3),
+                "appliance_backup_last_size_bytes": manifest.encrypted_size,
+            })  # fmt: skip
+            try:
+                decision = runner.prune(dry_run=False)
+                kept = f"; retention kept {len(decision.keep)}, deleted {len(decision.delete)}"
+            except BackupError as exc:
+                kept = f"; retention not applied: {exc}"
+            log(
+                f"backup {manifest.id} ok: {len(manifest.parts)} parts, {manifest.encrypted_size / 1e6:.1f} MB "
+                f"encrypted, {time.time() - started:.1f}s, cos://{settings.cos.bucket}/{settings.key_prefix}"
+                f"{manifest.id}/ (reason {args.reason}){kept}"
+            )
+        elif args.command == "list":
+            for item in runner.stored():
+                print(json.dumps({"id": item.id, "created": item.created.isoformat(), "complete": item.complete,
+                                  "verified": item.verified, "size": item.size}))  # fmt: skip
+        elif args.command == "restore":
+            log(runner.restore(args.id, _identity()))
+        elif args.command == "drill":
+            identity = _identity()
+            try:
+                line = runner.drill(args.id, identity)
+            except BaseException:
+                metrics.record(state, settings.metrics_file, {
+                    "appliance_backup_drill_last_run_timestamp_seconds": time.time(),
+                    "appliance_backup_drill_last_success": 0,
+                    "appliance_backup_drill_last_duration_seconds": round(time.time() - started, 3),
+                })  # fmt: skip
+                raise
+            metrics.record(state, settings.metrics_file, {
+                "appliance_backup_drill_last_run_timestamp_seconds": time.time(),
+                "appliance_backup_drill_last_success": 1,
+                "appliance_backup_drill_last_duration_seconds": round(time.time() - started, 3),
+            })  # fmt: skip
+            log(line)
+        elif args.command == "prune":
+            decision = runner.prune(args.dry_run)
+            verb = "would delete" if args.dry_run else "deleted"
+            log(f"retention: keep {', '.join(decision.keep) or 'none'}; {verb} {', '.join(decision.delete) or 'none'}")
+    except BackupError as exc:
+        log(f"{args.command} failed: {exc}", sys.stderr)
+        return 1
+    except OSError as exc:  # a full disk, a missing tool: still one line, still a failure
+        log(f"{args.command} failed: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), sys.stderr)
+        return 1
+    return 0
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    try:
+        sys.exit(run(args))
+    except BackupError as exc:  # settings unreadable: no log file to write to yet
+        print(f"{args.command} failed: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""The stack's data through `docker` on the host: dumps out, restores in, throwaway copies for drills.
+
+The tools run inside the stack's own containers (pg_dump of the server's own version, the server's
+redis-cli), so the host needs nothing but Docker. Each failure is one `BackupError` line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from appliance.backup.errors import BackupError
+from appliance.backup.manifest import count_copy_rows
+
+PG_USER = "appliance"  # compose/postgres.env.j2
+PG_DB = "appliance"
+_REDIS_CLI = 'REDISCLI_AUTH="$REDIS_PASSWORD" exec redis-cli "$@"'
+
+
+def docker(*args: str, stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None, what: str = "") -> str:
+    """Run `docker ARGS`; its output (unless sent to `stdout`), or one line saying what failed."""
+    done = subprocess.run(
+        ["docker", *args], stdin=stdin, stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE, check=False
+    )
+    if done.returncode != 0:
+        error = done.stderr.decode(errors="replace").strip().splitlines()
+        raise BackupError(f"{what or 'docker ' + args[0]} failed: {(error or ['exit ' + str(done.returncode)])[-1]}")
+    return "" if stdout is not None else done.stdout.decode(errors="replace")
+
+
+def service_container(project: str, service: str) -> str:
+    """The running container of a Compose service of `project` (Compose v1 or v2 alike)."""
+    found = docker(
+        "ps", "-q",
+        "--filter", f"label=com.docker.compose.project={project}",
+        "--filter", f"label=com.docker.compose.service={service}",
+    ).split()  # fmt: skip
+    if not found:
+        raise BackupError(f"the stack's {service} container (project {project}) is not running: start the stack")
+    return found[0]
+
+
+def api_containers(project: str) -> list[str]:
+    """Running API containers of every release (projects PROJECT-api-*)."""
+    lines = docker(
+        "ps", "--filter", "label=com.docker.compose.service=api",
+        "--format", '{{.ID}} {{.Label "com.docker.compose.project"}}',
+    ).splitlines()  # fmt: skip
+    return [
+        line.split()[0] for line in lines if len(line.split()) == 2 and line.split()[1].startswith(f"{project}-api-")
+    ]
+
+
+def volume_path(volume: str) -> Path:
+    return Path(docker("volume", "inspect", "--format", "{{.Mountpoint}}", volume, what=f"volume {volume}").strip())
+
+
+def image_of(container: str) -> str:
+    return docker("inspect", "--format", "{{.Config.Image}}", container).strip()
+
+
+# PostgreSQL
+
+
+def dump_postgres(container: str, target: Path) -> None:
+    """A consistent custom-format dump from the running server (pg_dump's own snapshot; no downtime)."""
+    with target.open("wb") as out:
+        docker("exec", container, "pg_dump", "-U", PG_USER, "-d", PG_DB, "-Fc", stdout=out, what="pg_dump")
+
+
+def dump_row_counts(container: str, dump: Path) -> dict[str, int]:
+    """Rows per table, read from the dump itself (so they are the dump's, not the live server's)."""
+    with dump.open("rb") as source:
+        process = subprocess.Popen(
+            ["docker", "exec", "-i", container, "pg_restore", "--data-only", "-f", "-"],
+            stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert process.stdout is not None
+        counts = count_copy_rows(line.decode(errors="replace") for line in process.stdout)
+        _, error = process.communicate()
+    if process.returncode != 0:
+        raise BackupError(f"reading the dump back failed: {error.decode(errors='replace').strip()[-200:]}")
+    return counts
+
+
+def psql(container: str, sql: str) -> str:
+    return docker("exec", container, "psql", "-U", PG_USER, "-d", PG_DB, "-tAXq", "-c", sql, what="psql")
+
+
+def table_counts(container: str, tables: list[str]) -> dict[str, int]:
+    """Exact rows per table now (the tables named by a manifest)."""
+    if not tables:
+        return {}
+    ordered = sorted(tables)
+    # Names as pg_dump printed them: already-quoted SQL identifiers; rows come back by position.
+    query = " UNION ALL ".join(f"SELECT {n}, count(*) FROM {t}" for n, t in enumerate(ordered))  # noqa: S608
+    rows = (line.split("|") for line in psql(container, query).splitlines() if "|" in line)
+    return {ordered[int(n)]: int(count) for n, count in rows}
+
+
+def restore_postgres(container: str, dump: Path, clean: bool) -> None:
+    options = ["--clean", "--if-exists"] if clean else []
+    with dump.open("rb") as source:
+        docker(
+            "exec", "-i", container, "pg_restore", "-U", PG_USER, "-d", PG_DB, "--no-owner",
+            "--single-transaction", "--exit-on-error", *options,
+            stdin=source, what="pg_restore",
+        )  # fmt: skip
+
+
+# Redis
+
+
+def redis_cli(container: str, *args: str) -> str:
+    return docker("exec", container, "sh", "-c", _REDIS_CLI, "sh", *args, what=f"redis-cli {args[0]}").strip()
+
+
+def _redis_info(container: str) -> dict[str, str]:
+    lines = redis_cli(container, "INFO", "persistence").splitlines()
+    return dict(line.strip().split(":", 1) for line in lines if ":" in line)
+
+
+def snapshot_redis(container: str, target: Path, timeout: float = 600) -> tuple[int, dict[str, str]]:
+    """BGSAVE, wait until that save finished successfully, copy the RDB; (DBSIZE, a sample key → type)."""
+    keys = int(redis_cli(container, "DBSIZE"))
+    sample: dict[str, str] = {}
+    for _ in range(5):
+        key = redis_cli(container, "RANDOMKEY")
+        if key and redis_cli(container, "TTL", key) == "-1":
+            sample[key] = redis_cli(container, "TYPE", key)
+    deadline = time.monotonic() + timeout
+    while True:  # a save already running (cron's own "save" points) is waited out, then ours starts
+        saves = int(_redis_info(container).get("rdb_saves", "0"))
+        try:
+            if "started" in redis_cli(container, "BGSAVE"):
+                break
+        except BackupError as exc:
+            if "in progress" not in str(exc):
+                raise
+        if time.monotonic() > deadline:
+            raise BackupError("redis: a background save already running did not finish")
+        time.sleep(0.2)
+    while True:
+        info = _redis_info(container)
+        if info.get("rdb_bgsave_in_progress") == "0" and int(info.get("rdb_saves", "0")) > saves:
+            if info.get("rdb_last_bgsave_status") != "ok":
+                raise BackupError("redis: BGSAVE failed (see the redis container's log; disk full?)")
+            break
+        if time.monotonic() > deadline:
+            raise BackupError(f"redis: BGSAVE did not finish within {timeout:.0f}s")
+        time.sleep(0.2)
+    folder = redis_cli(container, "CONFIG", "GET", "dir").splitlines()[-1]
+    name = redis_cli(container, "CONFIG", "GET", "dbfilename").splitlines()[-1]
+    with target.open("wb") as out:
+        docker("exec", container, "cat", f"{folder}/{name}", stdout=out, what="copying the RDB")
+    return keys, sample
+
+
+def redis_aof(container: str) -> tuple[bool, str, str]:
+    """(AOF on, its directory name, its file name) of the running server."""
+    on = redis_cli(container, "CONFIG", "GET", "appendonly").splitlines()[-1] == "yes"
+    directory = redis_cli(container, "CONFIG", "GET", "appenddirname").splitlines()[-1]
+    name = redis_cli(container, "CONFIG", "GET", "appendfilename").splitlines()[-1]
+    return on, directory or "appendonlydir", name or "appendonly.aof"
+
+
+def place_rdb(data_dir: Path, rdb: Path, aof: tuple[bool, str, str]) -> None:
+    """Make `rdb` what a stopped Redis loads at start: dump.rdb, and with AOF on, the AOF's base file
+    (Redis 7 starts empty when AOF is on and no AOF exists, even next to an RDB)."""
+    on, directory, name = aof
+    stat = data_dir.stat()
+    (data_dir / "dump.rdb").write_bytes(rdb.read_bytes())
+    aof_dir = data_dir / directory
+    if aof_dir.exists():
+        for old in aof_dir.iterdir():
+            old.unlink()
+    if on:
+        aof_dir.mkdir(exist_ok=True)
+        (aof_dir / f"{name}.1.base.rdb").write_bytes(rdb.read_bytes())
+        (aof_dir / f"{name}.manifest").write_text(f"file {name}.1.base.rdb seq 1 type b\n", encoding="utf-8")
+    for path in [data_dir / "dump.rdb", aof_dir, *(aof_dir.iterdir() if aof_dir.exists() else [])]:
+        os.chown(path, stat.st_uid, stat.st_gid)
+
+
+def wait_for_redis(container: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if redis_cli(container, "PING") == "PONG":
+                return
+        except BackupError:
+            pass
+        if time.monotonic() > deadline:
+            raise BackupError(f"redis did not answer PING within {timeout:.0f}s after the restore")
+        time.sleep(0.5)
+
+
+# Files
+
+
+def tar_folder(root: Path, target: Path, members: list[str] | None = None) -> None:
+    """A tar of `root` (or of `members` below it), owners and modes kept."""
+    names = members if members is not None else ["."]
+    done = subprocess.run(
+        ["tar", "-C", str(root), "--numeric-owner", "-cf", str(target), *names], capture_output=True, check=False
+    )
+    if done.returncode != 0:
+        raise BackupError(f"tar of {root} failed: {done.stderr.decode(errors='replace').strip()[-200:]}")
+
+
+def untar(source: Path, root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["tar", "-C", str(root), "--numeric-owner", "-xpf", str(source)], capture_output=True, check=False
+    )
+    if done.returncode != 0:
+        raise BackupError(f"extracting {source.name} failed: {done.stderr.decode(errors='replace').strip()[-200:]}")
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    """Relative path → SHA-256 of every regular file below `root`."""
+    hashes: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            hashes[str(path.relative_to(root))] = sha256_of(path)[0]
+    return hashes
+
+
+def sha256_of(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(4 * 1024 * 1024):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def empty_folder(root: Path) -> None:
+    for path in root.iterdir():
+        if path.is_dir() and not path.is_symlink():
+            subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=True)
+        else:
+            path.unlink()
+
+
+# Throwaway copies for drills
+
+
+@contextmanager
+def throwaway(name: str, image: str, options: list[str], command: list[str]) -> Iterator[str]:
+    """A container on no network, removed whatever happens."""
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+    docker("run", "-d", "--name", name, "--network", "none", *options, image, *command, what=f"starting {name}")
+    try:
+        yield name
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+
+
+def drill_postgres(project: str, image: str, dump: Path, tables: list[str]) -> dict[str, int]:
+    """Restore `dump` into a fresh server of `image`; every table's rows counted there."""
+    env = [f"POSTGRES_USER={PG_USER}", f"POSTGRES_DB={PG_DB}", f"POSTGRES_PASSWORD={secrets.token_hex(16)}"]
+    options = [item for setting in env for item in ("-e", setting)]
+    with throwaway(f"{project}-drill-postgres", image, options, ["postgres"]) as container:
+        deadline = time.monotonic() + 120
+        # TCP answers only once initialisation is over (the init-time server listens on its socket alone).
+        probe = ["docker", "exec", container, "pg_isready", "-q", "-h", "127.0.0.1"]
+        while subprocess.run(probe, capture_output=True, check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise BackupError("the drill's PostgreSQL did not start within 120s")
+            time.sleep(0.5)
+        restore_postgres(container, dump, clean=False)
+        return table_counts(container, tables)
+
+
+def drill_redis(project: str, image: str, rdb: Path, sample: dict[str, str], scratch: Path) -> tuple[int, list[str]]:
+    """Load `rdb` into a fresh Redis of `image`: (its key count, sample keys missing or of another type)."""
+    data = scratch / "redis"
+    data.mkdir(mode=0o777)
+    data.chmod(0o777)  # the official image runs redis as its own user
+    (data / "dump.rdb").write_bytes(rdb.read_bytes())
+    (data / "dump.rdb").chmod(0o644)
+    password = secrets.token_hex(16)
+    command = ["redis-server", "--appendonly", "no", "--save", "", "--dir", "/data", "--requirepass", password]
+    options = ["-e", f"REDIS_PASSWORD={password}", "-v", f"{data}:/data"]
+    with throwaway(f"{project}-drill-redis", image, options, command) as container:
+        wait_for_redis(container)
+        keys = int(redis_cli(container, "DBSIZE"))
+        wrong = [key for key, kind in sample.items() if redis_cli(container, "TYPE", key) != kind]
+    return keys, wrong

@@ -1,0 +1,115 @@
+"""What bootstrap puts on a host for backups: tools, the code as one zipapp, the settings, the cron entry.
+
+The backup code runs on the host's own python3 (a CVM in mainland China reaches no PyPI): the COS
+SDK's dependencies come from the distribution (python3-requests, -crcmod, -xmltodict, -six), age from
+its package, and the SDK itself (pure Python) travels inside `BASE/lib/backup.pyz` with the
+appliance.backup modules, over the same SSH connection as every other file.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import qcloud_cos
+
+from appliance.backup.cos import MB, CosTarget
+from appliance.backup.settings import HostSettings, Policy
+from appliance.config import Config
+from appliance.errors import ConfigError
+from appliance.secrets import load_secrets
+from appliance.steps import Action, Facts, ManagedFile, Packages, Step
+
+HOST_PACKAGES = ("age", "python3", "python3-crcmod", "python3-requests", "python3-six", "python3-xmltodict")
+BACKUP_MODULES = Path(__file__).resolve().parent
+_ZIP_TIME = (2020, 1, 1, 0, 0, 0)  # fixed, so the same code makes the same bytes (and bootstrap says ok)
+
+
+def bundle() -> bytes:
+    """A zipapp of appliance.backup and the COS SDK, byte-for-byte reproducible."""
+    sources: dict[str, bytes] = {
+        "__main__.py": b"from appliance.backup.__main__ import main\n\nmain()\n",
+        "appliance/__init__.py": b"",
+    }
+    for path in sorted(BACKUP_MODULES.glob("*.py")):
+        if path.name not in {"install.py", "operate.py"}:  # operator-side modules stay home
+            sources[f"appliance/backup/{path.name}"] = path.read_bytes()
+    sdk = Path(qcloud_cos.__file__).resolve().parent
+    for path in sorted(sdk.glob("*.py")):
+        sources[f"qcloud_cos/{path.name}"] = path.read_bytes()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in sorted(sources.items()):
+            info = zipfile.ZipInfo(name, _ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def host_settings(config: Config, secrets: Mapping[str, str]) -> HostSettings:
+    """The settings file for the host, from the config and the COS keys in the secrets."""
+    settings = config.settings
+    backup = settings.backup
+    missing = [name for name in ("COS_SECRET_ID", "COS_SECRET_KEY") if not secrets.get(name)]
+    if missing:
+        raise ConfigError(f"{config.secrets_path}: backups are enabled: set {' and '.join(missing)} (a COS API key)")
+    return HostSettings(
+        name=settings.name,
+        base_dir=settings.base_dir,
+        host=settings.hosts[0].address,
+        prefix=backup.prefix,
+        recipient=backup.age_recipient or "",
+        cos=CosTarget(
+            bucket=backup.cos_bucket or "",
+            region=backup.cos_region,
+            secret_id=secrets["COS_SECRET_ID"],
+            secret_key=secrets["COS_SECRET_KEY"],
+            endpoint=backup.cos_endpoint,
+            part_size=backup.part_size_mb * MB,
+        ),
+        retention=Policy(backup.retention.daily, backup.retention.weekly, backup.retention.monthly),
+    )
+
+
+def settings_path(base_dir: str) -> str:
+    return f"{base_dir}/shared/backup.json"
+
+
+@dataclass(frozen=True)
+class UnshownFile:
+    """A managed file `inv render` leaves out: binary (the zipapp) or holding secrets (the settings)."""
+
+    path: str
+    content: bytes
+    mode: int
+
+    @property
+    def name(self) -> str:
+        return f"file {self.path}"
+
+    def _file(self) -> ManagedFile:
+        return ManagedFile(self.path, self.content, self.mode)
+
+    def probes(self) -> Mapping[str, str]:
+        return self._file().probes()
+
+    def plan(self, facts: Facts) -> list[Action]:
+        return self._file().plan(facts)
+
+
+def backup_steps(config: Config) -> list[Step]:
+    """With backups enabled: the packages, the zipapp and the settings (0600: they hold the COS key)."""
+    settings = config.settings
+    if not settings.backup.enabled:
+        return []
+    secrets = {name: secret.reveal() for name, secret in load_secrets(config.secrets_path).values.items()}
+    host = host_settings(config, secrets)
+    return [
+        Packages("backup tools", HOST_PACKAGES),
+        UnshownFile(f"{settings.base_dir}/lib/backup.pyz", bundle(), 0o644),
+        UnshownFile(settings_path(settings.base_dir), host.to_json().encode(), 0o600),
+    ]

@@ -1,0 +1,48 @@
+"""The backup metrics as a Prometheus textfile, rewritten whole (atomically) after every run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# name → help; values live in a small JSON state file next to the backups so runs of each kind
+# (backup, drill) keep the other's last values.
+METRICS = {
+    "appliance_backup_last_run_timestamp_seconds": "Unix time the last backup run ended.",
+    "appliance_backup_last_run_success": "1 if the last backup run succeeded, else 0.",
+    "appliance_backup_last_success_timestamp_seconds": "Unix time of the last successful backup.",
+    "appliance_backup_last_duration_seconds": "Seconds the last successful backup took.",
+    "appliance_backup_last_size_bytes": "Encrypted bytes of the last successful backup.",
+    "appliance_backup_drill_last_run_timestamp_seconds": "Unix time the last restore drill ended.",
+    "appliance_backup_drill_last_success": "1 if the last restore drill passed, else 0.",
+    "appliance_backup_drill_last_duration_seconds": "Seconds the last restore drill took.",
+}
+
+
+def render(values: dict[str, float]) -> str:
+    """The textfile for the known metrics that have a value, in a fixed order."""
+    lines: list[str] = []
+    for name, text in METRICS.items():
+        if name in values:
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {values[name]:g}"]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _write_atomically(path: Path, text: str, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(text, encoding="utf-8")
+    staging.chmod(mode)
+    staging.replace(path)
+
+
+def record(state_file: Path, metrics_file: Path, updates: dict[str, float]) -> dict[str, float]:
+    """Merge `updates` into the state and rewrite the textfile; returns the merged values."""
+    try:
+        values: dict[str, float] = json.loads(state_file.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        values = {}
+    values.update(updates)
+    _write_atomically(state_file, json.dumps(values, sort_keys=True) + "\n", 0o600)
+    _write_atomically(metrics_file, render(values), 0o644)
+    return values

@@ -1,0 +1,324 @@
+"""Backup, list, restore, drill and prune on the host: the edges (docker, age, COS) put in order.
+
+A backup is committed by its manifest, uploaded last: a run that fails half-way leaves objects
+without a manifest, which `inv backups` shows as incomplete and pruning removes after a day.
+Temporary files live in one work folder under BASE/shared/backups, removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from appliance.backup import crypt, dump
+from appliance.backup.cos import CosStore, new_crc64
+from appliance.backup.errors import BackupError
+from appliance.backup.manifest import MANIFEST, VERIFIED, Manifest, Part, backup_id, id_time
+from appliance.backup.retention import Decision, Stored, decide
+from appliance.backup.settings import HostSettings
+
+STALE_UPLOAD_SECONDS = 24 * 3600
+LATEST = "latest"  # the local copy of the newest backup
+# The appliance's own state worth keeping, relative to BASE (a release's files, certs, the history).
+STATE = ("releases", "current", "shared/certs", "shared/history", "shared/audit.jsonl", "shared/host.json")
+
+
+@dataclass(frozen=True)
+class Listed:
+    id: str
+    created: datetime
+    complete: bool
+    verified: bool
+    size: int
+
+
+def _encrypted_digest(path: Path) -> tuple[str, int, str]:
+    digest, crc, size = hashlib.sha256(), new_crc64(), 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(4 * 1024 * 1024):
+            digest.update(chunk)
+            crc.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size, str(crc.crcValue)
+
+
+class Runner:
+    def __init__(
+        self,
+        settings: HostSettings,
+        log: Callable[[str], None] = print,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ) -> None:
+        self.settings = settings
+        self.log = log
+        self.clock = clock
+        self.store = CosStore(settings.cos, log=log)
+
+    def _key(self, identifier: str, name: str) -> str:
+        return f"{self.settings.key_prefix}{identifier}/{name}"
+
+    def _work(self, label: str) -> Path:
+        folder = self.settings.backups_dir / f"work-{label}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(mode=0o700, parents=True)
+        return folder
+
+    # backup
+
+    def backup(self, reason: str) -> Manifest:
+        started = time.monotonic()
+        self.store.check_bucket()
+        now = self.clock()
+        identifier = backup_id(now)
+        project = self.settings.name
+        work = self._work(identifier)
+        uploaded: list[str] = []
+        try:
+            postgres = dump.service_container(project, "postgres")
+            redis = dump.service_container(project, "redis")
+            plain: dict[str, Path] = {}
+            plain["postgres"] = work / "postgres.dump"
+            dump.dump_postgres(postgres, plain["postgres"])
+            tables = dump.dump_row_counts(postgres, plain["postgres"])
+            plain["redis"] = work / "redis.rdb"
+            keys, sample = dump.snapshot_redis(redis, plain["redis"])
+            aof_on, aof_dir, _ = dump.redis_aof(redis)
+            if aof_on:
+                plain["redis-aof"] = work / "redis-aof.tar"
+                dump.tar_folder(dump.volume_path(f"{project}_redisdata"), plain["redis-aof"], [aof_dir])
+            artifacts = dump.volume_path(f"{project}_artifacts")
+            plain["files"] = work / "files.tar"
+            dump.tar_folder(artifacts, plain["files"])
+            files = dump.file_hashes(artifacts)
+            base = Path(self.settings.base_dir)
+            plain["state"] = work / "state.tar"
+            dump.tar_folder(base, plain["state"], [item for item in STATE if (base / item).exists()])
+            parts = []
+            for name, path in plain.items():
+                sha, size = dump.sha256_of(path)
+                sealed = path.with_name(path.name + ".age")
+                crypt.encrypt(path, sealed, self.settings.recipient)
+                path.unlink()
+                encrypted_sha, encrypted_size, crc = _encrypted_digest(sealed)
+                parts.append(Part(name, sealed.name, size, sha, encrypted_size, encrypted_sha, crc))
+            for part in parts:
+                key = self._key(identifier, part.object)
+                uploaded.append(key)
+                remote_crc = self.store.put_file(key, work / part.object)
+                if remote_crc != part.crc64:
+                    raise BackupError(f"{key}: CRC64 changed between encryption and upload")
+            manifest = Manifest(
+                id=identifier,
+                created=now.isoformat(timespec="seconds"),
+                host=self.settings.host or socket.gethostname(),
+                name=project,
+                reason=reason,
+                release=_current_release(base),
+                versions={
+                    "postgres": dump.psql(postgres, "SHOW server_version").strip(),
+                    "redis": dump.redis_cli(redis, "INFO", "server").split("redis_version:")[1].split()[0],
+                },
+                parts=parts,
+                tables=tables,
+                redis_keys=keys,
+                redis_sample=sample,
+                files=files,
+                seconds=round(time.monotonic() - started, 3),
+            )
+            (work / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+            self.store.put_bytes(self._key(identifier, MANIFEST), manifest.to_json().encode())
+            self._keep_local_copy(work)
+            return manifest
+        except BaseException:
+            if uploaded:  # objects without a manifest: not a backup; remove them now if COS lets us
+                try:
+                    self.store.delete(uploaded)
+                except BackupError as exc:
+                    self.log(f"warning: could not remove the failed backup's objects ({exc}); pruning will")
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _keep_local_copy(self, work: Path) -> None:
+        latest = self.settings.backups_dir / LATEST
+        staging = self.settings.backups_dir / f"{LATEST}.new"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(mode=0o700)
+        for path in work.iterdir():
+            if path.suffix == ".age" or path.name == MANIFEST:
+                path.rename(staging / path.name)
+        shutil.rmtree(latest, ignore_errors=True)
+        staging.rename(latest)
+
+    # list and prune
+
+    def stored(self) -> list[Listed]:
+        groups: dict[str, dict[str, int]] = {}
+        for item in self.store.objects(self.settings.key_prefix):
+            identifier, _, name = item.key[len(self.settings.key_prefix) :].partition("/")
+            groups.setdefault(identifier, {})[name] = item.size
+        listed = []
+        for identifier, names in sorted(groups.items()):
+            created = id_time(identifier)
+            if created is not None:
+                size = sum(size for name, size in names.items() if name.endswith(".age"))
+                listed.append(Listed(identifier, created, MANIFEST in names, VERIFIED in names, size))
+        return listed
+
+    def prune(self, dry_run: bool) -> Decision:
+        listed = self.stored()
+        decision = decide([Stored(b.id, b.created, b.complete, b.verified) for b in listed], self.clock(),
+                          self.settings.retention)  # fmt: skip
+        if not dry_run and decision.delete:
+            doomed = set(decision.delete)
+            keys = [
+                item.key
+                for item in self.store.objects(self.settings.key_prefix)
+                if item.key[len(self.settings.key_prefix) :].split("/")[0] in doomed
+            ]
+            self.store.delete(keys)
+        if not dry_run:
+            self.store.abort_stale_uploads(self.settings.key_prefix, STALE_UPLOAD_SECONDS, self.clock())
+        return decision
+
+    # restore and drill
+
+    def manifest(self, identifier: str) -> Manifest:
+        try:
+            return Manifest.from_json(self.store.get_bytes(self._key(identifier, MANIFEST)).decode())
+        except BackupError as exc:
+            if "NoSuchKey" in str(exc):
+                raise BackupError(f"backup {identifier} has no manifest in COS: see inv backups") from None
+            raise
+
+    def latest_id(self) -> str:
+        complete = [b for b in self.stored() if b.complete]
+        if not complete:
+            raise BackupError(f"no complete backup under cos://{self.settings.cos.bucket}/{self.settings.key_prefix}")
+        return complete[-1].id
+
+    def _fetch(self, manifest: Manifest, identity: str, work: Path) -> dict[str, Path]:
+        """Every part, checked (SHA-256 of the encrypted and of the decrypted bytes) and decrypted."""
+        local = self.settings.backups_dir / LATEST
+        plain: dict[str, Path] = {}
+        for part in manifest.parts:
+            sealed = work / part.object
+            copy = local / part.object
+            if copy.is_file() and dump.sha256_of(copy) == (part.encrypted_sha256, part.encrypted_size):
+                shutil.copyfile(copy, sealed)
+            else:
+                self.store.get_file(self._key(manifest.id, part.object), sealed)
+            if dump.sha256_of(sealed) != (part.encrypted_sha256, part.encrypted_size):
+                raise BackupError(f"backup {manifest.id}: {part.object} is corrupt (SHA-256 differs from the manifest)")
+            target = work / part.object.removesuffix(".age")
+            crypt.decrypt(sealed, target, identity)
+            sealed.unlink()
+            if dump.sha256_of(target) != (part.sha256, part.size):
+                raise BackupError(f"backup {manifest.id}: {part.name} decrypted to other bytes than were backed up")
+            plain[part.name] = target
+        return plain
+
+    def drill(self, identifier: str | None, identity: str) -> str:
+        """Restore into throwaway containers, compare with the manifest, mark verified if all agree."""
+        identifier = identifier or self.latest_id()
+        manifest = self.manifest(identifier)
+        started = time.monotonic()
+        project = self.settings.name
+        work = self._work(f"drill-{identifier}")
+        try:
+            plain = self._fetch(manifest, identity, work)
+            problems: list[str] = []
+            postgres_image = dump.image_of(dump.service_container(project, "postgres"))
+            counts = dump.drill_postgres(project, postgres_image, plain["postgres"], list(manifest.tables))
+            if counts != manifest.tables:
+                differ = sorted(
+                    t for t in set(counts) | set(manifest.tables) if counts.get(t) != manifest.tables.get(t)
+                )
+                problems.append(f"row counts differ in {', '.join(differ[:5])}")
+            redis_image = dump.image_of(dump.service_container(project, "redis"))
+            keys, wrong = dump.drill_redis(project, redis_image, plain["redis"], manifest.redis_sample, work)
+            if keys != manifest.redis_keys:
+                problems.append(f"redis has {keys} keys, the manifest {manifest.redis_keys}")
+            if wrong:
+                problems.append(f"redis sample keys missing or changed: {', '.join(wrong[:5])}")
+            files = work / "files"
+            dump.untar(plain["files"], files)
+            if dump.file_hashes(files) != manifest.files:
+                problems.append("artifact files differ from the manifest's hashes")
+            if problems:
+                raise BackupError(f"drill of {identifier} failed: {'; '.join(problems)}")
+            seconds = time.monotonic() - started
+            record = {
+                "id": identifier,
+                "drilled": self.clock().isoformat(timespec="seconds"),
+                "seconds": round(seconds, 3),
+                "tables": len(counts),
+                "rows": sum(counts.values()),
+                "redis_keys": keys,
+                "files": len(manifest.files),
+            }
+            self.store.put_bytes(self._key(identifier, VERIFIED), (json.dumps(record) + "\n").encode())
+            return (
+                f"drill of {identifier} passed in {seconds:.1f}s: {len(counts)} tables, {sum(counts.values())} rows, "
+                f"{keys} redis keys, {len(manifest.files)} files match; marked verified"
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def restore(self, identifier: str, identity: str) -> str:
+        """Put a backup back into the running stack: APIs stopped, PostgreSQL, Redis, artifacts, APIs started."""
+        manifest = self.manifest(identifier)
+        project = self.settings.name
+        work = self._work(f"restore-{identifier}")
+        try:
+            plain = self._fetch(manifest, identity, work)  # every check before the first change
+            postgres = dump.service_container(project, "postgres")
+            redis = dump.service_container(project, "redis")
+            apis = dump.api_containers(project)
+            if apis:
+                dump.docker("stop", *apis, what="stopping the API")
+            try:
+                dump.restore_postgres(postgres, plain["postgres"], clean=True)
+                aof = dump.redis_aof(redis)
+                data_dir = dump.volume_path(f"{project}_redisdata")
+                dump.docker("stop", redis, what="stopping redis")
+                dump.place_rdb(data_dir, plain["redis"], aof)
+                dump.docker("start", redis, what="starting redis")
+                dump.wait_for_redis(redis)
+                artifacts = dump.volume_path(f"{project}_artifacts")
+                dump.empty_folder(artifacts)
+                dump.untar(plain["files"], artifacts)
+                # Checked before the API is back: it would start writing.
+                counts = dump.table_counts(postgres, list(manifest.tables))
+                keys = int(dump.redis_cli(redis, "DBSIZE"))
+                files_match = dump.file_hashes(artifacts) == manifest.files
+            finally:
+                if apis:
+                    dump.docker("start", *apis, what="starting the API again")
+            problems = []
+            if counts != manifest.tables:
+                problems.append("row counts differ from the manifest")
+            if keys != manifest.redis_keys:
+                problems.append(f"redis has {keys} keys, the manifest {manifest.redis_keys}")
+            if not files_match:
+                problems.append("artifact files differ from the manifest")
+            if problems:
+                raise BackupError(f"restore of {identifier} finished but does not match: {'; '.join(problems)}")
+            return (
+                f"restored {identifier}: {len(counts)} tables, {sum(counts.values())} rows, {keys} redis keys, "
+                f"{len(manifest.files)} files"
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _current_release(base: Path) -> str | None:
+    current = base / "current"
+    return current.resolve().name if current.is_symlink() else None

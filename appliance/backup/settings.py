@@ -1,0 +1,64 @@
+"""What the host-side backup code knows: `BASE/shared/backup.json` (0600), written by bootstrap."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from appliance.backup.cos import CosTarget
+from appliance.backup.errors import BackupError
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Calendar retention: the newest backup of each of the last N days, ISO weeks and months."""
+
+    daily: int = 7
+    weekly: int = 4
+    monthly: int = 6
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    name: str
+    base_dir: str
+    host: str
+    prefix: str
+    recipient: str
+    cos: CosTarget
+    retention: Policy
+
+    @property
+    def key_prefix(self) -> str:
+        """Every object of this appliance's backups starts with this."""
+        return f"{self.prefix}{self.name}/"
+
+    @property
+    def backups_dir(self) -> Path:
+        return Path(self.base_dir) / "shared" / "backups"
+
+    @property
+    def metrics_file(self) -> Path:
+        return Path(self.base_dir) / "shared" / "metrics" / "backup.prom"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> HostSettings:
+        data = json.loads(text)
+        return cls(
+            **{k: v for k, v in data.items() if k not in {"cos", "retention"}},
+            cos=CosTarget(**data["cos"]),
+            retention=Policy(**data["retention"]),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> HostSettings:
+        try:
+            return cls.from_json(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise BackupError(f"{path} not found: enable [backup] in the config and run inv bootstrap") from None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise BackupError(f"{path}: unreadable ({exc}): run inv bootstrap again") from None

@@ -1,0 +1,155 @@
+"""Backups' pure decisions: retention against a frozen clock, the manifest, metrics, the host bundle."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from datetime import datetime, timedelta, timezone
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+
+from appliance.backup import metrics
+from appliance.backup.install import bundle, host_settings
+from appliance.backup.manifest import Manifest, Part, backup_id, count_copy_rows, id_time
+from appliance.backup.retention import Stored, decide
+from appliance.backup.settings import HostSettings, Policy
+from appliance.config import load_config
+from appliance.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)  # a Monday
+
+
+def daily_backups(days: int, verified_on: set[int] = frozenset()) -> list[Stored]:  # type: ignore[assignment]
+    """One backup a day at 03:30 for `days` days up to today; days back in `verified_on` were drilled."""
+    found = []
+    for back in range(days):
+        when = (NOW - timedelta(days=back)).replace(hour=3, minute=30)
+        found.append(Stored(backup_id(when), when, complete=True, verified=back in verified_on))
+    return found
+
+
+def test_retention_keeps_7_daily_4_weekly_6_monthly_by_the_calendar() -> None:
+    backups = daily_backups(400)
+    decision = decide(backups, NOW, Policy(daily=7, weekly=4, monthly=6))
+    kept = sorted(decision.keep)
+    dailies = [f"202611{d}T033000Z" for d in range(17, 24)]
+    # Newest of each ISO week: this week's is today's; the three before end on Sundays 22, 15, 8 Nov.
+    weeklies = ["20261108T033000Z", "20261115T033000Z", "20261122T033000Z"]
+    # Newest of each month: Nov (today), Oct 31, Sep 30, Aug 31, Jul 31, Jun 30.
+    monthlies = ["20260630T033000Z", "20260731T033000Z", "20260831T033000Z", "20260930T033000Z", "20261031T033000Z"]
+    assert kept == sorted({*dailies, *weeklies, *monthlies})
+    assert len(decision.keep) + len(decision.delete) == 400
+
+
+def test_retention_never_deletes_the_newest_verified_backup() -> None:
+    backups = daily_backups(60, verified_on={40})
+    decision = decide(backups, NOW, Policy(daily=2, weekly=0, monthly=1))
+    verified = backup_id((NOW - timedelta(days=40)).replace(hour=3, minute=30))
+    assert verified in decision.keep
+    assert decision.keep == sorted(decision.keep)  # oldest first
+    assert set(decision.keep) == {verified, "20261122T033000Z", "20261123T033000Z"}
+
+
+def test_retention_keeps_the_newest_even_when_it_is_old_and_young_incomplete_uploads() -> None:
+    old = NOW - timedelta(days=500)
+    backups = [
+        Stored(backup_id(old), old, complete=True, verified=False),
+        Stored(backup_id(old - timedelta(days=1)), old - timedelta(days=1), complete=True, verified=False),
+        Stored(backup_id(NOW - timedelta(hours=1)), NOW - timedelta(hours=1), complete=False, verified=False),
+        Stored(backup_id(NOW - timedelta(days=2)), NOW - timedelta(days=2), complete=False, verified=False),
+    ]
+    decision = decide(backups, NOW, Policy())
+    assert decision.keep == [backup_id(old), backup_id(NOW - timedelta(hours=1))]
+    assert decision.delete == [backup_id(old - timedelta(days=1)), backup_id(NOW - timedelta(days=2))]
+
+
+def test_backup_ids_are_utc_times() -> None:
+    shanghai = timezone(timedelta(hours=8))
+    assert backup_id(datetime(2026, 11, 24, 3, 30, tzinfo=shanghai)) == "20261123T193000Z"
+    assert id_time("20261123T193000Z") == datetime(2026, 11, 23, 19, 30, tzinfo=timezone.utc)
+    assert id_time("latest") is None
+
+
+def test_row_counts_come_from_the_dump_copy_blocks() -> None:
+    sql = [
+        "SET statement_timeout = 0;\n",
+        "COPY public.users (id, email) FROM stdin;\n",
+        "1\ta@example.com\n",
+        "2\tb@example.com\n",
+        "\\.\n",
+        'COPY public."Odd Name" (id) FROM stdin;\n',
+        "\\.\n",
+        "COPY public.messages (id, body) FROM stdin;\n",
+        "1\tCOPY public.x FROM stdin;\n",
+        "\\.\n",
+    ]
+    assert count_copy_rows(sql) == {"public.users": 2, 'public."Odd Name"': 0, "public.messages": 1}
+
+
+def test_manifest_round_trips_through_json() -> None:
+    part = Part("postgres", "postgres.dump.age", 10, "a" * 64, 250, "b" * 64, "123")
+    manifest = Manifest(
+        id="20261123T193000Z", created="2026-11-23T19:30:00+00:00", host="cvm", name="appliance",
+        reason="cron", release="v1", versions={"postgres": "15.8"}, parts=[part], tables={"public.users": 2},
+        redis_keys=3, redis_sample={"k": "string"}, files={"a/b.txt": "c" * 64},
+    )  # fmt: skip
+    assert Manifest.from_json(manifest.to_json()) == manifest
+    assert manifest.encrypted_size == 250
+
+
+def test_metrics_textfile_merges_backup_and_drill_runs(tmp_path: Path) -> None:
+    state, textfile = tmp_path / "state.json", tmp_path / "metrics" / "backup.prom"
+    metrics.record(state, textfile, {"appliance_backup_last_run_success": 1, "appliance_backup_last_size_bytes": 2e9})
+    metrics.record(state, textfile, {"appliance_backup_drill_last_success": 0})
+    text = textfile.read_text()
+    assert "appliance_backup_last_size_bytes 2e+09\n" in text
+    assert "appliance_backup_last_run_success 1\n" in text
+    assert "appliance_backup_drill_last_success 0\n" in text
+    assert "# TYPE appliance_backup_drill_last_success gauge" in text
+    assert not list(textfile.parent.glob(".*.tmp"))
+    promtool = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    assert promtool.returncode == 0, promtool.stdout + promtool.stderr
+
+
+CONFIG = """
+[backup]
+enabled = true
+cos_bucket = "backups-1250000000"
+cos_endpoint = "http://172.17.0.1:9000"
+age_recipient = "age1qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqs3290gq"
+[environments.production]
+[[environments.production.hosts]]
+address = "203.0.113.7"
+"""
+
+
+def test_host_settings_need_the_cos_key_in_the_secrets(tmp_path: Path) -> None:
+    (tmp_path / "appliance.toml").write_text(CONFIG)
+    config = load_config(tmp_path / "appliance.toml")
+    with pytest.raises(ConfigError, match="backups are enabled: set COS_SECRET_ID and COS_SECRET_KEY"):
+        host_settings(config, {})
+    settings = host_settings(config, {"COS_SECRET_ID": "id", "COS_SECRET_KEY": "key"})
+    assert HostSettings.from_json(settings.to_json()) == settings
+    assert settings.key_prefix == "backups/appliance/"
+    assert settings.cos.part_size == 16 * 1024 * 1024
+
+
+def test_the_bundle_is_reproducible_and_runs_from_the_zip(tmp_path: Path) -> None:
+    first = bundle()
+    assert first == bundle()
+    names = zipfile.ZipFile(BytesIO(first)).namelist()
+    assert "qcloud_cos/cos_client.py" in names and "appliance/backup/runner.py" in names
+    assert "appliance/backup/install.py" not in names  # operator-side code stays home
+    (tmp_path / "backup.pyz").write_bytes(first)
+    settings = tmp_path / "missing.json"
+    run = subprocess.run(
+        [sys.executable, str(tmp_path / "backup.pyz"), "--settings", str(settings), "list"],
+        capture_output=True, text=True, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert run.stderr.strip() == f"list failed: {settings} not found: enable [backup] in the config and run inv bootstrap"
