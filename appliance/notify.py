@@ -247,8 +247,8 @@ class _RelayHandler(BaseHTTPRequestHandler):
         except ValueError:
             self._answer(400, "body is not JSON")
             return
-        if not isinstance(payload, dict):
-            self._answer(400, "body is not an Alertmanager webhook payload")
+        if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list) or not payload["alerts"]:
+            self._answer(400, "body is not an Alertmanager webhook payload (no alerts)")
             return
         subject, lines = alert_message(payload)
         failures = send(self.channels, subject, lines)

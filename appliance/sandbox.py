@@ -182,7 +182,7 @@ def _prepare_rootfs(rootfs: Path, mirror: DebianMirror) -> None:
 
 
 STANDIN_IMAGES = BUNDLE_ROOT / "compose" / "standin-images"
-STANDINS = ("postgres", "redis", "nginx")
+STANDINS = ("postgres", "redis", "nginx", "prometheus", "alertmanager", "node-exporter")
 
 
 def standin_image(client: docker.DockerClient, name: str) -> str:
@@ -317,7 +317,7 @@ def up(spec: SandboxSpec, log: TextLog = print) -> Sandbox:
     """Create (or find running) the sandbox, install a fresh key, write its config; return its address."""
     client = docker_client()
     ensure_base_image(client, spec.image, log)
-    log("building the postgres, redis and nginx stand-in images (once; no registry is needed)")
+    log("building the postgres, redis, nginx and monitoring stand-in images (once; no registry is needed)")
     standins = {name: standin_image(client, name) for name in STANDINS}
     container = _existing(client, spec.name)
     if container is not None and container.status != "running":
