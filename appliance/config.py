@@ -126,6 +126,14 @@ class Service(_Section):
         return self
 
 
+class Nginx(_Section):
+    """The public edge: request size and the per-address rate of login attempts."""
+
+    body_limit_mb: int = Field(default=20, ge=1, le=1024)
+    login_rate_per_minute: int = Field(default=20, ge=1)
+    login_burst: int = Field(default=10, ge=0)
+
+
 class Retention(_Section):
     """Calendar retention of backups."""
 
@@ -294,11 +302,14 @@ class Settings(_Section):
     public_url: str = ""
     timezone: str = "Asia/Shanghai"
     secrets_file: str = "secrets.env"
+    # Releases (and their API images) kept on the host; the current one and the rollback target always stay.
+    keep_releases: int = Field(default=5, ge=2, le=100)
     hosts: list[Host] = Field(min_length=1)
     host: HostSetup = Field(default_factory=HostSetup)
     tls: Tls = Field(default_factory=Tls)
     images: Images = Field(default_factory=Images)
     service: Service = Field(default_factory=Service)
+    nginx: Nginx = Field(default_factory=Nginx)
     backup: Backup = Field(default_factory=Backup)
     monitoring: Monitoring = Field(default_factory=Monitoring)
     notify: Notify = Field(default_factory=Notify)

@@ -119,6 +119,7 @@ def stack_context(config: Config, secrets: Secrets, version: str, reveal: bool, 
         "images": settings.images,
         "api_image": api_image(settings, version),
         "service": settings.service,
+        "nginx": settings.nginx,
         "backup": settings.backup,
         "monitoring": settings.monitoring,
         # Backups count as stale after twice the longest gap between two runs of their schedule.

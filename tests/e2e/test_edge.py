@@ -1,0 +1,108 @@
+"""nginx at the edge of the deployed sandbox: redirects, headers, HTTP/2, limits, the static root."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from appliance.config import load_config
+from appliance.remote import RemoteHost, open_host
+from appliance.shell import sh
+from tests.conftest import Deployed
+from tests.e2e.traffic import Site
+
+pytestmark = pytest.mark.e2e
+WWW = "/opt/appliance/shared/www"
+
+
+@pytest.fixture(scope="module")
+def host(deployed: Deployed) -> Iterator[RemoteHost]:
+    with open_host(load_config(deployed.sandbox.config_file)) as remote:
+        yield remote
+
+
+@pytest.fixture(scope="module")
+def edge(deployed: Deployed, host: RemoteHost) -> Site:
+    return Site(deployed.sandbox.https_port, host.run("cat /opt/appliance/shared/certs/ca.pem").stdout)
+
+
+def test_plain_http_redirects_to_https_except_acme_challenges(deployed: Deployed) -> None:
+    with httpx.Client(base_url=f"http://127.0.0.1:{deployed.sandbox.http_port}", timeout=10) as client:
+        moved = client.get("/api/health?x=1")
+        challenge = client.get("/.well-known/acme-challenge/no-such-token")
+    assert moved.status_code == 301
+    assert moved.headers["location"] == "https://127.0.0.1/api/health?x=1"
+    assert challenge.status_code == 404  # served from the web root, not redirected
+
+
+def test_security_headers_and_request_id(edge: Site) -> None:
+    with edge.client() as client:
+        given = client.get("/api/health", headers={"X-Request-ID": "ticket-4711"})
+        made = client.get("/api/health")
+    assert given.status_code == 200
+    assert given.headers["strict-transport-security"] == "max-age=63072000"
+    assert given.headers["x-content-type-options"] == "nosniff"
+    assert given.headers["x-frame-options"] == "DENY"
+    assert given.headers["x-request-id"] == "ticket-4711"
+    assert len(made.headers["x-request-id"]) == 32  # nginx's own $request_id when none was sent
+
+
+def negotiated(site: Site, context: ssl.SSLContext) -> tuple[str | None, str | None]:
+    """The TLS version and ALPN protocol a handshake with the site settles on."""
+    with (
+        socket.create_connection(("127.0.0.1", site.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        return tls.version(), tls.selected_alpn_protocol()
+
+
+def test_http2_over_tls13_and_tls12_still_accepted(edge: Site) -> None:
+    modern = edge.tls()
+    modern.set_alpn_protocols(["h2", "http/1.1"])
+    assert negotiated(edge, modern) == ("TLSv1.3", "h2")
+    legacy = edge.tls()
+    legacy.minimum_version = legacy.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert negotiated(edge, legacy) == ("TLSv1.2", None)
+
+
+def test_oversized_upload_is_refused_by_nginx(edge: Site) -> None:
+    with edge.client() as client:
+        answer = client.post("/api/files", content=b"x" * (21 * 1024 * 1024))
+    assert answer.status_code == 413
+
+
+def test_static_root_serves_hashed_assets_for_a_year_and_falls_back_to_the_spa(edge: Site, host: RemoteHost) -> None:
+    place(host, "<html>console</html>", "index.html")
+    place(host, "console.log(1)", "assets/app.3f9c2ab.js")
+    try:
+        with edge.client() as client:
+            asset = client.get("/assets/app.3f9c2ab.js")
+            deep_link = client.get("/discussions/42")
+    finally:
+        host.run(f"rm -rf {WWW}/index.html {WWW}/assets")
+    assert asset.status_code == 200
+    assert asset.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert asset.headers["strict-transport-security"]  # a cache header does not drop the security ones
+    assert deep_link.status_code == 200 and deep_link.text == "<html>console</html>"
+    assert deep_link.headers["cache-control"] == "no-cache"
+
+
+def place(host: RemoteHost, text: str, name: str) -> None:
+    host.run(f"install -d {WWW}/assets && printf %s {sh(text)} > {sh(WWW + '/' + name)}")
+
+
+def test_login_attempts_from_one_address_meet_nginx_rate_limit_then_recover(edge: Site) -> None:
+    attempt = {"email": "nobody@example.test", "password": "wrong-password-1"}
+    with edge.client() as client:
+        answers = [client.post("/api/auth/login", json=attempt) for _ in range(30)]
+        limited = [a for a in answers if a.status_code == 429 and "nginx" in a.text]
+        assert limited, [a.status_code for a in answers]
+        deadline = time.monotonic() + 30
+        while client.post("/api/auth/login", json=attempt).status_code == 429:
+            assert time.monotonic() < deadline, "the login limit did not lift within 30 s"
+            time.sleep(2)
