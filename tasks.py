@@ -11,11 +11,14 @@ from invoke.tasks import task
 
 from appliance import render as rendering
 from appliance import sandbox as sandboxes
+from appliance import views
 from appliance.bootstrap import bootstrap, bootstrap_files
 from appliance.build import build_api_image, default_version
 from appliance.cli import COMMON_HELP, load, one_line_errors, print_outcome
+from appliance.deploy import break_lock, current_release
 from appliance.deploy import deploy as deploy_release
 from appliance.deploy import rollback as rollback_release
+from appliance.errors import ConfigError, StepFailed
 from appliance.facts import gather_facts
 from appliance.remote import open_host
 from appliance.render import api_image, site_origin
@@ -108,6 +111,7 @@ def show_progress(what: str, sent: int, total: int) -> None:
         "version": "release name (default: UTC time and git commit, e.g. 20261123-170102-3f9c2ab)",
         "image": "an API image already in the local engine, instead of building one",
         "check": "show what would change; change nothing (builds nothing)",
+        "wait": "if another deploy or rollback holds the host's lock, wait for it (up to 30 min)",
     }
 )
 @one_line_errors
@@ -116,6 +120,7 @@ def deploy(
     version: str | None = None,
     image: str | None = None,
     check: bool = False,
+    wait: bool = False,
     config: str | None = None,
     env: str | None = None,
     host: str | None = None,
@@ -127,7 +132,7 @@ def deploy(
         print(f"building {api_image(loaded.settings, version)}")
         image = build_api_image(loaded, version)
     target = loaded.settings.hosts[0].target
-    results = deploy_release(loaded, image or api_image(loaded.settings, version), version, check, show_progress)
+    results = deploy_release(loaded, image or api_image(loaded.settings, version), version, check, show_progress, wait)
     print_outcome(results, f"{target}: release {version}", target)
     if not check:
         print(f"{target}: release {version} is serving: {site_origin(loaded)}/")
@@ -138,6 +143,7 @@ def deploy(
         **COMMON_HELP,
         "to": "a kept release to serve (default: the one that served before the current one)",
         "check": "show what would change; change nothing",
+        "wait": "if another deploy or rollback holds the host's lock, wait for it (up to 30 min)",
     }
 )
 @one_line_errors
@@ -145,6 +151,7 @@ def rollback(
     c: Context,
     to: str | None = None,
     check: bool = False,
+    wait: bool = False,
     config: str | None = None,
     env: str | None = None,
     host: str | None = None,
@@ -152,8 +159,67 @@ def rollback(
     """Serve an earlier release again through the same health-gated switch (no image build, no migration)."""
     loaded = load(config, env, host)
     target = loaded.settings.hosts[0].target
-    results = rollback_release(loaded, to, check)
+    results = rollback_release(loaded, to, check, wait)
     print_outcome(results, f"{target}: rollback", target)
+
+
+@task(help={**COMMON_HELP})
+@one_line_errors
+def releases(c: Context, config: str | None = None, env: str | None = None, host: str | None = None) -> None:
+    """List the releases on the host, most recently served first, with their last deploy/rollback result."""
+    loaded = load(config, env, host)
+    with open_host(loaded) as remote:
+        print(views.releases_table(views.release_rows(remote.run(views.releases_probe(loaded.settings)).stdout)))
+
+
+@task(help={**COMMON_HELP})
+@one_line_errors
+def status(c: Context, config: str | None = None, env: str | None = None, host: str | None = None) -> None:
+    """Show the stack's containers, the current release's health, disk and memory."""
+    loaded = load(config, env, host)
+    with open_host(loaded) as remote:
+        current = current_release(remote, loaded.settings)
+        print(f"{loaded.settings.hosts[0].target}: release {current.version if current else '(none deployed)'}")
+        for heading, command in views.status_sections(loaded.settings, current):
+            print(f"\n== {heading}\n{remote.run(command).stdout.rstrip()}")
+
+
+@task(
+    help={
+        **COMMON_HELP,
+        "service": f"one of: {', '.join(views.SERVICES)}",
+        "follow": "keep printing new lines until Ctrl-C",
+        "lines": "how many recent lines to show first",
+    }
+)
+@one_line_errors
+def logs(
+    c: Context,
+    service: str = "api",
+    follow: bool = False,
+    lines: int = 200,
+    config: str | None = None,
+    env: str | None = None,
+    host: str | None = None,
+) -> None:
+    """Show a service's recent log lines from the host (secret values masked)."""
+    loaded = load(config, env, host)
+    if service not in views.SERVICES:
+        raise ConfigError(f"--service: {service!r} is not one of {', '.join(views.SERVICES)}")
+    secrets = load_secrets(loaded.secrets_path)
+    with open_host(loaded) as remote:
+        current = current_release(remote, loaded.settings)
+        if current is None:
+            raise StepFailed(f"{loaded.settings.hosts[0].target}: nothing deployed yet: run inv deploy")
+        remote.follow(views.logs_command(loaded.settings, current, service, follow, lines), secrets.redact)
+
+
+@task(name="break", help={**COMMON_HELP})
+@one_line_errors
+def lock_break(c: Context, config: str | None = None, env: str | None = None, host: str | None = None) -> None:
+    """Remove a deploy lock left by a deploy that died; the audit log records who broke whose lock."""
+    loaded = load(config, env, host)
+    print(break_lock(loaded))
 
 
 SANDBOX_HELP = {
@@ -195,5 +261,15 @@ def sandbox_down(c: Context, name: str = "cvm-sandbox", config_out: str = "sandb
 
 
 namespace = Collection(
-    config, render, facts, bootstrap_host, deploy, rollback, Collection("sandbox", sandbox_up, sandbox_down)
+    config,
+    render,
+    facts,
+    bootstrap_host,
+    deploy,
+    rollback,
+    releases,
+    status,
+    logs,
+    Collection("lock", lock_break),
+    Collection("sandbox", sandbox_up, sandbox_down),
 )

@@ -13,14 +13,17 @@ from appliance.render import BUNDLE_ROOT, api_image
 WHEELHOUSE = "build/wheelhouse"
 
 
-def default_version() -> str:
-    """UTC time and the bundle's commit, e.g. 20261123-1701-3f9c2ab (a dirty tree is marked)."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+def bundle_commit() -> str:
+    """The bundle's git commit, short, with -dirty for uncommitted changes; "nogit" outside a checkout."""
     described = subprocess.run(
         ["git", "describe", "--always", "--dirty"], cwd=BUNDLE_ROOT, capture_output=True, text=True, check=False
     )
-    commit = described.stdout.strip() if described.returncode == 0 else "nogit"
-    return f"{stamp}-{commit}"
+    return described.stdout.strip() if described.returncode == 0 else "nogit"
+
+
+def default_version() -> str:
+    """UTC time and the bundle's commit, e.g. 20261123-1701-3f9c2ab (a dirty tree is marked)."""
+    return f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{bundle_commit()}"
 
 
 def _run(what: str, command: list[str]) -> None:

@@ -8,28 +8,37 @@ the new API is stopped, and its last log lines and health answer are printed.
 
 from __future__ import annotations
 
-import getpass
-import json
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import docker
 
+from appliance.build import bundle_commit
 from appliance.config import Config, Settings
 from appliance.errors import ConfigError, StepFailed
 from appliance.executor import Executor, StepResult
 from appliance.facts import gather_facts
 from appliance.images import images_on_host, local_image
+from appliance.lock import (
+    acquire_lock,
+    audit_entry,
+    audit_line,
+    holder_file,
+    lock_holder,
+    lock_holder_message,
+    operator,
+    release_lock,
+)
+from appliance.releases import PruneReleases, Release, manifest, rollback_target
 from appliance.remote import RemoteHost, open_host
-from appliance.render import api_image, release_files, release_slug
+from appliance.render import api_image, monitoring_images, release_files
 from appliance.secrets import ensure_generated, load_secrets
 from appliance.shell import sh
 from appliance.steps import Action, Facts, ManagedFile, Run, Step
 
 HEALTHY_IN_A_ROW = 3
+LOCK_WAIT_SECONDS = 1800
 
 
 @dataclass(frozen=True)
@@ -45,49 +54,6 @@ class Always:
 
     def plan(self, facts: Facts) -> list[Action]:
         return [Run(self.command, self.why)]
-
-
-@dataclass(frozen=True)
-class Release:
-    """Where a release lives on the host and how its Compose projects are named."""
-
-    settings: Settings
-    version: str
-
-    @property
-    def slug(self) -> str:
-        return release_slug(self.version)
-
-    @property
-    def directory(self) -> str:
-        return f"{self.settings.base_dir}/releases/{self.version}"
-
-    def compose(self, *words: str, api: bool = False) -> str:
-        """A Compose command in this release's folder, for the infrastructure or (api=True) its API."""
-        name = self.settings.name
-        project, file = (f"{name}-api-{self.slug}", "api.yml") if api else (name, "docker-compose.yml")
-        binary = f"{self.settings.base_dir}/bin/compose"
-        return f"cd {sh(self.directory)} && {sh(binary, '--project-name', project, '--file', file, *words)}"
-
-
-def lock_dir(settings: Settings) -> str:
-    return f"{settings.base_dir}/shared/deploy.lock"
-
-
-def acquire_lock(settings: Settings, holder: Mapping[str, object]) -> str:
-    """mkdir is atomic: the first deploy gets the folder, any other sees who holds it."""
-    folder = lock_dir(settings)
-    return f"mkdir {sh(folder)} && printf '%s\\n' {sh(json.dumps(holder))} > {sh(folder + '/holder.json')}"
-
-
-def lock_holder_message(holder_text: str, now: float) -> str:
-    """One line naming who holds the deploy lock, for what, and for how long."""
-    try:
-        holder = json.loads(holder_text)
-        age = int(now - float(holder["since"]))
-        return f"deploy lock held by {holder['who']} ({holder['command']} {holder['version']}) for {age}s"
-    except (ValueError, KeyError, TypeError):
-        return "deploy lock held (holder unreadable): if no deploy runs, break it with `inv lock.break`"
 
 
 def health_gate(release: Release) -> str:
@@ -145,11 +111,6 @@ def move_current(release: Release) -> str:
     return f"{link} && echo {sh(release.version)} >> {sh(history)}"
 
 
-def rollback_target(history: list[str], current: str) -> str | None:
-    """The release that served before the current one: the last other version in the history."""
-    return next((version for version in reversed(history) if version != current), None)
-
-
 def prepare_steps(config: Config, release: Release, files: list[ManagedFile]) -> list[Step]:
     """A new release's files, checks, databases and migrations: nothing here touches live traffic."""
     settings = config.settings
@@ -196,7 +157,7 @@ def switch_steps(release: Release, previous: Release | None) -> list[Step]:
     return steps
 
 
-def _current_release(remote: RemoteHost, settings: Settings) -> Release | None:
+def current_release(remote: RemoteHost, settings: Settings) -> Release | None:
     found = remote.run(f"readlink {sh(settings.base_dir + '/current')}")
     if found.exit_code != 0 or not found.stdout.strip():
         return None
@@ -214,32 +175,51 @@ def _failure_report(remote: RemoteHost, release: Release) -> str:
     return f"last API log lines:\n{logs.rstrip()}\nhealth answer: {health.strip() or '(none)'}"
 
 
-def audit_line(settings: Settings, entry: Mapping[str, object]) -> str:
-    """Append one JSON line to the host's audit log (append-only by convention and mode 0600)."""
-    path = f"{settings.base_dir}/shared/audit.jsonl"
-    return f"umask 077; printf '%s\\n' {sh(json.dumps(entry, sort_keys=True))} >> {sh(path)}"
-
-
-def _who() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()}"
-
-
 def _bootstrapped(remote: RemoteHost, settings: Settings) -> None:
     if remote.run(f"test -d {sh(settings.base_dir + '/bin')}").exit_code != 0:
         missing = f"{settings.base_dir}/bin missing"
         raise StepFailed(f"{settings.hosts[0].target}: not bootstrapped ({missing}): run inv bootstrap first")
 
 
+def _take_lock(remote: RemoteHost, settings: Settings, holder: Mapping[str, object], wait: bool) -> None:
+    """The deploy lock, or one line naming its holder; with `wait`, poll until it is free (up to 30 min)."""
+    deadline = time.monotonic() + (LOCK_WAIT_SECONDS if wait else 0)
+    while remote.run(acquire_lock(settings, holder)).exit_code != 0:
+        held = lock_holder_message(remote.run(f"cat {sh(holder_file(settings))}").stdout, time.time())
+        if time.monotonic() >= deadline:
+            raise StepFailed(f"{settings.hosts[0].target}: {held}")
+        time.sleep(2)
+
+
+def break_lock(config: Config) -> str:
+    """Remove the host's deploy lock; the audit log records who broke whose lock. One line for the operator."""
+    settings = config.settings
+    target = settings.hosts[0].target
+    with open_host(config) as remote:
+        held = remote.run(f"cat {sh(holder_file(settings))}")
+        if held.exit_code != 0:
+            return f"{target}: no deploy lock is held"
+        holder = lock_holder(held.stdout, time.time())
+        entry = audit_entry("lock.break", holder=held.stdout.strip(), result="ok")
+        remote.run(f"{release_lock(settings)} && {audit_line(settings, entry)}")
+    what = f"{holder[0]}, held for {holder[1]}s" if holder else "holder unreadable"
+    return f"{target}: deploy lock removed ({what})"
+
+
 def _run_locked(
-    remote: RemoteHost, executor: Executor, command: str, release: Release, previous: Release | None, steps: list[Step]
+    remote: RemoteHost,
+    executor: Executor,
+    command: str,
+    release: Release,
+    previous: Release | None,
+    steps: list[Step],
+    wait: bool = False,
 ) -> list[StepResult]:
     """Apply `steps` under the host's deploy lock, append the outcome to the audit log, always unlock."""
     settings = release.settings
     started = time.time()
-    holder = {"who": _who(), "command": command, "version": release.version, "since": started}
-    if remote.run(acquire_lock(settings, holder)).exit_code != 0:
-        held = remote.run(f"cat {sh(lock_dir(settings) + '/holder.json')}").stdout
-        raise StepFailed(f"{settings.hosts[0].target}: {lock_holder_message(held, time.time())}")
+    holder = {"who": operator(), "command": command, "version": release.version, "since": started}
+    _take_lock(remote, settings, holder, wait)
     try:
         results = executor.apply_all(steps)
         failed = next((result for result in results if result.status == "failed"), None)
@@ -251,17 +231,15 @@ def _run_locked(
         return results
     finally:
         outcome = "failed" if any(result.status == "failed" for result in executor.results) else "ok"
-        entry = {
-            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "who": _who(),
-            "command": command,
-            "version": release.version,
-            "previous": previous.version if previous else None,
-            "result": outcome,
-            "seconds": round(time.time() - started, 1),
-        }
+        entry = audit_entry(
+            command,
+            version=release.version,
+            previous=previous.version if previous else None,
+            result=outcome,
+            seconds=round(time.time() - started, 1),
+        )
         remote.run(audit_line(settings, entry))
-        remote.run(f"rm -rf {sh(lock_dir(settings))}")
+        remote.run(release_lock(settings))
 
 
 def deploy(
@@ -270,6 +248,7 @@ def deploy(
     version: str,
     check: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    wait: bool = False,
 ) -> list[StepResult]:
     """Put release `version` (API image `image`, already built locally) on the config's host."""
     settings = config.settings
@@ -283,11 +262,9 @@ def deploy(
     with open_host(config) as remote:
         _bootstrapped(remote, settings)
         facts = gather_facts(remote, settings.base_dir)
-        previous = _current_release(remote, settings)
-        files = [
-            ManagedFile(item.path, item.content.encode(), item.mode)
-            for item in release_files(config, secrets, version, reveal=True, memory_mb=facts.memory_mb)
-        ]
+        previous = current_release(remote, settings)
+        rendered = release_files(config, secrets, version, reveal=True, memory_mb=facts.memory_mb)
+        files = [ManagedFile(item.path, item.content.encode(), item.mode) for item in rendered]
         files.append(ManagedFile(f"{release.directory}/slug", f"{release.slug}\n".encode()))
         executor = Executor(remote, check=check, redact=secrets.redact, progress=progress)
         engine = docker.from_env()
@@ -297,25 +274,33 @@ def deploy(
             local_image(engine, image)  # one clear line if it is missing
             repository, tag = release_image.rsplit(":", 1)
             engine.images.get(image).tag(repository, tag)
-        refs = [release_image, settings.images.postgres, settings.images.redis, settings.images.nginx]
+        images = settings.images
+        roles = {"api": release_image, "postgres": images.postgres, "redis": images.redis, "nginx": images.nginx}
+        roles |= {f"monitoring-{index}": ref for index, ref in enumerate(monitoring_images(settings))}
+        if not check:
+            ids = {role: local_image(engine, ref).image_id for role, ref in roles.items()}
+            env_file = next(item.content for item in rendered if item.path.endswith("/api.env")).encode()
+            body = manifest(version, ids, env_file, bundle_commit(), operator())
+            files.append(ManagedFile(f"{release.directory}/manifest.json", body))
         steps = [
-            *images_on_host(engine, refs),
+            *images_on_host(engine, list(roles.values())),
             *prepare_steps(config, release, files),
             *switch_steps(release, previous),
+            PruneReleases(settings, settings.keep_releases),
         ]
         if check:
             return executor.apply_all(steps)
-        return _run_locked(remote, executor, "deploy", release, previous, steps)
+        return _run_locked(remote, executor, "deploy", release, previous, steps, wait)
 
 
-def rollback(config: Config, to: str | None = None, check: bool = False) -> list[StepResult]:
+def rollback(config: Config, to: str | None = None, check: bool = False, wait: bool = False) -> list[StepResult]:
     """Serve an earlier release again (default: the one before the current), through the same health gate."""
     settings = config.settings
     secrets = load_secrets(config.secrets_path)
     target_host = settings.hosts[0].target
     with open_host(config) as remote:
         _bootstrapped(remote, settings)
-        current = _current_release(remote, settings)
+        current = current_release(remote, settings)
         if current is None:
             raise StepFailed(f"{target_host}: nothing deployed yet: run inv deploy")
         history = remote.run(f"cat {sh(settings.base_dir + '/shared/history')}").stdout.split()
@@ -333,4 +318,4 @@ def rollback(config: Config, to: str | None = None, check: bool = False) -> list
         steps = switch_steps(release, current)
         if check:
             return executor.apply_all(steps)
-        return _run_locked(remote, executor, "rollback", release, current, steps)
+        return _run_locked(remote, executor, "rollback", release, current, steps, wait)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 import secrets
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import paramiko
 from fabric import Connection
@@ -45,6 +46,19 @@ class _RememberNewHostKey(paramiko.MissingHostKeyPolicy):
             handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
+class _RedactingWriter:
+    """A text stream that masks secret values before they reach the terminal."""
+
+    def __init__(self, target: TextIO, redact: Callable[[str], str]) -> None:
+        self.target, self.redact = target, redact
+
+    def write(self, text: str) -> int:
+        return self.target.write(self.redact(text))
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
 class RemoteHost:
     """An open SSH session to one host; commands run as root (sudo -n for other users)."""
 
@@ -60,6 +74,17 @@ class RemoteHost:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SshError(f"{self.host.target}: connection lost while running a command: {exc}") from None
         return CommandResult(result.stdout, result.stderr, result.exited)
+
+    def follow(self, command: str, redact: Callable[[str], str]) -> int:
+        """Run `command`, printing its output as it comes (redacted); its exit status. Ctrl-C stops it."""
+        out = _RedactingWriter(sys.stdout, redact)
+        try:
+            result = self.connection.run(
+                as_root(command, self.host.user), out_stream=out, err_stream=out, warn=True, in_stream=False
+            )
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SshError(f"{self.host.target}: connection lost while running a command: {exc}") from None
+        return int(result.exited)
 
     def upload(self, path: str, content: bytes, mode: int, owner: str, group: str) -> CommandResult:
         """Write `content` to `path` atomically: a private temp file, then `install` into place."""

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from appliance.config import Config, load_config
-from appliance.deploy import (
-    Release,
-    acquire_lock,
-    deploy,
-    lock_holder_message,
-    prepare_steps,
-    rollback_target,
-    switch_steps,
-    wait_healthy,
-)
+from appliance.deploy import deploy, prepare_steps, switch_steps, wait_healthy
 from appliance.errors import ConfigError
+from appliance.lock import acquire_lock, lock_holder_message
+from appliance.releases import PruneReleases, Release, manifest, releases_to_prune, rollback_target
+from appliance.steps import Fact, Run
+from appliance.views import release_rows, releases_table
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit
@@ -32,8 +28,11 @@ def config() -> Config:
 
 def test_lock_holder_is_named_with_its_age() -> None:
     holder = {"who": "alice@laptop", "command": "rollback", "version": "v7", "since": 1000.0}
-    assert lock_holder_message(json.dumps(holder), 1042.5) == "deploy lock held by alice@laptop (rollback v7) for 42s"
+    message = lock_holder_message(json.dumps(holder), 1042.5)
+    assert message == "deploy lock held by alice@laptop (rollback v7) for 42s (or wait for it with --wait)"
     assert "holder unreadable" in lock_holder_message("garbage", 0)
+    stale = lock_holder_message(json.dumps(holder), 1000 + 2 * 3600)
+    assert stale.endswith("for 7200s: it looks stale; if that deploy is gone, `inv lock.break`")
 
 
 def test_lock_is_a_mkdir(config: Config) -> None:
@@ -82,3 +81,63 @@ def test_registry_transport_is_refused_before_anything_happens(tmp_path: Path) -
     with pytest.raises(ConfigError, match=r"images\.transport: 'registry' is not built yet: use 'ssh'"):
         deploy(config, "cvm-appliance/api:v1", "v1")
     assert not (tmp_path / "secrets.env").exists()  # refused before generating anything
+
+
+def test_prune_keeps_the_newest_the_current_and_the_rollback_target() -> None:
+    on_host = ["v1", "v2", "v3", "v4", "v5", "broken"]
+    history = ["v1", "v2", "v3", "v4", "v5", "v1"]  # v5 was rolled back to v1
+    assert releases_to_prune(on_host, history, "v1", keep=2) == ["v4", "v3", "v2", "broken"]
+    assert releases_to_prune(on_host, history, "v1", keep=3) == ["v3", "v2", "broken"]
+    # The rollback target (v3) stays even when `keep` alone would drop it.
+    assert releases_to_prune(["v1", "v2", "v3"], ["v2", "v3", "v3", "v1"], "v1", keep=1) == ["v2"]
+    assert releases_to_prune(["v1"], ["v1"], "v1", keep=2) == []
+
+
+def test_prune_step_removes_folders_and_image_tags_only_when_needed(config: Config) -> None:
+    step = PruneReleases(config.settings, keep=2)
+    facts = {"on_host": Fact("v1\nv2\nv3\n", 0), "history": Fact("v1\nv2\nv3\n", 0)}
+    plan = step.plan({**facts, "current": Fact("/opt/appliance/releases/v3\n", 0)})
+    assert plan == [
+        Run(
+            "rm -rf /opt/appliance/releases/v1 && { docker image rm cvm-appliance/api:v1 >/dev/null 2>&1 || true; }",
+            "remove v1",
+        )
+    ]
+    assert step.plan({**facts, "on_host": Fact("v2\nv3\n", 0), "current": Fact("/opt/appliance/releases/v3", 0)}) == []
+
+
+def test_manifest_names_images_env_hash_commit_who_and_when() -> None:
+    when = datetime(2026, 11, 23, tzinfo=timezone.utc)
+    body = json.loads(manifest("v7", {"api": "sha256:ab"}, b"A=1\n", "3f9c2ab", "bob@ci", when))
+    assert body == {
+        "version": "v7",
+        "images": {"api": "sha256:ab"},
+        "env_sha256": "91d6a3d55e9fea7911c537afae6607c77fa8bc0f3a76c375e104ac5a8cfa84db",
+        "commit": "3f9c2ab",
+        "who": "bob@ci",
+        "at": "2026-11-23T00:00:00+00:00",
+    }
+
+
+def test_release_listing_reads_manifests_history_and_audit() -> None:
+    probe = "\n".join(
+        [
+            "@current /opt/appliance/releases/v2",
+            "@history v1 v2 v1 v2",
+            '@release v1 {"at": "2026-11-22T10:00:00+00:00", "who": "ann@lap", "commit": "aaa1111"}',
+            '@release v2 {"at": "2026-11-23T10:00:00+00:00", "who": "bob@ci", "commit": "bbb2222"}',
+            "@release broken ",
+            '{"command": "deploy", "version": "broken", "result": "failed"}',
+            '{"command": "deploy", "version": "v2", "result": "ok"}',
+            '{"command": "lock.break", "holder": "x", "result": "ok"}',
+        ]
+    )
+    rows = release_rows(probe)
+    assert [(row.version, row.role, row.result) for row in rows] == [
+        ("v2", "current", "ok"),
+        ("v1", "rollback", "-"),
+        ("broken", "", "failed"),
+    ]
+    table = releases_table(rows).splitlines()
+    assert table[0].split() == ["VERSION", "ROLE", "RESULT", "DEPLOYED", "AT", "BY", "COMMIT"]
+    assert table[1].split() == ["v2", "current", "ok", "2026-11-23T10:00:00+00:00", "bob@ci", "bbb2222"]

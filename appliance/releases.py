@@ -1,0 +1,97 @@
+"""Releases on a host: where they live, their manifest, which one rollback takes, which ones to prune."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from appliance.config import Settings
+from appliance.render import api_image, release_slug
+from appliance.shell import sh
+from appliance.steps import Action, Facts, Run
+
+
+@dataclass(frozen=True)
+class Release:
+    """Where a release lives on the host and how its Compose projects are named."""
+
+    settings: Settings
+    version: str
+
+    @property
+    def slug(self) -> str:
+        return release_slug(self.version)
+
+    @property
+    def directory(self) -> str:
+        return f"{self.settings.base_dir}/releases/{self.version}"
+
+    def compose(self, *words: str, api: bool = False) -> str:
+        """A Compose command in this release's folder, for the infrastructure or (api=True) its API."""
+        name = self.settings.name
+        project, file = (f"{name}-api-{self.slug}", "api.yml") if api else (name, "docker-compose.yml")
+        binary = f"{self.settings.base_dir}/bin/compose"
+        return f"cd {sh(self.directory)} && {sh(binary, '--project-name', project, '--file', file, *words)}"
+
+
+def rollback_target(history: list[str], current: str) -> str | None:
+    """The release that served before the current one: the last other version in the history."""
+    return next((version for version in reversed(history) if version != current), None)
+
+
+def manifest(
+    version: str, images: Mapping[str, str], env_file: bytes, commit: str, who: str, now: datetime | None = None
+) -> bytes:
+    """A release's manifest.json: image IDs by role, a hash of the API's environment, commit, who, when."""
+    when = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
+    body = {
+        "version": version,
+        "images": dict(images),
+        "env_sha256": hashlib.sha256(env_file).hexdigest(),
+        "commit": commit,
+        "who": who,
+        "at": when,
+    }
+    return (json.dumps(body, sort_keys=True) + "\n").encode()
+
+
+def releases_to_prune(on_host: list[str], history: list[str], current: str, keep: int) -> list[str]:
+    """Releases beyond the `keep` most recently served ones; never the current one or the rollback target."""
+    recency = {version: index for index, version in enumerate(history)}  # last activation wins
+    newest_first = sorted(on_host, key=lambda version: recency.get(version, -1), reverse=True)
+    protected = {current, rollback_target(history, current)}
+    kept = set(newest_first[:keep]) | protected
+    return [version for version in newest_first if version not in kept]
+
+
+@dataclass(frozen=True)
+class PruneReleases:
+    """Old release folders and their API images go; the newest `keep`, the current and the rollback target stay."""
+
+    settings: Settings
+    keep: int
+
+    name = "prune old releases"
+
+    def probes(self) -> Mapping[str, str]:
+        base = self.settings.base_dir
+        return {
+            "on_host": f"ls -1 {sh(base + '/releases')}",
+            "history": f"cat {sh(base + '/shared/history')}",
+            "current": f"readlink {sh(base + '/current')}",
+        }
+
+    def plan(self, facts: Facts) -> list[Action]:
+        current = facts["current"].stdout.strip().rsplit("/", 1)[-1]
+        doomed = releases_to_prune(facts["on_host"].stdout.split(), facts["history"].stdout.split(), current, self.keep)
+        if not doomed:
+            return []
+        folders = [Release(self.settings, version).directory for version in doomed]
+        images = [api_image(self.settings, version) for version in doomed]
+        # Removing a tag is best effort: an image a container still uses stays, and layers shared by a kept
+        # release stay with it.
+        remove = f"rm -rf {sh(*folders)} && {{ docker image rm {sh(*images)} >/dev/null 2>&1 || true; }}"
+        return [Run(remove, "remove " + " ".join(doomed))]

@@ -1,0 +1,123 @@
+"""Read-only views of a host for operators: its releases, its status, its logs.
+
+Each view is a command (or a few) to run on the host and a pure function that turns their output into what
+the operator reads; nothing here changes the host.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from appliance.config import Settings
+from appliance.releases import Release, rollback_target
+from appliance.shell import sh
+
+AUDIT_TAIL = 2000
+SERVICES = ("api", "postgres", "redis", "nginx", "llm-stub")
+
+
+def releases_probe(settings: Settings) -> str:
+    """Prints `@current PATH`, `@history V...`, `@release V MANIFEST-JSON` lines, then the audit log's tail."""
+    base = settings.base_dir
+    return (
+        f"echo @current $(readlink {sh(base + '/current')}); "
+        f"echo @history $(cat {sh(base + '/shared/history')} 2>/dev/null); "
+        f'for d in {sh(base + "/releases")}/*/; do [ -d "$d" ] || continue; v=$(basename "$d"); '
+        f'echo "@release $v $(tr -d \'\\n\' < "$d/manifest.json" 2>/dev/null)"; done; '
+        f"tail -n {AUDIT_TAIL} {sh(base + '/shared/audit.jsonl')} 2>/dev/null"
+    )
+
+
+@dataclass(frozen=True)
+class ReleaseRow:
+    version: str
+    role: str  # "current", "rollback" or ""
+    result: str  # the last deploy/rollback outcome for it in the audit log, "-" when none
+    at: str
+    who: str
+    commit: str
+
+
+def release_rows(probe_output: str) -> list[ReleaseRow]:
+    """Releases on the host, most recently served first (never-served ones last)."""
+    current, history, manifests, results = "", [], {}, {}
+    for line in probe_output.splitlines():
+        word, _, rest = line.partition(" ")
+        if word == "@current":
+            current = rest.strip().rsplit("/", 1)[-1]
+        elif word == "@history":
+            history = rest.split()
+        elif word == "@release":
+            version, _, body = rest.partition(" ")
+            manifests[version] = _json_or_empty(body)
+        elif line.startswith("{"):
+            entry = _json_or_empty(line)
+            if entry.get("command") in ("deploy", "rollback") and entry.get("version"):
+                results[str(entry["version"])] = str(entry.get("result", "-"))
+    target = rollback_target(history, current) if current else None
+    recency = {version: index for index, version in enumerate(history)}
+    rows = [
+        ReleaseRow(
+            version,
+            "current" if version == current else "rollback" if version == target else "",
+            results.get(version, "-"),
+            str(body.get("at", "-")),
+            str(body.get("who", "-")),
+            str(body.get("commit", "-")),
+        )
+        for version, body in manifests.items()
+    ]
+    return sorted(rows, key=lambda row: recency.get(row.version, -1), reverse=True)
+
+
+def _json_or_empty(text: str) -> dict[str, object]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def releases_table(rows: list[ReleaseRow]) -> str:
+    if not rows:
+        return "no releases on the host yet: run inv deploy"
+    width = max(len("VERSION"), *(len(row.version) for row in rows))
+    lines = [f"{'VERSION':<{width}}  {'ROLE':<8}  {'RESULT':<6}  {'DEPLOYED AT':<25}  {'BY':<24}  COMMIT"]
+    lines += [
+        f"{row.version:<{width}}  {row.role:<8}  {row.result:<6}  {row.at:<25}  {row.who:<24}  {row.commit}"
+        for row in rows
+    ]
+    return "\n".join(lines)
+
+
+def health_probe(release: Release) -> str:
+    """The API's /api/health answer from inside its container (whatever its status code)."""
+    probe = (
+        "import urllib.request as u, urllib.error as e\n"
+        "try:\n  print(u.urlopen('http://127.0.0.1:8000/api/health', timeout=3).read().decode())\n"
+        "except e.HTTPError as x:\n  print(x.read().decode())\n"
+        "except Exception as x:\n  print(repr(x))"
+    )
+    return release.compose("exec", "-T", "api", "python3", "-c", probe, api=True)
+
+
+def status_sections(settings: Settings, current: Release | None) -> list[tuple[str, str]]:
+    """(heading, command) pairs for `inv status`: containers, health, versions, disk, memory."""
+    name = settings.name
+    # The stack's project and every release's API project (NAME-api-SLUG), whatever the Compose version.
+    listed = "docker ps -a --format '{{.Label \"com.docker.compose.project\"}}\t{{.Names}}\t{{.Status}}\t{{.Image}}'"
+    mine = f'awk -F\'\\t\' -v p={sh(name)} \'$1 == p || index($1, p "-api-") == 1 {{print $2"\\t"$3"\\t"$4}}\''
+    containers = f"{listed} | {mine}"
+    usage = "docker stats --no-stream --format '{{.Name}}\\t{{.CPUPerc}}\\t{{.MemUsage}}'"
+    disk = f"df -h --output=target,size,used,avail,pcent {sh(settings.base_dir)} /var/lib/docker | uniq"
+    sections = [("containers", containers), ("resources", usage), ("disk", disk), ("memory", "free -m")]
+    if current is not None:
+        sections.insert(1, (f"health of release {current.version}", health_probe(current)))
+    return sections
+
+
+def logs_command(settings: Settings, current: Release, service: str, follow: bool, lines: int) -> str:
+    """`compose logs` of one service: the API from the current release's project, the rest from the stack's."""
+    words = ["logs", "--no-color", "--tail", str(lines), *(["--follow"] if follow else []), service]
+    return current.compose(*words, api=service == "api")
