@@ -20,6 +20,9 @@ HOST_SCRIPTS = {
     "cert-expiry.sh": "cert-expiry.sh",
     "stack.sh": "stack.sh",
     "backup.sh": "backup.sh",
+    "health-check.sh": "health-check.sh",
+    "log-collection.sh": "log-collection.sh",
+    "update.sh": "update.sh",
 }
 CERT_DAYS = 397  # browsers' limit for a server certificate's lifetime
 
