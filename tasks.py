@@ -12,6 +12,7 @@ from invoke.tasks import task
 from appliance import render as rendering
 from appliance import sandbox as sandboxes
 from appliance import views
+from appliance.backup import operate as backups_edge
 from appliance.bootstrap import bootstrap, bootstrap_files
 from appliance.build import build_api_image, default_version
 from appliance.cli import COMMON_HELP, load, one_line_errors, print_outcome
@@ -260,6 +261,59 @@ def sandbox_down(c: Context, name: str = "cvm-sandbox", config_out: str = "sandb
     print("removed: " + (", ".join(removed) or f"nothing (no sandbox {name})"))
 
 
+@task(name="backup", help={**COMMON_HELP, "reason": "recorded in the backup's manifest"})
+@one_line_errors
+def backup_now(
+    c: Context, reason: str = "manual", config: str | None = None, env: str | None = None, host: str | None = None
+) -> None:
+    """Take a backup now (PostgreSQL, Redis, files; age-encrypted, to COS) and print its line."""
+    loaded = load(config, env, host)
+    with open_host(loaded) as remote:
+        print(backups_edge.run_backup(loaded, remote, reason))
+
+
+@task(help={**COMMON_HELP})
+@one_line_errors
+def backups(c: Context, config: str | None = None, env: str | None = None, host: str | None = None) -> None:
+    """List the backups in COS: complete or not, verified by a drill or not, size."""
+    loaded = load(config, env, host)
+    with open_host(loaded) as remote:
+        print(backups_edge.table(backups_edge.list_backups(loaded, remote)))
+
+
+@task(
+    name="restore",
+    default=True,
+    help={**COMMON_HELP, "backup": "backup id (see inv backups)", "yes": "do not ask for confirmation"},
+)
+@one_line_errors
+def restore_backup(
+    c: Context,
+    backup: str,
+    yes: bool = False,
+    config: str | None = None,
+    env: str | None = None,
+    host: str | None = None,
+) -> None:
+    """Restore a backup into the running stack, after a backup of what is there now."""
+    loaded = load(config, env, host)
+    target = loaded.settings.hosts[0].target
+    if not yes and input(f"replace the data on {target} with backup {backup}? type yes: ").strip() != "yes":
+        raise StepFailed("restore cancelled: nothing was changed")
+    before, restored = backups_edge.restore(loaded, backup)
+    print(before)
+    print(restored)
+
+
+@task(name="drill", help={**COMMON_HELP, "backup": "backup id (default: the newest complete one)"})
+@one_line_errors
+def restore_drill(
+    c: Context, backup: str | None = None, config: str | None = None, env: str | None = None, host: str | None = None
+) -> None:
+    """Restore a backup into throwaway containers on the host, compare with its manifest, mark it verified."""
+    print(backups_edge.drill(load(config, env, host), backup))
+
+
 namespace = Collection(
     config,
     render,
@@ -272,4 +326,7 @@ namespace = Collection(
     logs,
     Collection("lock", lock_break),
     Collection("sandbox", sandbox_up, sandbox_down),
+    backup_now,
+    backups,
+    Collection("restore", restore_backup, restore_drill),
 )
