@@ -200,6 +200,8 @@ class Monitoring(_Section):
     retention_time: str = "15d"
     retention_size: str = Field(default="2GB", pattern=r"^[1-9][0-9]*(B|KB|MB|GB|TB)$")
     scrape_interval: str = "15s"
+    # How long every agent slot must stay busy before AgentsSaturated fires.
+    saturation_for: str = "5m"
     # Alert when the P95 of an agent turn / of the LLM's time to first token stays above these (seconds).
     # Below the histograms' top bucket edges (600 s, 10 s): a P95 is never estimated above those.
     turn_p95_seconds: int = Field(default=120, ge=1, lt=600)
@@ -207,7 +209,7 @@ class Monitoring(_Section):
     # Open WebSockets the site is sized for; the alert fires at 80 % of it.
     websocket_limit: int = Field(default=1000, ge=1)
 
-    @field_validator("retention_time", "scrape_interval")
+    @field_validator("retention_time", "scrape_interval", "saturation_for")
     @classmethod
     def _duration(cls, value: str) -> str:
         if not _DURATION.match(value):

@@ -181,6 +181,8 @@ def _prepare_rootfs(rootfs: Path, mirror: DebianMirror) -> None:
     (rootfs / "etc/machine-id").write_text("", encoding="utf-8")
 
 
+# Where a sandbox's relay sends alerts (plus a key): no such host unless a test starts one.
+SANDBOX_WECOM_URL = "http://wecom-robot:8080/cgi-bin/webhook/send?key="
 STANDIN_IMAGES = BUNDLE_ROOT / "compose" / "standin-images"
 STANDINS = ("postgres", "redis", "nginx", "prometheus", "alertmanager", "node-exporter")
 
@@ -353,6 +355,8 @@ def _write_config(sandbox: Sandbox, state_dir: Path, standins: dict[str, str]) -
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             # The sandbox talks to the project's local LLM stand-in, which takes any key.
             handle.write(f"AI_API_KEY=sandbox-{os.urandom(12).hex()}\n")
+            # Alerts go to a WeCom robot stand-in that tests start on the egress network as wecom-robot.
+            handle.write(f"WECOM_WEBHOOK_URL={SANDBOX_WECOM_URL}{os.urandom(8).hex()}\n")
     context = {
         "sandbox": sandbox,
         "secrets_file": secrets_file,
