@@ -198,7 +198,8 @@ def test_alertmanager_payload_becomes_one_message() -> None:
 @pytest.mark.unit
 def test_channels_come_from_config_and_secrets_and_survive_the_relay_env(tmp_path: Path) -> None:
     extra = (
-        '\n[notify]\nemail_to = ["ops@example.com"]\nsmtp_host = "smtp.exmail.qq.com"\nsmtp_port = 465\n'
+        '\n[environments.production.notify]\nemail_to = ["ops@example.com"]\n'
+        'smtp_host = "smtp.exmail.qq.com"\nsmtp_port = 465\n'
         'smtp_security = "ssl"\nsmtp_user = "alerts@example.com"\nsmtp_from = "alerts@example.com"\n'
     )
     secrets = (
