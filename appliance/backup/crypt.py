@@ -16,8 +16,10 @@ def _run(command: list[str], what: str, pass_fds: tuple[int, ...] = ()) -> None:
     except FileNotFoundError:
         raise BackupError("the age program is missing: run inv bootstrap (it installs the age package)") from None
     if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-        raise BackupError(f"{what} failed: {last}")
+        lines = done.stderr.strip().splitlines() or [f"exit {done.returncode}"]
+        # age ends with a line asking for bug reports; the reason is its "age: error: …" line.
+        reason = next((line for line in lines if "error:" in line), lines[-1])
+        raise BackupError(f"{what} failed: {reason}")
 
 
 def encrypt(source: Path, target: Path, recipient: str) -> None:

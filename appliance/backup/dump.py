@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -156,19 +157,23 @@ def snapshot_redis(container: str, target: Path, timeout: float = 600) -> tuple[
         if time.monotonic() > deadline:
             raise BackupError(f"redis: BGSAVE did not finish within {timeout:.0f}s")
         time.sleep(0.2)
-    folder = redis_cli(container, "CONFIG", "GET", "dir").splitlines()[-1]
-    name = redis_cli(container, "CONFIG", "GET", "dbfilename").splitlines()[-1]
+    folder = _config(container, "dir")
+    name = _config(container, "dbfilename")
     with target.open("wb") as out:
         docker("exec", container, "cat", f"{folder}/{name}", stdout=out, what="copying the RDB")
     return keys, sample
 
 
+def _config(container: str, name: str) -> str:
+    """A Redis setting's value ("" for one this version does not have)."""
+    lines = redis_cli(container, "CONFIG", "GET", name).splitlines()
+    return lines[1] if len(lines) > 1 else ""
+
+
 def redis_aof(container: str) -> tuple[bool, str, str]:
     """(AOF on, its directory name, its file name) of the running server."""
-    on = redis_cli(container, "CONFIG", "GET", "appendonly").splitlines()[-1] == "yes"
-    directory = redis_cli(container, "CONFIG", "GET", "appenddirname").splitlines()[-1]
-    name = redis_cli(container, "CONFIG", "GET", "appendfilename").splitlines()[-1]
-    return on, directory or "appendonlydir", name or "appendonly.aof"
+    on = _config(container, "appendonly") == "yes"
+    return on, _config(container, "appenddirname") or "appendonlydir", _config(container, "appendfilename")
 
 
 def place_rdb(data_dir: Path, rdb: Path, aof: tuple[bool, str, str]) -> None:
@@ -176,14 +181,14 @@ def place_rdb(data_dir: Path, rdb: Path, aof: tuple[bool, str, str]) -> None:
     (Redis 7 starts empty when AOF is on and no AOF exists, even next to an RDB)."""
     on, directory, name = aof
     stat = data_dir.stat()
-    (data_dir / "dump.rdb").write_bytes(rdb.read_bytes())
+    shutil.copyfile(rdb, data_dir / "dump.rdb")
     aof_dir = data_dir / directory
     if aof_dir.exists():
         for old in aof_dir.iterdir():
             old.unlink()
     if on:
         aof_dir.mkdir(exist_ok=True)
-        (aof_dir / f"{name}.1.base.rdb").write_bytes(rdb.read_bytes())
+        shutil.copyfile(rdb, aof_dir / f"{name}.1.base.rdb")
         (aof_dir / f"{name}.manifest").write_text(f"file {name}.1.base.rdb seq 1 type b\n", encoding="utf-8")
     for path in [data_dir / "dump.rdb", aof_dir, *(aof_dir.iterdir() if aof_dir.exists() else [])]:
         os.chown(path, stat.st_uid, stat.st_gid)
@@ -286,7 +291,7 @@ def drill_redis(project: str, image: str, rdb: Path, sample: dict[str, str], scr
     data = scratch / "redis"
     data.mkdir(mode=0o777)
     data.chmod(0o777)  # the official image runs redis as its own user
-    (data / "dump.rdb").write_bytes(rdb.read_bytes())
+    shutil.copyfile(rdb, data / "dump.rdb")
     (data / "dump.rdb").chmod(0o644)
     password = secrets.token_hex(16)
     command = ["redis-server", "--appendonly", "no", "--save", "", "--dir", "/data", "--requirepass", password]

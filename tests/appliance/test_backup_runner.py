@@ -1,0 +1,215 @@
+"""The host-side backup program (the zipapp bootstrap installs) against real PostgreSQL and Redis
+containers labelled like the stack's, the local COS and real age: backup, restore, drill, failures."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+
+from appliance import sandbox
+from appliance.backup.cos import MB, CosStore, CosTarget
+from appliance.backup.install import bundle
+from appliance.backup.settings import HostSettings, Policy
+from tests.conftest import free_port
+from tests.cosfake import FakeCos
+
+pytestmark = pytest.mark.integration
+
+BUCKET = "runner-1250000000"
+SECRET_ID, SECRET_KEY = "AKIDrunner", "runner-secret"
+
+
+@dataclass(frozen=True)
+class Stack:
+    project: str
+    base: Path
+    settings_file: Path
+    pyz: Path
+    key: str
+    fake: FakeCos
+    cos: CosStore
+    postgres: str
+    redis: str
+
+
+def sh(command: str) -> str:
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"{command}: {done.stderr}"
+    return done.stdout
+
+
+def labels(project: str, service: str) -> str:
+    return f"--label com.docker.compose.project={project} --label com.docker.compose.service={service}"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    client = docker.from_env()
+    postgres_image, redis_image = (sandbox.standin_image(client, name) for name in ("postgres", "redis"))
+    project = f"bkit{secrets.token_hex(3)}"
+    base = tmp_path_factory.mktemp("base")
+    for folder in ("shared/backups", "shared/metrics", "shared/certs", "releases/v1"):
+        (base / folder).mkdir(parents=True)
+    (base / "releases/v1/slug").write_text("v1\n")
+    (base / "current").symlink_to(base / "releases/v1")
+    key = sh("age-keygen 2>/dev/null")
+    recipient = next(line.split(": ")[1] for line in key.splitlines() if line.startswith("# public key: "))
+    fake = FakeCos("127.0.0.1", free_port(), SECRET_ID, SECRET_KEY)
+    fake.create_bucket(BUCKET)
+    fake.start()
+    target = CosTarget(BUCKET, "ap-shanghai", SECRET_ID, SECRET_KEY, f"http://127.0.0.1:{fake.port}", 1 * MB)
+    settings = HostSettings(project, str(base), "test-host", "backups/", recipient, target, Policy())
+    settings_file = base / "shared/backup.json"
+    settings_file.write_text(settings.to_json())
+    pyz = base / "backup.pyz"
+    pyz.write_bytes(bundle())
+    postgres = sh(
+        f"docker run -d --name {project}-postgres {labels(project, 'postgres')} --network none "
+        f"-e POSTGRES_USER=appliance -e POSTGRES_DB=appliance -e POSTGRES_PASSWORD=pw {postgres_image} postgres"
+    ).strip()
+    redis = sh(
+        f"docker run -d --name {project}-redis {labels(project, 'redis')} --network none -e REDIS_PASSWORD=pw "
+        f"-v {project}_redisdata:/data {redis_image} redis-server --requirepass pw --appendonly yes"
+    ).strip()
+    sh(f"docker volume create {project}_artifacts")
+    sh(f"for _ in $(seq 120); do docker exec {postgres} pg_isready -q -h 127.0.0.1 && exit 0; sleep 0.5; done; exit 1")
+    cos = CosStore(target)
+    yield Stack(project, base, settings_file, pyz, key, fake, cos, postgres, redis)
+    sh(f"docker rm -f {postgres} {redis} >/dev/null")
+    sh(f"docker volume rm {project}_redisdata {project}_artifacts >/dev/null")
+    fake.stop()
+
+
+def backup_cmd(stack: Stack, *args: str, identity: str = "") -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, str(stack.pyz), "--settings", str(stack.settings_file), *args]
+    return subprocess.run(command, input=identity, capture_output=True, text=True, check=False, timeout=600)
+
+
+def psql(stack: Stack, sql: str) -> str:
+    return sh(f"docker exec {stack.postgres} psql -U appliance -d appliance -tAXq -c {json.dumps(sql)}")
+
+
+def redis(stack: Stack, *args: str) -> str:
+    return sh(f"docker exec {stack.redis} redis-cli -a pw --no-auth-warning {' '.join(args)}").strip()
+
+
+def artifacts(stack: Stack) -> Path:
+    return Path(sh(f"docker volume inspect -f '{{{{.Mountpoint}}}}' {stack.project}_artifacts").strip())
+
+
+def state(stack: Stack) -> tuple[str, str, str]:
+    rows = psql(stack, "SELECT count(*) || ':' || md5(string_agg(t::text, ',' ORDER BY id)) FROM items t")
+    keys = redis(stack, "--scan") and " ".join(sorted(redis(stack, "--scan").split()))
+    files = sh(f"cd {artifacts(stack)} && find . -type f -print0 | sort -z | xargs -0 -r sha256sum")
+    return rows, keys + "|" + redis(stack, "GET", "k7") + "|" + redis(stack, "LRANGE", "list", "0", "-1"), files
+
+
+@pytest.fixture(scope="module")
+def seeded(stack: Stack) -> tuple[str, tuple[str, str, str]]:
+    psql(stack, "CREATE TABLE items (id serial PRIMARY KEY, body text); "
+                "INSERT INTO items (body) SELECT md5(n::text) FROM generate_series(1, 5000) n")  # fmt: skip
+    for n in range(20):
+        redis(stack, "SET", f"k{n}", f"v{n}")
+    redis(stack, "RPUSH", "list", "a", "b", "c")
+    sh(f"cd {artifacts(stack)} && mkdir -p u/1 && head -c 2500000 /dev/urandom > u/1/big && echo hi > u/small")
+    done = backup_cmd(stack, "backup", "--reason", "test")
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert line.startswith("backup ") and " ok: " in line and "(reason test)" in line
+    return line.split()[1], state(stack)
+
+
+def test_backup_restore_and_drill_round_trip(stack: Stack, seeded: tuple[str, tuple[str, str, str]]) -> None:
+    identifier, before = seeded
+    manifest = json.loads(stack.cos.get_bytes(f"backups/{stack.project}/{identifier}/manifest.json"))
+    assert manifest["tables"] == {"public.items": 5000}
+    assert manifest["redis_keys"] == 21 and manifest["release"] == "v1"
+    assert {p["name"] for p in manifest["parts"]} == {"postgres", "redis", "redis-aof", "files", "state"}
+    assert set(manifest["files"]) == {"u/1/big", "u/small"}
+    # Damage everything, then restore.
+    psql(stack, "DELETE FROM items WHERE id % 2 = 0")
+    redis(stack, "FLUSHALL")
+    sh(f"rm -rf {artifacts(stack)}/u && echo new > {artifacts(stack)}/other")
+    assert state(stack) != before
+    restored = backup_cmd(stack, "restore", "--id", identifier, identity=stack.key)
+    assert restored.returncode == 0, restored.stderr
+    assert restored.stdout.strip() == f"restored {identifier}: 1 tables, 5000 rows, 21 redis keys, 2 files"
+    assert state(stack) == before
+    drilled = backup_cmd(stack, "drill", identity=stack.key)
+    assert drilled.returncode == 0, drilled.stderr
+    assert f"drill of {identifier} passed" in drilled.stdout
+    listed = [json.loads(line) for line in backup_cmd(stack, "list").stdout.splitlines()]
+    assert [(b["id"], b["complete"], b["verified"]) for b in listed] == [(identifier, True, True)]
+    metrics = (stack.base / "shared/metrics/backup.prom").read_text()
+    assert "appliance_backup_drill_last_success 1" in metrics and "appliance_backup_last_run_success 1" in metrics
+    assert not sh(f"docker ps -aq --filter name={stack.project}-drill").strip()  # throwaways removed
+
+
+def test_restore_and_drill_refuse_without_the_key(stack: Stack, seeded: tuple[str, tuple[str, str, str]]) -> None:
+    identifier, _ = seeded
+    other = sh("age-keygen 2>/dev/null")
+    wrong = backup_cmd(stack, "drill", "--id", identifier, identity=other)
+    assert wrong.returncode == 1
+    assert wrong.stderr.strip().splitlines()[-1].startswith("drill failed: decrypting ")
+    assert "no identity matched" in wrong.stderr
+    missing = backup_cmd(stack, "restore", "--id", identifier)
+    assert (
+        missing.stderr.strip()
+        == "restore failed: no age identity on standard input (expected an AGE-SECRET-KEY-… line)"
+    )
+
+
+def objects(stack: Stack) -> list[str]:
+    return [item.key for item in stack.cos.objects(f"backups/{stack.project}/")]
+
+
+def test_failures_are_one_line_leave_earlier_backups_and_no_temporary_files(
+    stack: Stack, seeded: tuple[str, tuple[str, str, str]]
+) -> None:
+    before = objects(stack)
+    # Wrong COS key: refused before anything is dumped.
+    good = stack.settings_file.read_text()
+    stack.settings_file.write_text(good.replace(SECRET_KEY, "wrong-key"))
+    try:
+        refused = backup_cmd(stack, "backup")
+    finally:
+        stack.settings_file.write_text(good)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        f"backup failed: COS bucket {BUCKET}: list bucket: SignatureDoesNotMatch (403): check COS_SECRET_KEY"
+    )
+    # COS failing every attempt at one part, half-way through the uploads.
+    stack.fake.shim.faults.fail_part[2] = 100
+    try:
+        flaky = backup_cmd(stack, "backup")
+    finally:
+        stack.fake.shim.faults.fail_part[2] = 0
+    assert flaky.returncode == 1
+    assert "upload part 2 of" in flaky.stderr and "ServiceUnavailable (503)" in flaky.stderr
+    # A dump that fails: the database is gone.
+    psql(stack, "SELECT 1")
+    sh(f"docker exec {stack.postgres} psql -U appliance -d postgres -qc 'ALTER DATABASE appliance RENAME TO gone'")
+    try:
+        broken = backup_cmd(stack, "backup")
+    finally:
+        sh(f"docker exec {stack.postgres} psql -U appliance -d postgres -qc 'ALTER DATABASE gone RENAME TO appliance'")
+    assert broken.returncode == 1
+    assert broken.stderr.strip().startswith("backup failed: pg_dump failed: ")
+    assert objects(stack) == before  # earlier backups untouched, nothing of the failed runs left
+    assert sorted(p.name for p in (stack.base / "shared/backups").iterdir()) == [
+        ".lock" if False else "backup.log",
+        "latest",
+        "metrics.json",
+    ]
+    metrics = (stack.base / "shared/metrics/backup.prom").read_text()
+    assert "appliance_backup_last_run_success 0" in metrics
+    log = (stack.base / "shared/backups/backup.log").read_text().splitlines()
+    assert log[-1].endswith(broken.stderr.strip())
