@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import Receive, Scope, Send
 
-from service.agents.presets import ROLES
-
-BODY = json.dumps([{"key": r.key, "name": r.name, "instructions": r.instructions} for r in ROLES.values()]).encode()
+from service.api.routes.discussions import ROLES_JSON as BODY
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:

@@ -2,7 +2,8 @@
 
 Starts its own stack like the integration tests (scratch database, Redis prefix, fake LLM, gunicorn
 with 2 uvicorn workers) and measures:
-  http    requests/s and latency percentiles: bare uvicorn vs the service (same JSON), and an
+  http    requests/s and latency percentiles: a bare ASGI app on the same server stack vs the service
+          (same JSON), and an
           authenticated PostgreSQL-backed route;
   ttft    time to first token straight from the fake LLM vs through the service's WebSocket;
   fanout  one discussion streamed to 100 and 1000 WebSocket clients: delivery spread per event.
@@ -13,8 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import secrets
 import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +54,8 @@ from tests.service.conftest import (
     ws_url,
 )
 
+WORKER_CLASS = "service.worker.DrainingUvicornWorker"
+
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -61,7 +67,7 @@ def summary_ms(values: list[float]) -> str:
 
 
 # --- http ---------------------------------------------------------------------------------------------
-def wrk(url: str, headers: dict[str, str], seconds: float) -> str:
+def wrk_run(url: str, headers: dict[str, str], seconds: float) -> dict[str, float]:
     """Closed-loop load from wrk (2 threads, 32 connections, 10 s timeout); a Python client would be the bottleneck."""
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed; run `apt-get install wrk` and retry")
@@ -69,80 +75,107 @@ def wrk(url: str, headers: dict[str, str], seconds: float) -> str:
     report_script = str(REPO / "bench" / "wrk_report.lua")
     command = ["wrk", "-t2", "-c32", "--timeout", "10s", f"-d{seconds:g}s", "-s", report_script, *flags, url]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    report = json.loads(out.strip().splitlines()[-1])
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def wrk_summary(runs: list[dict[str, float]]) -> str:
+    """Medians over the rounds of one target."""
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
     return (
-        f"{report['rps']:.0f} req/s, p50 {report['p50_us'] / 1000:.1f} ms, p95 {report['p95_us'] / 1000:.1f} ms,"
-        f" p99 {report['p99_us'] / 1000:.1f} ms, errors {report['errors']}"
+        f"{med('rps'):.0f} req/s, p50 {med('p50_us') / 1000:.1f} ms, p95 {med('p95_us') / 1000:.1f} ms,"
+        f" p99 {med('p99_us') / 1000:.1f} ms, errors {sum(r['errors'] for r in runs):.0f}"
     )
 
 
+def wrk(url: str, headers: dict[str, str], seconds: float) -> str:
+    """One wrk run, summarised."""
+    return wrk_summary([wrk_run(url, headers, seconds)])
+
+
 @contextmanager
-def bare_uvicorn() -> Iterator[str]:
+def bare_baseline(workers: int) -> Iterator[str]:
+    """The service's server stack (gunicorn, the same uvicorn worker class and count) serving a minimal ASGI app."""
     port = free_port()
-    app = ["bench.bare_app:app", "--port", str(port), "--workers", "2", "--lifespan", "off"]
-    command = [PYTHON, "-m", "uvicorn", *app, "--log-level", "warning", "--no-access-log"]
-    proc = subprocess.Popen(command, cwd=REPO)
+    command = [PYTHON, "-m", "gunicorn", "-k", WORKER_CLASS, "-w", str(workers), "-b", f"127.0.0.1:{port}"]
+    proc = subprocess.Popen([*command, "--log-level", "warning", "bench.bare_app:app"], cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: httpx.get(url).status_code == 200, 20, "bare uvicorn")
+        wait_until(lambda: httpx.get(url).status_code == 200, 20, "the bare baseline")
         yield url
     finally:
         stop_process(proc)
 
 
-def bench_http(service: Service, user: User, seconds: float) -> list[tuple[str, str]]:
-    rows = []
-    with bare_uvicorn() as bare:
+def bench_http(service: Service, user: User, seconds: float, rounds: int) -> list[tuple[str, str]]:
+    """Targets take turns, round after round, so a burst of load from elsewhere hits them alike."""
+    workers = int(service.env["WEB_CONCURRENCY"])
+    with bare_baseline(workers) as bare:
         targets = [
-            ("bare uvicorn, 2 workers: static JSON", f"{bare}/", {}),
-            ("service, 2 workers: GET /api/roles (same JSON)", f"{service.url}/api/roles", {}),
+            (f"bare ASGI app, same stack (gunicorn, {workers} uvicorn workers): the same JSON", f"{bare}/", {}),
+            (f"service, {workers} workers: GET /api/roles (static JSON)", f"{service.url}/api/roles", {}),
             ("service: GET /api/discussions (JWT + PostgreSQL)", f"{service.url}/api/discussions", user.headers),
         ]
-        for name, url, headers in targets:
-            rows.append((name, wrk(url, headers, seconds)))
+        runs: list[list[dict[str, float]]] = [[] for _ in targets]
+        for _ in range(rounds):
+            for i, (_, url, headers) in enumerate(targets):
+                runs[i].append(wrk_run(url, headers, seconds))
+    rows = [(name, wrk_summary(r)) for (name, _, _), r in zip(targets, runs, strict=True)]
+    ratios = [s["rps"] / b["rps"] for b, s in zip(runs[0], runs[1], strict=True)]
+    rows.append(
+        (
+            "GET /api/roles requests/s vs the bare app (per round)",
+            f"median {statistics.median(ratios):.0%} (rounds: {', '.join(f'{r:.0%}' for r in ratios)})",
+        )
+    )
     return rows
 
 
 # --- ttft ---------------------------------------------------------------------------------------------
+# The fake LLM streams keep-alive comments for this long before the first token, for the direct client and
+# the service alike, so the benchmark's WebSocket is surely open before the service's first token exists.
+TTFT_MARKER = "[[fake:stall_first=0.3,words=5]]"
+
+
 async def direct_ttft(fake: FakeLlm, samples: int) -> list[float]:
+    """Upstream TTFT: request sent -> first content chunk, straight from the fake LLM (openai SDK, warm client)."""
     client = AsyncOpenAI(api_key="sk-bench", base_url=fake.base_url, max_retries=0)
     result = []
-    for i in range(samples):
+    for i in range(samples + 1):
         started = time.perf_counter()
         stream = await client.chat.completions.create(
-            model="fake-bench", stream=True, messages=[{"role": "user", "content": f"ttft {i} [[fake:words=5]]"}]
+            model="fake-bench", stream=True, messages=[{"role": "user", "content": f"ttft {i} {TTFT_MARKER}"}]
         )
         async for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
-                result.append(time.perf_counter() - started)
+                if i:  # the first request also pays the connection set-up, which the service's warm client does not
+                    result.append(time.perf_counter() - started)
                 break
         await stream.close()
     await client.close()
     return result
 
 
-async def service_ttft(
-    service: Service, client: httpx.Client, user: User, samples: int
-) -> tuple[list[float], list[float]]:
-    """(agent_started -> first token event, POST create -> first token event) as seen by a WS client."""
-    from_start, from_create = [], []
-    for i in range(samples):
-        created = time.perf_counter()
-        discussion = create_discussion(client, user, f"TTFT {i} [[fake:words=5]]", ["risk"])
+async def service_ttft(service: Service, client: httpx.Client, user: User, samples: int) -> list[float]:
+    """Through the service: `agent_started` (appended just before the upstream request; its `ts` is server
+    time) -> the first token event received by a WebSocket client. Same clock: everything is on this host."""
+    result: list[float] = []
+    while len(result) < samples:
+        discussion = create_discussion(client, user, f"TTFT {len(result)} {TTFT_MARKER}", ["risk"])
         url = ws_url(service, discussion, ws_ticket(client, user, discussion))
-        agent_started = None
+        started_at = None
         async with websockets.connect(url, origin=websockets.Origin(ORIGIN)) as ws:
             async for raw in ws:
                 event = json.loads(raw)
-                if event["type"] == "agent_started" and agent_started is None:
-                    agent_started = time.perf_counter()
-                if event["type"] == "token":
-                    now = time.perf_counter()
-                    from_start.append(now - (agent_started or now))
-                    from_create.append(now - created)
+                if event["type"] == "agent_started":
+                    started_at = event["ts"]
+                if event["type"] == "token" and started_at is not None:
+                    result.append(time.time() - started_at)
                     break
         wait_finished(client, user, discussion)
-    return from_start, from_create
+    return result
 
 
 # --- fan-out ------------------------------------------------------------------------------------------
@@ -173,11 +206,61 @@ async def fanout(service: Service, client: httpx.Client, user: User, clients: in
     return {"clients": clients, "events": len(seqs), "complete": complete, "spread": spreads, "seconds": total}
 
 
+# --- metrics ------------------------------------------------------------------------------------------
+def some_traffic(service: Service) -> None:
+    """Requests over several routes and statuses, so each worker's metric files hold a few label sets."""
+    for path in ("/api/roles", "/api/health", "/api/discussions", "/no/such/route") * 3:
+        with httpx.Client(base_url=service.url, timeout=30) as fresh:  # a new connection: any worker
+            fresh.get(path)
+
+
+def scrape_seconds(service: Service, count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+        with httpx.Client(base_url=service.url, timeout=30) as fresh:
+            started = time.perf_counter()
+            fresh.get("/metrics").raise_for_status()
+            times.append(time.perf_counter() - started)
+    return times
+
+
+def bench_metrics(env: dict[str, str], tmp: Path, restarts: int, scrapes: int) -> list[tuple[str, str]]:
+    """/metrics with 4 workers: fresh, then after `restarts` workers were SIGTERMed one by one and replaced."""
+    folder = tmp / "metrics-4"
+    env = {**env, "WEB_CONCURRENCY": "4", "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+    service = start_service(env, tmp / "service-4.log")
+    try:
+        some_traffic(service)
+        fresh, fresh_files = scrape_seconds(service, scrapes), len(list(folder.glob("*.db")))
+        for _ in range(restarts):
+            victim = service.worker_pids()[0]
+            os.kill(victim, signal.SIGTERM)
+            wait_until(
+                lambda: victim not in (pids := service.worker_pids()) and len(pids) == 4,  # noqa: B023
+                60,
+                "gunicorn to replace a worker",
+            )
+            some_traffic(service)
+        after, after_files = scrape_seconds(service, scrapes), len(list(folder.glob("*.db")))
+    finally:
+        stop_process(service.proc, timeout=40)
+    return [
+        ("GET /metrics, 4 workers, fresh", f"{summary_ms(fresh)}; {fresh_files} metric files"),
+        (
+            f"GET /metrics, 4 workers, after {restarts} worker restarts",
+            f"{summary_ms(after)}; {after_files} metric files",
+        ),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="shorter runs (smoke test of the benchmark)")
+    parser.add_argument("--only", default="http,ttft,fanout,metrics", help="comma-separated sections to run")
     args = parser.parse_args()
-    seconds, samples, fanouts = (2.0, 5, (20,)) if args.quick else (10.0, 20, (100, 1000))
+    sections = set(args.only.split(","))
+    seconds, rounds, samples, fanouts = (2.0, 1, 5, (20,)) if args.quick else (10.0, 3, 30, (100, 1000))
+    restarts = 3 if args.quick else 50
     rows: list[tuple[str, str]] = []
     with (
         scratch_database("svc_bench") as database_url,
@@ -187,25 +270,37 @@ def main() -> None:
         asyncio.run(apply_migrations(database_url))
         prefix = f"bench:{secrets.token_hex(4)}:"
         env = service_env(
-            database_url, prefix, fake, Path(tmp), MAX_CONCURRENT_AGENTS="10", AGENT_TIMEOUT="60", LOG_LEVEL="WARNING"
+            database_url,
+            prefix,
+            fake,
+            Path(tmp),
+            AI_API_KEY="sk-bench",  # no revoked key first: a rotation would add a round trip to a worker's first turn
+            MAX_CONCURRENT_AGENTS="10",
+            AGENT_TIMEOUT="60",
+            LOG_LEVEL="INFO",  # the production default: every request writes its JSON log line
         )
         service = start_service(env, Path(tmp) / "service.log")
         try:
             with httpx.Client(base_url=service.url, timeout=60) as client:
                 user = new_user(client)
-                rows += bench_http(service, user, seconds)
-                direct = asyncio.run(direct_ttft(fake, samples))
-                from_start, from_create = asyncio.run(service_ttft(service, client, user, samples))
-                rows.append(("TTFT straight from the fake LLM (openai SDK)", summary_ms(direct)))
-                rows.append(("TTFT through the service: agent_started -> first token on WS", summary_ms(from_start)))
-                rows.append(("TTFT through the service: POST create -> first token on WS", summary_ms(from_create)))
-                for n in fanouts:
+                if "http" in sections:
+                    rows += bench_http(service, user, seconds, rounds)
+                if "ttft" in sections:
+                    direct = asyncio.run(direct_ttft(fake, samples))
+                    through = asyncio.run(service_ttft(service, client, user, samples))
+                    added = statistics.median(through) - statistics.median(direct)
+                    rows.append(("TTFT straight from the fake LLM (openai SDK), 0.3 s stall", summary_ms(direct)))
+                    rows.append(("TTFT through the service: upstream request -> token on WS", summary_ms(through)))
+                    rows.append(("added TTFT (difference of the medians)", f"{added * 1000:.1f} ms"))
+                for n in fanouts if "fanout" in sections else ():
                     result = asyncio.run(fanout(service, client, user, n))
                     name = f"WS fan-out, {n} clients, {result['events']} events each"
                     spread = summary_ms(result["spread"])
                     rows.append((name, f"all delivered in order: {result['complete']}; per-event spread {spread}"))
         finally:
             stop_process(service.proc, timeout=40)
+        if "metrics" in sections:
+            rows += bench_metrics(env, Path(tmp), restarts, scrapes=5 if args.quick else 30)
     print("| measurement | result |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")

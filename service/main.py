@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import re
 import socket
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,8 +11,8 @@ from contextlib import asynccontextmanager
 import redis
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.telemetry import TelemetryConfig
 from redis.asyncio import BlockingConnectionPool, Redis
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.agents.orchestration import Orchestrator
 from service.agents.slots import AgentSlots
@@ -24,65 +21,21 @@ from service.api.routes import auth, discussions, files, health, ws
 from service.db import create_pool
 from service.drain import Drain
 from service.llm import LlmClient
-from service.logging import configure_logging, request_id
-from service.metrics import HTTP_REQUEST_DURATION, AgentSlotsCollector
+from service.logging import configure_logging
+from service.metrics import AgentSlotsCollector
+from service.request_context import AccessLog, RequestContextMiddleware
 from service.settings import Settings, load_settings
+from service.static_routes import StaticRoutes
 from service.storage import ArtifactStore, blobs_for
 from service.streaming import EventHub, EventLog
 
-log = logging.getLogger("service.http")
-REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 REDIS_POOL_SIZE = 100  # per worker
-
-
-class RequestContextMiddleware:
-    """Per request: an id (accepted from / returned in X-Request-ID), a JSON log line, a duration metric."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        rid = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
-        token = request_id.set(rid)
-        started = time.perf_counter()
-        status_code = 500
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status_code
-            if message["type"] == "http.response.start":
-                status_code = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            # The route template, never the raw path: ids in labels would explode cardinality.
-            template = getattr(route, "path", "unmatched")
-            HTTP_REQUEST_DURATION.labels(scope["method"], template, str(status_code)).observe(elapsed)
-            log.info(
-                "request",
-                extra={
-                    "fields": {
-                        "method": scope["method"],
-                        "route": template,
-                        "status": status_code,
-                        "duration_ms": round(elapsed * 1000, 2),
-                    }
-                },
-            )
-            request_id.reset(token)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
+    access_log = AccessLog()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -119,14 +72,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            access_log.flush()
             await orchestrator.close()
             await llm.close()
             await pool.close()
             await client.aclose()
             sync_client.close()
 
-    app = FastAPI(title="cvm multi-agent service", lifespan=lifespan)
+    # FastAPI's own OpenTelemetry hooks cost a provider lookup per request; metrics here are Prometheus.
+    no_otel: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+    app = FastAPI(title="cvm multi-agent service", lifespan=lifespan, telemetry=no_otel)
     app.state.drain = Drain(settings.ws_drain_seconds)  # started by service.worker on shutdown
+    # Middleware, innermost first: static answers, CORS, then request id / log / metrics around all of it.
+    app.add_middleware(StaticRoutes, json_bodies={"/api/roles": discussions.ROLES_JSON})
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.cors_origins),
@@ -135,7 +93,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         expose_headers=["X-Request-ID"],
     )
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, access_log=access_log)
+    # The routes themselves, not include_router(): an included router is matched route by route through
+    # a per-router context on every request, which cost ~15 us a request here (bench/README.md).
     for module in (auth, discussions, files, health, ws):
-        app.include_router(module.router)
+        app.router.routes.extend(module.router.routes)
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -49,7 +50,8 @@ class EventLog:
 
     async def append(self, discussion_id: uuid.UUID, kind: str, **data: Any) -> int:
         keys = [self._seq_key(discussion_id), self.stream_key(discussion_id)]
-        seq = int(await self._append(keys=keys, args=[json.dumps({"type": kind, **data}, default=str)]))
+        event = {"type": kind, "ts": round(time.time(), 3), **data}  # ts: server clock, for clients and bench/
+        seq = int(await self._append(keys=keys, args=[json.dumps(event, default=str)]))
         if kind == FINISHED:
             for key in keys:
                 await self._redis.expire(key, RETAIN_SECONDS)

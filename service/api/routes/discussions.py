@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import secrets
 import uuid
 from typing import Any
@@ -71,9 +72,21 @@ class TicketOut(BaseModel):
     expires_in: int
 
 
-@router.get("/roles")
-async def list_roles() -> list[dict[str, str]]:
-    return [{"key": r.key, "name": r.name, "instructions": r.instructions} for r in ROLES.values()]
+class RoleOut(BaseModel):
+    key: str
+    name: str
+    instructions: str
+
+
+# Static data: encoded once, so the route skips per-request validation and JSON encoding.
+ROLES_JSON = json.dumps(
+    [RoleOut(key=r.key, name=r.name, instructions=r.instructions).model_dump() for r in ROLES.values()]
+).encode()
+
+
+@router.get("/roles", response_model=list[RoleOut])
+async def list_roles() -> Response:
+    return Response(ROLES_JSON, media_type="application/json")
 
 
 @router.post("/discussions", status_code=status.HTTP_201_CREATED)
