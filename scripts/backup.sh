@@ -3,8 +3,8 @@
 #   backup.sh [--reason R]            take a backup now (cron: --reason cron; deploy: --reason pre-deploy)
 #   backup.sh list | prune [--dry-run] | restore --id ID | drill [--id ID]   (age identity on stdin)
 # A thin wrapper: one run at a time (a lock), then the Python in BASE/lib/backup.pyz. Exit status 0 on
-# success, 1 on failure (one line on stderr), 75 when another run holds the lock. Lines are also
-# appended, timestamped, to BASE/shared/backups/backup.log.
+# success, 1 on failure (one line on stderr), 75 when another run holds the lock (BACKUP_LOCK_WAIT=SECONDS
+# waits that long for it first). Lines are also appended, timestamped, to BASE/shared/backups/backup.log.
 set -euo pipefail
 base=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 case "${1:-}" in
@@ -14,7 +14,7 @@ esac
 if [ "$1" != list ]; then
   lock="$base/shared/backups/.lock"
   exec 9>>"$lock"
-  if ! flock -n 9; then
+  if ! flock -w "${BACKUP_LOCK_WAIT:-0}" 9; then
     echo "backup: another backup, restore or drill is running (lock $lock)" >&2
     exit 75
   fi

@@ -3,6 +3,7 @@ containers labelled like the stack's, the local COS and real age: backup, restor
 
 from __future__ import annotations
 
+import fcntl
 import json
 import secrets
 import subprocess
@@ -213,3 +214,27 @@ def test_failures_are_one_line_leave_earlier_backups_and_no_temporary_files(
     assert "appliance_backup_last_run_success 0" in metrics
     log = (stack.base / "shared/backups/backup.log").read_text().splitlines()
     assert log[-1].endswith(broken.stderr.strip())
+
+
+def test_backup_sh_runs_one_at_a_time_and_passes_its_arguments(stack: Stack, seeded: object) -> None:
+    """scripts/backup.sh as installed (BASE/bin, BASE/lib/backup.pyz), python3 being the venv's."""
+    (stack.base / "bin").mkdir(exist_ok=True)
+    (stack.base / "lib").mkdir(exist_ok=True)
+    script = stack.base / "bin/backup.sh"
+    script.write_bytes((Path(__file__).resolve().parents[2] / "scripts/backup.sh").read_bytes())
+    script.chmod(0o755)
+    (stack.base / "lib/backup.pyz").write_bytes(stack.pyz.read_bytes())
+    env = f"PATH={Path(sys.executable).parent}:/usr/bin:/bin"
+    lock = stack.base / "shared/backups/.lock"
+    with lock.open("a") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # another run holds the lock
+        busy = subprocess.run(
+            ["env", env, str(script), "--reason", "cron"], capture_output=True, text=True, check=False
+        )
+    assert busy.returncode == 75
+    assert busy.stderr.strip() == f"backup: another backup, restore or drill is running (lock {lock})"
+    listed = subprocess.run(["env", env, str(script), "list"], capture_output=True, text=True, check=False)
+    assert listed.returncode == 0 and '"complete": true' in listed.stdout
+    done = subprocess.run(["env", env, str(script), "--reason", "cron"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.strip().splitlines()) == 1 and "(reason cron)" in done.stdout

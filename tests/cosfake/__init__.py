@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import threading
@@ -33,6 +34,7 @@ import requests
 # COS's multipart minimum is 1 MB (S3's is 5 MB); moto reads this when it is imported.
 os.environ.setdefault("S3_UPLOAD_PART_MIN_SIZE", str(1024 * 1024))
 
+logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto logs every request
 _CRC64 = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0, xorOut=0xFFFFFFFFFFFFFFFF, rev=True)
 _HEADER_CASE = {"last-modified": "Last-Modified", "etag": "ETag", "content-type": "Content-Type"}
 # moto refuses anonymous reads; it does not check S3 signatures, so any S3 credential will do.
