@@ -62,9 +62,11 @@ def _outcome(config: Config, result: CommandResult) -> str:
     return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
 
 
-def run_backup(config: Config, remote: RemoteHost, reason: str) -> str:
+def run_backup(config: Config, remote: RemoteHost, reason: str, lock_wait: int = 0) -> str:
+    """A backup now; `lock_wait` seconds to wait for one already running (cron's) before failing."""
     _enabled(config)
-    return _outcome(config, remote.run(_command(config, "backup", "--reason", reason)))
+    command = f"BACKUP_LOCK_WAIT={int(lock_wait)} {_command(config, 'backup', '--reason', reason)}"
+    return _outcome(config, remote.run(command))
 
 
 def list_backups(config: Config, remote: RemoteHost) -> list[Listed]:

@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from appliance.backup import crypt, dump
@@ -111,7 +111,7 @@ class Runner:
             for part in parts:
                 key = self._key(identifier, part.object)
                 uploaded.append(key)
-                remote_crc = self.store.put_file(key, work / part.object)
+                remote_crc = self._upload(key, work / part.object)
                 if remote_crc != part.crc64:
                     raise BackupError(f"{key}: CRC64 changed between encryption and upload")
             manifest = Manifest(
@@ -140,11 +140,22 @@ class Runner:
             if uploaded:  # objects without a manifest: not a backup; remove them now if COS lets us
                 try:
                     self.store.delete(uploaded)
+                    self.store.abort_stale_uploads(self._key(identifier, ""), 0, self.clock() + timedelta(minutes=1))
                 except BackupError as exc:
                     self.log(f"warning: could not remove the failed backup's objects ({exc}); pruning will")
             raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _upload(self, key: str, path: Path) -> str:
+        """put_file, and once more if it gave up: the second try resumes the multipart upload."""
+        try:
+            return self.store.put_file(key, path)
+        except BackupError as exc:
+            if "CRC64" in str(exc):
+                raise
+            self.log(f"upload of {key} gave up ({exc}); resuming it once")
+            return self.store.put_file(key, path)
 
     def _keep_local_copy(self, work: Path) -> None:
         latest = self.settings.backups_dir / LATEST

@@ -238,3 +238,15 @@ def test_backup_sh_runs_one_at_a_time_and_passes_its_arguments(stack: Stack, see
     done = subprocess.run(["env", env, str(script), "--reason", "cron"], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.strip().splitlines()) == 1 and "(reason cron)" in done.stdout
+
+
+def test_an_upload_that_gives_up_is_resumed_once_and_the_backup_succeeds(stack: Stack, seeded: object) -> None:
+    stack.fake.shim.faults.fail_part[2] = 5  # 4 attempts fail, then the resumed upload's first try too
+    try:
+        done = backup_cmd(stack, "backup", "--reason", "resume")
+    finally:
+        stack.fake.shim.faults.fail_part[2] = 0
+    assert done.returncode == 0, done.stderr
+    assert "files.tar.age gave up" in done.stderr and "resuming it once" in done.stderr
+    assert "resuming upload of" in done.stderr and "1 part(s) already there" in done.stderr
+    assert "(reason resume)" in done.stdout
