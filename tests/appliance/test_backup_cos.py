@@ -134,3 +134,13 @@ def test_abandoned_multipart_uploads_are_aborted(fake: FakeCos) -> None:
     later = datetime.now(timezone.utc) + timedelta(hours=2)
     assert cos.abort_stale_uploads("t/stale/", 3600, now=later) == 1
     assert cos.abort_stale_uploads("t/stale/", 3600, now=later) == 0
+
+
+def test_a_download_whose_crc64_differs_from_cos_is_refused_and_removed(fake: FakeCos, tmp_path: Path) -> None:
+    cos = store(fake)
+    cos.put_file("t/rot/blob", random_file(tmp_path, 2 * MB))
+    fake.shim.faults.bad_crc.add("t/rot/blob")  # COS's CRC64 no longer matches the bytes it sends
+    target = tmp_path / "down"
+    with pytest.raises(BackupError, match="t/rot/blob: downloaded CRC64 differs from COS's"):
+        cos.get_file("t/rot/blob", target)
+    assert not target.exists()
