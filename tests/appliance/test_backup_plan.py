@@ -152,4 +152,6 @@ def test_the_bundle_is_reproducible_and_runs_from_the_zip(tmp_path: Path) -> Non
         capture_output=True, text=True, cwd=tmp_path, check=False,
     )  # fmt: skip
     assert run.returncode == 1
-    assert run.stderr.strip() == f"list failed: {settings} not found: enable [backup] in the config and run inv bootstrap"
+    assert (
+        run.stderr.strip() == f"list failed: {settings} not found: enable [backup] in the config and run inv bootstrap"
+    )
