@@ -71,7 +71,11 @@ backup_age = one("time() - appliance_backup_last_success_timestamp_seconds")
 drill = one("appliance_backup_drill_last_success")
 disks = get("/api/v1/query", query='1 - node_filesystem_avail_bytes{fstype!~"tmpfs|overlay|squashfs|nsfs"}'
             ' / node_filesystem_size_bytes{fstype!~"tmpfs|overlay|squashfs|nsfs"}')["result"]
-disk_text = "  ".join(f"{d['metric'].get('mountpoint', '?')} {percent(float(d['value'][1]))}" for d in disks[:3]) or "-"
+by_device = {}  # one line per filesystem, under its shortest mount point (bind mounts repeat it)
+for disk in sorted(disks, key=lambda d: len(d["metric"].get("mountpoint", ""))):
+    by_device.setdefault(disk["metric"].get("device"), disk)
+fullest = sorted(by_device.values(), key=lambda d: -float(d["value"][1]))[:3]
+disk_text = "  ".join(f"{d['metric'].get('mountpoint', '?')} {percent(float(d['value'][1]))}" for d in fullest) or "-"
 
 rows = [
     ("health", f"api {api_state} (release {release}){', /api/health 503s' if health_503 else ''}"
