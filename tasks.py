@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from invoke.collection import Collection
@@ -101,8 +103,8 @@ def bootstrap_host(
 
 
 def show_progress(what: str, sent: int, total: int) -> None:
-    """One status line per image while it streams: compressed bytes sent, image size."""
-    if sys.stderr.isatty():
+    """One status line per image while it streams: compressed bytes sent, image size (0: not an image)."""
+    if sys.stderr.isatty() and total:
         sys.stderr.write(f"\r  {what}: {sent / 1e6:.0f} MB sent (image {total / 1e6:.0f} MB)  ")
 
 
@@ -173,16 +175,35 @@ def releases(c: Context, config: str | None = None, env: str | None = None, host
         print(views.releases_table(views.release_rows(remote.run(views.releases_probe(loaded.settings)).stdout)))
 
 
-@task(help={**COMMON_HELP})
+@task(help={**COMMON_HELP, "watch": "redraw the monitoring screen (scripts/monitor.sh) every N seconds until Ctrl-C"})
 @one_line_errors
-def status(c: Context, config: str | None = None, env: str | None = None, host: str | None = None) -> None:
-    """Show the stack's containers, the current release's health, disk and memory."""
+def status(
+    c: Context, watch: int = 0, config: str | None = None, env: str | None = None, host: str | None = None
+) -> None:
+    """Show the stack's containers, the current release's health, disk, memory and the monitoring screen."""
     loaded = load(config, env, host)
     with open_host(loaded) as remote:
+        if watch > 0:
+            if not loaded.settings.monitoring.enabled:
+                raise ConfigError(f"{loaded.path}: --watch needs monitoring.enabled (it reads the host's Prometheus)")
+            watch_screen(lambda: remote.run(views.monitor_command()).stdout, watch)
+            return
         current = current_release(remote, loaded.settings)
         print(f"{loaded.settings.hosts[0].target}: release {current.version if current else '(none deployed)'}")
         for heading, command in views.status_sections(loaded.settings, current):
             print(f"\n== {heading}\n{remote.run(command).stdout.rstrip()}")
+
+
+def watch_screen(screen: Callable[[], str], seconds: int) -> None:
+    """Clear the terminal and print `screen()` every `seconds` until Ctrl-C."""
+    try:
+        while True:
+            text = screen()
+            sys.stdout.write("\033[H\033[2J" + text)
+            sys.stdout.flush()
+            time.sleep(seconds)
+    except KeyboardInterrupt:
+        print()
 
 
 @task(

@@ -90,6 +90,8 @@ class Images(_Section):
     def _registry_needs(self) -> Images:
         if self.transport == "registry" and not self.registry:
             raise ValueError("transport 'registry' needs registry (e.g. ccr.ccs.tencentyun.com/NAMESPACE)")
+        if self.transport == "registry" and not self.registry_user:
+            raise ValueError("transport 'registry' needs registry_user (its password: the REGISTRY_PASSWORD secret)")
         return self
 
 
@@ -229,6 +231,8 @@ class Notify(_Section):
     smtp_security: Literal["starttls", "ssl", "none"] = "starttls"
     smtp_user: str = ""
     smtp_from: str = ""
+    # Also tell them about every deploy and rollback (sent from the operator's machine).
+    deploys: bool = True
 
     @field_validator("email_to")
     @classmethod

@@ -8,15 +8,19 @@ the new API is stopped, and its last log lines and health answer are printed.
 
 from __future__ import annotations
 
+import functools
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import docker
+import docker.errors
 
+from appliance import notify
 from appliance.build import bundle_commit
 from appliance.config import Config, Settings
-from appliance.errors import ConfigError, StepFailed
+from appliance.errors import StepFailed
 from appliance.executor import Executor, StepResult
 from appliance.facts import gather_facts
 from appliance.images import images_on_host, local_image
@@ -30,6 +34,7 @@ from appliance.lock import (
     operator,
     release_lock,
 )
+from appliance.registry import ImagePulled, RegistryLogin, push
 from appliance.releases import PruneReleases, Release, manifest, rollback_target
 from appliance.remote import RemoteHost, open_host
 from appliance.render import api_image, monitoring_images, release_files
@@ -206,6 +211,22 @@ def break_lock(config: Config) -> str:
     return f"{target}: deploy lock removed ({what})"
 
 
+def _announce(channels: notify.Channels, settings: Settings, env: str, entry: Mapping[str, object], error: str) -> None:
+    """Tell the configured WeCom group / mailbox how a deploy or rollback ended; a lost message is a warning."""
+    if not (settings.notify.deploys and channels.configured):
+        return
+    subject = f"{settings.name} ({env}): {entry['command']} {entry['version']} {entry['result']}"
+    lines = [
+        f"host: {settings.hosts[0].target}",
+        f"by: {entry['who']}",
+        f"previous release: {entry['previous'] or 'none'}",
+        f"took: {entry['seconds']}s",
+        *([f"failed: {error}"] if error else []),
+    ]
+    for failure in notify.send(channels, subject, lines):
+        sys.stderr.write(f"warning: notification not delivered: {failure}\n")
+
+
 def _run_locked(
     remote: RemoteHost,
     executor: Executor,
@@ -213,13 +234,15 @@ def _run_locked(
     release: Release,
     previous: Release | None,
     steps: list[Step],
+    announce: Callable[[Mapping[str, object], str], None],
     wait: bool = False,
 ) -> list[StepResult]:
-    """Apply `steps` under the host's deploy lock, append the outcome to the audit log, always unlock."""
+    """Apply `steps` under the host's deploy lock, append the outcome to the audit log, always unlock, announce."""
     settings = release.settings
     started = time.time()
     holder = {"who": operator(), "command": command, "version": release.version, "since": started}
     _take_lock(remote, settings, holder, wait)
+    finished = False
     try:
         results = executor.apply_all(steps)
         failed = next((result for result in results if result.status == "failed"), None)
@@ -228,9 +251,11 @@ def _run_locked(
             report = _failure_report(remote, release)
             remote.run(release.compose("rm", "-s", "-f", api=True))
             failed.error += "\n" + executor.redact(report)
+        finished = True
         return results
     finally:
-        outcome = "failed" if any(result.status == "failed" for result in executor.results) else "ok"
+        failed = next((result for result in executor.results if result.status == "failed"), None)
+        outcome = "failed" if failed else "ok" if finished else "interrupted"
         entry = audit_entry(
             command,
             version=release.version,
@@ -240,6 +265,15 @@ def _run_locked(
         )
         remote.run(audit_line(settings, entry))
         remote.run(release_lock(settings))
+        announce(entry, f"{failed.step}: {failed.error.splitlines()[0]}" if failed else "")
+
+
+def _local_id(engine: docker.DockerClient, ref: str) -> str:
+    """The image's ID in the operator's engine; "" for one only the host has (pulled from a registry)."""
+    try:
+        return str(engine.images.get(ref).id)
+    except docker.errors.ImageNotFound:
+        return ""
 
 
 def deploy(
@@ -252,12 +286,10 @@ def deploy(
 ) -> list[StepResult]:
     """Put release `version` (API image `image`, already built locally) on the config's host."""
     settings = config.settings
-    if settings.images.transport == "registry":
-        # Otherwise images would still travel over SSH while the setting says they go through a registry.
-        raise ConfigError(f"{config.path}: images.transport: 'registry' is not built yet: use 'ssh'")
+    through_registry = settings.images.transport == "registry"
     ensure_generated(config.secrets_path)
     secrets = load_secrets(config.secrets_path)
-    secrets.require(["AI_API_KEY"])
+    secrets.require(["AI_API_KEY", *(["REGISTRY_PASSWORD"] if through_registry else [])])
     release = Release(settings, version)
     with open_host(config) as remote:
         _bootstrapped(remote, settings)
@@ -278,19 +310,28 @@ def deploy(
         roles = {"api": release_image, "postgres": images.postgres, "redis": images.redis, "nginx": images.nginx}
         roles |= {f"monitoring-{index}": ref for index, ref in enumerate(monitoring_images(settings))}
         if not check:
-            ids = {role: local_image(engine, ref).image_id for role, ref in roles.items()}
+            ids = {role: _local_id(engine, ref) for role, ref in roles.items()}
             env_file = next(item.content for item in rendered if item.path.endswith("/api.env")).encode()
             body = manifest(version, ids, env_file, bundle_commit(), operator())
             files.append(ManagedFile(f"{release.directory}/manifest.json", body))
+        if through_registry:
+            password = secrets.require(["REGISTRY_PASSWORD"])["REGISTRY_PASSWORD"].reveal()
+            registry, user = settings.images.registry or "", settings.images.registry_user or ""
+            if not check:
+                push(engine, release_image, user, password)
+            image_steps: list[Step] = [RegistryLogin(registry, user, password), *map(ImagePulled, roles.values())]
+        else:
+            image_steps = [*images_on_host(engine, list(roles.values()))]
         steps = [
-            *images_on_host(engine, list(roles.values())),
+            *image_steps,
             *prepare_steps(config, release, files),
             *switch_steps(release, previous),
             PruneReleases(settings, settings.keep_releases),
         ]
         if check:
             return executor.apply_all(steps)
-        return _run_locked(remote, executor, "deploy", release, previous, steps, wait)
+        announce = functools.partial(_announce, notify.channels_for(settings, secrets), settings, config.env)
+        return _run_locked(remote, executor, "deploy", release, previous, steps, announce, wait)
 
 
 def rollback(config: Config, to: str | None = None, check: bool = False, wait: bool = False) -> list[StepResult]:
@@ -318,4 +359,5 @@ def rollback(config: Config, to: str | None = None, check: bool = False, wait: b
         steps = switch_steps(release, current)
         if check:
             return executor.apply_all(steps)
-        return _run_locked(remote, executor, "rollback", release, current, steps, wait)
+        announce = functools.partial(_announce, notify.channels_for(settings, secrets), settings, config.env)
+        return _run_locked(remote, executor, "rollback", release, current, steps, announce, wait)

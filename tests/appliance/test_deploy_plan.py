@@ -13,8 +13,9 @@ from appliance.config import Config, load_config
 from appliance.deploy import deploy, prepare_steps, switch_steps, wait_healthy
 from appliance.errors import ConfigError
 from appliance.lock import acquire_lock, lock_holder_message
+from appliance.registry import ImagePulled, RegistryLogin
 from appliance.releases import PruneReleases, Release, manifest, releases_to_prune, rollback_target
-from appliance.steps import Fact, Run
+from appliance.steps import Fact, Run, Stream
 from appliance.views import release_rows, releases_table
 from tests.conftest import REPO
 
@@ -73,14 +74,35 @@ def test_rollback_target_is_the_release_that_served_before() -> None:
     assert rollback_target(["v1"], "v1") is None
 
 
-def test_registry_transport_is_refused_before_anything_happens(tmp_path: Path) -> None:
+def test_registry_transport_needs_its_password_before_anything_happens(tmp_path: Path) -> None:
     text = (REPO / "appliance.example.toml").read_text().replace('transport = "ssh"', 'transport = "registry"')
     config_file = tmp_path / "appliance.toml"
-    config_file.write_text(text.replace('# registry = "ccr', 'registry = "ccr'))
+    text = text.replace('# registry = "ccr', 'registry = "ccr').replace(
+        '# registry_user = "1000', 'registry_user = "1000'
+    )
+    config_file.write_text(text)
+    (tmp_path / "secrets.env").write_text("AI_API_KEY=sk-test-0001\n")
+    (tmp_path / "secrets.env").chmod(0o600)
     config = load_config(config_file)
-    with pytest.raises(ConfigError, match=r"images\.transport: 'registry' is not built yet: use 'ssh'"):
+    with pytest.raises(ConfigError, match=r"missing secret\(s\) REGISTRY_PASSWORD"):
         deploy(config, "cvm-appliance/api:v1", "v1")
-    assert not (tmp_path / "secrets.env").exists()  # refused before generating anything
+
+
+def test_registry_steps_log_in_with_the_password_on_stdin_and_pull_only_what_is_missing() -> None:
+    login = RegistryLogin("ccr.ccs.tencentyun.com/team", "100012345678", "hunter2-registry")
+    assert login.name == "registry login ccr.ccs.tencentyun.com"
+    (action,) = login.plan({})
+    assert isinstance(action, Stream)
+    assert action.command == "docker login --username 100012345678 --password-stdin ccr.ccs.tencentyun.com >/dev/null"
+    assert b"".join(action.source.chunks()) == b"hunter2-registry"
+    pulled = ImagePulled("ccr.ccs.tencentyun.com/team/api:v2")
+    assert pulled.plan({"present": Fact("sha256:ab\n", 0)}) == []
+    assert pulled.plan({"present": Fact("", 1)}) == [
+        Run(
+            "docker pull --quiet ccr.ccs.tencentyun.com/team/api:v2 >/dev/null",
+            "pull ccr.ccs.tencentyun.com/team/api:v2",
+        )
+    ]
 
 
 def test_prune_keeps_the_newest_the_current_and_the_rollback_target() -> None:
