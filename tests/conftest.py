@@ -77,10 +77,15 @@ def sandbox_host(sandbox_config: Config, shared_sandbox: sandboxes.Sandbox) -> I
         yield remote
 
 
-def inv(*args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    """Run a task exactly as an operator does: `inv ARGS` from the repository."""
+def inv(*args: str, timeout: int = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a task exactly as an operator does: `inv ARGS` from the repository (`env`: extra variables)."""
     return subprocess.run(
-        [sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "invoke", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 

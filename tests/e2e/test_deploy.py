@@ -7,14 +7,16 @@ import json
 import ssl
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import docker
 import pytest
 
 from appliance.config import load_config
-from appliance.remote import RemoteHost
+from appliance.remote import RemoteHost, open_host
 from tests.conftest import Bootstrapped, Deployed, inv
+from tests.e2e.traffic import Site, events, follow_discussion, steady_load
 
 pytestmark = pytest.mark.e2e
 
@@ -76,21 +78,57 @@ def served_version(bootstrapped: Bootstrapped, host: RemoteHost) -> object:
     return body["version"]
 
 
-def test_switch_to_v2_then_roll_back_to_v1(
-    first_release: str, deploy_config: Path, bootstrapped: Bootstrapped, bootstrapped_host: RemoteHost
+@pytest.fixture(scope="module")
+def site(deployed: Deployed) -> Site:
+    with open_host(load_config(deployed.sandbox.config_file)) as host:
+        return Site(deployed.sandbox.https_port, host.run("cat /opt/appliance/shared/certs/ca.pem").stdout)
+
+
+def test_websocket_through_nginx_streams_a_discussion(first_release: str, site: Site) -> None:
+    user = site.new_user()
+    discussion = site.create_discussion(user, "Buy ACME? [[fake:delay=0.01,words=8]]", ["bull", "bear", "risk"])
+    with site.websocket(user, discussion) as ws:
+        seen = []
+        for event in events(ws, timeout=60):
+            seen.append(event)
+            if event["type"] == "discussion_finished":
+                break
+    assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
+    assert [e["role"] for e in seen if e["type"] == "agent_started"] == ["bull", "bear", "risk", "moderator"]
+    assert seen[-1]["status"] == "completed"
+
+
+def test_switch_to_v2_then_roll_back_to_v1_under_load(
+    first_release: str, deploy_config: Path, bootstrapped: Bootstrapped, bootstrapped_host: RemoteHost, site: Site
 ) -> None:
-    run = inv("deploy", "--version", "v2", "--image", "cvm-appliance/api:v1", "--config", str(deploy_config))
-    assert run.returncode == 0, run.stdout + run.stderr
+    """50 requests/s and a streaming discussion through nginx while v2 replaces v1 and v1 replaces v2 again."""
+    user = site.new_user()
+    discussion = site.create_discussion(user, "Hold ACME? [[fake:delay=0.05,words=400]]", ["bull", "bear", "risk"])
+    with steady_load(site, ["/api/health", "/api/roles"], per_second=50) as load, ThreadPoolExecutor(1) as pool:
+        followed = pool.submit(follow_discussion, site, user, discussion)
+        time.sleep(2)
+        run = inv("deploy", "--version", "v2", "--image", "cvm-appliance/api:v1", "--config", str(deploy_config))
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert served_version(bootstrapped, bootstrapped_host) == "v2"
+        started = time.monotonic()
+        back = inv("rollback", "--config", str(deploy_config))
+        elapsed = time.monotonic() - started
+        assert back.returncode == 0, back.stdout + back.stderr
+        time.sleep(2)
+        stream = followed.result(timeout=300)
     assert "tag the host's copy as cvm-appliance/api:v2" in run.stdout  # same layers: not sent again
-    assert served_version(bootstrapped, bootstrapped_host) == "v2"
-    started = time.monotonic()
-    back = inv("rollback", "--config", str(deploy_config))
-    elapsed = time.monotonic() - started
-    assert back.returncode == 0, back.stdout + back.stderr
     assert served_version(bootstrapped, bootstrapped_host) == "v1"
     running = bootstrapped_host.run("docker ps --format '{{.Names}}' | grep -c api-v2 || true").stdout.strip()
     assert running == "0"  # the v2 API was drained and stopped
-    print(f"rollback with the image on the host: {elapsed:.1f}s")
+    assert load.total > 50 * 20, load.outcomes  # the load really ran through both switches
+    assert load.failed == 0, (load.outcomes, load.errors[:5])
+    # Each drain closed the socket cleanly, with a hint, and the client resumed where it stopped.
+    assert len(stream.closes) >= 2, stream.closes
+    for code, reason, hint in stream.closes:
+        assert code == 1012 and "reconnect" in reason and hint is not None, stream.closes
+    assert [event["seq"] for event in stream.events] == list(range(1, len(stream.events) + 1))
+    assert stream.events[-1]["status"] == "completed"
+    print(f"rollback with the image on the host: {elapsed:.1f}s; load: {dict(load.outcomes)}; {stream.closes}")
 
 
 def test_release_that_never_gets_healthy_leaves_the_served_one_alone(
@@ -110,3 +148,21 @@ def test_release_that_never_gets_healthy_leaves_the_served_one_alone(
     assert served_version(bootstrapped, bootstrapped_host) == before
     left = bootstrapped_host.run("docker ps -a --format '{{.Names}}' | grep -c api-broken || true").stdout.strip()
     assert left == "0"
+
+
+def test_old_releases_are_pruned_but_never_the_rollback_target(
+    first_release: str, deploy_config: Path, bootstrapped_host: RemoteHost
+) -> None:
+    frugal = deploy_config.parent / "frugal.toml"
+    frugal.write_text(deploy_config.read_text().replace("secrets_file = ", "keep_releases = 2\nsecrets_file = ", 1))
+    run = inv("deploy", "--version", "v3", "--image", "cvm-appliance/api:v1", "--config", str(frugal))
+    assert run.returncode == 0, run.stdout + run.stderr
+    # History v1 v2 v1 v3: v3 serves, v1 is the rollback target; v2 and the never-served "broken" go.
+    kept = bootstrapped_host.run("ls /opt/appliance/releases").stdout.split()
+    assert kept == ["v1", "v3"]
+    tags = bootstrapped_host.run("docker images --format '{{.Tag}}' cvm-appliance/api").stdout.split()
+    assert sorted(tags) == ["v1", "v3"]
+    listing = inv("releases", "--config", str(frugal))
+    assert listing.returncode == 0, listing.stderr
+    rows = [line.split()[:3] for line in listing.stdout.splitlines()[1:]]
+    assert rows == [["v3", "current", "ok"], ["v1", "rollback", "ok"]]

@@ -1,0 +1,157 @@
+"""Client traffic through the sandbox's nginx over TLS: users, discussions, WebSockets, a steady load."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import ssl
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin
+
+
+@dataclass(frozen=True)
+class Site:
+    """The appliance as a browser sees it: https://127.0.0.1:PORT, trusting the appliance's own CA."""
+
+    port: int
+    ca_pem: str
+
+    @property
+    def origin(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def tls(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cadata=self.ca_pem)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.origin, verify=self.tls(), timeout=10)
+
+    def new_user(self) -> dict[str, str]:
+        """Register and log in a fresh user; the Authorization header for it."""
+        credentials = {"email": f"u{secrets.token_hex(5)}@example.test", "password": secrets.token_urlsafe(12)}
+        with self.client() as client:
+            client.post("/api/auth/register", json=credentials).raise_for_status()
+            tokens = client.post("/api/auth/login", json=credentials).json()
+        return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+    def create_discussion(self, headers: dict[str, str], topic: str, panel: list[str]) -> str:
+        with self.client() as client:
+            body = {"topic": topic, "panel": panel, "max_rounds": 1}
+            answer = client.post("/api/discussions", json=body, headers=headers)
+        assert answer.status_code == 201, answer.text
+        return str(answer.json()["id"])
+
+    def websocket(self, headers: dict[str, str], discussion: str, after: int = 0) -> ClientConnection:
+        """A WebSocket to the discussion's events through nginx's /ws/, with a fresh single-use ticket."""
+        with self.client() as client:
+            answer = client.post("/api/ws-ticket", json={"discussion_id": discussion}, headers=headers)
+        answer.raise_for_status()
+        ticket = answer.json()["ticket"]
+        url = f"wss://127.0.0.1:{self.port}/ws/discussions/{discussion}?ticket={ticket}&after={after}"
+        return connect(url, ssl=self.tls(), origin=Origin(self.origin), proxy=None, open_timeout=10)
+
+
+def events(ws: ClientConnection, timeout: float) -> Iterator[dict[str, Any]]:
+    """Messages from a WebSocket until it closes or `timeout` passes without one."""
+    while True:
+        yield json.loads(ws.recv(timeout=timeout))
+
+
+@dataclass
+class Followed:
+    """A discussion followed to its end across server restarts: its events and how each connection ended."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    closes: list[tuple[int | None, str, dict[str, Any] | None]] = field(default_factory=list)  # code, reason, hint
+
+
+def follow_discussion(site: Site, headers: dict[str, str], discussion: str, limit_seconds: float = 300) -> Followed:
+    """What a browser does: read events; on a close, wait as the reconnect hint says, then resume after the last seq."""
+    followed = Followed()
+    deadline = time.monotonic() + limit_seconds
+    while time.monotonic() < deadline:
+        hint: dict[str, Any] | None = None
+        after = followed.events[-1]["seq"] if followed.events else 0
+        try:
+            with site.websocket(headers, discussion, after) as ws:
+                for event in events(ws, timeout=max(deadline - time.monotonic(), 1)):
+                    if event.get("type") == "reconnect":
+                        hint = event
+                        continue
+                    followed.events.append(event)
+                    if event["type"] == "discussion_finished":
+                        return followed
+        except ConnectionClosed as closed:
+            received = closed.rcvd
+            followed.closes.append((received.code if received else None, received.reason if received else "", hint))
+            time.sleep((hint or {}).get("after_ms", 1000) / 1000)
+    raise AssertionError(f"discussion {discussion} did not finish within {limit_seconds}s: {followed.closes}")
+
+
+@dataclass
+class LoadReport:
+    """What a steady load saw: one outcome per request ('200', '502', 'ConnectError', ...)."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.outcomes.values())
+
+    @property
+    def failed(self) -> int:
+        """Requests with no HTTP answer or an answer of 500 or more."""
+        return sum(n for outcome, n in self.outcomes.items() if not outcome.isdigit() or int(outcome) >= 500)
+
+
+@contextmanager
+def steady_load(site: Site, paths: list[str], per_second: int, limit_seconds: float = 600) -> Iterator[LoadReport]:
+    """Requests at a constant rate, each on a new TLS connection, round-robin over `paths`, until the block ends.
+
+    The rate holds even when answers slow down (requests are scheduled, not chained); the load stops after
+    `limit_seconds` whatever happens, so a hung test cannot flood the machine.
+    """
+    report = LoadReport()
+    lock = threading.Lock()
+    stop = threading.Event()
+    context = site.tls()
+
+    def one(path: str) -> None:
+        try:
+            with httpx.Client(base_url=site.origin, verify=context, timeout=10) as client:
+                outcome = str(client.get(path, headers={"Connection": "close"}).status_code)
+        except httpx.HTTPError as error:
+            outcome = type(error).__name__
+            with lock:
+                report.errors.append(f"{path}: {error!r}")
+        with lock:
+            report.outcomes[outcome] += 1
+
+    def schedule(pool: ThreadPoolExecutor) -> None:
+        started = time.monotonic()
+        sent = 0
+        while not stop.is_set() and time.monotonic() - started < limit_seconds:
+            pool.submit(one, paths[sent % len(paths)])
+            sent += 1
+            stop.wait(max(started + sent / per_second - time.monotonic(), 0))
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        scheduler = threading.Thread(target=schedule, args=(pool,), daemon=True)
+        scheduler.start()
+        try:
+            yield report
+        finally:
+            stop.set()
+            scheduler.join()
