@@ -116,8 +116,10 @@ def move_current(release: Release) -> str:
     return f"{link} && echo {sh(release.version)} >> {sh(history)}"
 
 
-def prepare_steps(config: Config, release: Release, files: list[ManagedFile]) -> list[Step]:
-    """A new release's files, checks, databases and migrations: nothing here touches live traffic."""
+def prepare_steps(config: Config, release: Release, files: list[ManagedFile], first: bool = False) -> list[Step]:
+    """A new release's files, checks, databases and migrations: nothing here touches live traffic.
+
+    `first`: the host has never served a release, so there is no data a backup could protect yet."""
     settings = config.settings
     infra = ("postgres", "redis", *(("llm-stub",) if settings.service.llm_stub else ()))
     nginx_check = (
@@ -126,6 +128,11 @@ def prepare_steps(config: Config, release: Release, files: list[ManagedFile]) ->
         f"-v {sh(settings.base_dir + '/shared/certs')}:/etc/appliance/certs:ro "
         f"{sh(settings.images.nginx)} nginx -t -q"
     )
+    # Migrations change the schema: with backups configured, a fresh one is taken first (waiting for a
+    # running cron backup rather than failing).
+    backup = f"BACKUP_LOCK_WAIT=1800 {sh(settings.base_dir + '/bin/backup.sh')} --reason pre-deploy"
+    wanted = settings.backup.enabled and not first
+    backup_first = [Always("backup", backup, "a backup before migrations")] if wanted else []
     return [
         *files,
         Always(
@@ -134,6 +141,7 @@ def prepare_steps(config: Config, release: Release, files: list[ManagedFile]) ->
             "compose config and nginx -t accept the release",
         ),
         Always("databases up", f"{release.compose('up', '-d', *infra)} && {wait_healthy(release, infra[:2])}", "start"),
+        *backup_first,
         Always(
             "migrations",
             release.compose("run", "--rm", "--no-deps", "api", "python3", "-m", "service.migrate", api=True),
@@ -324,7 +332,7 @@ def deploy(
             image_steps = [*images_on_host(engine, list(roles.values()))]
         steps = [
             *image_steps,
-            *prepare_steps(config, release, files),
+            *prepare_steps(config, release, files, first=previous is None),
             *switch_steps(release, previous),
             PruneReleases(settings, settings.keep_releases),
         ]

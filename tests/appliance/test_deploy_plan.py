@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from datetime import datetime, timezone
@@ -56,6 +57,19 @@ def test_release_procedure_order_and_drain(config: Config) -> None:
     ]
     redeploy = [step.name for step in switch_steps(release, release)]
     assert "drain API v2" not in redeploy
+
+
+def test_a_backup_comes_before_migrations_once_there_is_data(config: Config) -> None:
+    backup = config.settings.backup.model_copy(update={"enabled": True})
+    settings = config.settings.model_copy(update={"backup": backup})
+    backed = dataclasses.replace(config, settings=settings)
+    release = Release(settings, "v2")
+    steps = prepare_steps(backed, release, [])
+    assert [step.name for step in steps] == ["validate release", "databases up", "backup", "migrations"]
+    assert steps[2].plan({}) == [
+        Run("BACKUP_LOCK_WAIT=1800 /opt/appliance/bin/backup.sh --reason pre-deploy", "a backup before migrations")
+    ]
+    assert "backup" not in [step.name for step in prepare_steps(backed, release, [], first=True)]
 
 
 def test_a_failed_command_before_a_wait_loop_skips_the_whole_loop(config: Config, tmp_path: Path) -> None:
