@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 from appliance.config import Settings
 from appliance.releases import Release, rollback_target
+from appliance.render import BUNDLE_ROOT
 from appliance.shell import sh
 
 AUDIT_TAIL = 2000
-SERVICES = ("api", "postgres", "redis", "nginx", "llm-stub")
+SERVICES = ("api", "postgres", "redis", "nginx", "llm-stub", "prometheus", "alertmanager", "node-exporter", "relay")
 
 
 def releases_probe(settings: Settings) -> str:
@@ -114,7 +115,15 @@ def status_sections(settings: Settings, current: Release | None) -> list[tuple[s
     sections = [("containers", containers), ("resources", usage), ("disk", disk), ("memory", "free -m")]
     if current is not None:
         sections.insert(1, (f"health of release {current.version}", health_probe(current)))
+    if settings.monitoring.enabled:
+        sections.append(("monitoring", monitor_command()))
     return sections
+
+
+def monitor_command() -> str:
+    """scripts/monitor.sh, as this checkout has it, run once on the host: one screen from its Prometheus."""
+    script = (BUNDLE_ROOT / "scripts" / "monitor.sh").read_text(encoding="utf-8")
+    return f"bash -c {sh(script)} monitor.sh 2>&1"
 
 
 def logs_command(settings: Settings, current: Release, service: str, follow: bool, lines: int) -> str:

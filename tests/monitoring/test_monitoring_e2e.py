@@ -19,12 +19,11 @@ from appliance.config import Config, load_config
 from appliance.remote import RemoteHost, open_host
 from appliance.secrets import load_secrets
 from appliance.shell import sh
-from tests.conftest import REPO, RUN_ID, Deployed
+from tests.conftest import RUN_ID, Deployed, inv
 from tests.e2e.traffic import Site, follow_discussion
 from tests.monitoring.dashboards import dashboard_queries
 
 T = TypeVar("T")
-MONITOR = REPO / "scripts" / "monitor.sh"
 
 # The robot stand-in: records each POST (path and JSON body) as one line on its output, answers like WeCom.
 ROBOT = r"""
@@ -149,11 +148,12 @@ def test_saturated_agents_raise_the_alert_and_wecom_receives_it(monitored: Monit
             60,
         )
         assert state in ("pending", "firing")
-        # The operator's one-screen view says the same.
-        screen = monitored.host.run(f"bash -c {sh(MONITOR.read_text())} monitor.sh")
-        assert screen.exit_code == 0, screen.stderr
-        assert f"running {cap} / cap {cap}   queued 2" in screen.stdout
-        assert "AgentsSaturated" in screen.stdout.split("alerts", 1)[1]
+        # The operator's view (`inv status`, its monitoring section from scripts/monitor.sh) says the same.
+        shown = inv("status", "--config", str(monitored.config.path), timeout=120)
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        screen = shown.stdout.split("== monitoring\n", 1)[1]
+        assert f"running {cap} / cap {cap}   queued 2" in screen
+        assert "AgentsSaturated" in screen.split("alerts", 1)[1]
 
         key = str(load_secrets(monitored.config.secrets_path, {}).values["WECOM_WEBHOOK_URL"].reveal()).split("key=")[1]
 
