@@ -50,7 +50,9 @@ def on_starting(server: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess  # imported late: see PROMETHEUS_MULTIPROC_DIR above
+    """Runs in the master for every worker that exited, however it ended (restart, HUP, crash, SIGKILL)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        from service.metric_files import retire_worker  # imported late: see PROMETHEUS_MULTIPROC_DIR above
 
-        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+        retire_worker(Path(directory), worker.pid)

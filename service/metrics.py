@@ -1,20 +1,24 @@
 """Prometheus metrics, correct under several gunicorn workers.
 
 Counters and histograms use prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR);
-gunicorn_conf.child_exit marks dead workers. Gauges that must be ONE number for the whole
-service (agents running, turns waiting) are read from the Redis semaphore at scrape time.
+gunicorn_conf.child_exit folds exited workers' files into archives (service/metric_files.py).
+Gauges that must be ONE number for the whole service (agents running, turns waiting) are read
+from the Redis semaphore at scrape time.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import REGISTRY, Collector
+
+from service import metric_files
 
 # Bucket edges include the thresholds people alert on: 1 s, AGENT_TIMEOUT 300 s, WORKFLOW_TIMEOUT 1800 s.
 FAST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -66,14 +70,22 @@ class AgentSlotsCollector(Collector):
 
 def render(extra: Collector) -> bytes:
     """Prometheus text exposition for this process or, in multiprocess mode, all workers."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    else:
-        registry = CollectorRegistry()
-        registry.register(_ProcessLocal())
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    registry = CollectorRegistry()
+    registry.register(_WorkerFiles(Path(directory)) if directory else _ProcessLocal())
     registry.register(extra)
     return generate_latest(registry)
+
+
+class _WorkerFiles(Collector):
+    """Every worker's metric files (and the archives of exited ones), read while no merge runs."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        with metric_files.reading(self._directory):
+            return list(MultiProcessCollector(None, str(self._directory)).collect())  # type: ignore[no-untyped-call]
 
 
 class _ProcessLocal(Collector):
