@@ -118,3 +118,27 @@ def test_killed_worker_leaks_no_slot_and_loses_no_completed_message(
     wait_until(lambda: len(service.worker_pids()) == 2, 20, "gunicorn to replace the killed worker")
     assert running_now(rclient, holders_key) == 0
     rclient.close()
+
+
+def test_agent_timeout_counts_from_the_slot_not_from_the_queue(
+    client: httpx.Client, service: Service, fake_llm: FakeLlm
+) -> None:
+    """AGENT_TIMEOUT (4 s here) bounds a turn from the moment it holds a slot; time queued behind the cap
+    does not count (WORKFLOW_TIMEOUT bounds that), so a turn may take longer than AGENT_TIMEOUT in all."""
+    wait_until(lambda: fake_llm.stats()["active"] == 0, 30, "earlier streams to end")
+    user = new_user(client)
+    # 10 discussions x 2 turns of ~2 s each on 3 slots: late turns queue for several seconds.
+    ids = [create_discussion(client, user, f"Queue {i} [[fake:delay=0.1,words=20]]", ["risk"]) for i in range(10)]
+    spans = []
+    for discussion in ids:
+        detail = wait_finished(client, user, discussion, timeout=120)
+        assert detail["status"] == "completed"
+        assert [m["status"] for m in detail["messages"]] == ["completed", "completed"]
+        events = read_events(service, client, user, discussion)
+        queued_at: dict[int, float] = {}
+        for event in events:
+            if event["type"] == "queued":
+                queued_at.setdefault(event["turn_index"], event["ts"])
+            if event["type"] == "message_completed" and event["message"]["turn_index"] in queued_at:
+                spans.append(event["ts"] - queued_at[event["message"]["turn_index"]])
+    assert max(spans) > 4  # queued + speaking exceeded AGENT_TIMEOUT, and the turn still completed

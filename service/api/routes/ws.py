@@ -8,7 +8,7 @@ from contextlib import suppress
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect, status
 
-from service import discussions
+from service import discussions, security
 from service.api.deps import Resources
 from service.drain import CLOSE_CODE, CLOSE_REASON, Drain
 from service.metrics import WEBSOCKET_CONNECTIONS
@@ -16,6 +16,18 @@ from service.streaming import FINISHED, SlowConsumerError, Subscription
 
 router = APIRouter()
 CLOSE_TIMEOUT_SECONDS = 2.0
+AUTH_MESSAGE_TIMEOUT_SECONDS = 5.0
+
+
+async def _first_message_user(websocket: WebSocket, res: Resources) -> uuid.UUID | None:
+    """The user of an access token sent as the first message, `{"type": "auth", "access_token": "..."}`."""
+    try:
+        async with asyncio.timeout(AUTH_MESSAGE_TIMEOUT_SECONDS):
+            message = await websocket.receive_json()
+        token = message["access_token"] if message.get("type") == "auth" else None
+        return security.decode_access_token(token, res.settings.jwt_secret) if isinstance(token, str) else None
+    except (TimeoutError, ValueError, KeyError, AttributeError, security.InvalidTokenError, WebSocketDisconnect):
+        return None
 
 
 async def _ticket_user(res: Resources, ticket: str, discussion_id: uuid.UUID) -> uuid.UUID | None:
@@ -30,20 +42,31 @@ async def _ticket_user(res: Resources, ticket: str, discussion_id: uuid.UUID) ->
 
 @router.websocket("/ws/discussions/{discussion_id}")
 async def discussion_events(
-    websocket: WebSocket, discussion_id: uuid.UUID, ticket: str = Query(...), after: int = Query(0, ge=0)
+    websocket: WebSocket,
+    discussion_id: uuid.UUID,
+    ticket: str | None = Query(None),
+    after: int = Query(0, ge=0),
 ) -> None:
+    """Authenticated by `?ticket=` (single use, from /api/ws-ticket) or, without one, by a first message
+    carrying the access token, which must arrive within AUTH_MESSAGE_TIMEOUT_SECONDS of the handshake."""
     res: Resources = websocket.app.state.resources
     # Browsers always send Origin; a missing one means a non-browser client, which CSRF cannot abuse.
     origin = websocket.headers.get("origin")
     if origin is not None and origin not in res.settings.cors_origins:
         await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason="origin not allowed")
         return
-    user_id = await _ticket_user(res, ticket, discussion_id)
+    if ticket is not None:
+        user_id = await _ticket_user(res, ticket, discussion_id)
+    else:
+        await websocket.accept()
+        user_id = await _first_message_user(websocket, res)
     # Ownership is re-checked: the discussion may have been deleted since the ticket was issued.
     if user_id is None or not await discussions.owns(res.pool, user_id, discussion_id):
-        await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason="invalid ticket or discussion")
+        reason = "invalid ticket or discussion" if ticket is not None else "invalid auth message or discussion"
+        await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason=reason)
         return
-    await websocket.accept()
+    if ticket is not None:
+        await websocket.accept()
     WEBSOCKET_CONNECTIONS.inc()
     drain: Drain = websocket.app.state.drain
     try:
