@@ -10,8 +10,9 @@ from functools import partial
 
 from appliance.backup.settings import Policy
 
-# A backup without its manifest younger than this may still be uploading.
-INCOMPLETE_GRACE = timedelta(days=1)
+# Every backup younger than this is kept (a pre-deploy or pre-restore backup must outlive the next
+# backup of the same day); an incomplete one (no manifest) that young may still be uploading.
+RECENT = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,9 @@ def _same_month(month: tuple[int, int], day: date) -> bool:
 
 
 def decide(backups: Sequence[Stored], now: datetime, policy: Policy) -> Decision:
-    """Keep the newest complete backup of each of the last `daily` days, `weekly` ISO weeks and `monthly`
-    months (calendar, in UTC), the newest complete backup and the newest verified one; delete the rest,
-    except an incomplete backup young enough to be still uploading."""
+    """Keep every backup younger than a day, the newest complete backup of each of the last `daily` days,
+    `weekly` ISO weeks and `monthly` months (calendar, in UTC), the newest complete backup and the newest
+    verified one; delete the rest."""
     complete = sorted((b for b in backups if b.complete), key=lambda b: b.created, reverse=True)
     keep: set[str] = set()
 
@@ -72,7 +73,7 @@ def decide(backups: Sequence[Stored], now: datetime, policy: Policy) -> Decision
     if verified is not None:
         keep.add(verified.id)
     for backup in backups:
-        if not backup.complete and now - backup.created < INCOMPLETE_GRACE:
+        if now - backup.created < RECENT:
             keep.add(backup.id)
     ordered = sorted(backups, key=lambda b: b.created)
     return Decision([b.id for b in ordered if b.id in keep], [b.id for b in ordered if b.id not in keep])

@@ -155,3 +155,12 @@ def test_the_bundle_is_reproducible_and_runs_from_the_zip(tmp_path: Path) -> Non
     assert (
         run.stderr.strip() == f"list failed: {settings} not found: enable [backup] in the config and run inv bootstrap"
     )
+
+
+def test_retention_keeps_every_backup_of_the_last_day_then_one_per_day() -> None:
+    times = [NOW - timedelta(hours=h) for h in (1, 5, 23, 25, 26)]  # the last three are all on 22 Nov
+    backups = [Stored(backup_id(t), t, complete=True, verified=False) for t in times]
+    decision = decide(backups, NOW, Policy(daily=7, weekly=0, monthly=0))
+    # All of the last 24 h stay (two today, 22 Nov's newest); 22 Nov's older ones go.
+    assert decision.keep == [backup_id(t) for t in reversed(times[:3])]
+    assert decision.delete == [backup_id(times[4]), backup_id(times[3])]
