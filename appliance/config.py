@@ -210,12 +210,27 @@ class Monitoring(_Section):
     first_token_p95_seconds: int = Field(default=5, ge=1, lt=10)
     # Open WebSockets the site is sized for; the alert fires at 80 % of it.
     websocket_limit: int = Field(default=1000, ge=1)
+    # An external Prometheus may scrape https://SITE/metrics from these networks, with basic auth (user
+    # "metrics", password: the METRICS_PASSWORD secret). Empty: nginx does not serve /metrics.
+    metrics_allow_from: list[str] = Field(default_factory=list)
 
     @field_validator("retention_time", "scrape_interval", "saturation_for")
     @classmethod
     def _duration(cls, value: str) -> str:
         if not _DURATION.match(value):
             raise ValueError("must be a Prometheus duration such as 15s, 5m or 15d")
+        return value
+
+    @field_validator("metrics_allow_from")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                network = ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an address or CIDR such as 203.0.113.7/32") from None
+            if network.prefixlen == 0:
+                raise ValueError(f"{cidr!r} opens /metrics to everyone: name your Prometheus's addresses")
         return value
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
+import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,7 +16,7 @@ import jinja2
 
 from appliance import notify
 from appliance.config import Config, Settings
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, ConfigError
 from appliance.secrets import GENERATED, MASK, Secrets
 
 BUNDLE_ROOT = Path(__file__).resolve().parent.parent
@@ -155,6 +158,7 @@ def release_files(
         HostFile(f"{release}/nginx/appliance.conf", render_template("nginx/appliance.conf.j2", context), 0o644),
         HostFile(f"{release}/api.yml", render_template("compose/api.yml.j2", context), 0o644),
         HostFile(f"{release}/nginx/upstream.inc", render_template("nginx/upstream.conf.j2", context), 0o644),
+        HostFile(f"{release}/nginx/metrics.htpasswd", metrics_htpasswd(config, secrets, reveal), 0o644),
         *(monitoring_files(config, secrets, release, context, reveal) if settings.monitoring.enabled else []),
     ]
 
@@ -176,6 +180,22 @@ def monitoring_files(
         HostFile(f"{folder}/notify.py", Path(notify.__file__).read_text(encoding="utf-8"), 0o644),
         HostFile(f"{release}/relay.env", "\n".join(lines) + "\n", 0o600),
     ]
+
+
+def metrics_htpasswd(config: Config, secrets: Secrets, reveal: bool) -> str:
+    """nginx's user file for /metrics (user "metrics", salted SHA-1 as nginx's {SSHA} scheme reads it)."""
+    if not config.settings.monitoring.metrics_allow_from:
+        return "# /metrics is not served: monitoring.metrics_allow_from is empty\n"
+    password = secrets.get("METRICS_PASSWORD")
+    if password is None or not password.reveal():
+        raise ConfigError(
+            f"{config.path}: monitoring.metrics_allow_from needs the METRICS_PASSWORD secret in {secrets.source}"
+        )
+    if not reveal:
+        return f"metrics:{MASK}\n"
+    salt = os.urandom(8)
+    digest = hashlib.sha1(password.reveal().encode() + salt).digest()  # noqa: S324 - the scheme nginx reads
+    return f"metrics:{{SSHA}}{base64.b64encode(digest + salt).decode()}\n"
 
 
 def monitoring_images(settings: Settings) -> list[str]:

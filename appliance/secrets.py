@@ -26,6 +26,7 @@ PROVIDED = (
     "REGISTRY_PASSWORD",
     "WECOM_WEBHOOK_URL",
     "SMTP_PASSWORD",
+    "METRICS_PASSWORD",  # basic auth of /metrics for an external Prometheus (monitoring.metrics_allow_from)
 )
 KNOWN = GENERATED + PROVIDED
 _LINE = re.compile(r"^\s*(?:export\s+)?([A-Z][A-Z0-9_]*)\s*=\s*(.*?)\s*$")

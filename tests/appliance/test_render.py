@@ -40,6 +40,7 @@ def test_masked_render_holds_no_secret(example: Config) -> None:
         "/opt/appliance/releases/v1/nginx/appliance.conf",
         "/opt/appliance/releases/v1/api.yml",
         "/opt/appliance/releases/v1/nginx/upstream.inc",
+        "/opt/appliance/releases/v1/nginx/metrics.htpasswd",
         # monitoring.enabled (the default): tests/monitoring/ checks these
         "/opt/appliance/releases/v1/monitoring/prometheus.yml",
         "/opt/appliance/releases/v1/monitoring/alerts.yml",

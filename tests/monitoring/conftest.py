@@ -15,6 +15,7 @@ from tests.conftest import REPO
 
 def example_config(folder: Path, extra_toml: str = "", secrets: str = "") -> Config:
     """appliance.example.toml (plus `extra_toml` appended) with a 0600 secrets.env in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
     config_file = folder / "appliance.toml"
     config_file.write_text((REPO / "appliance.example.toml").read_text(encoding="utf-8") + extra_toml)
     secrets_file = folder / "secrets.env"
@@ -24,10 +25,10 @@ def example_config(folder: Path, extra_toml: str = "", secrets: str = "") -> Con
     return load_config(config_file)
 
 
-def rendered_release(config: Config, out: Path, version: str = "v1") -> Path:
+def rendered_release(config: Config, out: Path, version: str = "v1", reveal: bool = False) -> Path:
     """Every release file written under `out`; returns the release folder."""
     secrets = load_secrets(config.secrets_path, {})
-    write_tree(release_files(config, secrets, version), out)
+    write_tree(release_files(config, secrets, version, reveal=reveal), out)
     return out / config.settings.base_dir.lstrip("/") / "releases" / version
 
 

@@ -1,0 +1,124 @@
+"""/metrics for an external Prometheus: the rendered nginx location and user file, served by a real nginx
+in front of a local stand-in for the API; only allowed addresses with the password get through."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from appliance.errors import ConfigError
+from tests.conftest import free_port
+from tests.monitoring.conftest import example_config, rendered_release
+
+PASSWORD = "scrape-me-4f1c2a9e"
+
+
+def render_with(tmp_path: Path, allow: str, secrets: str = f"METRICS_PASSWORD={PASSWORD}\n") -> Path:
+    extra = f"\n[environments.production.monitoring]\nmetrics_allow_from = [{allow}]\n"
+    config = example_config(tmp_path, extra_toml=extra, secrets=secrets)
+    return rendered_release(config, tmp_path / "out", reveal=True)
+
+
+@pytest.fixture()
+def api() -> Iterator[int]:
+    """What the API answers at /metrics, on 127.0.0.1."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"cvm_agents_running 3\n" if self.path == "/metrics" else b"not here\n"
+            self.send_response(200 if self.path == "/metrics" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield int(server.server_address[1])
+    server.shutdown()
+    server.server_close()
+
+
+def serve(release: Path, api_port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """nginx with the release's /metrics location (cut from its appliance.conf) and its user file."""
+    site = (release / "nginx" / "appliance.conf").read_text()
+    location = re.search(r"\n    location = /metrics \{.*?\n    \}\n", site, re.DOTALL)
+    assert location, "no /metrics location in the rendered site"
+    conf_d = workdir / "conf.d"
+    conf_d.mkdir()
+    shutil.copy(release / "nginx" / "metrics.htpasswd", conf_d / "metrics.htpasswd")
+    port = free_port()
+    block = location.group(0).replace("/etc/nginx/conf.d/", f"{conf_d}/")
+    (workdir / "nginx.conf").write_text(
+        # Workers as root: pytest's folders are private to the user running it (CI: root).
+        f"daemon off;\nuser root;\npid {workdir}/nginx.pid;\nerror_log {workdir}/error.log;\nevents {{}}\n"
+        f"http {{\n  access_log off;\n  client_body_temp_path {workdir};\n"
+        f"  upstream appliance_api {{ server 127.0.0.1:{api_port}; }}\n"
+        f"  server {{\n    listen 127.0.0.1:{port};\n{block}  }}\n}}\n"
+    )
+    nginx = subprocess.Popen(["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "error.log")])
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1)
+            return nginx, port
+        except httpx.TransportError:
+            assert nginx.poll() is None and time.monotonic() < deadline, (workdir / "error.log").read_text()
+            time.sleep(0.1)
+
+
+@pytest.mark.integration
+def test_allowed_address_with_the_password_gets_metrics(tmp_path: Path, api: int) -> None:
+    release = render_with(tmp_path, '"127.0.0.1/32", "10.0.0.0/8"')
+    nginx, port = serve(release, api, tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        assert httpx.get(url).status_code == 401
+        assert httpx.get(url, auth=("metrics", "wrong-password")).status_code == 401
+        answer = httpx.get(url, auth=("metrics", PASSWORD))
+        assert answer.status_code == 200
+        assert answer.text == "cvm_agents_running 3\n"
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+
+
+@pytest.mark.integration
+def test_other_addresses_are_refused_even_with_the_password(tmp_path: Path, api: int) -> None:
+    release = render_with(tmp_path, '"203.0.113.7/32"')
+    nginx, port = serve(release, api, tmp_path)
+    try:
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics", auth=("metrics", PASSWORD)).status_code == 403
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+
+
+@pytest.mark.unit
+def test_metrics_stay_unserved_by_default_and_need_a_password_when_allowed(tmp_path: Path) -> None:
+    release = rendered_release(example_config(tmp_path / "default"), tmp_path / "default" / "out")
+    assert "/metrics" not in (release / "nginx" / "appliance.conf").read_text()
+    assert (release / "nginx" / "metrics.htpasswd").read_text().startswith("#")
+    with pytest.raises(ConfigError, match="metrics_allow_from needs the METRICS_PASSWORD secret"):
+        render_with(tmp_path / "nopass", '"127.0.0.1/32"', secrets="")
+    masked = rendered_release(
+        example_config(
+            tmp_path / "masked",
+            extra_toml='\n[environments.production.monitoring]\nmetrics_allow_from = ["127.0.0.1"]\n',
+            secrets=f"METRICS_PASSWORD={PASSWORD}\n",
+        ),
+        tmp_path / "masked" / "out",
+    )
+    assert (masked / "nginx" / "metrics.htpasswd").read_text() == "metrics:******\n"
