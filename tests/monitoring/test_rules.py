@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from appliance.errors import ApplianceError
+from appliance.render import cron_max_gap
 from tests.conftest import REPO
 from tests.monitoring.conftest import example_config, rendered_release
 
@@ -120,3 +122,25 @@ def test_monitoring_off_renders_no_monitoring(tmp_path: Path) -> None:
     compose = (release / "docker-compose.yml").read_text()
     assert "prometheus" not in compose
     assert "relay" not in compose
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("schedule", "hours"),
+    [
+        ("30 3 * * *", 24),
+        ("0 */6 * * *", 6),
+        ("0 1-5 * * *", 20),  # 05:00 to 01:00 the next day
+        ("0 3 * * 0", 7 * 24),  # Sundays
+        ("0 3 * * 7", 7 * 24),  # 7 is Sunday too
+        ("0 3 1 * *", 31 * 24),  # monthly: the longest month
+        ("0 3 1,15 * 1", 7 * 24),  # both day fields restricted: either matches (every Monday, plus 1st/15th)
+        ("0 3 29 2 *", 4 * 366 * 24),  # leap days only: fewer than two runs in two years
+    ],
+)
+def test_cron_max_gap(schedule: str, hours: int) -> None:
+    if hours > 2 * 366 * 24:
+        with pytest.raises(ApplianceError, match="runs less than twice in two years"):
+            cron_max_gap(schedule)
+    else:
+        assert cron_max_gap(schedule) == hours * 3600
