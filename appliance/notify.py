@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import smtplib
 import ssl
 import sys
@@ -223,13 +224,22 @@ def alert_message(payload: Mapping[str, Any]) -> tuple[str, list[str]]:
         marker = "resolved" if alert.get("status") == "resolved" else severity or "firing"
         colour = "info" if marker == "resolved" else "warning"
         lines.append(f'- <font color="{colour}">{marker}</font> {annotations.get("summary", labels.get("alertname"))}')
-        since = str(alert.get("startsAt", ""))[:19].replace("T", " ")
-        detail = [f"since {since} UTC"] if since else []
+        since = _timestamp(str(alert.get("startsAt", "")))
+        detail = [f"since {since}"] if since else []
         if annotations.get("runbook"):
             detail.append(f"runbook: {annotations['runbook']}")
         if detail:
             lines.append("  " + "; ".join(detail))
     return subject, lines
+
+
+def _timestamp(rfc3339: str) -> str:
+    """`2026-11-23T10:15:00.123Z` → `2026-11-23 10:15:00 UTC`; an offset is kept as it is."""
+    match = re.match(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(?:\.\d+)?(Z|[+-]\d\d:\d\d)?$", rfc3339)
+    if not match:
+        return rfc3339
+    zone = "UTC" if match[3] in (None, "Z") else match[3]
+    return f"{match[1]} {match[2]} {zone}"
 
 
 class _RelayHandler(BaseHTTPRequestHandler):

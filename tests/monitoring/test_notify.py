@@ -189,10 +189,15 @@ def test_alertmanager_payload_becomes_one_message() -> None:
         '- <font color="warning">warning</font> All 10 agent slots busy for 5 minutes; new turns queue',
         "  since 2026-11-23 10:15:00 UTC; runbook: docs/runbook.md#agentssaturated",
     ]
-    resolved = {**ALERTMANAGER_PAYLOAD, "alerts": [{**ALERTMANAGER_PAYLOAD["alerts"][0], "status": "resolved"}]}
+    alert = ALERTMANAGER_PAYLOAD["alerts"][0]
+    resolved = {
+        **ALERTMANAGER_PAYLOAD,
+        "alerts": [{**alert, "status": "resolved", "startsAt": "2026-11-23T18:15:00+08:00"}],
+    }
     subject, lines = notify.alert_message(resolved)
     assert subject == "[RESOLVED] AgentsSaturated (agents prod)"
     assert lines[0].startswith('- <font color="info">resolved</font> ')
+    assert lines[1].startswith("  since 2026-11-23 18:15:00 +08:00; ")
 
 
 @pytest.mark.unit
