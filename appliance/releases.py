@@ -69,12 +69,17 @@ def releases_to_prune(on_host: list[str], history: list[str], current: str, keep
 
 @dataclass(frozen=True)
 class PruneReleases:
-    """Old release folders and their API images go; the newest `keep`, the current and the rollback target stay."""
+    """Old release folders and their API image tags go; the newest `keep`, the current and the rollback target
+    stay. Tags of the API image with no release folder (an interrupted deploy's) go too."""
 
     settings: Settings
     keep: int
 
     name = "prune old releases"
+
+    @property
+    def repository(self) -> str:
+        return api_image(self.settings, "x").rsplit(":", 1)[0]
 
     def probes(self) -> Mapping[str, str]:
         base = self.settings.base_dir
@@ -82,16 +87,21 @@ class PruneReleases:
             "on_host": f"ls -1 {sh(base + '/releases')}",
             "history": f"cat {sh(base + '/shared/history')}",
             "current": f"readlink {sh(base + '/current')}",
+            "tags": f"docker images --format '{{{{.Tag}}}}' {sh(self.repository)}",
         }
 
     def plan(self, facts: Facts) -> list[Action]:
         current = facts["current"].stdout.strip().rsplit("/", 1)[-1]
-        doomed = releases_to_prune(facts["on_host"].stdout.split(), facts["history"].stdout.split(), current, self.keep)
-        if not doomed:
+        on_host = facts["on_host"].stdout.split()
+        doomed = releases_to_prune(on_host, facts["history"].stdout.split(), current, self.keep)
+        kept = (set(on_host) - set(doomed)) | {current}
+        stale = [tag for tag in facts["tags"].stdout.split() if tag not in kept and tag != "<none>"]
+        if not doomed and not stale:
             return []
         folders = [Release(self.settings, version).directory for version in doomed]
-        images = [api_image(self.settings, version) for version in doomed]
+        images = [f"{self.repository}:{tag}" for tag in stale]
         # Removing a tag is best effort: an image a container still uses stays, and layers shared by a kept
         # release stay with it.
-        remove = f"rm -rf {sh(*folders)} && {{ docker image rm {sh(*images)} >/dev/null 2>&1 || true; }}"
-        return [Run(remove, "remove " + " ".join(doomed))]
+        commands = [f"rm -rf {sh(*folders)}"] if folders else []
+        commands += [f"{{ docker image rm {sh(*images)} >/dev/null 2>&1 || true; }}"] if images else []
+        return [Run(" && ".join(commands), "remove " + " ".join(sorted(set(doomed) | set(stale))))]

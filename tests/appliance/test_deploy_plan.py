@@ -131,15 +131,23 @@ def test_prune_keeps_the_newest_the_current_and_the_rollback_target() -> None:
 
 def test_prune_step_removes_folders_and_image_tags_only_when_needed(config: Config) -> None:
     step = PruneReleases(config.settings, keep=2)
-    facts = {"on_host": Fact("v1\nv2\nv3\n", 0), "history": Fact("v1\nv2\nv3\n", 0)}
-    plan = step.plan({**facts, "current": Fact("/opt/appliance/releases/v3\n", 0)})
-    assert plan == [
+    facts = {
+        "on_host": Fact("v1\nv2\nv3\n", 0),
+        "history": Fact("v1\nv2\nv3\n", 0),
+        "current": Fact("/opt/appliance/releases/v3\n", 0),
+        "tags": Fact("v3\nv2\nv1\n", 0),
+    }
+    assert step.plan(facts) == [
         Run(
             "rm -rf /opt/appliance/releases/v1 && { docker image rm cvm-appliance/api:v1 >/dev/null 2>&1 || true; }",
             "remove v1",
         )
     ]
-    assert step.plan({**facts, "on_host": Fact("v2\nv3\n", 0), "current": Fact("/opt/appliance/releases/v3", 0)}) == []
+    pruned = {**facts, "on_host": Fact("v2\nv3\n", 0), "tags": Fact("v3\nv2\n<none>\n", 0)}
+    assert step.plan(pruned) == []
+    # An interrupted deploy's tag without a release folder goes as well.
+    orphan = {**pruned, "tags": Fact("v3\nv2\nv5\n", 0)}
+    assert step.plan(orphan) == [Run("{ docker image rm cvm-appliance/api:v5 >/dev/null 2>&1 || true; }", "remove v5")]
 
 
 def test_manifest_names_images_env_hash_commit_who_and_when() -> None:
