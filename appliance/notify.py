@@ -222,8 +222,8 @@ def alert_message(payload: Mapping[str, Any]) -> tuple[str, list[str]]:
         labels, annotations = alert.get("labels", {}), alert.get("annotations", {})
         severity = labels.get("severity", "")
         marker = "resolved" if alert.get("status") == "resolved" else severity or "firing"
-        colour = "info" if marker == "resolved" else "warning"
-        lines.append(f'- <font color="{colour}">{marker}</font> {annotations.get("summary", labels.get("alertname"))}')
+        # Plain text: the same lines go into e-mail, where WeCom's markup would show as tags.
+        lines.append(f"- [{marker}] {annotations.get('summary', labels.get('alertname'))}")
         since = _timestamp(str(alert.get("startsAt", "")))
         detail = [f"since {since}"] if since else []
         if annotations.get("runbook"):

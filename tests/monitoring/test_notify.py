@@ -186,7 +186,7 @@ def test_alertmanager_payload_becomes_one_message() -> None:
     subject, lines = notify.alert_message(ALERTMANAGER_PAYLOAD)
     assert subject == "[FIRING:1] AgentsSaturated (agents prod)"
     assert lines == [
-        '- <font color="warning">warning</font> All 10 agent slots busy for 5 minutes; new turns queue',
+        "- [warning] All 10 agent slots busy for 5 minutes; new turns queue",
         "  since 2026-11-23 10:15:00 UTC; runbook: docs/runbook.md#agentssaturated",
     ]
     alert = ALERTMANAGER_PAYLOAD["alerts"][0]
@@ -196,7 +196,7 @@ def test_alertmanager_payload_becomes_one_message() -> None:
     }
     subject, lines = notify.alert_message(resolved)
     assert subject == "[RESOLVED] AgentsSaturated (agents prod)"
-    assert lines[0].startswith('- <font color="info">resolved</font> ')
+    assert lines[0].startswith("- [resolved] ")
     assert lines[1].startswith("  since 2026-11-23 18:15:00 +08:00; ")
 
 
