@@ -10,6 +10,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,14 +26,23 @@ PG_DB = "appliance"
 _REDIS_CLI = 'REDISCLI_AUTH="$REDIS_PASSWORD" exec redis-cli "$@"'
 
 
+def failure(returncode: int, stderr: bytes) -> str:
+    """Why a tool failed: its last error line, else the signal that killed it, else its status."""
+    lines = stderr.decode(errors="replace").strip().splitlines()
+    if lines:
+        return lines[-1][-300:]
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit {returncode}"
+
+
 def docker(*args: str, stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None, what: str = "") -> str:
     """Run `docker ARGS`; its output (unless sent to `stdout`), or one line saying what failed."""
     done = subprocess.run(
         ["docker", *args], stdin=stdin, stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE, check=False
     )
     if done.returncode != 0:
-        error = done.stderr.decode(errors="replace").strip().splitlines()
-        raise BackupError(f"{what or 'docker ' + args[0]} failed: {(error or ['exit ' + str(done.returncode)])[-1]}")
+        raise BackupError(f"{what or 'docker ' + args[0]} failed: {failure(done.returncode, done.stderr)}")
     return "" if stdout is not None else done.stdout.decode(errors="replace")
 
 
@@ -87,7 +97,7 @@ def dump_row_counts(container: str, dump: Path) -> dict[str, int]:
         counts = count_copy_rows(line.decode(errors="replace") for line in process.stdout)
         _, error = process.communicate()
     if process.returncode != 0:
-        raise BackupError(f"reading the dump back failed: {error.decode(errors='replace').strip()[-200:]}")
+        raise BackupError(f"reading the dump back failed: {failure(process.returncode, error)}")
     return counts
 
 
@@ -217,7 +227,7 @@ def tar_folder(root: Path, target: Path, members: list[str] | None = None) -> No
         ["tar", "-C", str(root), "--numeric-owner", "-cf", str(target), *names], capture_output=True, check=False
     )
     if done.returncode != 0:
-        raise BackupError(f"tar of {root} failed: {done.stderr.decode(errors='replace').strip()[-200:]}")
+        raise BackupError(f"tar of {root} failed: {failure(done.returncode, done.stderr)}")
 
 
 def untar(source: Path, root: Path) -> None:
@@ -226,7 +236,7 @@ def untar(source: Path, root: Path) -> None:
         ["tar", "-C", str(root), "--numeric-owner", "-xpf", str(source)], capture_output=True, check=False
     )
     if done.returncode != 0:
-        raise BackupError(f"extracting {source.name} failed: {done.stderr.decode(errors='replace').strip()[-200:]}")
+        raise BackupError(f"extracting {source.name} failed: {failure(done.returncode, done.stderr)}")
 
 
 def file_hashes(root: Path) -> dict[str, str]:

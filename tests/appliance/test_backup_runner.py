@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import resource
 import secrets
 import subprocess
 import sys
@@ -250,3 +251,21 @@ def test_an_upload_that_gives_up_is_resumed_once_and_the_backup_succeeds(stack: 
     assert "files.tar.age gave up" in done.stderr and "resuming it once" in done.stderr
     assert "resuming upload of" in done.stderr and "1 part(s) already there" in done.stderr
     assert "(reason resume)" in done.stdout
+
+
+def test_a_full_disk_fails_in_one_line_and_leaves_nothing(stack: Stack, seeded: object) -> None:
+    """Writes beyond 1 MB fail (RLIMIT_FSIZE: EFBIG, the way ENOSPC fails a write half-way)."""
+    before = objects(stack)
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024 * 1024, 1024 * 1024))
+
+    command = [sys.executable, str(stack.pyz), "--settings", str(stack.settings_file), "backup"]
+    full = subprocess.run(command, capture_output=True, text=True, check=False, preexec_fn=small_disk, timeout=300)
+    assert full.returncode == 1
+    line = full.stderr.strip().splitlines()[-1]
+    # The first write past the limit: tar, killed by SIGXFSZ (ENOSPC would make it say so instead).
+    assert line.startswith("backup failed: tar of ") and line.endswith("failed: killed by SIGXFSZ"), full.stderr
+    assert objects(stack) == before
+    assert not [p for p in (stack.base / "shared/backups").iterdir() if p.name.startswith("work-")]
+    assert "appliance_backup_last_run_success 0" in (stack.base / "shared/metrics/backup.prom").read_text()
