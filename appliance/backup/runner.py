@@ -322,9 +322,13 @@ class Runner:
                 problems.append("artifact files differ from the manifest")
             if problems:
                 raise BackupError(f"restore of {identifier} finished but does not match: {'; '.join(problems)}")
+            current = _current_release(Path(self.settings.base_dir))
+            note = ""
+            if manifest.release and current and manifest.release != current:
+                note = f" (taken under release {manifest.release}; {current} serves: the schema is now the older one's)"
             return (
                 f"restored {identifier}: {len(counts)} tables, {sum(counts.values())} rows, {keys} redis keys, "
-                f"{len(manifest.files)} files"
+                f"{len(manifest.files)} files{note}"
             )
         finally:
             shutil.rmtree(work, ignore_errors=True)
