@@ -8,9 +8,12 @@ What the shim adds, because the real cos-python-sdk-v5 expects it and moto does 
 - it sends response headers in the case COS uses (`Last-Modified`, `ETag`) and adds
   `x-cos-hash-crc64ecma` (CRC-64/ECMA-182 as COS computes it) to object and part responses;
 - faults on demand (`POST /_fake/faults`, JSON): `{"fail_part": {"2": 1}}` answers the next upload
-  of part 2 with one 503; `{"bad_crc": ["KEY"]}` reports a wrong CRC64 for that object.
+  of part 2 with one 503; `{"bad_crc": ["KEY"]}` reports a wrong CRC64 for that object;
+- a custom domain (the SDK's `Domain=ADDRESS:PORT`, as the service's artifact storage uses it) reaches
+  the default bucket, whose objects `GET /_fake/objects` lists as JSON (key → size).
 
-Run it: `python -m tests.cosfake --bind 127.0.0.1 --port 9000 --secret-id ID --secret-key KEY`.
+Run it: `python -m tests.cosfake --bind 127.0.0.1 --port 9000 --secret-id ID --secret-key KEY --bucket NAME`
+(every `--bucket` is created; the first is the default bucket).
 """
 
 from __future__ import annotations
@@ -91,6 +94,8 @@ class Shim:
     secret_key: str
     moto_url: str
     faults: Faults = field(default_factory=Faults)
+    # Requests to a custom domain (CosConfig Domain=ADDRESS:PORT) name no bucket: they go to this one.
+    default_bucket: str = ""
     # moto answers every upload's Initiated with one fixed date; the shim remembers the real ones.
     initiated: dict[str, str] = field(default_factory=dict)
 
@@ -111,6 +116,10 @@ def handle(
     split = urlsplit(target)
     query = dict(parse_qsl(split.query, keep_blank_values=True))
     path = unquote(split.path)
+    if path == "/_fake/objects" and method == "GET":  # for assertions: key → size in the default bucket
+        listing = requests.get(f"{shim.moto_url}/{shim.default_bucket}", headers=_MOTO_AUTH, timeout=10).content
+        found = re.findall(rb"<Key>([^<]*)</Key>.*?<Size>(\d+)</Size>", listing, flags=re.S)
+        return 200, {"Content-Type": "application/json"}, json.dumps({k.decode(): int(n) for k, n in found}).encode()
     if path == "/_fake/faults" and method == "POST":
         wanted = json.loads(body or b"{}")
         with shim.faults.lock:
@@ -123,10 +132,13 @@ def handle(
         return _error("AccessDenied", 403, "Access Denied.")
     if fields.get("q-ak") != shim.secret_id:
         return _error("InvalidAccessKeyId", 403, "The access key Id format you provided is invalid.")
-    wanted = expected_signature(shim.secret_key, method, path, query, lowered, fields)
-    if not hmac.compare_digest(wanted, fields.get("q-signature", "")):
+    # The SDK signs a Host it did not set itself as the URL's host name, without the port.
+    bare_host = {**lowered, "host": lowered.get("host", "").rsplit(":", 1)[0]}
+    candidates = {expected_signature(shim.secret_key, method, path, query, h, fields) for h in (lowered, bare_host)}
+    if not any(hmac.compare_digest(wanted, fields.get("q-signature", "")) for wanted in candidates):
         return _error("SignatureDoesNotMatch", 403, "The calculated signature does not match.")
-    bucket = lowered.get("host", "").split(".cos.")[0]
+    host = lowered.get("host", "")
+    bucket = host.split(".cos.")[0] if ".cos." in host else shim.default_bucket
     key = path.lstrip("/")
     if "partNumber" in query and method == "PUT" and shim.faults.take_part_failure(int(query["partNumber"])):
         return _error("ServiceUnavailable", 503, "Please reduce your request rate.")
@@ -203,13 +215,13 @@ def make_handler(shim: Shim) -> type[BaseHTTPRequestHandler]:
 class FakeCos:
     """moto on a free loopback port plus the shim on `bind:port`; `start()` then `stop()`."""
 
-    def __init__(self, bind: str, port: int, secret_id: str, secret_key: str) -> None:
+    def __init__(self, bind: str, port: int, secret_id: str, secret_key: str, default_bucket: str = "") -> None:
         from moto.server import ThreadedMotoServer
 
         self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.moto.start()
         host, moto_port = self.moto.get_host_and_port()
-        self.shim = Shim(secret_id, secret_key, f"http://{host}:{moto_port}")
+        self.shim = Shim(secret_id, secret_key, f"http://{host}:{moto_port}", default_bucket=default_bucket)
         self.server = ThreadingHTTPServer((bind, port), make_handler(self.shim))
         self.address = str(self.server.server_address[0])
         self.port = int(self.server.server_address[1])

@@ -1,4 +1,4 @@
-"""`python -m tests.cosfake --bind ADDRESS --port N --secret-id ID --secret-key KEY [--bucket NAME]`."""
+"""`python -m tests.cosfake --bind ADDRESS --port N --secret-id ID --secret-key KEY [--bucket NAME …]`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def main() -> None:
     parser.add_argument("--secret-key", required=True)
     parser.add_argument("--bucket", action="append", default=[])
     args = parser.parse_args()
-    fake = FakeCos(args.bind, args.port, args.secret_id, args.secret_key)
+    fake = FakeCos(args.bind, args.port, args.secret_id, args.secret_key, (args.bucket or [""])[0])
     for bucket in args.bucket:
         fake.create_bucket(bucket)
     fake.start()

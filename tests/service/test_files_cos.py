@@ -23,14 +23,18 @@ from tests.service.conftest import (
 
 pytestmark = pytest.mark.integration
 
+SECRET_ID, SECRET_KEY, BUCKET = "AKIDtest", "secret-test", "artifacts-1250000000"
+
 
 @pytest.fixture(scope="module")
 def fake_cos() -> Iterator[str]:
     port = free_port()
-    proc = subprocess.Popen([PYTHON, "-m", "tests.service.fakecos", "--port", str(port)], cwd=REPO)
+    command = [PYTHON, "-m", "tests.cosfake", "--port", str(port), "--secret-id", SECRET_ID, "--secret-key", SECRET_KEY,
+               "--bucket", BUCKET]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: httpx.get(f"{url}/_objects").status_code == 200, 15, "the fake COS")
+        wait_until(lambda: httpx.get(f"{url}/_fake/objects").status_code == 200, 15, "the fake COS")
         yield url
     finally:
         stop_process(proc)
@@ -43,8 +47,8 @@ def cos_service(
     tmp = tmp_path_factory.mktemp("cos")
     env = service_env(
         database_url, f"{redis_prefix}cos:", fake_llm, tmp,
-        ARTIFACT_STORAGE_BACKEND="cos", COS_REGION="ap-guangzhou", COS_BUCKET="artifacts-1250000000",
-        COS_SECRET_ID="AKIDtest", COS_SECRET_KEY="secret-test", COS_SCHEME="http",
+        ARTIFACT_STORAGE_BACKEND="cos", COS_REGION="ap-guangzhou", COS_BUCKET=BUCKET,
+        COS_SECRET_ID=SECRET_ID, COS_SECRET_KEY=SECRET_KEY, COS_SCHEME="http",
         COS_DOMAIN=fake_cos.removeprefix("http://"),
     )  # fmt: skip
     svc = start_service(env, tmp / "log")
@@ -61,7 +65,7 @@ def test_upload_download_delete_through_cos(cos_service: Service, fake_cos: str)
         upload = client.post("/api/files", files={"file": ("q3.csv", payload, "text/csv")}, headers=alice.headers)
         assert upload.status_code == 201, upload.text
         file_id = upload.json()["id"]
-        ((key, size),) = httpx.get(f"{fake_cos}/_objects").json().items()
+        ((key, size),) = httpx.get(f"{fake_cos}/_fake/objects").json().items()
         assert key.endswith(f"/{file_id}") and size == len(payload)  # key: <user_id>/<file_id>
 
         download = client.get(f"/api/files/{file_id}", headers=alice.headers)
@@ -70,4 +74,4 @@ def test_upload_download_delete_through_cos(cos_service: Service, fake_cos: str)
         assert client.get(f"/api/files/{file_id}", headers=bob.headers).status_code == 404
 
         assert client.delete(f"/api/files/{file_id}", headers=alice.headers).status_code == 204
-        assert httpx.get(f"{fake_cos}/_objects").json() == {}
+        assert httpx.get(f"{fake_cos}/_fake/objects").json() == {}
