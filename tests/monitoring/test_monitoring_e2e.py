@@ -101,11 +101,20 @@ def robot(monitored: Monitored) -> Iterator[str]:
     assert image, "no relay container"
     started = monitored.host.run(
         f"docker run -d --name {name} --network {project}_egress --network-alias wecom-robot --read-only "
-        f"{sh(image)} python3 -c {sh(ROBOT)}"
+        f"--no-healthcheck {sh(image)} python3 -c {sh(ROBOT)}"
     )
     assert started.exit_code == 0, started.stderr
     yield name
     monitored.host.run(f"docker rm -f {name}")
+
+
+@pytest.fixture(scope="module")
+def user(monitored: Monitored) -> dict[str, str]:
+    """A user who has had one quick discussion: turns, first tokens, tokens and cache counts now exist."""
+    headers = monitored.site.new_user()
+    quick = monitored.site.create_discussion(headers, "Buy ACME? [[fake:delay=0.01,words=8]]", ["bull", "bear"])
+    follow_discussion(monitored.site, headers, quick, limit_seconds=120)
+    return headers
 
 
 @pytest.mark.e2e
@@ -125,21 +134,22 @@ def test_prometheus_scrapes_the_api_and_the_host_on_loopback_only(monitored: Mon
 
 
 @pytest.mark.e2e
-def test_saturated_agents_raise_the_alert_and_wecom_receives_it(monitored: Monitored, robot: str) -> None:
+def test_saturated_agents_raise_the_alert_and_wecom_receives_it(
+    monitored: Monitored, robot: str, user: dict[str, str]
+) -> None:
     cap = monitored.config.settings.service.agent_cap
-    user = monitored.site.new_user()
-    # A quick discussion first, so turns, first tokens, tokens and cache counts exist for the dashboard.
-    quick = monitored.site.create_discussion(user, "Buy ACME? [[fake:delay=0.01,words=8]]", ["bull", "bear"])
-    follow_discussion(monitored.site, user, quick, limit_seconds=120)
-    # Then more discussions than the cap, each first turn stalled long enough to hold its slot.
+    # More discussions than the cap, each first turn stalled long enough to hold its slot.
     busy = [
         monitored.site.create_discussion(user, f"Hold ACME {index}? [[fake:stall_first=240]]", ["bull"])
         for index in range(cap + 2)
     ]
     try:
-        running = wait_for("agents running at the cap", lambda: monitored.value("max(cvm_agents_running)") == cap, 60)
-        assert running
-        assert monitored.value("max(cvm_agent_turns_waiting)") == 2
+
+        def saturated() -> tuple[float | None, float | None] | None:
+            seen = monitored.value("max(cvm_agents_running)"), monitored.value("max(cvm_agent_turns_waiting)")
+            return seen if seen == (cap, 2) else None
+
+        assert wait_for(f"{cap} agents running and 2 turns waiting", saturated, 60)
         state = wait_for(
             "AgentsSaturated pending or firing",
             lambda: next(
@@ -177,7 +187,7 @@ def test_saturated_agents_raise_the_alert_and_wecom_receives_it(monitored: Monit
 
 
 @pytest.mark.e2e
-def test_every_dashboard_query_returns_data(monitored: Monitored) -> None:
+def test_every_dashboard_query_returns_data(monitored: Monitored, user: dict[str, str]) -> None:
     backups = monitored.config.settings.backup.enabled
     empty = []
     for query in dashboard_queries():
