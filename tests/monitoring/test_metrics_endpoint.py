@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,9 @@ def api() -> Iterator[int]:
     server.server_close()
 
 
-def serve(release: Path, api_port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """nginx with the release's /metrics location (cut from its appliance.conf) and its user file."""
+@contextmanager
+def serve(release: Path, api_port: int, workdir: Path) -> Iterator[str]:
+    """nginx with the release's /metrics location (cut from its appliance.conf) and its user file; its URL."""
     site = (release / "nginx" / "appliance.conf").read_text()
     location = re.search(r"\n    location = /metrics \{.*?\n    \}\n", site, re.DOTALL)
     assert location, "no /metrics location in the rendered site"
@@ -69,41 +71,38 @@ def serve(release: Path, api_port: int, workdir: Path) -> tuple[subprocess.Popen
         f"  server {{\n    listen 127.0.0.1:{port};\n{block}  }}\n}}\n"
     )
     nginx = subprocess.Popen(["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "error.log")])
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1)
-            return nginx, port
-        except httpx.TransportError:
-            assert nginx.poll() is None and time.monotonic() < deadline, (workdir / "error.log").read_text()
-            time.sleep(0.1)
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.TransportError:
+                assert nginx.poll() is None and time.monotonic() < deadline, (workdir / "error.log").read_text()
+                time.sleep(0.1)
+        yield url
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
 
 
 @pytest.mark.integration
 def test_allowed_address_with_the_password_gets_metrics(tmp_path: Path, api: int) -> None:
     release = render_with(tmp_path, '"127.0.0.1/32", "10.0.0.0/8"')
-    nginx, port = serve(release, api, tmp_path)
-    try:
-        url = f"http://127.0.0.1:{port}/metrics"
+    with serve(release, api, tmp_path) as url:
         assert httpx.get(url).status_code == 401
         assert httpx.get(url, auth=("metrics", "wrong-password")).status_code == 401
         answer = httpx.get(url, auth=("metrics", PASSWORD))
         assert answer.status_code == 200
         assert answer.text == "cvm_agents_running 3\n"
-    finally:
-        nginx.terminate()
-        nginx.wait(10)
 
 
 @pytest.mark.integration
 def test_other_addresses_are_refused_even_with_the_password(tmp_path: Path, api: int) -> None:
     release = render_with(tmp_path, '"203.0.113.7/32"')
-    nginx, port = serve(release, api, tmp_path)
-    try:
-        assert httpx.get(f"http://127.0.0.1:{port}/metrics", auth=("metrics", PASSWORD)).status_code == 403
-    finally:
-        nginx.terminate()
-        nginx.wait(10)
+    with serve(release, api, tmp_path) as url:
+        assert httpx.get(url, auth=("metrics", PASSWORD)).status_code == 403
 
 
 @pytest.mark.unit
