@@ -247,3 +247,20 @@ def test_drill_marks_verified_and_a_flipped_byte_fails_it(rig: Rig, cron_backup:
     assert not rig.cos.objects(f"backups/{PROJECT}/{other}/verified.json")
     metrics = run(host, f"cat {BASE}/shared/metrics/backup.prom")
     assert "appliance_backup_drill_last_success 0" in metrics
+
+
+def test_a_wrong_cos_key_is_one_line_through_inv_backup(rig: Rig, cron_backup: object, host: RemoteHost) -> None:
+    settings = f"{BASE}/shared/backup.json"
+    run(host, f"cp -p {settings} {settings}.good && sed -i 's/{SECRET_KEY}/not-the-key/' {settings}")
+    try:
+        refused = inv("backup", "--config", str(rig.config_file))
+    finally:
+        run(host, f"mv {settings}.good {settings}")
+    assert refused.returncode == 4
+    assert refused.stderr.strip() == (
+        f"error: {rig.config.settings.hosts[0].target}: backup failed: COS bucket {BUCKET}: list bucket: "
+        "SignatureDoesNotMatch (403): check COS_SECRET_KEY"
+    )
+    again = inv("backup", "--reason", "after-fix", "--config", str(rig.config_file))
+    assert again.returncode == 0, again.stderr
+    assert "(reason after-fix)" in again.stdout
