@@ -293,13 +293,17 @@ def backup_now(
         print(backups_edge.run_backup(loaded, remote, reason))
 
 
-@task(help={**COMMON_HELP})
+@task(help={**COMMON_HELP, "retention": "also show what the retention policy would delete now (a dry run)"})
 @one_line_errors
-def backups(c: Context, config: str | None = None, env: str | None = None, host: str | None = None) -> None:
+def backups(
+    c: Context, retention: bool = False, config: str | None = None, env: str | None = None, host: str | None = None
+) -> None:
     """List the backups in COS: complete or not, verified by a drill or not, size."""
     loaded = load(config, env, host)
     with open_host(loaded) as remote:
         print(backups_edge.table(backups_edge.list_backups(loaded, remote)))
+        if retention:
+            print(backups_edge.retention_preview(loaded, remote))
 
 
 @task(

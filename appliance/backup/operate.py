@@ -76,6 +76,12 @@ def list_backups(config: Config, remote: RemoteHost) -> list[Listed]:
     return [Listed(**json.loads(line)) for line in result.stdout.splitlines() if line.startswith("{")]
 
 
+def retention_preview(config: Config, remote: RemoteHost) -> str:
+    """What retention would keep and delete now (nothing is deleted)."""
+    _enabled(config)
+    return _outcome(config, remote.run(_command(config, "prune", "--dry-run")))
+
+
 def _with_identity(config: Config, remote: RemoteHost, *args: str) -> str:
     key = identity(config).encode()
     return _outcome(config, remote.stream(_command(config, *args), [key], lambda sent: None))

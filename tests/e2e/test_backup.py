@@ -224,9 +224,11 @@ def test_drill_marks_verified_and_a_flipped_byte_fails_it(rig: Rig, cron_backup:
     assert drill.returncode == 0, drill.stdout + drill.stderr
     assert f"drill of {identifier} passed" in drill.stdout and "marked verified" in drill.stdout
 
-    listed = inv("backups", "--config", str(rig.config_file))
+    listed = inv("backups", "--retention", "--config", str(rig.config_file))
     assert listed.returncode == 0, listed.stderr
-    rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
+    *table, preview = listed.stdout.strip().splitlines()
+    rows = {line.split()[0]: line.split() for line in table[1:]}
+    assert preview == f"retention: keep {', '.join(sorted(rows))}; would delete none"  # all from the last day
     assert rows[identifier][1:3] == ["complete", "yes"]
     other = max(name for name in rows if name != identifier)  # the pre-restore backup
     assert rows[other][1:3] == ["complete", "no"]
