@@ -48,9 +48,10 @@ class EventLog:
     def _seq_key(self, discussion_id: uuid.UUID) -> str:
         return f"{self._prefix}discussion:{discussion_id}:seq"
 
-    async def append(self, discussion_id: uuid.UUID, kind: str, **data: Any) -> int:
+    async def append(self, discussion_id: uuid.UUID, kind: str, at: float | None = None, **data: Any) -> int:
+        """Append an event; `at` (epoch seconds, default now) becomes its `ts`, the server's clock."""
         keys = [self._seq_key(discussion_id), self.stream_key(discussion_id)]
-        event = {"type": kind, "ts": round(time.time(), 3), **data}  # ts: server clock, for clients and bench/
+        event = {"type": kind, "ts": round(time.time() if at is None else at, 3), **data}
         seq = int(await self._append(keys=keys, args=[json.dumps(event, default=str)]))
         if kind == FINISHED:
             for key in keys:

@@ -246,7 +246,7 @@ class Orchestrator:
         ]
 
     async def _turn(self, run: Run, turn_index: int, round_no: int, role: Role) -> dict[str, Any]:
-        base = {"turn_index": turn_index, "role": role.key}
+        base: dict[str, Any] = {"turn_index": turn_index, "role": role.key}
 
         async def on_queued(position: int) -> None:
             await self._events.append(run.id, "queued", position=position, **base)
@@ -255,10 +255,13 @@ class Orchestrator:
         reasoning: list[str] = []
         pending: list[str] = []
         last_flush = 0.0  # the first delta goes out at once: time to first token is what users feel
+        announced: asyncio.Task[int] | None = None  # agent_started, appended while the upstream request starts
 
         async def flush() -> None:
             nonlocal last_flush
             if pending:
+                assert announced is not None  # deltas only arrive inside speak(), after it is created
+                await announced  # agent_started keeps the seq before the first token's
                 await self._events.append(run.id, "token", text="".join(pending), **base)
                 pending.clear()
             last_flush = time.monotonic()
@@ -274,12 +277,15 @@ class Orchestrator:
 
         async def speak() -> Usage:
             nonlocal started
+            nonlocal announced
             async with self._slots.slot(on_queued):
-                await self._events.append(run.id, "agent_started", **base)
+                # Not awaited before the upstream request: the Redis round trip would add to time to first token.
+                announced = asyncio.create_task(self._events.append(run.id, "agent_started", at=time.time(), **base))
                 started = time.monotonic()
                 try:
                     return await self._llm.stream_turn(self._prompt(run, role), on_delta, json_mode=role is MODERATOR)
                 finally:
+                    await announced  # before any later event of this turn; its failure fails the turn as before
                     await flush()
 
         usage = Usage()
