@@ -164,3 +164,22 @@ def test_retention_keeps_every_backup_of_the_last_day_then_one_per_day() -> None
     # All of the last 24 h stay (two today, 22 Nov's newest); 22 Nov's older ones go.
     assert decision.keep == [backup_id(t) for t in reversed(times[:3])]
     assert decision.delete == [backup_id(times[4]), backup_id(times[3])]
+
+
+def inv_in(folder: Path, *args: str, answer: str = "") -> subprocess.CompletedProcess[str]:
+    repo = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "invoke", "-r", str(repo), *args, "--config", str(folder / "appliance.toml")]
+    return subprocess.run(command, input=answer, capture_output=True, text=True, check=False, timeout=60)
+
+
+def test_restore_asks_first_and_needs_the_key_before_touching_the_host(tmp_path: Path) -> None:
+    """Both refusals come before any connection (the host in the config does not exist)."""
+    (tmp_path / "appliance.toml").write_text(CONFIG.replace("203.0.113.7", "192.0.2.1"))
+    cancelled = inv_in(tmp_path, "restore", "--backup", "20261123T033000Z", answer="no\n")
+    assert cancelled.returncode == 4
+    assert cancelled.stderr.strip() == "error: restore cancelled: nothing was changed"
+    no_key = inv_in(tmp_path, "restore", "--backup", "20261123T033000Z", "--yes")
+    assert no_key.returncode == 2
+    assert no_key.stderr.strip() == (
+        f"error: {tmp_path / 'appliance.toml'}: backup.age_identity_file: set it to your age private key file"
+    )
