@@ -89,7 +89,7 @@ def switch_traffic(release: Release) -> str:
     """Point nginx at the release: its site and upstream files swapped into the folder nginx reads, nginx up
     (the first time) and checked; then a graceful reload. A config nginx refuses is swapped back."""
     shared = f"{release.settings.base_dir}/shared/nginx"
-    files = ("appliance.conf", "upstream.inc")
+    files = ("appliance.conf", "upstream.inc", "metrics.htpasswd")
     keep = "; ".join(
         f"cp -p {sh(shared + '/' + name)} {sh(shared + '/' + name + '.previous')} 2>/dev/null || true" for name in files
     )

@@ -23,6 +23,8 @@ HOST_SCRIPTS = {
     "health-check.sh": "health-check.sh",
     "log-collection.sh": "log-collection.sh",
     "update.sh": "update.sh",
+    "monitor.sh": "monitor.sh",
+    "container-metrics.sh": "container-metrics.sh",
 }
 CERT_DAYS = 397  # browsers' limit for a server certificate's lifetime
 
@@ -166,11 +168,17 @@ def boot_unit(settings: Settings) -> list[Step]:
 
 
 def cron_entries(settings: Settings) -> list[Step]:
+    metrics = f"{settings.base_dir}/shared/metrics"
+    containers = sh(f"{settings.base_dir}/bin/container-metrics.sh", settings.name, f"{metrics}/containers.prom")
     entries: list[Step] = [
         ManagedFile(
             f"/etc/cron.d/{settings.name}-cert-expiry",
-            render_host_template("cert-expiry.cron.j2", command=cert_expiry_command(settings)),
-        )
+            render_host_template("metric.cron.j2", schedule="17 */6 * * *", command=cert_expiry_command(settings)),
+        ),
+        ManagedFile(
+            f"/etc/cron.d/{settings.name}-container-metrics",
+            render_host_template("metric.cron.j2", schedule="* * * * *", command=containers),
+        ),
     ]
     backup_cron = f"/etc/cron.d/{settings.name}-backup"
     if settings.backup.enabled:

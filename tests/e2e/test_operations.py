@@ -157,3 +157,13 @@ def test_os_update_script_leaves_the_stack_serving(host: RemoteHost) -> None:
     run = host.run(f"{BIN}/update.sh appliance", timeout=600)
     assert run.exit_code == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert run.stdout.strip().splitlines()[-1].startswith("update: done, OK: release ")
+
+
+def test_cron_writes_the_containers_state_for_monitoring(host: RemoteHost) -> None:
+    metrics = "/opt/appliance/shared/metrics/containers.prom"
+    deadline = time.monotonic() + 75  # cron runs it every minute
+    while host.run(f"test -s {metrics}").exit_code != 0:
+        assert time.monotonic() < deadline, "container-metrics.sh did not run from cron"
+        time.sleep(3)
+    text = host.run(f"cat {metrics}").stdout
+    assert 'appliance_container_running{project="appliance",service="postgres"} 1' in text, text
