@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 FORMAT = 1
@@ -55,14 +55,10 @@ class Manifest:
     files: dict[str, str]  # artifacts: relative path → SHA-256
     seconds: float = 0.0
     format: int = FORMAT
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def encrypted_size(self) -> int:
         return sum(part.encrypted_size for part in self.parts)
-
-    def part(self, name: str) -> Part | None:
-        return next((part for part in self.parts if part.name == name), None)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
