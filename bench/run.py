@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import shutil
 import signal
 import statistics
@@ -45,6 +44,7 @@ from tests.service.conftest import (
     new_user,
     running_fake_llm,
     scratch_database,
+    scratch_redis_prefix,
     service_env,
     start_service,
     stop_process,
@@ -277,9 +277,9 @@ def main() -> None:
         scratch_database("svc_bench") as database_url,
         running_fake_llm() as fake,
         tempfile.TemporaryDirectory() as tmp,
+        scratch_redis_prefix("bench") as prefix,
     ):
         asyncio.run(apply_migrations(database_url))
-        prefix = f"bench:{secrets.token_hex(4)}:"
         env = service_env(
             database_url,
             prefix,

@@ -97,16 +97,25 @@ def database_url() -> Iterator[str]:
         yield url
 
 
+@contextmanager
+def scratch_redis_prefix(name: str = "test") -> Iterator[str]:
+    """A random Redis key prefix; its keys are deleted on exit."""
+    prefix = f"{name}:{secrets.token_hex(6)}:"
+    try:
+        yield prefix
+    finally:
+        client = redis.Redis.from_url(TEST_REDIS_URL)
+        keys = list(client.scan_iter(f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
 @pytest.fixture(scope="session")
 def redis_prefix() -> Iterator[str]:
     """A key prefix of this session; its keys are deleted at the end."""
-    prefix = f"test:{secrets.token_hex(6)}:"
-    yield prefix
-    client = redis.Redis.from_url(TEST_REDIS_URL)
-    keys = list(client.scan_iter(f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    with scratch_redis_prefix() as prefix:
+        yield prefix
 
 
 @dataclass
