@@ -41,6 +41,7 @@ from appliance.render import api_image, monitoring_images, release_files
 from appliance.secrets import ensure_generated, load_secrets
 from appliance.shell import sh
 from appliance.steps import Action, Facts, ManagedFile, Run, Step
+from appliance.views import health_probe
 
 HEALTHY_IN_A_ROW = 3
 LOCK_WAIT_SECONDS = 1800
@@ -179,12 +180,7 @@ def current_release(remote: RemoteHost, settings: Settings) -> Release | None:
 
 def _failure_report(remote: RemoteHost, release: Release) -> str:
     logs = remote.run(release.compose("logs", "--no-color", "--tail", "20", "api", api=True)).stdout
-    probe = (
-        "import urllib.request as u\n"
-        "try:\n  print(u.urlopen('http://127.0.0.1:8000/api/health', timeout=3).read().decode())\n"
-        "except Exception as e:\n  print(repr(e), getattr(e, 'read', lambda: b'')().decode())"
-    )
-    health = remote.run(release.compose("exec", "-T", "api", "python3", "-c", probe, api=True)).stdout
+    health = remote.run(health_probe(release)).stdout
     return f"last API log lines:\n{logs.rstrip()}\nhealth answer: {health.strip() or '(none)'}"
 
 
@@ -329,7 +325,7 @@ def deploy(
                 push(engine, release_image, user, password)
             image_steps: list[Step] = [RegistryLogin(registry, user, password), *map(ImagePulled, roles.values())]
         else:
-            image_steps = [*images_on_host(engine, list(roles.values()))]
+            image_steps = [images_on_host(engine, list(roles.values()))]
         steps = [
             *image_steps,
             *prepare_steps(config, release, files, first=previous is None),

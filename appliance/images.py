@@ -6,6 +6,7 @@ third-party ones (postgres, redis, nginx) included, the same way as the service'
 
 from __future__ import annotations
 
+import subprocess
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from appliance.shell import sh
 from appliance.steps import Action, Facts, Run, Stream
 
 LOAD = "gzip -dc | docker load --quiet"
+CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -39,53 +41,66 @@ def local_image(client: docker.DockerClient, ref: str) -> LocalImage:
 
 
 @dataclass(frozen=True)
-class SavedImage:
-    """`docker save` of one image, gzip-compressed (level 1: the link, not the CPU, is the bottleneck)."""
+class SavedImages:
+    """`docker save` of several images as one archive (layers they share travel once), gzip-compressed at
+    level 1: the link, not the CPU, is the bottleneck."""
 
-    client: docker.DockerClient
-    ref: str
+    refs: tuple[str, ...]
     size: int
 
     def chunks(self) -> Iterator[bytes]:
         compressor = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: the gzip format
-        # Saved by this exact reference: Image.save(named=True) would use the image's first tag instead.
-        for chunk in self.client.api.get_image(self.ref):
-            compressed = compressor.compress(chunk)
-            if compressed:
-                yield compressed
+        # The CLI, like `docker build` before it: the SDK saves one image per archive.
+        with subprocess.Popen(["docker", "save", *self.refs], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as save:
+            assert save.stdout is not None and save.stderr is not None
+            for chunk in iter(lambda: save.stdout.read(CHUNK), b""):  # type: ignore[union-attr]
+                compressed = compressor.compress(chunk)
+                if compressed:
+                    yield compressed
+            failure = save.stderr.read().decode(errors="replace").strip()
+        if save.returncode != 0:
+            raise ApplianceError(f"docker save {' '.join(self.refs)} failed: {failure.splitlines()[-1:] or '?'}")
         yield compressor.flush()
 
 
 @dataclass(frozen=True)
-class ImageOnHost:
-    """The host's Docker engine has `image` (same ID) under its name."""
+class ImagesOnHost:
+    """The host's Docker engine has each image (same ID) under its name: the missing ones are sent in one
+    archive, those whose layers the host has under another name are only tagged."""
 
-    client: docker.DockerClient
-    image: LocalImage
+    images: tuple[LocalImage, ...]
 
-    @property
-    def name(self) -> str:
-        return f"image {self.image.ref}"
+    name = "images"
 
     def probes(self) -> Mapping[str, str]:
         inspect = ("docker", "image", "inspect", "--format", "{{.Id}}")
-        return {"id": sh(*inspect, self.image.ref), "by_id": sh(*inspect, self.image.image_id)}
+        probes = {}
+        for index, image in enumerate(self.images):
+            probes[f"{index}:id"] = sh(*inspect, image.ref)
+            probes[f"{index}:by_id"] = sh(*inspect, image.image_id)
+        return probes
 
     def plan(self, facts: Facts) -> list[Action]:
-        if facts["id"].ok and facts["id"].stdout.strip() == self.image.image_id:
-            return []
-        if facts["by_id"].ok:
-            # The host has these very layers under another name (a rollback, a re-tagged build).
-            return [
-                Run(
-                    sh("docker", "tag", self.image.image_id, self.image.ref), f"tag the host's copy as {self.image.ref}"
-                )
-            ]
-        megabytes = self.image.size // 1_000_000
-        source = SavedImage(self.client, self.image.ref, self.image.size)
-        return [Stream(LOAD, source, f"send {self.image.ref} ({megabytes} MB) over SSH")]
+        actions: list[Action] = []
+        missing: list[LocalImage] = []
+        for index, image in enumerate(self.images):
+            present, by_id = facts[f"{index}:id"], facts[f"{index}:by_id"]
+            if present.ok and present.stdout.strip() == image.image_id:
+                continue
+            if by_id.ok:
+                # The host has these very layers under another name (a rollback, a re-tagged build).
+                why = f"tag the host's copy as {image.ref}"
+                actions.append(Run(sh("docker", "tag", image.image_id, image.ref), why))
+            else:
+                missing.append(image)
+        if missing:
+            size = sum(image.size for image in missing)
+            names = ", ".join(image.ref for image in missing)
+            source = SavedImages(tuple(image.ref for image in missing), size)
+            actions.append(Stream(LOAD, source, f"send {names} ({size // 1_000_000} MB) over SSH"))
+        return actions
 
 
-def images_on_host(client: docker.DockerClient, refs: list[str]) -> list[ImageOnHost]:
-    """One step per image, in order; an image missing locally is an error before anything is sent."""
-    return [ImageOnHost(client, local_image(client, ref)) for ref in refs]
+def images_on_host(client: docker.DockerClient, refs: list[str]) -> ImagesOnHost:
+    """One step for all the images; an image missing locally is an error before anything is sent."""
+    return ImagesOnHost(tuple(local_image(client, ref) for ref in dict.fromkeys(refs)))

@@ -1,34 +1,38 @@
-"""The image step sends an image only when the host lacks that exact image."""
+"""The image step sends only the images the host lacks, all in one archive, and tags what it has."""
 
 from __future__ import annotations
 
-import docker
 import pytest
 
-from appliance.images import LOAD, ImageOnHost, LocalImage
+from appliance.images import LOAD, ImagesOnHost, LocalImage, SavedImages
 from appliance.steps import Fact, Run, Stream
 
 pytestmark = pytest.mark.unit
 
-# A client is only carried, never called, while planning.
-OFFLINE = docker.DockerClient(base_url="unix:///nonexistent.sock", version="1.41")
-IMAGE = LocalImage("cvm-appliance/api:v3", "sha256:" + "a" * 64, 312_000_000)
+API = LocalImage("cvm-appliance/api:v3", "sha256:" + "a" * 64, 312_000_000)
+PG = LocalImage("postgres:16-bookworm", "sha256:" + "b" * 64, 420_000_000)
+REDIS = LocalImage("redis:7-bookworm", "sha256:" + "c" * 64, 130_000_000)
+STEP = ImagesOnHost((API, PG, REDIS))
 
 
-def test_same_id_on_host_sends_nothing() -> None:
-    assert ImageOnHost(OFFLINE, IMAGE).plan({"id": Fact(IMAGE.image_id, 0), "by_id": Fact(IMAGE.image_id, 0)}) == []
+def facts(*per_image: tuple[Fact, Fact]) -> dict[str, Fact]:
+    """The step's facts from (id, by_id) pairs, one pair per image in order."""
+    return {f"{index}:{key}": pair[k] for index, pair in enumerate(per_image) for k, key in enumerate(("id", "by_id"))}
 
 
-def test_same_layers_under_another_name_are_tagged_not_sent() -> None:
-    [action] = ImageOnHost(OFFLINE, IMAGE).plan({"id": Fact("", 1), "by_id": Fact(IMAGE.image_id, 0)})
-    assert action == Run(
-        f"docker tag {IMAGE.image_id} cvm-appliance/api:v3", "tag the host's copy as cvm-appliance/api:v3"
-    )
+ABSENT = (Fact("", 1), Fact("", 1))
 
 
-@pytest.mark.parametrize("fact", [Fact("", 1), Fact("sha256:" + "b" * 64, 0)], ids=["absent", "other-id"])
-def test_absent_or_different_image_is_streamed(fact: Fact) -> None:
-    [action] = ImageOnHost(OFFLINE, IMAGE).plan({"id": fact, "by_id": Fact("", 1)})
-    assert isinstance(action, Stream)
-    assert action.command == LOAD
-    assert action.why == "send cvm-appliance/api:v3 (312 MB) over SSH"
+def test_same_ids_on_host_send_nothing() -> None:
+    present = [(Fact(image.image_id, 0), Fact(image.image_id, 0)) for image in STEP.images]
+    assert STEP.plan(facts(*present)) == []
+
+
+def test_same_layers_under_another_name_are_tagged_and_the_rest_goes_in_one_archive() -> None:
+    tagged = (Fact("", 1), Fact(API.image_id, 0))
+    other_id = (Fact("sha256:" + "d" * 64, 0), Fact("", 1))
+    tag, send = STEP.plan(facts(tagged, other_id, ABSENT))
+    assert tag == Run(f"docker tag {API.image_id} cvm-appliance/api:v3", "tag the host's copy as cvm-appliance/api:v3")
+    assert isinstance(send, Stream) and send.command == LOAD
+    assert send.why == "send postgres:16-bookworm, redis:7-bookworm (550 MB) over SSH"
+    assert send.source == SavedImages(("postgres:16-bookworm", "redis:7-bookworm"), 550_000_000)

@@ -145,7 +145,7 @@ def test_published_ports_other_than_web_are_closed_to_the_outside(
 ) -> None:
     box = bootstrapped.sandbox
     engine = docker.from_env()
-    [send_base] = images_on_host(engine, [BASE_IMAGE])
+    send_base = images_on_host(engine, [BASE_IMAGE])
     assert Executor(bootstrapped_host).apply(send_base).status in ("changed", "ok")
     started = bootstrapped_host.run(
         f"docker run -d --pull never --name portprobe -p 0.0.0.0:8080:8000 -p 80:8000 -p 443:8000 {BASE_IMAGE} "

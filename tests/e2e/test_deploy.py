@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import ssl
+import subprocess
+import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +18,7 @@ import pytest
 
 from appliance.config import load_config
 from appliance.remote import RemoteHost, open_host
-from tests.conftest import Bootstrapped, Deployed, inv
+from tests.conftest import REPO, Bootstrapped, Deployed, inv
 from tests.e2e.traffic import Site, events, follow_discussion, steady_load
 
 pytestmark = pytest.mark.e2e
@@ -103,7 +106,8 @@ def test_switch_to_v2_then_roll_back_to_v1_under_load(
 ) -> None:
     """50 requests/s and a streaming discussion through nginx while v2 replaces v1 and v1 replaces v2 again."""
     user = site.new_user()
-    discussion = site.create_discussion(user, "Hold ACME? [[fake:delay=0.05,words=400]]", ["bull", "bear", "risk"])
+    # Long enough to outlive both switches; stopped by its user once they are done.
+    discussion = site.create_discussion(user, "Hold ACME? [[fake:delay=0.05,words=5000]]", ["bull", "bear", "risk"])
     with steady_load(site, ["/api/health", "/api/roles"], per_second=50) as load, ThreadPoolExecutor(1) as pool:
         followed = pool.submit(follow_discussion, site, user, discussion)
         time.sleep(2)
@@ -114,8 +118,9 @@ def test_switch_to_v2_then_roll_back_to_v1_under_load(
         back = inv("rollback", "--config", str(deploy_config))
         elapsed = time.monotonic() - started
         assert back.returncode == 0, back.stdout + back.stderr
-        time.sleep(2)
-        stream = followed.result(timeout=300)
+        time.sleep(5)  # the client reconnects after the second drain
+        site.stop_discussion(user, discussion)
+        stream = followed.result(timeout=120)
     assert "tag the host's copy as cvm-appliance/api:v2" in run.stdout  # same layers: not sent again
     assert served_version(bootstrapped, bootstrapped_host) == "v1"
     running = bootstrapped_host.run("docker ps --format '{{.Names}}' | grep -c api-v2 || true").stdout.strip()
@@ -127,12 +132,12 @@ def test_switch_to_v2_then_roll_back_to_v1_under_load(
     for code, reason, hint in stream.closes:
         assert code == 1012 and "reconnect" in reason and hint is not None, stream.closes
     assert [event["seq"] for event in stream.events] == list(range(1, len(stream.events) + 1))
-    assert stream.events[-1]["status"] == "completed"
+    assert stream.events[-1]["status"] == "stopped"
     print(f"rollback with the image on the host: {elapsed:.1f}s; load: {dict(load.outcomes)}; {stream.closes}")
 
 
 def test_release_that_never_gets_healthy_leaves_the_served_one_alone(
-    first_release: str, deploy_config: Path, bootstrapped: Bootstrapped, bootstrapped_host: RemoteHost
+    first_release: str, deploy_config: Path, bootstrapped: Bootstrapped, bootstrapped_host: RemoteHost, site: Site
 ) -> None:
     engine = docker.from_env()
     dockerfile = b'FROM cvm-appliance/api:v1\nCMD ["python3", "-c", "import time; time.sleep(3600)"]\n'
@@ -140,7 +145,11 @@ def test_release_that_never_gets_healthy_leaves_the_served_one_alone(
     impatient = deploy_config.parent / "impatient.toml"
     impatient.write_text(deploy_config.read_text().replace("[service]\n", "[service]\nhealth_timeout = 8\n"))
     before = served_version(bootstrapped, bootstrapped_host)
-    run = inv("deploy", "--version", "broken", "--image", "cvm-appliance/never-healthy:1", "--config", str(impatient))
+    with steady_load(site, ["/api/health", "/api/roles"], per_second=50) as load:
+        run = inv(
+            "deploy", "--version", "broken", "--image", "cvm-appliance/never-healthy:1", "--config", str(impatient)
+        )
+    assert load.total > 50 * 5 and load.failed == 0, (load.outcomes, load.errors[:5])
     assert run.returncode == 4
     assert "health gate" in run.stderr
     assert "no 3 healthy answers in a row within 8s" in run.stderr
@@ -150,6 +159,26 @@ def test_release_that_never_gets_healthy_leaves_the_served_one_alone(
     assert left == "0"
 
 
+def test_an_interrupted_deploy_releases_the_lock_and_says_so_in_the_audit_log(
+    first_release: str, deploy_config: Path, bootstrapped_host: RemoteHost
+) -> None:
+    before = bootstrapped_host.run("readlink /opt/appliance/current").stdout
+    command = [sys.executable, "-m", "invoke", "deploy", "--version", "v5", "--image", "cvm-appliance/api:v1"]
+    deploy = subprocess.Popen([*command, "--config", str(deploy_config)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while bootstrapped_host.run("test -d /opt/appliance/shared/deploy.lock").exit_code != 0:
+        assert time.monotonic() < deadline and deploy.poll() is None, "the deploy never took the lock"
+        time.sleep(0.5)
+    deploy.send_signal(signal.SIGINT)  # an operator's Ctrl-C
+    _, stderr = deploy.communicate(timeout=120)
+    assert deploy.returncode == 130, stderr
+    assert stderr.strip().endswith("interrupted")
+    assert bootstrapped_host.run("test -e /opt/appliance/shared/deploy.lock").exit_code != 0
+    entry = json.loads(bootstrapped_host.run("tail -n 1 /opt/appliance/shared/audit.jsonl").stdout)
+    assert (entry["command"], entry["version"], entry["result"]) == ("deploy", "v5", "interrupted")
+    assert bootstrapped_host.run("readlink /opt/appliance/current").stdout == before
+
+
 def test_old_releases_are_pruned_but_never_the_rollback_target(
     first_release: str, deploy_config: Path, bootstrapped_host: RemoteHost
 ) -> None:
@@ -157,7 +186,7 @@ def test_old_releases_are_pruned_but_never_the_rollback_target(
     frugal.write_text(deploy_config.read_text().replace("secrets_file = ", "keep_releases = 2\nsecrets_file = ", 1))
     run = inv("deploy", "--version", "v3", "--image", "cvm-appliance/api:v1", "--config", str(frugal))
     assert run.returncode == 0, run.stdout + run.stderr
-    # History v1 v2 v1 v3: v3 serves, v1 is the rollback target; v2 and the never-served "broken" go.
+    # History v1 v2 v1 v3: v3 serves, v1 is the rollback target; v2 and the never-served "broken" and "v5" go.
     kept = bootstrapped_host.run("ls /opt/appliance/releases").stdout.split()
     assert kept == ["v1", "v3"]
     tags = bootstrapped_host.run("docker images --format '{{.Tag}}' cvm-appliance/api").stdout.split()

@@ -27,16 +27,16 @@ def test_image_is_sent_once_and_lands_with_the_same_id(bootstrapped_host: Remote
     subprocess.run(["docker", "import", "-", ref], input=archive.getvalue(), check=True, capture_output=True)
     engine = docker.from_env()
     try:
-        steps = images_on_host(engine, [ref])
+        step = images_on_host(engine, [ref])
         reports: list[tuple[str, int, int]] = []
         first = Executor(bootstrapped_host, progress=lambda why, done, total: reports.append((why, done, total)))
-        outcome = first.apply(steps[0])
+        outcome = first.apply(step)
         assert outcome.status == "changed", outcome.error
         assert reports and reports[-1][0] == f"send {ref} (3 MB) over SSH"
         assert 0 < reports[-1][1] < 3_000_000  # gzip shrinks a file of one repeated byte
         landed = bootstrapped_host.run(f"docker image inspect --format '{{{{.Id}}}}' {ref}").stdout.strip()
         assert landed == engine.images.get(ref).id
-        assert Executor(bootstrapped_host).apply(steps[0]).status == "ok"
+        assert Executor(bootstrapped_host).apply(step).status == "ok"
     finally:
         bootstrapped_host.run(f"docker rmi -f {ref}")
         engine.images.remove(ref, force=True)

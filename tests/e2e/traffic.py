@@ -52,6 +52,10 @@ class Site:
         assert answer.status_code == 201, answer.text
         return str(answer.json()["id"])
 
+    def stop_discussion(self, headers: dict[str, str], discussion: str) -> None:
+        with self.client() as client:
+            client.post(f"/api/discussions/{discussion}/stop", headers=headers).raise_for_status()
+
     def websocket(self, headers: dict[str, str], discussion: str, after: int = 0) -> ClientConnection:
         """A WebSocket to the discussion's events through nginx's /ws/, with a fresh single-use ticket."""
         with self.client() as client:
