@@ -5,20 +5,27 @@ from __future__ import annotations
 import time
 
 import docker
+import httpx
 import pytest
 
 from appliance.config import load_config
 from appliance.errors import SshError
 from appliance.remote import open_host
-from tests.conftest import SandboxFactory, bootstrap_sandbox
+from tests.conftest import SandboxFactory, bootstrap_sandbox, deploy_sandbox
+from tests.e2e.traffic import Site
 
 pytestmark = pytest.mark.e2e
 
 
 def test_services_come_back_after_a_reboot(sandbox_factory: SandboxFactory) -> None:
-    box = bootstrap_sandbox(sandbox_factory("reboot")).sandbox
-    docker.from_env().containers.get(box.name).restart(timeout=30)
+    box = deploy_sandbox(bootstrap_sandbox(sandbox_factory("reboot")).sandbox).sandbox
     config = load_config(box.config_file)
+    with open_host(config) as host:
+        site = Site(box.https_port, host.run("cat /opt/appliance/shared/certs/ca.pem").stdout)
+    docker.from_env().containers.get(box.name).restart(timeout=30)
+    restarted = time.monotonic()
+    assert serving_within(site, 60), "the current release did not serve within 60 s of the restart"
+    print(f"serving again {time.monotonic() - restarted:.1f}s after the restart")
     deadline = time.monotonic() + 90
     state = ""
     while time.monotonic() < deadline:
@@ -39,3 +46,18 @@ def test_services_come_back_after_a_reboot(sandbox_factory: SandboxFactory) -> N
         ).stdout.split("\n")
     assert units[:6] == ["active"] * 4 + ["enabled", "Status: active"]
     assert units[6] == "1"
+
+
+def serving_within(site: Site, seconds: float) -> bool:
+    """Whether /api/health through nginx answers 200 with the database connected within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with site.client() as client:
+                answer = client.get("/api/health", timeout=3)
+            if answer.status_code == 200 and answer.json()["database"]["connected"]:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    return False
