@@ -1,6 +1,6 @@
 """`inv deploy`: a release onto a bootstrapped host; traffic moves only to an API that passed its health gate.
 
-Order: lock → images → release files → validate → databases up → migrations → new API up → health gate →
+Order: lock → images → release files → validate → stack up (all but nginx) → migrations → new API up → health gate →
 nginx switched by a graceful reload → `current` moved → previous API drained and stopped → unlock.
 If the new API never gets healthy, nginx was never pointed at it: the previous release keeps serving,
 the new API is stopped, and its last log lines and health answer are printed.
@@ -63,15 +63,16 @@ class Always:
 
 
 def health_gate(release: Release) -> str:
-    """Succeeds after HEALTHY_IN_A_ROW consecutive 200s from the new API's /api/health, within the timeout."""
+    """Succeeds after HEALTHY_IN_A_ROW consecutive 200s (half a second apart) from the new API's /api/health,
+    within the timeout."""
     probe = "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/api/health', timeout=3)"
     check = release.compose("exec", "-T", "api", "python3", "-c", probe, api=True)
     timeout = release.settings.service.health_timeout
     # Loops run in a subshell: their own `exit` must not skip what an `&&` before them guards.
     return (
-        f"(ok=0; for i in $(seq {timeout}); do "
+        f"(ok=0; for i in $(seq {timeout * 2}); do "
         f"if ({check}) >/dev/null 2>&1; then ok=$((ok + 1)); [ $ok -ge {HEALTHY_IN_A_ROW} ] && exit 0; else ok=0; fi; "
-        f"sleep 1; done; echo 'no {HEALTHY_IN_A_ROW} healthy answers in a row within {timeout}s' >&2; exit 1)"
+        f"sleep 0.5; done; echo 'no {HEALTHY_IN_A_ROW} healthy answers in a row within {timeout}s' >&2; exit 1)"
     )
 
 
@@ -102,7 +103,9 @@ def switch_traffic(release: Release) -> str:
     restore = "; ".join(f"mv {sh(shared + '/' + name + '.previous')} {sh(shared + '/' + name)}" for name in files)
     check = release.compose("exec", "-T", "nginx", "nginx", "-t", "-q")
     refused = f"{{ {restore}; echo 'nginx -t refused the new config; previous one restored' >&2; exit 1; }}"
-    up = release.compose("up", "-d", "--remove-orphans")
+    # Only nginx: the stack's other services were brought up by the deploy's prepare half, and a rollback
+    # must not wait for monitoring containers to be recreated from another release's folder.
+    up = release.compose("up", "-d", "--no-deps", "nginx")
     reload = release.compose("exec", "-T", "nginx", "nginx", "-s", "reload")
     return (
         f"install -d -m 755 {sh(shared)} && {{ {keep}; }} && {place} && {up} && {{ {check} || {refused}; }} && {reload}"
@@ -122,7 +125,9 @@ def prepare_steps(config: Config, release: Release, files: list[ManagedFile], fi
 
     `first`: the host has never served a release, so there is no data a backup could protect yet."""
     settings = config.settings
-    infra = ("postgres", "redis", *(("llm-stub",) if settings.service.llm_stub else ()))
+    # Every service of the stack's project but nginx (switch_traffic's), with the release's settings.
+    services = f"$({release.compose('config', '--services')} | grep -vx nginx)"
+    stack_up = f"services={services} && {release.compose('up', '-d', '--remove-orphans')} $services"
     nginx_check = (
         f"docker run --rm --pull never --add-host api-{release.slug}:127.0.0.1 "
         f"-v {sh(release.directory + '/nginx')}:/etc/nginx/conf.d:ro "
@@ -141,7 +146,7 @@ def prepare_steps(config: Config, release: Release, files: list[ManagedFile], fi
             " && ".join([release.compose("config", "-q"), release.compose("config", "-q", api=True), nginx_check]),
             "compose config and nginx -t accept the release",
         ),
-        Always("databases up", f"{release.compose('up', '-d', *infra)} && {wait_healthy(release, infra[:2])}", "start"),
+        Always("stack up", f"{stack_up} && {wait_healthy(release, ('postgres', 'redis'))}", "start"),
         *backup_first,
         Always(
             "migrations",

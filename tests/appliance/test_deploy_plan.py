@@ -47,7 +47,7 @@ def test_release_procedure_order_and_drain(config: Config) -> None:
     names = [step.name for step in [*prepare_steps(config, release, []), *switch_steps(release, previous)]]
     assert names == [
         "validate release",
-        "databases up",
+        "stack up",
         "migrations",
         "API v2 up",
         "health gate",
@@ -65,7 +65,7 @@ def test_a_backup_comes_before_migrations_once_there_is_data(config: Config) -> 
     backed = dataclasses.replace(config, settings=settings)
     release = Release(settings, "v2")
     steps = prepare_steps(backed, release, [])
-    assert [step.name for step in steps] == ["validate release", "databases up", "backup", "migrations"]
+    assert [step.name for step in steps] == ["validate release", "stack up", "backup", "migrations"]
     assert steps[2].plan({}) == [
         Run("BACKUP_LOCK_WAIT=1800 /opt/appliance/bin/backup.sh --reason pre-deploy", "a backup before migrations")
     ]
