@@ -164,7 +164,15 @@ def test_an_interrupted_deploy_releases_the_lock_and_says_so_in_the_audit_log(
 ) -> None:
     before = bootstrapped_host.run("readlink /opt/appliance/current").stdout
     command = [sys.executable, "-m", "invoke", "deploy", "--version", "v5", "--image", "cvm-appliance/api:v1"]
-    deploy = subprocess.Popen([*command, "--config", str(deploy_config)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deploy = subprocess.Popen(
+        [*command, "--config", str(deploy_config)],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell without job control starts background jobs with SIGINT ignored (CI may run us so): an
+        # operator's terminal delivers it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while bootstrapped_host.run("test -d /opt/appliance/shared/deploy.lock").exit_code != 0:
         assert time.monotonic() < deadline and deploy.poll() is None, "the deploy never took the lock"
