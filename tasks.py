@@ -27,6 +27,8 @@ from appliance.remote import open_host
 from appliance.render import api_image, site_origin
 from appliance.secrets import ensure_generated, load_secrets
 
+WAIT_HELP = "if another deploy or rollback holds the host's lock, wait for it (up to 30 min)"
+
 
 @task(help={**COMMON_HELP})
 @one_line_errors
@@ -114,7 +116,7 @@ def show_progress(what: str, sent: int, total: int) -> None:
         "version": "release name (default: UTC time and git commit, e.g. 20261123-170102-3f9c2ab)",
         "image": "an API image already in the local engine, instead of building one",
         "check": "show what would change; change nothing (builds nothing)",
-        "wait": "if another deploy or rollback holds the host's lock, wait for it (up to 30 min)",
+        "wait": WAIT_HELP,
     }
 )
 @one_line_errors
@@ -146,7 +148,7 @@ def deploy(
         **COMMON_HELP,
         "to": "a kept release to serve (default: the one that served before the current one)",
         "check": "show what would change; change nothing",
-        "wait": "if another deploy or rollback holds the host's lock, wait for it (up to 30 min)",
+        "wait": WAIT_HELP,
     }
 )
 @one_line_errors
