@@ -103,9 +103,10 @@ def switch_traffic(release: Release) -> str:
     restore = "; ".join(f"mv {sh(shared + '/' + name + '.previous')} {sh(shared + '/' + name)}" for name in files)
     check = release.compose("exec", "-T", "nginx", "nginx", "-t", "-q")
     refused = f"{{ {restore}; echo 'nginx -t refused the new config; previous one restored' >&2; exit 1; }}"
-    # Only nginx: the stack's other services were brought up by the deploy's prepare half, and a rollback
-    # must not wait for monitoring containers to be recreated from another release's folder.
-    up = release.compose("up", "-d", "--no-deps", "nginx")
+    # nginx, and Prometheus (its config names the release's API): the stack's other services were brought up
+    # by the deploy's prepare half, and a rollback must not wait for them to be recreated.
+    scraper = ("prometheus",) if release.settings.monitoring.enabled else ()
+    up = release.compose("up", "-d", "--no-deps", "nginx", *scraper)
     reload = release.compose("exec", "-T", "nginx", "nginx", "-s", "reload")
     return (
         f"install -d -m 755 {sh(shared)} && {{ {keep}; }} && {place} && {up} && {{ {check} || {refused}; }} && {reload}"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import Config, load_config
-from appliance.deploy import deploy, prepare_steps, switch_steps, wait_healthy
+from appliance.deploy import deploy, prepare_steps, switch_steps, switch_traffic, wait_healthy
 from appliance.errors import ConfigError
 from appliance.lock import acquire_lock, lock_holder_message
 from appliance.registry import ImagePulled, RegistryLogin
@@ -185,3 +185,12 @@ def test_release_listing_reads_manifests_history_and_audit() -> None:
     table = releases_table(rows).splitlines()
     assert table[0].split() == ["VERSION", "ROLE", "RESULT", "DEPLOYED", "AT", "BY", "COMMIT"]
     assert table[1].split() == ["v2", "current", "ok", "2026-11-23T10:00:00+00:00", "bob@ci", "bbb2222"]
+
+
+def test_the_switch_recreates_only_nginx_and_the_prometheus_that_names_the_release(config: Config) -> None:
+    watched = Release(config.settings, "v2")
+    assert "up -d --no-deps nginx prometheus && " in switch_traffic(watched)
+    quiet = config.settings.model_copy(
+        update={"monitoring": config.settings.monitoring.model_copy(update={"enabled": False})}
+    )
+    assert "up -d --no-deps nginx && " in switch_traffic(Release(quiet, "v2"))
