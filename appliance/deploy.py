@@ -1,7 +1,8 @@
 """`inv deploy`: a release onto a bootstrapped host; traffic moves only to an API that passed its health gate.
 
-Order: lock → images → release files → validate → stack up (all but nginx) → migrations → new API up → health gate →
-nginx switched by a graceful reload → `current` moved → previous API drained and stopped → unlock.
+Order: lock → images → release files → validate → front end out of the image → stack up (all but nginx) → migrations →
+new API up → health gate → nginx switched by a graceful reload → front end published → `current` moved → previous API
+drained and stopped → unlock.
 If the new API never gets healthy, nginx was never pointed at it: the previous release keeps serving,
 the new API is stopped, and its last log lines and health answer are printed.
 """
@@ -45,6 +46,7 @@ from appliance.views import health_probe
 
 HEALTHY_IN_A_ROW = 3
 LOCK_WAIT_SECONDS = 1800
+WEB_IN_IMAGE = "/opt/app/web"  # the built front end inside the API image (service/Dockerfile)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,38 @@ def switch_traffic(release: Release) -> str:
     )
 
 
+def extract_web(release: Release) -> str:
+    """The front end, copied out of the release's API image into its folder, where a rollback finds it again."""
+    target = release.directory + "/www"
+    image = api_image(release.settings, release.version)
+    copy = (
+        f"docker run --rm --pull never --network none --entrypoint tar {sh(image)} -C {WEB_IN_IMAGE} -c . "
+        f"| tar -x --no-same-owner -C {sh(target + '.next')}"
+    )
+    return (
+        f"rm -rf {sh(target + '.next')} && install -d -m 755 {sh(target + '.next')} && {copy} && "
+        f"test -s {sh(target + '.next/index.html')} && rm -rf {sh(target)} && mv -T {sh(target + '.next')} {sh(target)}"
+    )
+
+
+def publish_web(release: Release) -> str:
+    """The release's front end into the folder nginx serves: assets first, the entry page last (renamed into
+    place), so a page never names an asset that is not there yet. Assets no kept release has are then removed."""
+    source = release.directory + "/www"
+    root = release.settings.base_dir + "/shared/www"
+    kept = release.settings.base_dir + "/releases"
+    copy = f"tar -C {sh(source)} --exclude=./index.html -c . | tar -x --no-same-owner -C {sh(root)}"
+    entry = (
+        f"cp {sh(source + '/index.html')} {sh(root + '/.index.html.next')} "
+        f"&& mv -f {sh(root + '/.index.html.next')} {sh(root + '/index.html')}"
+    )
+    stale = (
+        f'(cd {sh(root + "/assets")} 2>/dev/null || exit 0; for name in *; do [ -e "$name" ] || continue; '
+        f'ls {sh(kept)}/*/www/assets/"$name" >/dev/null 2>&1 || rm -f -- "$name"; done)'
+    )
+    return f"install -d -m 755 {sh(root)} && {copy} && {entry} && {stale}"
+
+
 def move_current(release: Release) -> str:
     """`current` → the release, atomically (a new link renamed over the old one), noted in the history."""
     current = release.settings.base_dir + "/current"
@@ -147,6 +181,7 @@ def prepare_steps(config: Config, release: Release, files: list[ManagedFile], fi
             " && ".join([release.compose("config", "-q"), release.compose("config", "-q", api=True), nginx_check]),
             "compose config and nginx -t accept the release",
         ),
+        Always("front end", extract_web(release), "copy the front end out of the API image"),
         Always("stack up", f"{stack_up} && {wait_healthy(release, ('postgres', 'redis'))}", "start"),
         *backup_first,
         Always(
@@ -163,6 +198,7 @@ def switch_steps(release: Release, previous: Release | None) -> list[Step]:
         Always(f"API {release.version} up", release.compose("up", "-d", api=True), "start the API"),
         Always("health gate", health_gate(release), f"{HEALTHY_IN_A_ROW} healthy answers in a row"),
         Always("switch traffic", switch_traffic(release), "nginx to the new API, graceful reload"),
+        Always("publish front end", publish_web(release), "the release's front end into nginx's web root"),
         Always("current release", move_current(release), f"current → {release.version}"),
     ]
     if previous is not None and previous.slug != release.slug:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import Config, load_config
-from appliance.deploy import deploy, prepare_steps, switch_steps, switch_traffic, wait_healthy
+from appliance.deploy import deploy, prepare_steps, publish_web, switch_steps, switch_traffic, wait_healthy
 from appliance.errors import ConfigError
 from appliance.lock import acquire_lock, lock_holder_message
 from appliance.registry import ImagePulled, RegistryLogin
@@ -47,11 +47,13 @@ def test_release_procedure_order_and_drain(config: Config) -> None:
     names = [step.name for step in [*prepare_steps(config, release, []), *switch_steps(release, previous)]]
     assert names == [
         "validate release",
+        "front end",
         "stack up",
         "migrations",
         "API v2 up",
         "health gate",
         "switch traffic",
+        "publish front end",
         "current release",
         "drain API v1",
     ]
@@ -65,8 +67,8 @@ def test_a_backup_comes_before_migrations_once_there_is_data(config: Config) -> 
     backed = dataclasses.replace(config, settings=settings)
     release = Release(settings, "v2")
     steps = prepare_steps(backed, release, [])
-    assert [step.name for step in steps] == ["validate release", "stack up", "backup", "migrations"]
-    assert steps[2].plan({}) == [
+    assert [step.name for step in steps] == ["validate release", "front end", "stack up", "backup", "migrations"]
+    assert steps[3].plan({}) == [
         Run("BACKUP_LOCK_WAIT=1800 /opt/appliance/bin/backup.sh --reason pre-deploy", "a backup before migrations")
     ]
     assert "backup" not in [step.name for step in prepare_steps(backed, release, [], first=True)]
@@ -194,3 +196,32 @@ def test_the_switch_recreates_only_nginx_and_the_prometheus_that_names_the_relea
         update={"monitoring": config.settings.monitoring.model_copy(update={"enabled": False})}
     )
     assert "up -d --no-deps nginx && " in switch_traffic(Release(quiet, "v2"))
+
+
+def test_publishing_a_front_end_puts_assets_before_the_entry_page_and_keeps_only_kept_releases_assets(
+    config: Config, tmp_path: Path
+) -> None:
+    """Run through real bash: v2 replaces v1's page, v1's assets stay while v1 is kept, a pruned release's go."""
+    settings = config.settings.model_copy(update={"base_dir": str(tmp_path)})
+    for version, asset in (("v1", "app.1111.js"), ("v2", "app.2222.js")):
+        www = tmp_path / "releases" / version / "www"
+        (www / "assets").mkdir(parents=True)
+        (www / "index.html").write_text(f"<script src=/assets/{asset}></script>")
+        (www / "assets" / asset).write_text(version)
+        (www / "favicon.svg").write_text(version)
+    (tmp_path / "shared/www/assets").mkdir(parents=True)
+    (tmp_path / "shared/www/assets/app.0000.js").write_text("from a pruned release")
+
+    def publish(version: str) -> None:
+        done = subprocess.run(["bash", "-c", publish_web(Release(settings, version))], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+
+    publish("v1")
+    publish("v2")
+    root = tmp_path / "shared/www"
+    assert (root / "index.html").read_text() == "<script src=/assets/app.2222.js></script>"
+    assert sorted(path.name for path in (root / "assets").iterdir()) == ["app.1111.js", "app.2222.js"]
+    assert (root / "favicon.svg").read_text() == "v2"
+    assert not (root / ".index.html.next").exists()
+    publish("v1")  # a rollback: the old page again, its assets never gone
+    assert (root / "index.html").read_text() == "<script src=/assets/app.1111.js></script>"
