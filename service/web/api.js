@@ -1,0 +1,148 @@
+// The service's HTTP API: tokens, refresh, errors in plain words.
+// The access token lives only in this module's memory. The refresh token is kept in sessionStorage
+// (this tab only, gone when the tab closes) so that a reload stays logged in; it is rotated on every use.
+
+import { t } from "./i18n.js";
+
+const REFRESH_KEY = "cvm.refresh_token";
+const BASE = (document.querySelector('meta[name="api-base"]')?.content || "").replace(/\/+$/, "");
+
+let accessToken = null;
+let refreshing = null;
+let signedOut = () => {};
+
+export class ApiError extends Error {
+  constructor(status, message, detail = "") {
+    super(message);
+    this.status = status;
+    this.detail = detail;
+  }
+}
+
+/** Called whenever the session ends against the user's will (refresh refused). */
+export function onSignedOut(handler) {
+  signedOut = handler;
+}
+
+export function hasSession() {
+  return accessToken !== null || sessionStorage.getItem(REFRESH_KEY) !== null;
+}
+
+/** The URL of a WebSocket path on the API's origin. */
+export function wsUrl(path) {
+  return (BASE || location.origin).replace(/^http/, "ws") + path;
+}
+
+function keep(tokens) {
+  accessToken = tokens.access_token;
+  sessionStorage.setItem(REFRESH_KEY, tokens.refresh_token);
+}
+
+function forget() {
+  accessToken = null;
+  sessionStorage.removeItem(REFRESH_KEY);
+}
+
+function plainWords(status, detail) {
+  if (status === 0) return t("err.network");
+  if (status === 401) return t("err.session");
+  if (status === 404) return t("err.notFound");
+  if (status === 413) return t("err.tooLarge");
+  if (status === 415) return t("err.fileType");
+  if (status === 422 || status === 400) return t("err.invalid", { detail });
+  if (status === 429) return t("err.rate");
+  if (status === 502 || status === 503 || status === 504) return t("err.busy");
+  return t("err.server");
+}
+
+async function send(method, path, { json, form, token } = {}) {
+  const headers = {};
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let body;
+  if (json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(json);
+  } else if (form !== undefined) {
+    body = form;
+  }
+  try {
+    return await fetch(BASE + path, { method, headers, body, credentials: "same-origin" });
+  } catch {
+    throw new ApiError(0, t("err.network"));
+  }
+}
+
+async function failure(response) {
+  let detail = "";
+  try {
+    const data = await response.json();
+    detail = typeof data.detail === "string" ? data.detail : (data.detail || []).map((d) => d.msg).join("; ");
+  } catch {
+    // not JSON (e.g. nginx's own error page): the status says enough
+  }
+  return new ApiError(response.status, plainWords(response.status, detail), detail);
+}
+
+/** Trade the stored refresh token for a new pair; concurrent callers share one exchange. */
+export function refresh() {
+  refreshing ??= (async () => {
+    const token = sessionStorage.getItem(REFRESH_KEY);
+    if (!token) throw new ApiError(401, t("err.session"));
+    const response = await send("POST", "/api/auth/refresh", { json: { refresh_token: token } });
+    if (!response.ok) {
+      if (response.status === 401) forget();
+      throw await failure(response);
+    }
+    keep(await response.json());
+  })().finally(() => {
+    refreshing = null;
+  });
+  return refreshing;
+}
+
+/** An authenticated request; refreshes the access token once on 401. Resolves to the Response when ok. */
+export async function request(method, path, options = {}) {
+  try {
+    if (accessToken === null) await refresh();
+    let response = await send(method, path, { ...options, token: accessToken });
+    if (response.status === 401) {
+      await refresh();
+      response = await send(method, path, { ...options, token: accessToken });
+    }
+    if (!response.ok) throw await failure(response);
+    return response;
+  } catch (error) {
+    if (error.status === 401) {
+      forget();
+      signedOut();
+    }
+    throw error;
+  }
+}
+
+export async function getJson(path) {
+  return (await request("GET", path)).json();
+}
+
+export async function postJson(path, json) {
+  return (await request("POST", path, { json })).json();
+}
+
+export async function login(email, password) {
+  const response = await send("POST", "/api/auth/login", { json: { email, password } });
+  if (response.status === 401) throw new ApiError(401, t("err.credentials"));
+  if (!response.ok) throw await failure(response);
+  keep(await response.json());
+}
+
+export async function register(email, password) {
+  const response = await send("POST", "/api/auth/register", { json: { email, password } });
+  if (response.status === 409) throw new ApiError(409, t("err.taken"));
+  if (!response.ok) throw await failure(response);
+}
+
+export async function logout() {
+  const token = sessionStorage.getItem(REFRESH_KEY);
+  forget();
+  if (token) await send("POST", "/api/auth/logout", { json: { refresh_token: token } }).catch(() => {});
+}

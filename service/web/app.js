@@ -1,0 +1,483 @@
+// The console: log in, discussions (list, start, watch live, stop, verdict), files. Routes: / /d/<id> /files.
+
+import * as api from "./api.js";
+import { lang, roleName, t } from "./i18n.js";
+import { DiscussionStream } from "./live.js";
+
+const ACTIVE = new Set(["running", "stopping"]);
+const DEFAULT_PANEL = ["bull", "bear", "risk"];
+const PAGE = 20;
+
+const view = document.getElementById("view");
+const banner = document.getElementById("banner");
+let stream = null; // the live stream of the discussion on screen, if any
+let roles = null; // GET /api/roles, fetched once
+
+/** An element: h("p", {class: "x", onclick: f}, "text", child). Text is always set as text, never as HTML. */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+    else if (name === "dataset") Object.assign(el.dataset, value);
+    else el.setAttribute(name, value === true ? "" : String(value));
+  }
+  el.append(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+  return el;
+}
+
+function show(...children) {
+  view.replaceChildren(...children);
+}
+
+function notify(message, kind = "error") {
+  banner.textContent = message;
+  banner.className = kind;
+  banner.hidden = false;
+}
+
+function clearNotice() {
+  banner.hidden = true;
+  banner.textContent = "";
+}
+
+function navigate(path) {
+  if (location.pathname !== path) history.pushState(null, "", path);
+  clearNotice();
+  render();
+}
+
+function when(iso) {
+  return new Date(iso).toLocaleString(lang === "zh" ? "zh-CN" : "en");
+}
+
+function statusBadge(status) {
+  return h("span", { class: `badge status-${status}`, id: "discussion-status", dataset: { status } }, t(`status.${status}`));
+}
+
+async function roleList() {
+  roles ??= await api.getJson("/api/roles");
+  return roles;
+}
+
+// --- log in / create account ---------------------------------------------------------------------
+
+function loginView(mode = "login") {
+  const email = h("input", { type: "email", name: "email", autocomplete: "username", required: true });
+  const password = h("input", {
+    type: "password",
+    name: "password",
+    minlength: 8,
+    required: true,
+    autocomplete: mode === "login" ? "current-password" : "new-password",
+  });
+  const submit = h("button", { type: "submit", id: "auth-submit" }, t(mode === "login" ? "auth.login" : "auth.register"));
+  const form = h(
+    "form",
+    {
+      class: "card narrow",
+      id: `${mode}-form`,
+      onsubmit: async (event) => {
+        event.preventDefault();
+        submit.disabled = true;
+        try {
+          if (mode === "register") await api.register(email.value, password.value);
+          await api.login(email.value, password.value);
+          clearNotice();
+          if (mode === "register") notify(t("auth.registered"), "info");
+          render();
+        } catch (error) {
+          notify(error.message);
+        } finally {
+          submit.disabled = false;
+        }
+      },
+    },
+    h("h1", {}, t(mode === "login" ? "auth.login" : "auth.register")),
+    h("label", {}, t("auth.email"), email),
+    h("label", {}, t("auth.password"), password),
+    submit,
+    h(
+      "button",
+      { type: "button", class: "link", id: "auth-switch", onclick: () => show(loginView(mode === "login" ? "register" : "login")) },
+      t(mode === "login" ? "auth.toRegister" : "auth.toLogin"),
+    ),
+  );
+  return form;
+}
+
+// --- discussions: list and start ---------------------------------------------------------------
+
+async function homeView() {
+  const list = h("ul", { class: "discussions", id: "discussions" });
+  const more = h("button", { type: "button", class: "link", hidden: true }, t("list.more"));
+  let offset = 0;
+  async function loadPage() {
+    const page = await api.getJson(`/api/discussions?limit=${PAGE}&offset=${offset}`);
+    offset += page.length;
+    for (const d of page) {
+      list.append(
+        h(
+          "li",
+          {},
+          h("a", { href: `/d/${d.id}`, "data-link": true }, d.topic),
+          h("span", { class: "meta" }, statusBadge(d.status), " ", when(d.created_at)),
+        ),
+      );
+    }
+    more.hidden = page.length < PAGE;
+    if (offset === 0) list.append(h("li", { class: "muted" }, t("list.empty")));
+  }
+  more.addEventListener("click", () => loadPage().catch((e) => notify(e.message)));
+  const [form] = await Promise.all([newDiscussionForm(), loadPage()]);
+  show(form, h("section", { class: "card" }, h("h2", {}, t("list.title")), list, more));
+}
+
+async function newDiscussionForm() {
+  const available = await roleList();
+  const topic = h("textarea", { name: "topic", rows: 3, minlength: 3, maxlength: 2000, required: true });
+  const boxes = available.map((role) =>
+    h("input", { type: "checkbox", name: "panel", value: role.key, checked: DEFAULT_PANEL.includes(role.key) }),
+  );
+  const rounds = h("select", { name: "rounds" }, [1, 2, 3].map((n) => h("option", { value: n }, String(n))));
+  const submit = h("button", { type: "submit", id: "start" }, t("new.start"));
+  return h(
+    "form",
+    {
+      class: "card",
+      id: "new-discussion",
+      onsubmit: async (event) => {
+        event.preventDefault();
+        const panel = boxes.filter((b) => b.checked).map((b) => b.value);
+        if (panel.length === 0) return notify(t("new.needPanel"));
+        submit.disabled = true;
+        try {
+          const body = { topic: topic.value.trim(), panel, max_rounds: Number(rounds.value) };
+          const created = await api.postJson("/api/discussions", body);
+          navigate(`/d/${created.id}`);
+        } catch (error) {
+          notify(error.message);
+          submit.disabled = false;
+        }
+      },
+    },
+    h("h2", {}, t("new.title")),
+    h("label", {}, t("new.topic"), topic),
+    h(
+      "fieldset",
+      { class: "panel-choice" },
+      h("legend", {}, t("new.panel")),
+      available.map((role, i) => h("label", { class: "check", title: role.instructions }, boxes[i], roleName(role.key, role.name))),
+    ),
+    h("label", { class: "inline" }, t("new.rounds"), rounds),
+    submit,
+  );
+}
+
+// --- one discussion, live ------------------------------------------------------------------------
+
+async function discussionView(id) {
+  let detail;
+  try {
+    detail = await api.getJson(`/api/discussions/${id}`);
+  } catch (error) {
+    if (error.status === 404 || error.status === 422) return notFound();
+    throw error;
+  }
+  const names = Object.fromEntries((await roleList()).map((r) => [r.key, r.name]));
+  const agents = [...detail.panel, "moderator"];
+  const turns = new Map(); // turn_index -> {el, text, body, chip}
+  const chips = new Map(
+    agents.map((key) => [key, h("li", { class: "agent", dataset: { agent: key, state: "waiting" } }, "")]),
+  );
+  const transcript = h("div", { id: "transcript" });
+  const verdictBox = h("section", { class: "card verdict", id: "verdict", hidden: true });
+  const conn = h("span", { class: "conn", id: "conn", dataset: { state: "closed" } });
+  const stop = h("button", { type: "button", class: "danger", id: "stop" }, t("d.stop"));
+  const statusSlot = h("span", {}, statusBadge(detail.status));
+
+  function setAgent(key, state, vars = {}) {
+    const chip = chips.get(key);
+    if (!chip) return;
+    chip.dataset.state = state;
+    chip.replaceChildren(h("strong", {}, roleName(key, names[key])), " ", h("span", {}, t(`agent.${state}`, vars)));
+  }
+  agents.forEach((key) => setAgent(key, "waiting"));
+
+  function turn(index, role) {
+    let entry = turns.get(index);
+    if (!entry) {
+      const round = role === "moderator" ? null : Math.floor(index / detail.panel.length) + 1;
+      const body = h("p", { class: "turn-text" });
+      const el = h(
+        "article",
+        { class: "turn", dataset: { turn: index, role, state: "streaming" } },
+        h("header", {}, h("strong", {}, roleName(role, names[role])), round ? h("span", { class: "meta" }, ` #${round}`) : null),
+        body,
+      );
+      entry = { el, body, text: "" };
+      turns.set(index, entry);
+      const after = [...turns.keys()].filter((k) => k > index).sort((a, b) => a - b)[0];
+      transcript.insertBefore(el, after === undefined ? null : turns.get(after).el);
+    }
+    return entry;
+  }
+
+  function finishTurn(message) {
+    const entry = turn(message.turn_index, message.role);
+    // The stored message is the truth; streamed text that differs from it is replaced, and marked so.
+    if (entry.text !== message.content) {
+      if (entry.text) entry.el.dataset.repaired = "true";
+      entry.text = message.content;
+      entry.body.textContent = message.content;
+    }
+    if (!entry.text) entry.body.textContent = t("d.noSpeech");
+    entry.el.dataset.state = message.status;
+    entry.el.dataset.messageId = message.id;
+    if (message.status === "failed") {
+      entry.el.append(h("p", { class: "turn-error" }, t("turn.failed", { error: message.error || "" })));
+    }
+    setAgent(message.role, { completed: "done", failed: "failed", stopped: "stopped" }[message.status] || "done");
+  }
+
+  function showVerdict(verdict) {
+    verdictBox.hidden = false;
+    if (!verdict) {
+      verdictBox.replaceChildren(h("h2", {}, t("d.verdict")), h("p", { class: "muted" }, t("d.noVerdict")));
+      return;
+    }
+    const confidence = typeof verdict.confidence === "number" ? Math.round(verdict.confidence * 100) + "%" : "";
+    verdictBox.replaceChildren(
+      h("h2", {}, t("d.verdict")),
+      h(
+        "p",
+        {},
+        h("span", { class: `badge stance-${verdict.stance}` }, t(`stance.${verdict.stance}`)),
+        " ",
+        confidence ? t("d.confidence", { value: confidence }) : "",
+      ),
+      h("p", { class: "summary" }, String(verdict.summary ?? "")),
+    );
+  }
+
+  function finished(status, verdict) {
+    statusSlot.replaceChildren(statusBadge(status));
+    stop.hidden = true;
+    conn.hidden = true;
+    for (const [key, chip] of chips) {
+      if (chip.dataset.state === "speaking" || chip.dataset.state === "queued") setAgent(key, "stopped");
+    }
+    if (status === "completed" || verdict) showVerdict(verdict);
+  }
+
+  function onEvent(event) {
+    switch (event.type) {
+      case "queued":
+        setAgent(event.role, "queued", { position: event.position });
+        break;
+      case "agent_started":
+        turn(event.turn_index, event.role);
+        setAgent(event.role, "speaking");
+        break;
+      case "token": {
+        const entry = turn(event.turn_index, event.role);
+        entry.text += event.text;
+        entry.body.textContent = entry.text;
+        break;
+      }
+      case "message_completed":
+      case "agent_failed":
+        finishTurn(event.message);
+        break;
+      case "discussion_finished":
+        finished(event.status, event.verdict);
+        break;
+      default:
+        break; // newer event types: ignored by this console
+    }
+  }
+
+  stop.addEventListener("click", async () => {
+    stop.disabled = true;
+    stop.textContent = t("d.stopping");
+    try {
+      const { status } = await api.request("POST", `/api/discussions/${id}/stop`).then((r) => r.json());
+      statusSlot.replaceChildren(statusBadge(status));
+    } catch (error) {
+      notify(error.message);
+      stop.disabled = false;
+      stop.textContent = t("d.stop");
+    }
+  });
+
+  show(
+    h("p", {}, h("a", { href: "/", "data-link": true }, `← ${t("d.back")}`)),
+    h(
+      "section",
+      { class: "card", id: "discussion", dataset: { id } },
+      h("h1", { class: "topic" }, detail.topic),
+      h("p", { class: "meta" }, statusSlot, " ", conn, " ", when(detail.created_at)),
+      h("ul", { class: "agents", id: "agents" }, [...chips.values()]),
+      stop,
+    ),
+    transcript,
+    verdictBox,
+  );
+
+  if (ACTIVE.has(detail.status)) {
+    // Live: replay every event from the start, so a reload shows exactly what was streamed, then follow.
+    if (detail.status === "stopping") stop.disabled = true;
+    stream = new DiscussionStream(id, {
+      onEvent,
+      onState: (state) => {
+        if (state === "gone") return void notFound();
+        conn.dataset.state = state;
+        conn.textContent = t(`conn.${state}`);
+      },
+    });
+    stream.start();
+  } else {
+    for (const message of detail.messages) finishTurn(message);
+    finished(detail.status, detail.verdict);
+  }
+}
+
+function notFound() {
+  stream?.close();
+  stream = null;
+  show(
+    h("section", { class: "card", id: "not-found" }, h("h1", {}, t("d.notFound"))),
+    h("p", {}, h("a", { href: "/", "data-link": true }, `← ${t("d.back")}`)),
+  );
+}
+
+// --- files ---------------------------------------------------------------------------------------
+
+function size(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+}
+
+async function download(file) {
+  const blob = await (await api.request("GET", `/api/files/${file.id}`)).blob();
+  const url = URL.createObjectURL(blob);
+  const link = h("a", { href: url, download: file.filename });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+async function filesView() {
+  const files = await api.getJson("/api/files");
+  const picker = h("input", { type: "file", name: "file", required: true, id: "file-input" });
+  const upload = h(
+    "form",
+    {
+      class: "card",
+      id: "upload",
+      onsubmit: async (event) => {
+        event.preventDefault();
+        const file = picker.files[0];
+        if (!file) return;
+        const form = new FormData();
+        form.append("file", file);
+        try {
+          await api.request("POST", "/api/files", { form });
+          await filesView();
+          notify(t("files.uploaded", { name: file.name }), "info");
+        } catch (error) {
+          notify(error.message);
+        }
+      },
+    },
+    h("h2", {}, t("files.title")),
+    picker,
+    h("button", { type: "submit" }, t("files.upload")),
+  );
+  const act = (fn) => () => fn().catch((error) => notify(error.message));
+  const rows = files.map((f) =>
+    h(
+      "li",
+      { dataset: { file: f.id } },
+      h("span", { class: "name" }, f.filename),
+      h("span", { class: "meta" }, `${size(f.size_bytes)} · ${when(f.created_at)}`),
+      h("span", { class: "actions" },
+        h("button", { type: "button", class: "link", onclick: act(() => download(f)) }, t("files.download")),
+        h("button", {
+          type: "button",
+          class: "link danger",
+          onclick: act(async () => {
+            await api.request("DELETE", `/api/files/${f.id}`);
+            await filesView();
+          }),
+        }, t("files.delete")),
+      ),
+    ),
+  );
+  show(upload, h("section", { class: "card" }, h("ul", { class: "files", id: "files" }, rows.length ? rows : h("li", { class: "muted" }, t("files.empty")))));
+}
+
+// --- shell ---------------------------------------------------------------------------------------
+
+async function render() {
+  stream?.close();
+  stream = null;
+  const nav = document.getElementById("nav");
+  nav.hidden = !api.hasSession();
+  if (!api.hasSession()) return show(loginView());
+  const path = location.pathname;
+  const match = path.match(/^\/d\/([0-9a-fA-F-]{36})\/?$/);
+  try {
+    if (match) await discussionView(match[1]);
+    else if (path === "/files") await filesView();
+    else await homeView();
+  } catch (error) {
+    if (!api.hasSession()) return; // the session ended: onSignedOut already shows the login
+    notify(error.message);
+  }
+}
+
+function setupShell() {
+  document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
+  document.title = t("brand");
+  document.getElementById("brand").textContent = t("brand");
+  document.getElementById("nav-discussions").textContent = t("nav.discussions");
+  document.getElementById("nav-files").textContent = t("nav.files");
+  const logout = document.getElementById("logout");
+  logout.textContent = t("nav.logout");
+  logout.addEventListener("click", async () => {
+    stream?.close();
+    await api.logout();
+    navigate("/");
+  });
+  document.addEventListener("click", (event) => {
+    const link = event.target.closest("a[data-link]");
+    if (!link || event.ctrlKey || event.metaKey || event.shiftKey || event.button !== 0) return;
+    event.preventDefault();
+    navigate(link.getAttribute("href"));
+  });
+  window.addEventListener("popstate", () => render());
+  api.onSignedOut(() => {
+    stream?.close();
+    stream = null;
+    document.getElementById("nav").hidden = true;
+    notify(t("err.session"));
+    show(loginView());
+  });
+}
+
+async function start() {
+  setupShell();
+  if (api.hasSession()) {
+    try {
+      await api.refresh(); // after a reload: the access token was only in memory
+    } catch (error) {
+      if (error.status !== 401) notify(error.message);
+    }
+  }
+  await render();
+}
+
+start();

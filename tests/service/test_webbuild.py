@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service import webbuild
+
+pytestmark = pytest.mark.unit
+CONSOLE = Path(__file__).resolve().parents[2] / "service" / "web"
+ASSET_REF = re.compile(r"""["'(](/assets/[^"')]+|\./[^"')]+)["')]""")
+
+
+def small_site(root: Path) -> Path:
+    root.mkdir()
+    (root / "index.html").write_text(
+        '<link rel="stylesheet" href="style.css"><script type="module" src="./app.js"></script>'
+    )
+    (root / "app.js").write_text('import { t } from "./i18n.js";\nt("x");\n')
+    (root / "i18n.js").write_text("export const t = (k) => k;\n")
+    (root / "style.css").write_text("body { background: url(bg.svg); }\n")
+    (root / "bg.svg").write_text("<svg/>")
+    return root
+
+
+def referenced(out: Path) -> set[Path]:
+    """Every asset path that index.html or an asset refers to, resolved inside `out`."""
+    found: set[Path] = set()
+    for page in [out / "index.html", *(out / "assets").iterdir()]:
+        for ref in ASSET_REF.findall(page.read_text()):
+            found.add(out / ref.lstrip("/") if ref.startswith("/") else page.parent / ref.removeprefix("./"))
+    return found
+
+
+def test_every_asset_gets_a_content_hashed_name_and_references_are_rewritten(tmp_path: Path) -> None:
+    built = webbuild.build(small_site(tmp_path / "src"), tmp_path / "out")
+    out = tmp_path / "out"
+    assert set(built) == {"index.html", "app.js", "i18n.js", "style.css", "bg.svg"}
+    assert all(re.fullmatch(r"assets/\w+\.[0-9a-f]{8}\.\w+", built[n]) for n in built if n != "index.html")
+    index = (out / "index.html").read_text()
+    assert f'href="/{built["style.css"]}"' in index
+    assert f'src="/{built["app.js"]}"' in index
+    assert f'from "./{Path(built["i18n.js"]).name}"' in (out / built["app.js"]).read_text()
+    assert f"url(./{Path(built['bg.svg']).name})" in (out / built["style.css"]).read_text()
+    assert referenced(out) == {out / path for name, path in built.items() if name != "index.html"}
+
+
+def test_a_changed_module_renames_itself_and_its_importers_only(tmp_path: Path) -> None:
+    src = small_site(tmp_path / "src")
+    before = webbuild.build(src, tmp_path / "one")
+    (src / "i18n.js").write_text("export const t = (k) => `${k}!`;\n")
+    after = webbuild.build(src, tmp_path / "two")
+    assert after["i18n.js"] != before["i18n.js"]
+    assert after["app.js"] != before["app.js"]  # its import line names the new i18n
+    assert after["style.css"] == before["style.css"]
+    assert after["bg.svg"] == before["bg.svg"]
+    assert sorted(p.name for p in (tmp_path / "two" / "assets").iterdir()) == sorted(
+        Path(p).name for n, p in after.items() if n != "index.html"
+    )
+
+
+def test_import_cycles_are_refused_with_the_file_named(tmp_path: Path) -> None:
+    src = small_site(tmp_path / "src")
+    (src / "i18n.js").write_text('import "./app.js";\n')
+    with pytest.raises(webbuild.WebBuildError, match="cycle through"):
+        webbuild.build(src, tmp_path / "out")
+
+
+def test_the_console_builds_from_the_command_line_with_nothing_dangling(tmp_path: Path) -> None:
+    out = tmp_path / "web"
+    run = subprocess.run(
+        [sys.executable, "-m", "service.webbuild", str(CONSOLE), str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assets = set((out / "assets").iterdir())
+    assert {p.suffix for p in assets} == {".js", ".css"}
+    assert referenced(out) == assets  # every reference resolves, and no asset is unreferenced
