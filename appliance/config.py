@@ -149,6 +149,8 @@ class Backup(_Section):
 
     enabled: bool = False
     schedule: str = "30 3 * * *"
+    # Redis alone, more often (e.g. "15 * * * *"): snapshots kept for a day beside the full backups.
+    redis_schedule: str | None = None
     cos_bucket: str | None = None
     cos_region: str = "ap-shanghai"
     # A COS endpoint domain (e.g. cos-internal.ap-shanghai.tencentcos.cn from inside Tencent Cloud), or
@@ -176,9 +178,11 @@ class Backup(_Section):
             raise ValueError("must be a COS endpoint domain or http(s)://ADDRESS[:PORT]")
         return value
 
-    @field_validator("schedule")
+    @field_validator("schedule", "redis_schedule")
     @classmethod
-    def _cron(cls, value: str) -> str:
+    def _cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not _CRON.match(value.strip()):
             raise ValueError("must be a 5-field cron schedule such as '30 3 * * *'")
         return value.strip()

@@ -1,6 +1,6 @@
 """The host's backup command: `python3 backup.pyz --settings FILE COMMAND` (run by bin/backup.sh).
 
-Commands: `backup [--reason R]`, `list` (JSON lines), `restore --id ID`, `drill [--id ID]`,
+Commands: `backup [--reason R] [--only redis]`, `list` (JSON lines), `restore --id ID`, `drill [--id ID]`,
 `prune [--dry-run]`. restore and drill read the age identity from standard input: the private key
 never touches the host's disk. Each run ends with one line (stdout on success, stderr on failure,
 exit status 1) and appends its lines, timestamped, to BASE/shared/backups/backup.log.
@@ -18,6 +18,7 @@ from typing import TextIO
 
 from appliance.backup import metrics
 from appliance.backup.errors import BackupError
+from appliance.backup.manifest import FULL, REDIS
 from appliance.backup.runner import Runner
 from appliance.backup.settings import HostSettings
 
@@ -30,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     backup = commands.add_parser("backup", help="take a backup now")
     backup.add_argument("--reason", default="manual")
+    backup.add_argument("--only", choices=[REDIS], help="Redis alone (backup.redis_schedule)")
     commands.add_parser("list", help="the backups in COS, one JSON object a line")
     restore = commands.add_parser("restore", help="restore a backup into the running stack (identity on stdin)")
     restore.add_argument("--id", required=True)
@@ -61,6 +63,24 @@ class _Log:
             pass  # a full disk must not hide the line itself
 
 
+def _backup_metrics(scope: str, started: float, size: int | None) -> dict[str, float]:
+    """A backup run's metric values: `size` is None for a failed run. Redis-only runs have their own."""
+    now, ok = time.time(), size is not None
+    if scope == REDIS:
+        return {
+            "appliance_backup_redis_last_run_success": int(ok),
+            **({"appliance_backup_redis_last_success_timestamp_seconds": now} if ok else {}),
+        }
+    values = {"appliance_backup_last_run_timestamp_seconds": now, "appliance_backup_last_run_success": int(ok)}
+    if size is not None:
+        values |= {
+            "appliance_backup_last_success_timestamp_seconds": now,
+            "appliance_backup_last_duration_seconds": round(now - started, 3),
+            "appliance_backup_last_size_bytes": size,
+        }
+    return values
+
+
 def run(args: argparse.Namespace) -> int:
     settings = HostSettings.load(Path(args.settings))
     log = _Log(settings)
@@ -69,21 +89,13 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     try:
         if args.command == "backup":
+            scope = args.only or FULL
             try:
-                manifest = runner.backup(args.reason)
+                manifest = runner.backup(args.reason, scope)
             except BaseException:
-                metrics.record(state, settings.metrics_file, {
-                    "appliance_backup_last_run_timestamp_seconds": time.time(),
-                    "appliance_backup_last_run_success": 0,
-                })  # fmt: skip
+                metrics.record(state, settings.metrics_file, _backup_metrics(scope, started, None))
                 raise
-            metrics.record(state, settings.metrics_file, {
-                "appliance_backup_last_run_timestamp_seconds": time.time(),
-                "appliance_backup_last_run_success": 1,
-                "appliance_backup_last_success_timestamp_seconds": time.time(),
-                "appliance_backup_last_duration_seconds": round(time.time() - started, 3),
-                "appliance_backup_last_size_bytes": manifest.encrypted_size,
-            })  # fmt: skip
+            metrics.record(state, settings.metrics_file, _backup_metrics(scope, started, manifest.encrypted_size))
             try:
                 decision = runner.prune(dry_run=False)
                 kept = f"; retention kept {len(decision.keep)}, deleted {len(decision.delete)}"
@@ -92,12 +104,12 @@ def run(args: argparse.Namespace) -> int:
             log(
                 f"backup {manifest.id} ok: {len(manifest.parts)} parts, {manifest.encrypted_size / 1e6:.1f} MB "
                 f"encrypted, {time.time() - started:.1f}s, cos://{settings.cos.bucket}/{settings.key_prefix}"
-                f"{manifest.id}/ (reason {args.reason}){kept}"
+                f"{manifest.id}/ (reason {args.reason}{', redis only' if scope == REDIS else ''}){kept}"
             )
         elif args.command == "list":
             for item in runner.stored():
                 print(json.dumps({"id": item.id, "created": item.created.isoformat(), "complete": item.complete,
-                                  "verified": item.verified, "size": item.size}))  # fmt: skip
+                                  "verified": item.verified, "size": item.size, "scope": item.scope}))  # fmt: skip
         elif args.command == "restore":
             log(runner.restore(args.id, _identity()))
         elif args.command == "drill":

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 FORMAT = 1
+FULL, REDIS = "full", "redis"
 ID_FORMAT = "%Y%m%dT%H%M%SZ"
 _ID = re.compile(r"^\d{8}T\d{6}Z$")
 MANIFEST = "manifest.json"
@@ -55,6 +56,7 @@ class Manifest:
     files: dict[str, str]  # artifacts: relative path → SHA-256
     seconds: float = 0.0
     format: int = FORMAT
+    scope: str = FULL  # FULL, or REDIS: Redis alone (backup.redis_schedule), no tables or files
 
     @property
     def encrypted_size(self) -> int:

@@ -13,6 +13,8 @@ METRICS = {
     "appliance_backup_last_success_timestamp_seconds": "Unix time of the last successful backup.",
     "appliance_backup_last_duration_seconds": "Seconds the last successful backup took.",
     "appliance_backup_last_size_bytes": "Encrypted bytes of the last successful backup.",
+    "appliance_backup_redis_last_run_success": "1 if the last Redis-only backup run succeeded, else 0.",
+    "appliance_backup_redis_last_success_timestamp_seconds": "Unix time of the last successful Redis-only backup.",
     "appliance_backup_drill_last_run_timestamp_seconds": "Unix time the last restore drill ended.",
     "appliance_backup_drill_last_success": "1 if the last restore drill passed, else 0.",
     "appliance_backup_drill_last_duration_seconds": "Seconds the last restore drill took.",

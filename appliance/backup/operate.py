@@ -28,6 +28,7 @@ class Listed:
     complete: bool
     verified: bool
     size: int
+    scope: str = "full"  # hosts bootstrapped before Redis-only backups existed do not say
 
 
 def _command(config: Config, *args: str) -> str:
@@ -103,8 +104,9 @@ def drill(config: Config, backup: str | None) -> str:
 
 
 def table(backups: list[Listed]) -> str:
-    rows = [f"{'backup':<18} {'state':<10} {'verified':<9} {'size':>10}"]
+    rows = [f"{'backup':<18} {'scope':<6} {'state':<10} {'verified':<9} {'size':>10}"]
     for item in backups:
         state = "complete" if item.complete else "incomplete"
-        rows.append(f"{item.id:<18} {state:<10} {'yes' if item.verified else 'no':<9} {item.size / 1e6:>7.1f} MB")
+        verified = "yes" if item.verified else "no"
+        rows.append(f"{item.id:<18} {item.scope:<6} {state:<10} {verified:<9} {item.size / 1e6:>7.1f} MB")
     return "\n".join(rows)

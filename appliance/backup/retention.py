@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import partial
 
+from appliance.backup.manifest import FULL
 from appliance.backup.settings import Policy
 
 # Every backup younger than this is kept (a pre-deploy or pre-restore backup must outlive the next
@@ -23,6 +24,7 @@ class Stored:
     created: datetime
     complete: bool
     verified: bool
+    scope: str = FULL
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,15 @@ def _same_month(month: tuple[int, int], day: date) -> bool:
 
 
 def decide(backups: Sequence[Stored], now: datetime, policy: Policy) -> Decision:
-    """Keep every backup younger than a day, the newest complete backup of each of the last `daily` days,
-    `weekly` ISO weeks and `monthly` months (calendar, in UTC), the newest complete backup and the newest
-    verified one; delete the rest."""
-    complete = sorted((b for b in backups if b.complete), key=lambda b: b.created, reverse=True)
+    """Keep every backup younger than a day, the newest complete full backup of each of the last `daily`
+    days, `weekly` ISO weeks and `monthly` months (calendar, in UTC), the newest complete full backup, the
+    newest verified one and the newest Redis-only one; delete the rest (Redis-only backups live a day)."""
+    newest_first = sorted((b for b in backups if b.complete), key=lambda b: b.created, reverse=True)
+    complete = [b for b in newest_first if b.scope == FULL]
     keep: set[str] = set()
+    redis_only = next((b for b in newest_first if b.scope != FULL), None)
+    if redis_only is not None:
+        keep.add(redis_only.id)
 
     def newest(match: Callable[[date], bool]) -> None:
         found = next((b for b in complete if match(b.created.date())), None)

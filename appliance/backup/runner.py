@@ -20,7 +20,7 @@ from pathlib import Path
 from appliance.backup import crypt, dump
 from appliance.backup.cos import CosStore, new_crc64
 from appliance.backup.errors import BackupError
-from appliance.backup.manifest import MANIFEST, VERIFIED, Manifest, Part, backup_id, id_time
+from appliance.backup.manifest import FULL, MANIFEST, REDIS, VERIFIED, Manifest, Part, backup_id, id_time
 from appliance.backup.retention import Decision, Stored, decide
 from appliance.backup.settings import HostSettings
 
@@ -37,6 +37,7 @@ class Listed:
     complete: bool
     verified: bool
     size: int
+    scope: str
 
 
 def _encrypted_digest(path: Path) -> tuple[str, int, str]:
@@ -72,7 +73,9 @@ class Runner:
 
     # backup
 
-    def backup(self, reason: str) -> Manifest:
+    def backup(self, reason: str, scope: str = FULL) -> Manifest:
+        """PostgreSQL, Redis, artifacts and the appliance's state (FULL), or Redis alone (REDIS)."""
+        full = scope == FULL
         started = time.monotonic()
         self.store.check_bucket()
         now = self.clock()
@@ -84,22 +87,26 @@ class Runner:
             postgres = dump.service_container(project, "postgres")
             redis = dump.service_container(project, "redis")
             plain: dict[str, Path] = {}
-            plain["postgres"] = work / "postgres.dump"
-            dump.dump_postgres(postgres, plain["postgres"])
-            tables = dump.dump_row_counts(postgres, plain["postgres"])
+            tables: dict[str, int] = {}
+            files: dict[str, str] = {}
+            if full:
+                plain["postgres"] = work / "postgres.dump"
+                dump.dump_postgres(postgres, plain["postgres"])
+                tables = dump.dump_row_counts(postgres, plain["postgres"])
             plain["redis"] = work / "redis.rdb"
             keys, sample = dump.snapshot_redis(redis, plain["redis"])
             aof_on, aof_dir, _ = dump.redis_aof(redis)
             if aof_on:
                 plain["redis-aof"] = work / "redis-aof.tar"
                 dump.tar_folder(dump.volume_path(f"{project}_redisdata"), plain["redis-aof"], [aof_dir])
-            artifacts = dump.volume_path(f"{project}_artifacts")
-            plain["files"] = work / "files.tar"
-            dump.tar_folder(artifacts, plain["files"])
-            files = dump.file_hashes(artifacts)
             base = Path(self.settings.base_dir)
-            plain["state"] = work / "state.tar"
-            dump.tar_folder(base, plain["state"], [item for item in STATE if (base / item).exists()])
+            if full:
+                artifacts = dump.volume_path(f"{project}_artifacts")
+                plain["files"] = work / "files.tar"
+                dump.tar_folder(artifacts, plain["files"])
+                files = dump.file_hashes(artifacts)
+                plain["state"] = work / "state.tar"
+                dump.tar_folder(base, plain["state"], [item for item in STATE if (base / item).exists()])
             parts = []
             for name, path in plain.items():
                 sha, size = dump.sha256_of(path)
@@ -131,6 +138,7 @@ class Runner:
                 redis_sample=sample,
                 files=files,
                 seconds=round(time.monotonic() - started, 3),
+                scope=scope,
             )
             (work / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
             self.store.put_bytes(self._key(identifier, MANIFEST), manifest.to_json().encode())
@@ -180,12 +188,13 @@ class Runner:
             created = id_time(identifier)
             if created is not None:
                 size = sum(size for name, size in names.items() if name.endswith(".age"))
-                listed.append(Listed(identifier, created, MANIFEST in names, VERIFIED in names, size))
+                scope = FULL if "postgres.dump.age" in names else REDIS
+                listed.append(Listed(identifier, created, MANIFEST in names, VERIFIED in names, size, scope))
         return listed
 
     def prune(self, dry_run: bool) -> Decision:
         listed = self.stored()
-        decision = decide([Stored(b.id, b.created, b.complete, b.verified) for b in listed], self.clock(),
+        decision = decide([Stored(b.id, b.created, b.complete, b.verified, b.scope) for b in listed], self.clock(),
                           self.settings.retention)  # fmt: skip
         if not dry_run and decision.delete:
             doomed = set(decision.delete)
@@ -210,7 +219,8 @@ class Runner:
             raise
 
     def latest_id(self) -> str:
-        complete = [b for b in self.stored() if b.complete]
+        """The newest complete full backup (Redis-only ones are not what a drill proves)."""
+        complete = [b for b in self.stored() if b.complete and b.scope == FULL]
         if not complete:
             raise BackupError(f"no complete backup under cos://{self.settings.cos.bucket}/{self.settings.key_prefix}")
         return complete[-1].id
@@ -246,8 +256,10 @@ class Runner:
         try:
             plain = self._fetch(manifest, identity, work)
             problems: list[str] = []
-            postgres_image = dump.image_of(dump.service_container(project, "postgres"))
-            counts = dump.drill_postgres(project, postgres_image, plain["postgres"], list(manifest.tables))
+            counts: dict[str, int] = {}
+            if "postgres" in plain:
+                postgres_image = dump.image_of(dump.service_container(project, "postgres"))
+                counts = dump.drill_postgres(project, postgres_image, plain["postgres"], list(manifest.tables))
             if counts != manifest.tables:
                 differ = sorted(
                     t for t in set(counts) | set(manifest.tables) if counts.get(t) != manifest.tables.get(t)
@@ -260,7 +272,8 @@ class Runner:
             if wrong:
                 problems.append(f"redis sample keys missing or changed: {', '.join(wrong[:5])}")
             files = work / "files"
-            dump.untar(plain["files"], files)
+            if "files" in plain:
+                dump.untar(plain["files"], files)
             if dump.file_hashes(files) != manifest.files:
                 problems.append("artifact files differ from the manifest's hashes")
             if problems:
@@ -296,7 +309,8 @@ class Runner:
             if apis:
                 dump.docker("stop", *apis, what="stopping the API")
             try:
-                dump.restore_postgres(postgres, plain["postgres"], clean=True)
+                if "postgres" in plain:
+                    dump.restore_postgres(postgres, plain["postgres"], clean=True)
                 aof = dump.redis_aof(redis)
                 data_dir = dump.volume_path(f"{project}_redisdata")
                 dump.docker("stop", redis, what="stopping redis")
@@ -304,12 +318,13 @@ class Runner:
                 dump.docker("start", redis, what="starting redis")
                 dump.wait_for_redis(redis)
                 artifacts = dump.volume_path(f"{project}_artifacts")
-                dump.empty_folder(artifacts)
-                dump.untar(plain["files"], artifacts)
-                # Checked before the API is back: it would start writing.
+                if "files" in plain:
+                    dump.empty_folder(artifacts)
+                    dump.untar(plain["files"], artifacts)
+                # Checked before the API is back: it would start writing. A Redis-only backup leaves the rest.
                 counts = dump.table_counts(postgres, list(manifest.tables))
                 keys = int(dump.redis_cli(redis, "DBSIZE"))
-                files_match = dump.file_hashes(artifacts) == manifest.files
+                files_match = "files" not in plain or dump.file_hashes(artifacts) == manifest.files
             finally:
                 if apis:
                     dump.docker("start", *apis, what="starting the API again")
@@ -327,8 +342,8 @@ class Runner:
             if manifest.release and current and manifest.release != current:
                 note = f" (taken under release {manifest.release}; {current} serves: the schema is now the older one's)"
             return (
-                f"restored {identifier}: {len(counts)} tables, {sum(counts.values())} rows, {keys} redis keys, "
-                f"{len(manifest.files)} files{note}"
+                f"restored {identifier} ({manifest.scope}): {len(counts)} tables, {sum(counts.values())} rows, "
+                f"{keys} redis keys, {len(manifest.files)} files{note}"
             )
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 
 from appliance.backup import metrics
+from appliance.backup.__main__ import _backup_metrics
 from appliance.backup.install import bundle, host_settings
 from appliance.backup.manifest import Manifest, Part, backup_id, count_copy_rows, id_time
 from appliance.backup.retention import Stored, decide
 from appliance.backup.settings import HostSettings, Policy
 from appliance.config import load_config
 from appliance.errors import ConfigError
+from appliance.render import render_template
 
 pytestmark = pytest.mark.unit
 
@@ -183,3 +185,49 @@ def test_restore_asks_first_and_needs_the_key_before_touching_the_host(tmp_path:
     assert no_key.stderr.strip() == (
         f"error: {tmp_path / 'appliance.toml'}: backup.age_identity_file: set it to your age private key file"
     )
+
+
+def test_redis_only_backups_live_a_day_and_never_displace_the_full_ones() -> None:
+    full = daily_backups(10)
+    hourly = [NOW - timedelta(hours=h, minutes=15) for h in range(0, 48, 4)]
+    redis = [Stored(backup_id(t), t, complete=True, verified=False, scope="redis") for t in hourly]
+    decision = decide([*full, *redis], NOW, Policy(daily=3, weekly=0, monthly=0))
+    # Full: the newest of each of the last 3 days (calendar), whatever Redis-only backups those days hold.
+    assert {b.id for b in full if b.id in decision.keep} == {f"202611{d}T033000Z" for d in (21, 22, 23)}
+    # Redis-only: those of the last 24 h; older ones go, even on days whose full backup stays.
+    assert {b.id for b in redis if b.id in decision.keep} == {
+        backup_id(t) for t in hourly if NOW - t < timedelta(days=1)
+    }
+    # With none from the last day, the newest Redis-only backup still stays.
+    old = [b for b in redis if NOW - b.created > timedelta(days=1)]
+    kept = decide([*full, *old], NOW, Policy(daily=3, weekly=0, monthly=0)).keep
+    assert [b.id for b in old if b.id in kept] == [old[0].id]
+
+
+def test_redis_only_runs_have_their_own_metrics(tmp_path: Path) -> None:
+    state, textfile = tmp_path / "state.json", tmp_path / "backup.prom"
+    metrics.record(state, textfile, _backup_metrics("full", 0.0, 100))
+    metrics.record(state, textfile, _backup_metrics("redis", 0.0, None))
+    text = textfile.read_text()
+    assert "appliance_backup_last_run_success 1\n" in text  # a failed Redis-only run does not hide a good full one
+    assert "appliance_backup_redis_last_run_success 0\n" in text
+    assert "appliance_backup_redis_last_success_timestamp_seconds" not in text
+
+
+def test_a_redis_schedule_adds_its_own_cron_line(tmp_path: Path) -> None:
+    (tmp_path / "appliance.toml").write_text(
+        CONFIG.replace("enabled = true", 'enabled = true\nredis_schedule = "15 * * * *"')
+    )
+    settings = load_config(tmp_path / "appliance.toml").settings
+    context = {"header": "h", "base_dir": settings.base_dir, "backup": settings.backup, "name": settings.name}
+    cron = render_template("systemd/backup.cron.j2", context)
+    entries = [line for line in cron.splitlines() if line and not line.startswith(("#", "SHELL", "PATH"))]
+    assert entries == [
+        "30 3 * * * root /opt/appliance/bin/backup.sh --reason cron >/dev/null",
+        "15 * * * * root /opt/appliance/bin/backup.sh --reason cron --only redis >/dev/null",
+    ]
+    (tmp_path / "appliance.toml").write_text(
+        CONFIG.replace("enabled = true", 'enabled = true\nredis_schedule = "hourly"')
+    )
+    with pytest.raises(ConfigError, match=r"backup\.redis_schedule: .*5-field cron"):
+        load_config(tmp_path / "appliance.toml")

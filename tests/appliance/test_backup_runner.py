@@ -143,7 +143,7 @@ def test_backup_restore_and_drill_round_trip(stack: Stack, seeded: tuple[str, tu
     assert state(stack) != before
     restored = backup_cmd(stack, "restore", "--id", identifier, identity=stack.key)
     assert restored.returncode == 0, restored.stderr
-    assert restored.stdout.strip() == f"restored {identifier}: 1 tables, 5000 rows, 21 redis keys, 2 files"
+    assert restored.stdout.strip() == f"restored {identifier} (full): 1 tables, 5000 rows, 21 redis keys, 2 files"
     assert state(stack) == before
     drilled = backup_cmd(stack, "drill", identity=stack.key)
     assert drilled.returncode == 0, drilled.stderr
@@ -269,3 +269,33 @@ def test_a_full_disk_fails_in_one_line_and_leaves_nothing(stack: Stack, seeded: 
     assert objects(stack) == before
     assert not [p for p in (stack.base / "shared/backups").iterdir() if p.name.startswith("work-")]
     assert "appliance_backup_last_run_success 0" in (stack.base / "shared/metrics/backup.prom").read_text()
+
+
+def test_a_redis_only_backup_restores_redis_alone_and_a_drill_still_proves_a_full_one(
+    stack: Stack, seeded: object
+) -> None:
+    redis(stack, "SET", "hourly", "one")
+    keys = int(redis(stack, "DBSIZE"))
+    done = backup_cmd(stack, "backup", "--reason", "cron", "--only", "redis")
+    assert done.returncode == 0, done.stderr
+    assert "(reason cron, redis only)" in done.stdout
+    identifier = done.stdout.split()[1]
+    manifest = json.loads(stack.cos.get_bytes(f"backups/{stack.project}/{identifier}/manifest.json"))
+    assert (manifest["scope"], manifest["tables"], manifest["files"]) == ("redis", {}, {})
+    assert {part["name"] for part in manifest["parts"]} == {"redis", "redis-aof"}
+    listed = [json.loads(line) for line in backup_cmd(stack, "list").stdout.splitlines()]
+    assert {item["id"]: item["scope"] for item in listed}[identifier] == "redis"
+    # Redis moves on, and so does PostgreSQL: restoring the Redis-only backup rewinds Redis alone.
+    rows = psql(stack, "INSERT INTO items (body) VALUES ('after the redis backup'); SELECT count(*) FROM items")
+    files = sh(f"cd {artifacts(stack)} && find . -type f | sort")
+    redis(stack, "DEL", "hourly")
+    redis(stack, "SET", "later", "two")
+    restored = backup_cmd(stack, "restore", "--id", identifier, identity=stack.key)
+    assert restored.returncode == 0, restored.stderr
+    assert restored.stdout.strip() == f"restored {identifier} (redis): 0 tables, 0 rows, {keys} redis keys, 0 files"
+    assert (redis(stack, "GET", "hourly"), redis(stack, "EXISTS", "later")) == ("one", "0")
+    assert psql(stack, "SELECT count(*) FROM items") == rows
+    assert sh(f"cd {artifacts(stack)} && find . -type f | sort") == files
+    drilled = backup_cmd(stack, "drill", identity=stack.key)
+    assert drilled.returncode == 0, drilled.stderr
+    assert identifier not in drilled.stdout and " tables, " in drilled.stdout  # the newest full backup
