@@ -1,78 +1,28 @@
-"""Backups end to end on a sandbox of their own (they wipe volumes): seed → the cron entry's backup.sh
-→ objects in the local COS → volumes wiped → `inv restore` → every row, key and file as before;
-`inv restore.drill` marks a backup verified, a flipped byte fails it; without the key, nothing reads.
-
-The local COS (moto behind the COS shim, tests/cosfake) listens on the Docker bridge's gateway
-address: the sandbox is a container on that bridge, so its host-side backup code reaches it there,
-and the traffic never leaves this machine (127.0.0.1 inside the sandbox is the sandbox itself).
-"""
+"""Backups end to end on the destructive sandbox (tests/e2e/conftest.py; they wipe volumes): seed → the
+cron entry's backup.sh → objects in the local COS → volumes wiped → `inv restore` → every row, key and
+file as before; `inv restore.drill` marks a backup verified, a flipped byte fails it; without the key,
+nothing reads."""
 
 from __future__ import annotations
 
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import docker
 import pytest
 
-from appliance.backup.cos import MB, CosStore, CosTarget
-from appliance.config import Config, load_config
+from appliance.backup.cos import MB
 from appliance.remote import RemoteHost, open_host
 from appliance.shell import sh
-from tests.conftest import SandboxFactory, bootstrap_sandbox, deploy_sandbox, free_port, inv
-from tests.cosfake import FakeCos
+from tests.conftest import inv
+from tests.e2e.conftest import BUCKET, REDIS_SCHEDULE, SECRET_KEY, Rig
 
 pytestmark = pytest.mark.e2e
 
-SECRET_ID = "AKIDsandboxbackups"
-SECRET_KEY = "sandbox-backup-secret"
-BUCKET = "backups-1250000000"
 BASE = "/opt/appliance"
 PROJECT = "appliance"
 MARKER = "backup-seed-marker-7f3a"
-
-
-@dataclass(frozen=True)
-class Rig:
-    config: Config
-    config_file: Path
-    fake: FakeCos
-    cos: CosStore
-
-
-def bridge_gateway() -> str:
-    network = docker.from_env().networks.get("bridge")
-    return str(network.attrs["IPAM"]["Config"][0]["Gateway"])
-
-
-@pytest.fixture(scope="module")
-def rig(sandbox_factory: SandboxFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    folder = tmp_path_factory.mktemp("backup")
-    subprocess.run(["age-keygen", "-o", str(folder / "key.txt")], check=True, capture_output=True)
-    recipient = subprocess.run(
-        ["age-keygen", "-y", str(folder / "key.txt")], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    fake = FakeCos(bridge_gateway(), free_port(), SECRET_ID, SECRET_KEY)
-    fake.create_bucket(BUCKET)
-    fake.start()
-    sandbox = sandbox_factory("backup")
-    endpoint = f"http://{fake.address}:{fake.port}"
-    with sandbox.config_file.open("a", encoding="utf-8") as toml:
-        toml.write(
-            f'\n[backup]\nenabled = true\ncos_bucket = "{BUCKET}"\ncos_endpoint = "{endpoint}"\n'
-            f'age_recipient = "{recipient}"\nage_identity_file = "{folder / "key.txt"}"\npart_size_mb = 1\n'
-        )
-    config = load_config(sandbox.config_file)
-    with config.secrets_path.open("a", encoding="utf-8") as secrets:
-        secrets.write(f"COS_SECRET_ID={SECRET_ID}\nCOS_SECRET_KEY={SECRET_KEY}\n")
-    bootstrap_sandbox(sandbox)
-    deploy_sandbox(sandbox)
-    cos = CosStore(CosTarget(BUCKET, "ap-shanghai", SECRET_ID, SECRET_KEY, endpoint, 1 * MB))
-    yield Rig(config, sandbox.config_file, fake, cos)
-    fake.stop()
 
 
 @pytest.fixture()
@@ -150,7 +100,8 @@ def cron_backup(rig: Rig) -> tuple[str, dict[str, str]]:
         before = snapshot(host)
         cron = f"/etc/cron.d/{PROJECT}-backup"
         original = run(host, f"cat {cron}")
-        assert f"{BASE}/bin/backup.sh --reason cron" in original
+        assert f"{BASE}/bin/backup.sh --reason cron >" in original
+        assert f"{REDIS_SCHEDULE} root {BASE}/bin/backup.sh --reason cron --only redis >" in original
         run(host, f"sed -i 's|^30 3 \\* \\* \\* root|* * * * * root|' {cron}")
         try:
             deadline = time.monotonic() + 150
@@ -213,7 +164,7 @@ def test_wiped_volumes_come_back_with_inv_restore(rig: Rig, cron_backup: tuple[s
     assert restored.returncode == 0, restored.stdout + restored.stderr
     lines = restored.stdout.strip().splitlines()
     assert "(reason pre-restore)" in lines[-2]
-    assert lines[-1].startswith(f"restored {identifier}: ")
+    assert lines[-1].startswith(f"restored {identifier} (full): ")
     assert snapshot(host) == before
 
 
@@ -229,9 +180,9 @@ def test_drill_marks_verified_and_a_flipped_byte_fails_it(rig: Rig, cron_backup:
     *table, preview = listed.stdout.strip().splitlines()
     rows = {line.split()[0]: line.split() for line in table[1:]}
     assert preview == f"retention: keep {', '.join(sorted(rows))}; would delete none"  # all from the last day
-    assert rows[identifier][1:3] == ["complete", "yes"]
+    assert rows[identifier][1:4] == ["full", "complete", "yes"]
     other = max(name for name in rows if name != identifier)  # the pre-restore backup
-    assert rows[other][1:3] == ["complete", "no"]
+    assert rows[other][1:4] == ["full", "complete", "no"]
 
     key = f"backups/{PROJECT}/{other}/files.tar.age"
     blob = tmp_path / "blob"

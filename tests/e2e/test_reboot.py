@@ -1,4 +1,6 @@
-"""A reboot of a bootstrapped host (a restart of the sandbox container) needs no manual step."""
+"""A reboot of a bootstrapped host (a restart of the sandbox container) needs no manual step.
+
+It runs on the destructive sandbox (tests/e2e/conftest.py), after the backup tests have used it."""
 
 from __future__ import annotations
 
@@ -8,18 +10,16 @@ import docker
 import httpx
 import pytest
 
-from appliance.config import load_config
 from appliance.errors import SshError
 from appliance.remote import open_host
-from tests.conftest import SandboxFactory, bootstrap_sandbox, deploy_sandbox
+from tests.e2e.conftest import Rig
 from tests.e2e.traffic import Site
 
 pytestmark = pytest.mark.e2e
 
 
-def test_services_come_back_after_a_reboot(sandbox_factory: SandboxFactory) -> None:
-    box = deploy_sandbox(bootstrap_sandbox(sandbox_factory("reboot")).sandbox).sandbox
-    config = load_config(box.config_file)
+def test_services_come_back_after_a_reboot(rig: Rig) -> None:
+    box, config = rig.sandbox, rig.config
     with open_host(config) as host:
         site = Site(box.https_port, host.run("cat /opt/appliance/shared/certs/ca.pem").stdout)
     docker.from_env().containers.get(box.name).restart(timeout=30)

@@ -1,0 +1,75 @@
+"""The e2e rig's destructive sandbox: backups on, deployed, and a local COS it reaches.
+
+It is shared by the tests that change the stack (tests/e2e/test_backup.py wipes its volumes and
+restores them; tests/e2e/test_reboot.py restarts it), so the run pays for one more bootstrap and deploy,
+not one per test module. The read-only tests use tests/conftest.py's `deployed` instead.
+
+The local COS (moto behind the COS shim, tests/cosfake) listens on the Docker bridge's gateway
+address: the sandbox is a container on that bridge, so its host-side backup code reaches it there,
+and the traffic never leaves this machine (127.0.0.1 inside the sandbox is the sandbox itself).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+
+from appliance import sandbox as sandboxes
+from appliance.backup.cos import MB, CosStore, CosTarget
+from appliance.config import Config, load_config
+from tests.conftest import SandboxFactory, bootstrap_sandbox, deploy_sandbox, free_port
+from tests.cosfake import FakeCos
+
+SECRET_ID = "AKIDsandboxbackups"
+SECRET_KEY = "sandbox-backup-secret"
+BUCKET = "backups-1250000000"
+# A Redis-only cron line is installed, on a day that never comes, so it cannot fire mid-test.
+REDIS_SCHEDULE = "0 0 31 2 *"
+
+
+@dataclass(frozen=True)
+class Rig:
+    sandbox: sandboxes.Sandbox
+    config: Config
+    config_file: Path
+    fake: FakeCos
+    cos: CosStore
+
+
+def bridge_gateway() -> str:
+    network = docker.from_env().networks.get("bridge")
+    return str(network.attrs["IPAM"]["Config"][0]["Gateway"])
+
+
+@pytest.fixture(scope="session")
+def rig(sandbox_factory: SandboxFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    """A sandbox of its own with backups to the local COS, bootstrapped and with v1 deployed."""
+    folder = tmp_path_factory.mktemp("backup")
+    subprocess.run(["age-keygen", "-o", str(folder / "key.txt")], check=True, capture_output=True)
+    recipient = subprocess.run(
+        ["age-keygen", "-y", str(folder / "key.txt")], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    fake = FakeCos(bridge_gateway(), free_port(), SECRET_ID, SECRET_KEY)
+    fake.create_bucket(BUCKET)
+    fake.start()
+    sandbox = sandbox_factory("destructive")
+    endpoint = f"http://{fake.address}:{fake.port}"
+    with sandbox.config_file.open("a", encoding="utf-8") as toml:
+        toml.write(
+            f'\n[backup]\nenabled = true\ncos_bucket = "{BUCKET}"\ncos_endpoint = "{endpoint}"\n'
+            f'age_recipient = "{recipient}"\nage_identity_file = "{folder / "key.txt"}"\npart_size_mb = 1\n'
+            f'redis_schedule = "{REDIS_SCHEDULE}"\n'
+        )
+    config = load_config(sandbox.config_file)
+    with config.secrets_path.open("a", encoding="utf-8") as secrets:
+        secrets.write(f"COS_SECRET_ID={SECRET_ID}\nCOS_SECRET_KEY={SECRET_KEY}\n")
+    bootstrap_sandbox(sandbox)
+    deploy_sandbox(sandbox)
+    cos = CosStore(CosTarget(BUCKET, "ap-shanghai", SECRET_ID, SECRET_KEY, endpoint, 1 * MB))
+    yield Rig(sandbox, config, sandbox.config_file, fake, cos)
+    fake.stop()
