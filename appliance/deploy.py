@@ -105,13 +105,17 @@ def switch_traffic(release: Release) -> str:
     restore = "; ".join(f"mv {sh(shared + '/' + name + '.previous')} {sh(shared + '/' + name)}" for name in files)
     check = release.compose("exec", "-T", "nginx", "nginx", "-t", "-q")
     refused = f"{{ {restore}; echo 'nginx -t refused the new config; previous one restored' >&2; exit 1; }}"
-    # nginx, and Prometheus (its config names the release's API): the stack's other services were brought up
-    # by the deploy's prepare half, and a rollback must not wait for them to be recreated.
-    scraper = ("prometheus",) if release.settings.monitoring.enabled else ()
-    up = release.compose("up", "-d", "--no-deps", "nginx", *scraper)
+    # Only nginx: the stack's other services were brought up by the deploy's prepare half, and a rollback must
+    # not wait for them to be recreated. Prometheus (its config names the release's API) follows the reload,
+    # so traffic does not wait for it either.
+    up = release.compose("up", "-d", "--no-deps", "nginx")
     reload = release.compose("exec", "-T", "nginx", "nginx", "-s", "reload")
+    scraper = (
+        f" && {release.compose('up', '-d', '--no-deps', 'prometheus')}" if release.settings.monitoring.enabled else ""
+    )
     return (
-        f"install -d -m 755 {sh(shared)} && {{ {keep}; }} && {place} && {up} && {{ {check} || {refused}; }} && {reload}"
+        f"install -d -m 755 {sh(shared)} && {{ {keep}; }} && {place} && {up} && {{ {check} || {refused}; }} "
+        f"&& {reload}{scraper}"
     )
 
 

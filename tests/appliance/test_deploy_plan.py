@@ -191,11 +191,13 @@ def test_release_listing_reads_manifests_history_and_audit() -> None:
 
 def test_the_switch_recreates_only_nginx_and_the_prometheus_that_names_the_release(config: Config) -> None:
     watched = Release(config.settings, "v2")
-    assert "up -d --no-deps nginx prometheus && " in switch_traffic(watched)
+    switch = switch_traffic(watched)
+    assert "up -d --no-deps nginx && " in switch
+    assert switch.index("nginx -s reload") < switch.index("up -d --no-deps prometheus")  # traffic first
     quiet = config.settings.model_copy(
         update={"monitoring": config.settings.monitoring.model_copy(update={"enabled": False})}
     )
-    assert "up -d --no-deps nginx && " in switch_traffic(Release(quiet, "v2"))
+    assert "prometheus" not in switch_traffic(Release(quiet, "v2"))
 
 
 def test_publishing_a_front_end_puts_assets_before_the_entry_page_and_keeps_only_kept_releases_assets(
