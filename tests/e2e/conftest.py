@@ -11,6 +11,7 @@ and the traffic never leaves this machine (127.0.0.1 inside the sandbox is the s
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,8 +43,10 @@ class Rig:
 
 
 def bridge_gateway() -> str:
-    network = docker.from_env().networks.get("bridge")
-    return str(network.attrs["IPAM"]["Config"][0]["Gateway"])
+    """The host's address on Docker's default bridge: the engine names it, or (engines that leave it out of
+    IPAM) the subnet's first address, which is the one Docker gives the bridge."""
+    ipam = docker.from_env().networks.get("bridge").attrs["IPAM"]["Config"][0]
+    return str(ipam.get("Gateway") or next(ipaddress.ip_network(ipam["Subnet"]).hosts()))
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
-import docker
 import pytest
 import yaml
 
@@ -22,6 +21,7 @@ from appliance.config import load_config
 from appliance.remote import open_host
 from appliance.shell import sh
 from tests.conftest import Deployed, free_port, inv
+from tests.e2e.conftest import bridge_gateway
 from tests.e2e.traffic import Site
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +40,7 @@ def _openssl(*args: str) -> None:
 
 @pytest.fixture(scope="module")
 def registry(deployed: Deployed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    gateway = docker.from_env().networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+    gateway = bridge_gateway()
     address = f"{gateway}:{free_port()}"
     folder = tmp_path_factory.mktemp("registry")
     _openssl(
