@@ -320,8 +320,8 @@ async function discussionView(id) {
       h("ul", { class: "agents", id: "agents" }, [...chips.values()]),
       stop,
     ),
-    transcript,
     verdictBox,
+    transcript,
   );
 
   if (ACTIVE.has(detail.status)) {

@@ -1,0 +1,235 @@
+"""The web console in headless Debian Chromium, through nginx's TLS on the deployed sandbox.
+
+Screenshots of the main screens go to build/artifacts/console/ (the path is printed).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from appliance.config import load_config
+from appliance.remote import open_host
+from tests.conftest import REPO, Deployed
+from tests.e2e.traffic import Site
+
+pytestmark = pytest.mark.e2e
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+SHOTS = REPO / "build" / "artifacts" / "console"
+# Each agent speaks ~6 s (120 words, 50 ms apart): time to see it stream and to reload in the middle.
+SLOW_TOPIC = "Hold ACME into earnings? [[fake:delay=0.05,words=120]]"
+TURNS = """return [...document.querySelectorAll('#transcript .turn')].map(e => ({
+  turn: Number(e.dataset.turn), role: e.dataset.role, state: e.dataset.state,
+  repaired: e.dataset.repaired === 'true', text: e.querySelector('.turn-text').textContent}))"""
+
+
+@pytest.fixture(scope="module")
+def site(deployed: Deployed) -> Site:
+    with open_host(load_config(deployed.sandbox.config_file)) as host:
+        return Site(deployed.sandbox.https_port, host.run("cat /opt/appliance/shared/certs/ca.pem").stdout)
+
+
+def server_key_pin(site: Site) -> str:
+    """base64(sha256(SPKI)) of the certificate nginx presents, after checking it chains to the appliance's CA."""
+    with (
+        socket.create_connection(("127.0.0.1", site.port), timeout=10) as raw,
+        site.tls().wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    spki = (
+        x509.load_der_x509_certificate(der).public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    )
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+@pytest.fixture(scope="module")
+def open_browser(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], WebDriver]]:
+    """Start a fresh headless Chromium with the given UI language; all are closed at the end."""
+    pin = server_key_pin(site)
+    drivers: list[WebDriver] = []
+
+    def start(language: str) -> WebDriver:
+        options = Options()
+        options.binary_location = CHROMIUM
+        for flag in (
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1100,900",
+            f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+            # Trust exactly the key of the appliance's certificate (checked against its CA above).
+            f"--ignore-certificate-errors-spki-list={pin}",
+        ):
+            options.add_argument(flag)
+        options.add_experimental_option("prefs", {"intl.accept_languages": language})
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        drivers.append(driver)
+        return driver
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    print(f"console screenshots: {SHOTS}")
+    yield start
+    for driver in drivers:
+        driver.quit()
+
+
+def wait_for(driver: WebDriver, check: Callable[[WebDriver], Any], seconds: float = 20) -> Any:
+    return WebDriverWait(driver, seconds, poll_frequency=0.1).until(check)
+
+
+def visible(css: str) -> Callable[[WebDriver], bool]:
+    return lambda driver: any(e.is_displayed() for e in driver.find_elements(By.CSS_SELECTOR, css))
+
+
+def fill(driver: WebDriver, form: str, email: str, password: str) -> None:
+    driver.find_element(By.CSS_SELECTOR, f"#{form} [name=email]").send_keys(email)
+    driver.find_element(By.CSS_SELECTOR, f"#{form} [name=password]").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, f"#{form} #auth-submit").click()
+
+
+def stored_messages(site: Site, email: str, password: str, discussion: str) -> list[dict[str, Any]]:
+    with site.client() as client:
+        token = client.post("/api/auth/login", json={"email": email, "password": password}).json()["access_token"]
+        answer = client.get(f"/api/discussions/{discussion}", headers={"Authorization": f"Bearer {token}"})
+    answer.raise_for_status()
+    return list(answer.json()["messages"])
+
+
+def test_a_user_watches_three_agents_stream_across_a_reload_reads_the_verdict_and_logs_out(
+    site: Site, open_browser: Callable[[str], WebDriver]
+) -> None:
+    browser = open_browser("en-US")
+    email, password = f"c{secrets.token_hex(5)}@example.test", secrets.token_urlsafe(12)
+    browser.get(site.origin + "/")
+    wait_for(browser, visible("#login-form"))
+    browser.save_screenshot(SHOTS / "login.png")
+    browser.find_element(By.ID, "auth-switch").click()
+    fill(browser, "register-form", email, password)
+    wait_for(browser, visible("#new-discussion"))
+    browser.find_element(By.ID, "logout").click()
+    wait_for(browser, visible("#login-form"))
+    fill(browser, "login-form", email, password)
+    wait_for(browser, visible("#new-discussion"))
+    browser.find_element(By.CSS_SELECTOR, "#new-discussion [name=topic]").send_keys(SLOW_TOPIC)
+    panel = [b.get_attribute("value") for b in browser.find_elements(By.CSS_SELECTOR, "[name=panel]:checked")]
+    assert panel == ["bull", "bear", "risk"]
+    browser.find_element(By.ID, "start").click()
+    wait_for(browser, lambda d: "/d/" in d.current_url)
+    discussion = browser.current_url.rsplit("/", 1)[1]
+
+    seen_streaming: dict[int, int] = {}  # turn -> longest partial text seen while it streamed
+
+    def watch(until: Callable[[list[dict[str, Any]]], bool], seconds: float) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            turns: list[dict[str, Any]] = browser.execute_script(TURNS)
+            for turn in turns:
+                if turn["state"] == "streaming" and turn["text"]:
+                    seen_streaming[turn["turn"]] = max(seen_streaming.get(turn["turn"], 0), len(turn["text"]))
+            if until(turns):
+                return turns
+            time.sleep(0.1)
+        raise AssertionError(f"the console did not reach the expected state in {seconds}s: {turns}")
+
+    # Reload while the second agent is in the middle of its speech.
+    before = watch(lambda ts: any(t["turn"] == 1 and t["state"] == "streaming" and len(t["text"]) > 40 for t in ts), 60)
+    assert browser.find_element(By.CSS_SELECTOR, "[data-agent=bear]").get_attribute("data-state") == "speaking"
+    browser.save_screenshot(SHOTS / "streaming.png")
+    browser.refresh()
+    after = watch(lambda ts: len(ts) >= 2, 20)
+    for old in before:  # the text on screen before the reload is there again, from its start
+        assert next(t for t in after if t["turn"] == old["turn"])["text"].startswith(old["text"]), (old, after)
+    final = watch(lambda ts: len(ts) == 4 and all(t["state"] == "completed" for t in ts), 120)
+    wait_for(browser, visible("#verdict"))
+    assert browser.find_element(By.ID, "discussion-status").get_attribute("data-status") == "completed"
+    browser.save_screenshot(SHOTS / "finished.png")
+
+    # Streamed live: the three agents and the moderator were each seen part-way through their speech.
+    assert set(seen_streaming) >= {0, 1, 2, 3}, seen_streaming
+    # The text on screen is the text the service stored: nothing missing, nothing twice, nothing patched.
+    stored = stored_messages(site, email, password, discussion)
+    assert [(t["role"], t["text"]) for t in final] == [(m["role"], m["content"]) for m in stored]
+    assert not any(t["repaired"] for t in final)
+    assert [seen_streaming[i] < len(final[i]["text"]) for i in range(4)] == [True] * 4
+    verdict = browser.find_element(By.ID, "verdict").text
+    assert "Moderator's verdict" in verdict
+    assert json.loads(stored[-1]["content"])["summary"] in verdict
+
+    browser.find_element(By.ID, "nav-discussions").click()
+    wait_for(browser, visible(f"a[href='/d/{discussion}']"))
+    browser.save_screenshot(SHOTS / "discussions.png")
+    browser.set_window_size(390, 844)  # a phone
+    browser.get(f"{site.origin}/d/{discussion}")
+    wait_for(browser, visible("#verdict"))
+    browser.save_screenshot(SHOTS / "phone.png")
+    browser.set_window_size(1100, 900)
+
+    browser.find_element(By.ID, "logout").click()
+    wait_for(browser, visible("#login-form"))
+    browser.refresh()  # the session is gone for good, not just hidden
+    wait_for(browser, visible("#login-form"))
+    assert browser.execute_script("return sessionStorage.length") == 0
+
+
+def test_another_user_opening_a_discussion_url_sees_not_found_in_chinese(
+    site: Site, open_browser: Callable[[str], WebDriver]
+) -> None:
+    owner = site.new_user()
+    topic = f"Private plans {secrets.token_hex(4)}"
+    discussion = site.create_discussion(owner, topic, ["bull", "bear", "risk"])
+    email, password = f"c{secrets.token_hex(5)}@example.test", secrets.token_urlsafe(12)
+    with site.client() as client:
+        client.post("/api/auth/register", json={"email": email, "password": password}).raise_for_status()
+    browser = open_browser("zh-CN")
+    browser.get(f"{site.origin}/d/{discussion}")
+    wait_for(browser, visible("#login-form"))
+    assert browser.find_element(By.ID, "auth-submit").text == "登录"
+    fill(browser, "login-form", email, password)
+    wait_for(browser, visible("#not-found"))
+    assert "该讨论不存在" in browser.find_element(By.ID, "not-found").text
+    page = browser.find_element(By.TAG_NAME, "body").text
+    assert topic not in page
+    assert browser.execute_script("return document.querySelectorAll('.turn').length") == 0
+    browser.save_screenshot(SHOTS / "not-found-zh.png")
+
+
+def test_a_user_uploads_a_file_and_sees_it_listed(
+    site: Site, open_browser: Callable[[str], WebDriver], tmp_path: Path
+) -> None:
+    email, password = f"c{secrets.token_hex(5)}@example.test", secrets.token_urlsafe(12)
+    with site.client() as client:
+        client.post("/api/auth/register", json={"email": email, "password": password}).raise_for_status()
+    upload = tmp_path / "notes.txt"
+    upload.write_text("quarterly notes\n")
+    browser = open_browser("en-US")
+    browser.get(f"{site.origin}/files")
+    fill(browser, "login-form", email, password)
+    wait_for(browser, visible("#upload"))
+    browser.find_element(By.ID, "file-input").send_keys(str(upload))
+    browser.find_element(By.CSS_SELECTOR, "#upload button[type=submit]").click()
+    wait_for(browser, lambda d: "notes.txt" in d.find_element(By.ID, "files").text)
+    browser.save_screenshot(SHOTS / "files.png")
