@@ -1,11 +1,12 @@
 // The service's HTTP API: tokens, refresh, errors in plain words.
-// The access token lives only in this module's memory. The refresh token is kept in sessionStorage
-// (this tab only, gone when the tab closes) so that a reload stays logged in; it is rotated on every use.
+// The access token lives only in this module's memory. The refresh token never reaches script: the
+// service keeps it in an HttpOnly cookie scoped to /api/auth, so a reload stays logged in by refreshing.
 
 import { t } from "./i18n.js";
 
-const REFRESH_KEY = "cvm.refresh_token";
 const BASE = (document.querySelector('meta[name="api-base"]')?.content || "").replace(/\/+$/, "");
+// The cookie travels to the API's origin only when asked to; on the page's own origin that is the default.
+const CREDENTIALS = BASE ? "include" : "same-origin";
 
 let accessToken = null;
 let refreshing = null;
@@ -25,7 +26,7 @@ export function onSignedOut(handler) {
 }
 
 export function hasSession() {
-  return accessToken !== null || sessionStorage.getItem(REFRESH_KEY) !== null;
+  return accessToken !== null;
 }
 
 /** The URL of a WebSocket path on the API's origin. */
@@ -34,13 +35,11 @@ export function wsUrl(path) {
 }
 
 function keep(tokens) {
-  accessToken = tokens.access_token;
-  sessionStorage.setItem(REFRESH_KEY, tokens.refresh_token);
+  accessToken = tokens.access_token; // tokens.refresh_token is ignored: the cookie carries it
 }
 
 function forget() {
   accessToken = null;
-  sessionStorage.removeItem(REFRESH_KEY);
 }
 
 function plainWords(status, detail) {
@@ -66,7 +65,7 @@ async function send(method, path, { json, form, token } = {}) {
     body = form;
   }
   try {
-    return await fetch(BASE + path, { method, headers, body, credentials: "same-origin" });
+    return await fetch(BASE + path, { method, headers, body, credentials: CREDENTIALS });
   } catch {
     throw new ApiError(0, t("err.network"));
   }
@@ -83,12 +82,10 @@ async function failure(response) {
   return new ApiError(response.status, plainWords(response.status, detail), detail);
 }
 
-/** Trade the stored refresh token for a new pair; concurrent callers share one exchange. */
+/** Trade the refresh cookie for a new access token (and cookie); concurrent callers share one exchange. */
 export function refresh() {
   refreshing ??= (async () => {
-    const token = sessionStorage.getItem(REFRESH_KEY);
-    if (!token) throw new ApiError(401, t("err.session"));
-    const response = await send("POST", "/api/auth/refresh", { json: { refresh_token: token } });
+    const response = await send("POST", "/api/auth/refresh");
     if (!response.ok) {
       if (response.status === 401) forget();
       throw await failure(response);
@@ -141,8 +138,8 @@ export async function register(email, password) {
   if (!response.ok) throw await failure(response);
 }
 
+/** Revoke this login and clear its cookie. */
 export async function logout() {
-  const token = sessionStorage.getItem(REFRESH_KEY);
   forget();
-  if (token) await send("POST", "/api/auth/logout", { json: { refresh_token: token } }).catch(() => {});
+  await send("POST", "/api/auth/logout").catch(() => {});
 }

@@ -470,12 +470,10 @@ function setupShell() {
 
 async function start() {
   setupShell();
-  if (api.hasSession()) {
-    try {
-      await api.refresh(); // after a reload: the access token was only in memory
-    } catch (error) {
-      if (error.status !== 401) notify(error.message);
-    }
+  try {
+    await api.refresh(); // a reload keeps the login: the access token was only in memory, the cookie was not
+  } catch (error) {
+    if (error.status !== 401) notify(error.message);
   }
   await render();
 }

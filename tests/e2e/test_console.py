@@ -34,8 +34,8 @@ pytestmark = pytest.mark.e2e
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 SHOTS = REPO / "build" / "artifacts" / "console"
-# Each agent speaks ~6 s (120 words, 50 ms apart): time to see it stream and to reload in the middle.
-SLOW_TOPIC = "Hold ACME into earnings? [[fake:delay=0.05,words=120]]"
+# Each agent speaks ~10 s (200 words, 50 ms apart): time to see it stream and to reload in the middle.
+SLOW_TOPIC = "Hold ACME into earnings? [[fake:delay=0.05,words=200]]"
 TURNS = """return [...document.querySelectorAll('#transcript .turn')].map(e => ({
   turn: Number(e.dataset.turn), role: e.dataset.role, state: e.dataset.state,
   repaired: e.dataset.repaired === 'true', text: e.querySelector('.turn-text').textContent}))"""
@@ -111,6 +111,12 @@ def fill(driver: WebDriver, form: str, email: str, password: str) -> None:
     driver.find_element(By.CSS_SELECTOR, f"#{form} #auth-submit").click()
 
 
+def refresh_cookies(driver: WebDriver) -> list[dict[str, Any]]:
+    """The browser's refresh-token cookies (WebDriver's own cookie list only shows those of the page's path)."""
+    cookies = driver.execute_cdp_cmd("Network.getAllCookies", {})["cookies"]
+    return [c for c in cookies if c["name"] == "refresh_token"]
+
+
 def stored_messages(site: Site, email: str, password: str, discussion: str) -> list[dict[str, Any]]:
     with site.client() as client:
         token = client.post("/api/auth/login", json={"email": email, "password": password}).json()["access_token"]
@@ -132,8 +138,16 @@ def test_a_user_watches_three_agents_stream_across_a_reload_reads_the_verdict_an
     wait_for(browser, visible("#new-discussion"))
     browser.find_element(By.ID, "logout").click()
     wait_for(browser, visible("#login-form"))
+    assert refresh_cookies(browser) == []
     fill(browser, "login-form", email, password)
     wait_for(browser, visible("#new-discussion"))
+    [cookie] = refresh_cookies(browser)  # where a reload finds the login, out of the page script's reach
+    assert (cookie["path"], cookie["httpOnly"], cookie["secure"], cookie["sameSite"]) == (
+        "/api/auth",
+        True,
+        True,
+        "Strict",
+    )
     browser.find_element(By.CSS_SELECTOR, "#new-discussion [name=topic]").send_keys(SLOW_TOPIC)
     panel = [b.get_attribute("value") for b in browser.find_elements(By.CSS_SELECTOR, "[name=panel]:checked")]
     assert panel == ["bull", "bear", "risk"]
@@ -141,7 +155,7 @@ def test_a_user_watches_three_agents_stream_across_a_reload_reads_the_verdict_an
     wait_for(browser, lambda d: "/d/" in d.current_url)
     discussion = browser.current_url.rsplit("/", 1)[1]
 
-    seen_streaming: dict[int, int] = {}  # turn -> longest partial text seen while it streamed
+    seen_streaming: dict[int, int] = {}  # turn -> shortest text seen while it streamed
 
     def watch(until: Callable[[list[dict[str, Any]]], bool], seconds: float) -> list[dict[str, Any]]:
         deadline = time.monotonic() + seconds
@@ -149,7 +163,7 @@ def test_a_user_watches_three_agents_stream_across_a_reload_reads_the_verdict_an
             turns: list[dict[str, Any]] = browser.execute_script(TURNS)
             for turn in turns:
                 if turn["state"] == "streaming" and turn["text"]:
-                    seen_streaming[turn["turn"]] = max(seen_streaming.get(turn["turn"], 0), len(turn["text"]))
+                    seen_streaming[turn["turn"]] = min(seen_streaming.get(turn["turn"], 10**9), len(turn["text"]))
             if until(turns):
                 return turns
             time.sleep(0.1)
@@ -163,6 +177,7 @@ def test_a_user_watches_three_agents_stream_across_a_reload_reads_the_verdict_an
     after = watch(lambda ts: len(ts) >= 2, 20)
     for old in before:  # the text on screen before the reload is there again, from its start
         assert next(t for t in after if t["turn"] == old["turn"])["text"].startswith(old["text"]), (old, after)
+    assert after[1]["state"] == "streaming"  # and the speech goes on live after the reload
     final = watch(lambda ts: len(ts) == 4 and all(t["state"] == "completed" for t in ts), 120)
     wait_for(browser, visible("#verdict"))
     assert browser.find_element(By.ID, "discussion-status").get_attribute("data-status") == "completed"
@@ -192,7 +207,8 @@ def test_a_user_watches_three_agents_stream_across_a_reload_reads_the_verdict_an
     wait_for(browser, visible("#login-form"))
     browser.refresh()  # the session is gone for good, not just hidden
     wait_for(browser, visible("#login-form"))
-    assert browser.execute_script("return sessionStorage.length") == 0
+    assert refresh_cookies(browser) == []
+    assert browser.execute_script("return sessionStorage.length + localStorage.length") == 0
 
 
 def test_another_user_opening_a_discussion_url_sees_not_found_in_chinese(
@@ -227,6 +243,7 @@ def test_a_user_uploads_a_file_and_sees_it_listed(
     upload.write_text("quarterly notes\n")
     browser = open_browser("en-US")
     browser.get(f"{site.origin}/files")
+    wait_for(browser, visible("#login-form"))
     fill(browser, "login-form", email, password)
     wait_for(browser, visible("#upload"))
     browser.find_element(By.ID, "file-input").send_keys(str(upload))

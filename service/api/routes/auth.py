@@ -1,16 +1,25 @@
-"""/api/auth: register, login, refresh, logout."""
+"""/api/auth: register, login, refresh, logout.
+
+Login and refresh return the token pair as JSON and also set the refresh token as an HttpOnly, Secure,
+SameSite=Strict cookie scoped to /api/auth, so a browser page never has to hold it where script can read it.
+/refresh and /logout take the token from the JSON body when there is one, else from that cookie.
+"""
 
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, Cookie, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
 
 from service import auth
 from service.api.deps import Res
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
+REFRESH_COOKIE = "refresh_token"
+COOKIE_PATH = "/api/auth"
+RefreshCookie = Annotated[str | None, Cookie(alias=REFRESH_COOKIE, max_length=200)]
 
 
 class Credentials(BaseModel):
@@ -33,6 +42,26 @@ class TokensOut(BaseModel):
     token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret
 
 
+def _keep_refresh_cookie(response: Response, pair: auth.TokenPair, res: Res) -> TokensOut:
+    response.set_cookie(
+        REFRESH_COOKIE,
+        pair.refresh_token,
+        max_age=res.settings.refresh_token_ttl,
+        path=COOKIE_PATH,
+        secure=True,
+        httponly=True,
+        samesite="strict",
+    )
+    return TokensOut(access_token=pair.access_token, refresh_token=pair.refresh_token)
+
+
+def _presented(body: RefreshBody | None, cookie: str | None) -> str:
+    token = body.refresh_token if body is not None else cookie
+    if not token:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "no refresh token in the body or cookie; log in again")
+    return token
+
+
 @router.post("/register", status_code=status.HTTP_201_CREATED)
 async def register(body: Credentials, res: Res) -> UserOut:
     try:
@@ -43,7 +72,7 @@ async def register(body: Credentials, res: Res) -> UserOut:
 
 
 @router.post("/login")
-async def login(body: Credentials, request: Request, res: Res) -> TokensOut:
+async def login(body: Credentials, request: Request, response: Response, res: Res) -> TokensOut:
     ip = request.client.host if request.client else "unknown"
     try:
         pair = await auth.login(res.pool, res.redis, res.settings, body.email, body.password, ip)
@@ -53,19 +82,25 @@ async def login(body: Credentials, request: Request, res: Res) -> TokensOut:
         ) from None
     except auth.AuthError as exc:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
-    return TokensOut(access_token=pair.access_token, refresh_token=pair.refresh_token)
+    return _keep_refresh_cookie(response, pair, res)
 
 
 @router.post("/refresh")
-async def refresh(body: RefreshBody, res: Res) -> TokensOut:
+async def refresh(
+    response: Response, res: Res, cookie: RefreshCookie = None, body: RefreshBody | None = None
+) -> TokensOut:
     try:
-        pair = await auth.refresh(res.pool, res.settings, body.refresh_token)
+        pair = await auth.refresh(res.pool, res.settings, _presented(body, cookie))
     except auth.AuthError as exc:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
-    return TokensOut(access_token=pair.access_token, refresh_token=pair.refresh_token)
+    return _keep_refresh_cookie(response, pair, res)
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
-async def logout(body: RefreshBody, res: Res) -> Response:
-    await auth.logout(res.pool, body.refresh_token)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+async def logout(res: Res, cookie: RefreshCookie = None, body: RefreshBody | None = None) -> Response:
+    token = body.refresh_token if body is not None else cookie
+    if token:
+        await auth.logout(res.pool, token)
+    done = Response(status_code=status.HTTP_204_NO_CONTENT)
+    done.delete_cookie(REFRESH_COOKIE, path=COOKIE_PATH, secure=True, httponly=True, samesite="strict")
+    return done
