@@ -235,7 +235,8 @@ async function discussionView(id) {
     entry.el.dataset.state = message.status;
     entry.el.dataset.messageId = message.id;
     if (message.status === "failed") {
-      entry.el.append(h("p", { class: "turn-error" }, t("turn.failed", { error: message.error || "" })));
+      entry.el.append(h("p", { class: "turn-error" }, t("turn.failed")));
+      if (message.error) entry.el.append(h("details", { class: "meta" }, h("summary", {}, t("turn.why")), message.error));
     }
     setAgent(message.role, { completed: "done", failed: "failed", stopped: "stopped" }[message.status] || "done");
   }
@@ -266,6 +267,7 @@ async function discussionView(id) {
     conn.hidden = true;
     for (const [key, chip] of chips) {
       if (chip.dataset.state === "speaking" || chip.dataset.state === "queued") setAgent(key, "stopped");
+      else if (chip.dataset.state === "waiting") setAgent(key, "skipped");
     }
     if (status === "completed" || verdict) showVerdict(verdict);
   }

@@ -250,3 +250,34 @@ def test_a_user_uploads_a_file_and_sees_it_listed(
     browser.find_element(By.CSS_SELECTOR, "#upload button[type=submit]").click()
     wait_for(browser, lambda d: "notes.txt" in d.find_element(By.ID, "files").text)
     browser.save_screenshot(SHOTS / "files.png")
+
+
+def test_a_failed_turn_is_shown_in_words_and_the_user_stops_the_discussion(
+    site: Site, open_browser: Callable[[str], WebDriver]
+) -> None:
+    email, password = f"c{secrets.token_hex(5)}@example.test", secrets.token_urlsafe(12)
+    with site.client() as client:
+        client.post("/api/auth/register", json={"email": email, "password": password}).raise_for_status()
+    browser = open_browser("en-US")
+    browser.get(site.origin + "/")
+    wait_for(browser, visible("#login-form"))
+    fill(browser, "login-form", email, password)
+    wait_for(browser, visible("#new-discussion"))
+    # The stand-in LLM refuses the Bear Researcher's request outright (400: no retry).
+    topic = "Sell ACME? [[fake:delay=0.05,words=200,status=400,only=Bear]]"
+    browser.find_element(By.CSS_SELECTOR, "#new-discussion [name=topic]").send_keys(topic)
+    browser.find_element(By.ID, "start").click()
+
+    wait_for(browser, visible("[data-turn='1'][data-state=failed] .turn-error"), 60)
+    assert "could not finish its turn" in browser.find_element(By.CSS_SELECTOR, "[data-turn='1'] .turn-error").text
+    assert browser.find_element(By.CSS_SELECTOR, "[data-agent=bear]").get_attribute("data-state") == "failed"
+    wait_for(browser, visible("[data-turn='2'][data-state=streaming]"), 30)
+    browser.save_screenshot(SHOTS / "failed-turn.png")
+    browser.find_element(By.ID, "stop").click()
+    wait_for(browser, visible("#discussion-status[data-status=stopped]"), 30)
+    assert browser.find_element(By.CSS_SELECTOR, "[data-turn='2']").get_attribute("data-state") == "stopped"
+    assert browser.find_element(By.CSS_SELECTOR, "[data-agent=risk]").get_attribute("data-state") == "stopped"
+    assert browser.find_element(By.CSS_SELECTOR, "[data-agent=moderator]").get_attribute("data-state") == "skipped"
+    assert not browser.find_element(By.ID, "stop").is_displayed()
+    assert not browser.find_element(By.ID, "verdict").is_displayed()
+    browser.save_screenshot(SHOTS / "stopped.png")
