@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 
 import redis
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.telemetry import TelemetryConfig
 from redis.asyncio import BlockingConnectionPool, Redis
 
@@ -18,6 +17,7 @@ from service.agents.orchestration import Orchestrator
 from service.agents.slots import AgentSlots
 from service.api.deps import Resources
 from service.api.routes import auth, discussions, files, health, ws
+from service.cors import CrossOriginOnly
 from service.db import create_pool
 from service.drain import Drain
 from service.llm import LlmClient
@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Middleware, innermost first: static answers, CORS, then request id / log / metrics around all of it.
     app.add_middleware(StaticRoutes, json_bodies={"/api/roles": discussions.ROLES_JSON})
     app.add_middleware(
-        CORSMiddleware,
+        CrossOriginOnly,
         allow_origins=list(settings.cors_origins),
         allow_credentials=True,
         allow_methods=["*"],
