@@ -19,6 +19,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
@@ -36,6 +37,7 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 SHOTS = REPO / "build" / "artifacts" / "console"
 # Each agent speaks ~10 s (200 words, 50 ms apart): time to see it stream and to reload in the middle.
 SLOW_TOPIC = "Hold ACME into earnings? [[fake:delay=0.05,words=200]]"
+OpenBrowser = Callable[..., WebDriver]  # (language, downloads folder=None) -> a fresh headless Chromium
 TURNS = """return [...document.querySelectorAll('#transcript .turn')].map(e => ({
   turn: Number(e.dataset.turn), role: e.dataset.role, state: e.dataset.state,
   repaired: e.dataset.repaired === 'true', text: e.querySelector('.turn-text').textContent}))"""
@@ -62,12 +64,12 @@ def server_key_pin(site: Site) -> str:
 
 
 @pytest.fixture(scope="module")
-def open_browser(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], WebDriver]]:
+def open_browser(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBrowser]:
     """Start a fresh headless Chromium with the given UI language; all are closed at the end."""
     pin = server_key_pin(site)
     drivers: list[WebDriver] = []
 
-    def start(language: str) -> WebDriver:
+    def start(language: str, downloads: Path | None = None) -> WebDriver:
         options = Options()
         options.binary_location = CHROMIUM
         for flag in (
@@ -85,7 +87,11 @@ def open_browser(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             f"--ignore-certificate-errors-spki-list={pin}",
         ):
             options.add_argument(flag)
-        options.add_experimental_option("prefs", {"intl.accept_languages": language})
+        folder = downloads or tmp_path_factory.mktemp("downloads")
+        folder.mkdir(parents=True, exist_ok=True)
+        options.add_experimental_option(
+            "prefs", {"intl.accept_languages": language, "download.default_directory": str(folder)}
+        )
         driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
         drivers.append(driver)
         return driver
@@ -98,7 +104,8 @@ def open_browser(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def wait_for(driver: WebDriver, check: Callable[[WebDriver], Any], seconds: float = 20) -> Any:
-    return WebDriverWait(driver, seconds, poll_frequency=0.1).until(check)
+    # A view that re-renders replaces its elements: an element found a moment ago may be gone (stale).
+    return WebDriverWait(driver, seconds, 0.1, ignored_exceptions=(StaleElementReferenceException,)).until(check)
 
 
 def visible(css: str) -> Callable[[WebDriver], bool]:
@@ -126,7 +133,7 @@ def stored_messages(site: Site, email: str, password: str, discussion: str) -> l
 
 
 def test_a_user_watches_three_agents_stream_across_a_reload_reads_the_verdict_and_logs_out(
-    site: Site, open_browser: Callable[[str], WebDriver]
+    site: Site, open_browser: OpenBrowser
 ) -> None:
     browser = open_browser("en-US")
     email, password = f"c{secrets.token_hex(5)}@example.test", secrets.token_urlsafe(12)
@@ -211,9 +218,7 @@ def test_a_user_watches_three_agents_stream_across_a_reload_reads_the_verdict_an
     assert browser.execute_script("return sessionStorage.length + localStorage.length") == 0
 
 
-def test_another_user_opening_a_discussion_url_sees_not_found_in_chinese(
-    site: Site, open_browser: Callable[[str], WebDriver]
-) -> None:
+def test_another_user_opening_a_discussion_url_sees_not_found_in_chinese(site: Site, open_browser: OpenBrowser) -> None:
     owner = site.new_user()
     topic = f"Private plans {secrets.token_hex(4)}"
     discussion = site.create_discussion(owner, topic, ["bull", "bear", "risk"])
@@ -233,15 +238,13 @@ def test_another_user_opening_a_discussion_url_sees_not_found_in_chinese(
     browser.save_screenshot(SHOTS / "not-found-zh.png")
 
 
-def test_a_user_uploads_a_file_and_sees_it_listed(
-    site: Site, open_browser: Callable[[str], WebDriver], tmp_path: Path
-) -> None:
+def test_a_user_uploads_downloads_and_deletes_a_file(site: Site, open_browser: OpenBrowser, tmp_path: Path) -> None:
     email, password = f"c{secrets.token_hex(5)}@example.test", secrets.token_urlsafe(12)
     with site.client() as client:
         client.post("/api/auth/register", json={"email": email, "password": password}).raise_for_status()
     upload = tmp_path / "notes.txt"
     upload.write_text("quarterly notes\n")
-    browser = open_browser("en-US")
+    browser = open_browser("en-US", tmp_path / "downloads")
     browser.get(f"{site.origin}/files")
     wait_for(browser, visible("#login-form"))
     fill(browser, "login-form", email, password)
@@ -250,10 +253,15 @@ def test_a_user_uploads_a_file_and_sees_it_listed(
     browser.find_element(By.CSS_SELECTOR, "#upload button[type=submit]").click()
     wait_for(browser, lambda d: "notes.txt" in d.find_element(By.ID, "files").text)
     browser.save_screenshot(SHOTS / "files.png")
+    browser.find_element(By.XPATH, "//li[contains(., 'notes.txt')]//button[1]").click()
+    saved = tmp_path / "downloads" / "notes.txt"
+    wait_for(browser, lambda d: saved.exists() and saved.read_text() == "quarterly notes\n")
+    browser.find_element(By.XPATH, "//li[contains(., 'notes.txt')]//button[2]").click()
+    wait_for(browser, lambda d: "No files yet." in d.find_element(By.ID, "files").text)
 
 
 def test_a_failed_turn_is_shown_in_words_and_the_user_stops_the_discussion(
-    site: Site, open_browser: Callable[[str], WebDriver]
+    site: Site, open_browser: OpenBrowser
 ) -> None:
     email, password = f"c{secrets.token_hex(5)}@example.test", secrets.token_urlsafe(12)
     with site.client() as client:
