@@ -289,3 +289,30 @@ def test_a_failed_turn_is_shown_in_words_and_the_user_stops_the_discussion(
     assert not browser.find_element(By.ID, "stop").is_displayed()
     assert not browser.find_element(By.ID, "verdict").is_displayed()
     browser.save_screenshot(SHOTS / "stopped.png")
+
+
+def test_a_discussion_waiting_for_an_agent_slot_shows_its_place_in_the_queue(
+    site: Site, deployed: Deployed, open_browser: OpenBrowser
+) -> None:
+    cap = load_config(deployed.sandbox.config_file).settings.service.agent_cap
+    blocker = site.new_user()
+    # Every agent slot held by someone else's slow single-agent discussion (~20 s each, stopped below).
+    busy = [site.create_discussion(blocker, "Hold? [[fake:delay=0.05,words=400]]", ["bull"]) for _ in range(cap)]
+    try:
+        email, password = f"c{secrets.token_hex(5)}@example.test", secrets.token_urlsafe(12)
+        with site.client() as client:
+            client.post("/api/auth/register", json={"email": email, "password": password}).raise_for_status()
+        browser = open_browser("en-US")
+        browser.get(site.origin + "/")
+        wait_for(browser, visible("#login-form"))
+        fill(browser, "login-form", email, password)
+        wait_for(browser, visible("#new-discussion"))
+        browser.find_element(By.CSS_SELECTOR, "#new-discussion [name=topic]").send_keys("Buy ACME now?")
+        browser.find_element(By.ID, "start").click()
+        wait_for(browser, visible("[data-agent=bull][data-state=queued]"))
+        assert browser.find_element(By.CSS_SELECTOR, "[data-agent=bull]").text == "Bull Researcher queued, position 1"
+        browser.save_screenshot(SHOTS / "queued.png")
+    finally:
+        for discussion in busy:
+            site.stop_discussion(blocker, discussion)
+    wait_for(browser, visible("#discussion-status[data-status=completed]"), 60)  # a slot came free: it ran
