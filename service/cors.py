@@ -8,7 +8,7 @@ a quarter of a cheap route's in-process CPU (bench/README.md).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,9 +17,24 @@ VARY_ORIGIN = (b"vary", b"Origin")
 
 
 class CrossOriginOnly:
-    def __init__(self, app: ASGIApp, **cors_options: Any) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        allow_origins: Sequence[str],
+        allow_methods: Sequence[str],
+        allow_headers: Sequence[str],
+        expose_headers: Sequence[str],
+        allow_credentials: bool,
+    ) -> None:
         self.app = app
-        self.cors = CORSMiddleware(app, **cors_options)
+        self.cors = CORSMiddleware(
+            app,
+            allow_origins=allow_origins,
+            allow_methods=allow_methods,
+            allow_headers=allow_headers,
+            expose_headers=expose_headers,
+            allow_credentials=allow_credentials,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or any(name == b"origin" for name, _ in scope["headers"]):
