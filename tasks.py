@@ -18,6 +18,7 @@ from appliance.backup import operate as backups_edge
 from appliance.bootstrap import bootstrap, bootstrap_files
 from appliance.build import build_api_image, default_version
 from appliance.cli import COMMON_HELP, load, one_line_errors, print_outcome
+from appliance.console_login import console_login
 from appliance.deploy import break_lock, current_release
 from appliance.deploy import deploy as deploy_release
 from appliance.deploy import rollback as rollback_release
@@ -284,6 +285,29 @@ def sandbox_down(c: Context, name: str = "cvm-sandbox", config_out: str = "sandb
     print("removed: " + (", ".join(removed) or f"nothing (no sandbox {name})"))
 
 
+@task(
+    name="login",
+    help={
+        **COMMON_HELP,
+        "saved": "where the login is kept (0600), so a re-run prints the same one",
+        "ca_out": "where to write the appliance's CA, for a browser to trust",
+    },
+)
+@one_line_errors
+def sandbox_login(
+    c: Context,
+    config: str | None = None,
+    env: str | None = None,
+    host: str | None = None,
+    saved: str = ".sandbox/console-login.json",
+    ca_out: str = ".sandbox/ca.pem",
+) -> None:
+    """A working login for the deployed web console (made once through the API), and the CA to trust it."""
+    login = console_login(load(config, env, host), Path(saved), Path(ca_out))
+    print(f"console CA (import it into a browser to trust the console): {ca_out}")
+    print(f"console: {login.url}  login: {login.email} / {login.password}")
+
+
 @task(name="backup", help={**COMMON_HELP, "reason": "recorded in the backup's manifest"})
 @one_line_errors
 def backup_now(
@@ -352,7 +376,7 @@ namespace = Collection(
     status,
     logs,
     Collection("lock", lock_break),
-    Collection("sandbox", sandbox_up, sandbox_down),
+    Collection("sandbox", sandbox_up, sandbox_down, sandbox_login),
     backup_now,
     backups,
     Collection("restore", restore_backup, restore_drill),

@@ -167,3 +167,24 @@ def test_cron_writes_the_containers_state_for_monitoring(host: RemoteHost) -> No
         time.sleep(3)
     text = host.run(f"cat {metrics}").stdout
     assert 'appliance_container_running{project="appliance",service="postgres"} 1' in text, text
+
+
+def test_sandbox_login_prints_a_console_login_that_works_and_the_same_one_again(
+    deployed: Deployed, tmp_path: Path
+) -> None:
+    saved, ca = tmp_path / "login.json", tmp_path / "ca.pem"
+    args = ("sandbox.login", "--config", str(deployed.sandbox.config_file), "--saved", str(saved), "--ca-out", str(ca))
+    first, again = inv(*args), inv(*args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout == again.stdout  # made once, then only checked
+    login = json.loads(saved.read_text())
+    assert saved.stat().st_mode & 0o777 == 0o600
+    url = f"https://127.0.0.1:{deployed.sandbox.https_port}/"
+    assert first.stdout.splitlines()[-1] == f"console: {url}  login: {login['email']} / {login['password']}"
+    assert ca.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    saved.write_text(json.dumps({**login, "password": "not-the-password"}))
+    refused = inv(*args)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().endswith(
+        f"the console login in {saved} does not work here: delete that file and run again"
+    )

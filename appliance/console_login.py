@@ -1,0 +1,64 @@
+"""A working login for the web console of a deployed appliance (the quickstart's last line).
+
+The user is made once through the public API over TLS, trusting the appliance's own CA, and its
+password kept in a 0600 file, so that a re-run prints the same login; on a new sandbox it is made again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import ssl
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.config import Config
+from appliance.errors import ApplianceError
+from appliance.remote import open_host
+from appliance.render import site_origin
+
+
+@dataclass(frozen=True)
+class ConsoleLogin:
+    url: str
+    email: str
+    password: str
+
+
+def _remembered(saved: Path) -> dict[str, str]:
+    if not saved.exists():
+        fresh = {"email": f"demo-{secrets.token_hex(3)}@example.test", "password": secrets.token_urlsafe(12)}
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        with os.fdopen(os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            json.dump(fresh, out)
+    login: dict[str, str] = json.loads(saved.read_text(encoding="utf-8"))
+    return login
+
+
+def _post(url: str, body: dict[str, str], tls: ssl.SSLContext) -> int:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, context=tls, timeout=15) as answer:  # noqa: S310 - https, own CA
+            return int(answer.status)
+    except urllib.error.HTTPError as refused:
+        return refused.code
+    except (urllib.error.URLError, OSError) as exc:
+        raise ApplianceError(f"{url}: {getattr(exc, 'reason', exc)}: is the appliance deployed (inv deploy)?") from None
+
+
+def console_login(config: Config, saved: Path, ca_out: Path) -> ConsoleLogin:
+    """Register (once) and log in the demo user; the appliance's CA is written to `ca_out` for a browser."""
+    with open_host(config) as host:
+        ca = host.run(f"cat {config.settings.base_dir}/shared/certs/ca.pem").stdout
+    ca_out.parent.mkdir(parents=True, exist_ok=True)
+    ca_out.write_text(ca, encoding="utf-8")
+    tls = ssl.create_default_context(cadata=ca)
+    login = _remembered(saved)
+    origin = site_origin(config).rstrip("/")
+    registered = _post(f"{origin}/api/auth/register", login, tls)
+    if registered not in (201, 409) or _post(f"{origin}/api/auth/login", login, tls) != 200:
+        raise ApplianceError(f"the console login in {saved} does not work here: delete that file and run again")
+    return ConsoleLogin(f"{origin}/", login["email"], login["password"])
