@@ -118,6 +118,21 @@ def fill(driver: WebDriver, form: str, email: str, password: str) -> None:
     driver.find_element(By.CSS_SELECTOR, f"#{form} #auth-submit").click()
 
 
+def registered(site: Site) -> tuple[str, str]:
+    """A new user's email and password, registered through the API."""
+    email, password = f"c{secrets.token_hex(5)}@example.test", secrets.token_urlsafe(12)
+    with site.client() as client:
+        client.post("/api/auth/register", json={"email": email, "password": password}).raise_for_status()
+    return email, password
+
+
+def log_in(driver: WebDriver, url: str, email: str, password: str) -> None:
+    """Open `url`, which shows the login form to a browser without a session, and log in there."""
+    driver.get(url)
+    wait_for(driver, visible("#login-form"))
+    fill(driver, "login-form", email, password)
+
+
 def refresh_cookies(driver: WebDriver) -> list[dict[str, Any]]:
     """The browser's refresh-token cookies (WebDriver's own cookie list only shows those of the page's path)."""
     cookies = driver.execute_cdp_cmd("Network.getAllCookies", {})["cookies"]
@@ -222,9 +237,7 @@ def test_another_user_opening_a_discussion_url_sees_not_found_in_chinese(site: S
     owner = site.new_user()
     topic = f"Private plans {secrets.token_hex(4)}"
     discussion = site.create_discussion(owner, topic, ["bull", "bear", "risk"])
-    email, password = f"c{secrets.token_hex(5)}@example.test", secrets.token_urlsafe(12)
-    with site.client() as client:
-        client.post("/api/auth/register", json={"email": email, "password": password}).raise_for_status()
+    email, password = registered(site)
     browser = open_browser("zh-CN")
     browser.get(f"{site.origin}/d/{discussion}")
     wait_for(browser, visible("#login-form"))
@@ -239,15 +252,11 @@ def test_another_user_opening_a_discussion_url_sees_not_found_in_chinese(site: S
 
 
 def test_a_user_uploads_downloads_and_deletes_a_file(site: Site, open_browser: OpenBrowser, tmp_path: Path) -> None:
-    email, password = f"c{secrets.token_hex(5)}@example.test", secrets.token_urlsafe(12)
-    with site.client() as client:
-        client.post("/api/auth/register", json={"email": email, "password": password}).raise_for_status()
+    email, password = registered(site)
     upload = tmp_path / "notes.txt"
     upload.write_text("quarterly notes\n")
     browser = open_browser("en-US", tmp_path / "downloads")
-    browser.get(f"{site.origin}/files")
-    wait_for(browser, visible("#login-form"))
-    fill(browser, "login-form", email, password)
+    log_in(browser, f"{site.origin}/files", email, password)
     wait_for(browser, visible("#upload"))
     browser.find_element(By.ID, "file-input").send_keys(str(upload))
     browser.find_element(By.CSS_SELECTOR, "#upload button[type=submit]").click()
@@ -263,13 +272,9 @@ def test_a_user_uploads_downloads_and_deletes_a_file(site: Site, open_browser: O
 def test_a_failed_turn_is_shown_in_words_and_the_user_stops_the_discussion(
     site: Site, open_browser: OpenBrowser
 ) -> None:
-    email, password = f"c{secrets.token_hex(5)}@example.test", secrets.token_urlsafe(12)
-    with site.client() as client:
-        client.post("/api/auth/register", json={"email": email, "password": password}).raise_for_status()
+    email, password = registered(site)
     browser = open_browser("en-US")
-    browser.get(site.origin + "/")
-    wait_for(browser, visible("#login-form"))
-    fill(browser, "login-form", email, password)
+    log_in(browser, site.origin + "/", email, password)
     wait_for(browser, visible("#new-discussion"))
     # The stand-in LLM refuses the Bear Researcher's request outright (400: no retry).
     topic = "Sell ACME? [[fake:delay=0.05,words=200,status=400,only=Bear]]"
@@ -299,13 +304,9 @@ def test_a_discussion_waiting_for_an_agent_slot_shows_its_place_in_the_queue(
     # Every agent slot held by someone else's slow single-agent discussion (~20 s each, stopped below).
     busy = [site.create_discussion(blocker, "Hold? [[fake:delay=0.05,words=400]]", ["bull"]) for _ in range(cap)]
     try:
-        email, password = f"c{secrets.token_hex(5)}@example.test", secrets.token_urlsafe(12)
-        with site.client() as client:
-            client.post("/api/auth/register", json={"email": email, "password": password}).raise_for_status()
+        email, password = registered(site)
         browser = open_browser("en-US")
-        browser.get(site.origin + "/")
-        wait_for(browser, visible("#login-form"))
-        fill(browser, "login-form", email, password)
+        log_in(browser, site.origin + "/", email, password)
         wait_for(browser, visible("#new-discussion"))
         browser.find_element(By.CSS_SELECTOR, "#new-discussion [name=topic]").send_keys("Buy ACME now?")
         browser.find_element(By.ID, "start").click()
