@@ -44,15 +44,27 @@ def assert_no_secret(text: str, secret_values: list[str], where: str) -> None:
     assert not leaked, f"secret values in {where}: {leaked}"
 
 
+def healthy(containers: str, service: str) -> bool:
+    return any(service in line and "(healthy)" in line for line in containers.splitlines())
+
+
 def test_status_shows_containers_health_disk_and_memory(config: Config, secret_values: list[str]) -> None:
-    run = inv("status", "--config", str(config.path))
-    assert run.returncode == 0, run.stderr
-    sections = {part.splitlines()[0]: part for part in run.stdout.split("\n== ")[1:]}
+    # Docker runs an API's first health check one interval (15 s) after it starts: until then `inv status`
+    # rightly says "health: starting", and an earlier test may have deployed moments ago.
+    deadline = time.monotonic() + 60
+    while True:
+        run = inv("status", "--config", str(config.path))
+        assert run.returncode == 0, run.stderr
+        sections = {part.splitlines()[0]: part for part in run.stdout.split("\n== ")[1:]}
+        containers = sections.get("containers", "")
+        services = ("postgres", "redis", "nginx", "api")
+        if all(healthy(containers, service) for service in services) or time.monotonic() > deadline:
+            break
+        time.sleep(3)
     release = run.stdout.splitlines()[0].split("release ")[1].strip()
     assert {"containers", f"health of release {release}", "resources", "disk", "memory"} <= set(sections)
-    containers = sections["containers"]
-    for service in ("postgres", "redis", "nginx", "api"):
-        assert any(service in line and "(healthy)" in line for line in containers.splitlines()), containers
+    for service in services:
+        assert healthy(containers, service), containers
     assert json.loads(sections[f"health of release {release}"].splitlines()[1])["database"]["connected"] is True
     assert "/var/lib/docker" in sections["disk"] and "Mem:" in sections["memory"]
     assert_no_secret(run.stdout + run.stderr, secret_values, "inv status")
