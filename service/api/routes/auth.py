@@ -55,8 +55,13 @@ def _keep_refresh_cookie(response: Response, pair: auth.TokenPair, res: Res) -> 
     return TokensOut(access_token=pair.access_token, refresh_token=pair.refresh_token)
 
 
+def _given(body: RefreshBody | None, cookie: str | None) -> str | None:
+    """The refresh token a request carries: the JSON body's, else the cookie's."""
+    return body.refresh_token if body is not None else cookie
+
+
 def _presented(body: RefreshBody | None, cookie: str | None) -> str:
-    token = body.refresh_token if body is not None else cookie
+    token = _given(body, cookie)
     if not token:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "no refresh token in the body or cookie; log in again")
     return token
@@ -98,8 +103,7 @@ async def refresh(
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
 async def logout(res: Res, cookie: RefreshCookie = None, body: RefreshBody | None = None) -> Response:
-    token = body.refresh_token if body is not None else cookie
-    if token:
+    if token := _given(body, cookie):
         await auth.logout(res.pool, token)
     done = Response(status_code=status.HTTP_204_NO_CONTENT)
     done.delete_cookie(REFRESH_COOKIE, path=COOKIE_PATH, secure=True, httponly=True, samesite="strict")
