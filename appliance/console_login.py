@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import ssl
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from appliance.config import Config
 from appliance.errors import ApplianceError
 from appliance.remote import open_host
 from appliance.render import site_origin
+
+RATE_LIMIT_PATIENCE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -38,15 +41,27 @@ def _remembered(saved: Path) -> dict[str, str]:
     return login
 
 
-def _post(url: str, body: dict[str, str], tls: ssl.SSLContext) -> int:
+def _post_once(url: str, body: dict[str, str], tls: ssl.SSLContext) -> tuple[int, float]:
+    """The answer's status, and how long it asks to wait before the next try (Retry-After, else 3 s)."""
     request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})  # noqa: S310
     try:
         with urllib.request.urlopen(request, context=tls, timeout=15) as answer:  # noqa: S310 - https, own CA
-            return int(answer.status)
+            return int(answer.status), 0.0
     except urllib.error.HTTPError as refused:
-        return refused.code
+        wait = refused.headers.get("Retry-After", "")
+        return refused.code, float(wait) if wait.isdigit() else 3.0
     except (urllib.error.URLError, OSError) as exc:
         raise ApplianceError(f"{url}: {getattr(exc, 'reason', exc)}: is the appliance deployed (inv deploy)?") from None
+
+
+def _post(url: str, body: dict[str, str], tls: ssl.SSLContext) -> int:
+    """POST `body`; a rate-limited answer (429, nginx's per-address login limit) is retried for up to a minute."""
+    deadline = time.monotonic() + RATE_LIMIT_PATIENCE_SECONDS
+    code, wait = _post_once(url, body, tls)
+    while code == 429 and time.monotonic() + wait < deadline:
+        time.sleep(wait)
+        code, wait = _post_once(url, body, tls)
+    return code
 
 
 def console_login(config: Config, saved: Path, ca_out: Path) -> ConsoleLogin:
@@ -59,6 +74,12 @@ def console_login(config: Config, saved: Path, ca_out: Path) -> ConsoleLogin:
     login = _remembered(saved)
     origin = site_origin(config).rstrip("/")
     registered = _post(f"{origin}/api/auth/register", login, tls)
-    if registered not in (201, 409) or _post(f"{origin}/api/auth/login", login, tls) != 200:
+    logged_in = _post(f"{origin}/api/auth/login", login, tls) if registered in (201, 409) else None
+    if logged_in == 200:
+        return ConsoleLogin(f"{origin}/", login["email"], login["password"])
+    if 401 in (registered, logged_in):
         raise ApplianceError(f"the console login in {saved} does not work here: delete that file and run again")
-    return ConsoleLogin(f"{origin}/", login["email"], login["password"])
+    failed, code = ("login", logged_in) if logged_in is not None else ("register", registered)
+    if code == 429:
+        raise ApplianceError(f"{origin}/api/auth/{failed} is rate-limited for this address: try again in a few minutes")
+    raise ApplianceError(f"{origin}/api/auth/{failed} answered HTTP {code}: see inv logs --service api")

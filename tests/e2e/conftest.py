@@ -23,8 +23,10 @@ import pytest
 from appliance import sandbox as sandboxes
 from appliance.backup.cos import MB, CosStore, CosTarget
 from appliance.config import Config, load_config
-from tests.conftest import SandboxFactory, bootstrap_sandbox, deploy_sandbox, free_port
+from appliance.remote import open_host
+from tests.conftest import Deployed, SandboxFactory, bootstrap_sandbox, deploy_sandbox, free_port
 from tests.cosfake import FakeCos
+from tests.e2e.traffic import Site
 
 SECRET_ID = "AKIDsandboxbackups"
 SECRET_KEY = "sandbox-backup-secret"
@@ -40,6 +42,13 @@ class Rig:
     config_file: Path
     fake: FakeCos
     cos: CosStore
+
+
+@pytest.fixture(scope="session")
+def site(deployed: Deployed) -> Site:
+    """The shared deployed sandbox as a browser reaches it, through nginx over TLS."""
+    with open_host(load_config(deployed.sandbox.config_file)) as host:
+        return Site(deployed.sandbox.https_port, host.run("cat /opt/appliance/shared/certs/ca.pem").stdout)
 
 
 def bridge_gateway() -> str:

@@ -27,7 +27,6 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from appliance.config import load_config
-from appliance.remote import open_host
 from tests.conftest import REPO, Deployed
 from tests.e2e.traffic import Site
 
@@ -41,12 +40,6 @@ OpenBrowser = Callable[..., WebDriver]  # (language, downloads folder=None) -> a
 TURNS = """return [...document.querySelectorAll('#transcript .turn')].map(e => ({
   turn: Number(e.dataset.turn), role: e.dataset.role, state: e.dataset.state,
   repaired: e.dataset.repaired === 'true', text: e.querySelector('.turn-text').textContent}))"""
-
-
-@pytest.fixture(scope="module")
-def site(deployed: Deployed) -> Site:
-    with open_host(load_config(deployed.sandbox.config_file)) as host:
-        return Site(deployed.sandbox.https_port, host.run("cat /opt/appliance/shared/certs/ca.pem").stdout)
 
 
 def server_key_pin(site: Site) -> str:

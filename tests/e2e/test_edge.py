@@ -26,11 +26,6 @@ def host(deployed: Deployed) -> Iterator[RemoteHost]:
         yield remote
 
 
-@pytest.fixture(scope="module")
-def edge(deployed: Deployed, host: RemoteHost) -> Site:
-    return Site(deployed.sandbox.https_port, host.run("cat /opt/appliance/shared/certs/ca.pem").stdout)
-
-
 def test_plain_http_redirects_to_https_except_acme_challenges(deployed: Deployed) -> None:
     with httpx.Client(base_url=f"http://127.0.0.1:{deployed.sandbox.http_port}", timeout=10) as client:
         moved = client.get("/api/health?x=1")
@@ -40,8 +35,8 @@ def test_plain_http_redirects_to_https_except_acme_challenges(deployed: Deployed
     assert challenge.status_code == 404  # served from the web root, not redirected
 
 
-def test_security_headers_and_request_id(edge: Site) -> None:
-    with edge.client() as client:
+def test_security_headers_and_request_id(site: Site) -> None:
+    with site.client() as client:
         given = client.get("/api/health", headers={"X-Request-ID": "ticket-4711"})
         made = client.get("/api/health")
     assert given.status_code == 200
@@ -61,28 +56,28 @@ def negotiated(site: Site, context: ssl.SSLContext) -> tuple[str | None, str | N
         return tls.version(), tls.selected_alpn_protocol()
 
 
-def test_http2_over_tls13_and_tls12_still_accepted(edge: Site) -> None:
-    modern = edge.tls()
+def test_http2_over_tls13_and_tls12_still_accepted(site: Site) -> None:
+    modern = site.tls()
     modern.set_alpn_protocols(["h2", "http/1.1"])
-    assert negotiated(edge, modern) == ("TLSv1.3", "h2")
-    legacy = edge.tls()
+    assert negotiated(site, modern) == ("TLSv1.3", "h2")
+    legacy = site.tls()
     legacy.minimum_version = legacy.maximum_version = ssl.TLSVersion.TLSv1_2
-    assert negotiated(edge, legacy) == ("TLSv1.2", None)
+    assert negotiated(site, legacy) == ("TLSv1.2", None)
 
 
-def test_oversized_upload_is_refused_by_nginx(edge: Site) -> None:
-    with edge.client() as client:
+def test_oversized_upload_is_refused_by_nginx(site: Site) -> None:
+    with site.client() as client:
         answer = client.post("/api/files", content=b"x" * (21 * 1024 * 1024))
     assert answer.status_code == 413
 
 
 def test_static_root_serves_the_releases_front_end_with_year_long_assets_and_the_spa_fallback(
-    edge: Site, host: RemoteHost
+    site: Site, host: RemoteHost
 ) -> None:
     page = host.run(f"cat {WWW}/index.html").stdout
     referenced = re.search(r"/assets/[^\"' >]+", page)
     assert referenced, page
-    with edge.client() as client:
+    with site.client() as client:
         asset = client.get(referenced.group(0), headers={"Accept-Encoding": "gzip"})
         deep_link = client.get("/discussions/42")
         missing = client.get("/assets/app.0000000.js")
@@ -96,12 +91,10 @@ def test_static_root_serves_the_releases_front_end_with_year_long_assets_and_the
     assert missing.status_code == 404  # a missing hashed asset is not the SPA's page
 
 
-def test_login_attempts_from_one_address_meet_nginx_rate_limit_then_recover(edge: Site) -> None:
+def test_login_attempts_from_one_address_meet_nginx_rate_limit_then_recover(site: Site) -> None:
     attempt = {"email": "nobody@example.test", "password": "wrong-password-1"}
-    with edge.client() as client:
-        answers = [client.post("/api/auth/login", json=attempt) for _ in range(30)]
-        limited = [a for a in answers if a.status_code == 429 and "nginx" in a.text]
-        assert limited, [a.status_code for a in answers]
+    site.use_up_login_allowance()
+    with site.client() as client:
         # nginx lets one attempt through every 3 s again (the API keeps its own per-account limit).
         deadline = time.monotonic() + 30
         while "nginx" in (answer := client.post("/api/auth/login", json=attempt)).text:

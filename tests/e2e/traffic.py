@@ -42,8 +42,20 @@ class Site:
         credentials = {"email": f"u{secrets.token_hex(5)}@example.test", "password": secrets.token_urlsafe(12)}
         with self.client() as client:
             client.post("/api/auth/register", json=credentials).raise_for_status()
-            tokens = client.post("/api/auth/login", json=credentials).json()
-        return {"Authorization": f"Bearer {tokens['access_token']}"}
+            # An earlier test may have used up nginx's per-address login allowance, one attempt per 3 s.
+            deadline = time.monotonic() + 60
+            while (answer := client.post("/api/auth/login", json=credentials)).status_code == 429:
+                assert time.monotonic() < deadline, answer.text
+                time.sleep(3)
+            answer.raise_for_status()
+        return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+
+    def use_up_login_allowance(self) -> None:
+        """Wrong logins from this address until nginx's per-address limit answers 429."""
+        attempt = {"email": "nobody@example.test", "password": "wrong-password-1"}
+        with self.client() as client:
+            answers = [client.post("/api/auth/login", json=attempt) for _ in range(30)]
+        assert any(a.status_code == 429 and "nginx" in a.text for a in answers), [a.status_code for a in answers]
 
     def create_discussion(self, headers: dict[str, str], topic: str, panel: list[str]) -> str:
         with self.client() as client:
@@ -77,7 +89,9 @@ class Followed:
     """A discussion followed to its end across server restarts: its events and how each connection ended."""
 
     events: list[dict[str, Any]] = field(default_factory=list)
-    closes: list[tuple[int | None, str, dict[str, Any] | None]] = field(default_factory=list)  # code, reason, hint
+    # Per connection: the close frame received (code, reason; None without one), the reconnect hint before it,
+    # and the close frame this client sent (its keepalive timing out sends 1011).
+    closes: list[tuple[int | None, str, dict[str, Any] | None, str]] = field(default_factory=list)
 
 
 def follow_discussion(site: Site, headers: dict[str, str], discussion: str, limit_seconds: float = 300) -> Followed:
@@ -97,8 +111,9 @@ def follow_discussion(site: Site, headers: dict[str, str], discussion: str, limi
                     if event["type"] == "discussion_finished":
                         return followed
         except ConnectionClosed as closed:
-            received = closed.rcvd
-            followed.closes.append((received.code if received else None, received.reason if received else "", hint))
+            received, sent = closed.rcvd, closed.sent
+            code, reason = (received.code, received.reason) if received else (None, "")
+            followed.closes.append((code, reason, hint, f"{sent.code} {sent.reason}" if sent else ""))
             time.sleep((hint or {}).get("after_ms", 1000) / 1000)
     raise AssertionError(f"discussion {discussion} did not finish within {limit_seconds}s: {followed.closes}")
 
