@@ -22,7 +22,7 @@ if workers > 1:
 # Requests are short; discussions hand over to another worker via their lease, so 30 s drains HTTP.
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "30"))
 timeout = 60
-keepalive = 5
+keepalive = 5  # nginx keeps idle upstream connections 4 s (nginx/upstream.conf.j2): shorter than this
 accesslog = None  # the app logs one JSON line per request
 # gunicorn's and uvicorn's own messages as JSON lines too (uvicorn workers reuse gunicorn.error's handlers).
 logconfig_dict = {
