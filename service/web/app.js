@@ -277,10 +277,15 @@ async function discussionView(id) {
       case "queued":
         setAgent(event.role, "queued", { position: event.position });
         break;
-      case "agent_started":
-        turn(event.turn_index, event.role);
+      case "agent_started": {
+        // Again for a turn it already showed: the turn was cut off by a handover to another worker and
+        // starts over there, so the text streamed so far goes.
+        const entry = turn(event.turn_index, event.role);
+        entry.text = "";
+        entry.body.textContent = "";
         setAgent(event.role, "speaking");
         break;
+      }
       case "token": {
         const entry = turn(event.turn_index, event.role);
         entry.text += event.text;
