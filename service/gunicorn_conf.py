@@ -24,6 +24,7 @@ graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "30"))
 timeout = 60
 keepalive = 5  # nginx keeps idle upstream connections 4 s (nginx/upstream.conf.j2): shorter than this
 accesslog = None  # the app logs one JSON line per request
+control_socket_disable = True  # gunicorn >= 27's control socket: unused here, and $HOME is read-only
 # gunicorn's and uvicorn's own messages as JSON lines too (uvicorn workers reuse gunicorn.error's handlers).
 logconfig_dict = {
     "version": 1,

@@ -19,7 +19,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
@@ -27,6 +27,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from appliance.config import load_config
+from appliance.remote import open_host
 from tests.conftest import REPO, Deployed
 from tests.e2e.traffic import Site
 
@@ -98,7 +99,12 @@ def open_browser(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 def wait_for(driver: WebDriver, check: Callable[[WebDriver], Any], seconds: float = 20) -> Any:
     # A view that re-renders replaces its elements: an element found a moment ago may be gone (stale).
-    return WebDriverWait(driver, seconds, 0.1, ignored_exceptions=(StaleElementReferenceException,)).until(check)
+    waiting = WebDriverWait(driver, seconds, 0.1, ignored_exceptions=(StaleElementReferenceException,))
+    try:
+        return waiting.until(check)
+    except TimeoutException:
+        page = driver.find_element(By.TAG_NAME, "body").text
+        raise AssertionError(f"not within {seconds}s at {driver.current_url}; the page said:\n{page[-2000:]}") from None
 
 
 def visible(css: str) -> Callable[[WebDriver], bool]:
@@ -133,9 +139,9 @@ def refresh_cookies(driver: WebDriver) -> list[dict[str, Any]]:
 
 
 def stored_messages(site: Site, email: str, password: str, discussion: str) -> list[dict[str, Any]]:
+    headers = site.log_in(email, password)
     with site.client() as client:
-        token = client.post("/api/auth/login", json={"email": email, "password": password}).json()["access_token"]
-        answer = client.get(f"/api/discussions/{discussion}", headers={"Authorization": f"Bearer {token}"})
+        answer = client.get(f"/api/discussions/{discussion}", headers=headers)
     answer.raise_for_status()
     return list(answer.json()["messages"])
 
@@ -310,3 +316,32 @@ def test_a_discussion_waiting_for_an_agent_slot_shows_its_place_in_the_queue(
         for discussion in busy:
             site.stop_discussion(blocker, discussion)
     wait_for(browser, visible("#discussion-status[data-status=completed]"), 60)  # a slot came free: it ran
+
+
+def test_the_page_reconnects_when_the_api_restarts_and_the_text_goes_on(
+    site: Site, deployed: Deployed, open_browser: OpenBrowser
+) -> None:
+    email, password = registered(site)
+    browser = open_browser("en-US")
+    log_in(browser, site.origin + "/", email, password)
+    wait_for(browser, visible("#new-discussion"))
+    browser.find_element(By.CSS_SELECTOR, "#new-discussion [name=topic]").send_keys(SLOW_TOPIC)
+    browser.find_element(By.ID, "start").click()
+    wait_for(browser, visible("#conn[data-state=live]"))
+    discussion = browser.current_url.rsplit("/", 1)[1]
+    browser.execute_script(
+        "const conn = document.getElementById('conn'); window.connStates = [];"
+        "new MutationObserver(() => connStates.push(conn.dataset.state)).observe(conn, {attributes: true});"
+    )
+    wait_for(browser, lambda d: any(t["state"] == "streaming" and len(t["text"]) > 40 for t in d.execute_script(TURNS)))
+    # gunicorn's HUP replaces every worker: each old one drains its WebSockets with a reconnect hint.
+    with open_host(load_config(deployed.sandbox.config_file)) as host:
+        restart = host.run("docker kill --signal HUP $(docker ps -qf label=com.docker.compose.service=api)")
+    assert restart.exit_code == 0, restart.stderr
+    back = "const i = connStates.indexOf('reconnecting'); return i >= 0 && connStates.slice(i).includes('live')"
+    wait_for(browser, lambda d: d.execute_script(back), 30)  # the drain's hint, then a new socket
+    wait_for(browser, visible("#discussion-status[data-status=completed]"), 120)
+    final = browser.execute_script(TURNS)
+    stored = stored_messages(site, email, password, discussion)
+    assert [(t["role"], t["text"]) for t in final] == [(m["role"], m["content"]) for m in stored]
+    assert not any(t["repaired"] for t in final)

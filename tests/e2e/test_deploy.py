@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import signal
 import ssl
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pytest
 from appliance.config import load_config
 from appliance.remote import RemoteHost
 from tests.conftest import REPO, Bootstrapped, Deployed, inv
-from tests.e2e.traffic import Site, events, follow_discussion, steady_load
+from tests.e2e.traffic import Followed, Site, events, follow_discussion, steady_load
 
 pytestmark = pytest.mark.e2e
 
@@ -95,6 +97,17 @@ def test_websocket_through_nginx_streams_a_discussion(first_release: str, site: 
     assert seen[-1]["status"] == "completed"
 
 
+def run_state(host: RemoteHost, discussion: str) -> str:
+    """Where a discussion stands on the host, for a failure message: its row and the API's own log lines."""
+    where = f"id = '{uuid.UUID(discussion)}'"
+    query = f"SELECT status, lease_owner, lease_expires_at - now() FROM discussions WHERE {where}"  # noqa: S608
+    postgres = "$(docker ps -qf label=com.docker.compose.service=postgres)"
+    row = host.run(f"docker exec {postgres} psql -U appliance -d appliance -tAX -c {shlex.quote(query)}")
+    api = "$(docker ps -qf label=com.docker.compose.service=api)"
+    log = host.run(f'docker logs {api} 2>&1 | grep -v \'"logger": "service.http"\' | tail -80')
+    return f"row: {row.stdout.strip()} {row.stderr.strip()}\nAPI log without requests:\n{log.stdout}"
+
+
 def test_switch_to_v2_then_roll_back_to_v1_under_load(
     first_release: str, deploy_config: Path, bootstrapped: Bootstrapped, bootstrapped_host: RemoteHost, site: Site
 ) -> None:
@@ -103,7 +116,8 @@ def test_switch_to_v2_then_roll_back_to_v1_under_load(
     # Long enough to outlive both switches; stopped by its user once they are done.
     discussion = site.create_discussion(user, "Hold ACME? [[fake:delay=0.05,words=5000]]", ["bull", "bear", "risk"])
     with steady_load(site, ["/api/health", "/api/roles"], per_second=50) as load, ThreadPoolExecutor(1) as pool:
-        followed = pool.submit(follow_discussion, site, user, discussion)
+        stream = Followed()
+        followed = pool.submit(follow_discussion, site, user, discussion, followed=stream)
         time.sleep(2)
         run = inv("deploy", "--version", "v2", "--image", "cvm-appliance/api:v1", "--config", str(deploy_config))
         assert run.returncode == 0, run.stdout + run.stderr
@@ -114,7 +128,11 @@ def test_switch_to_v2_then_roll_back_to_v1_under_load(
         assert back.returncode == 0, back.stdout + back.stderr
         time.sleep(5)  # the client reconnects after the second drain
         site.stop_discussion(user, discussion)
-        stream = followed.result(timeout=120)
+        try:
+            followed.result(timeout=120)
+        except TimeoutError as exc:  # the wait's own, or one the follower met (a connection that never opened)
+            how = f"the follower failed ({exc!r})" if followed.done() else "still following after 120 s"
+            raise AssertionError(f"{how}: {stream}; {run_state(bootstrapped_host, discussion)}") from None
     assert "tag the host's copy as cvm-appliance/api:v2" in run.stdout  # same layers: not sent again
     assert served_version(bootstrapped, bootstrapped_host) == "v1"
     running = bootstrapped_host.run("docker ps --format '{{.Names}}' | grep -c api-v2 || true").stdout.strip()
@@ -124,9 +142,7 @@ def test_switch_to_v2_then_roll_back_to_v1_under_load(
     # Each drain closed the socket cleanly, with a hint, and the client resumed where it stopped.
     assert len(stream.closes) >= 2, stream.closes
     unclean = [c for c in stream.closes if not (c[0] == 1012 and "reconnect" in c[1] and c[2] is not None)]
-    if unclean:
-        api_log = bootstrapped_host.run("docker logs --tail 80 $(docker ps -qf name=api-v1) 2>&1").stdout
-        raise AssertionError(f"closes: {stream.closes}\nthe v1 API's last log lines:\n{api_log}")
+    assert not unclean, f"closes: {stream.closes}\n{run_state(bootstrapped_host, discussion)}"
     assert [event["seq"] for event in stream.events] == list(range(1, len(stream.events) + 1))
     assert stream.events[-1]["status"] == "stopped"
     print(f"rollback with the image on the host: {elapsed:.1f}s; load: {dict(load.outcomes)}; {stream.closes}")

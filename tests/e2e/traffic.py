@@ -42,12 +42,19 @@ class Site:
         credentials = {"email": f"u{secrets.token_hex(5)}@example.test", "password": secrets.token_urlsafe(12)}
         with self.client() as client:
             client.post("/api/auth/register", json=credentials).raise_for_status()
-            # An earlier test may have used up nginx's per-address login allowance, one attempt per 3 s.
-            deadline = time.monotonic() + 60
-            while (answer := client.post("/api/auth/login", json=credentials)).status_code == 429:
+        return self.log_in(credentials["email"], credentials["password"])
+
+    def log_in(self, email: str, password: str) -> dict[str, str]:
+        """The Authorization header of a logged-in user, after waiting out nginx's per-address login limit
+        (one attempt per 3 s once an earlier test used the allowance up)."""
+        deadline = time.monotonic() + 60
+        with self.client() as client:
+            while (
+                answer := client.post("/api/auth/login", json={"email": email, "password": password})
+            ).status_code == 429:
                 assert time.monotonic() < deadline, answer.text
                 time.sleep(3)
-            answer.raise_for_status()
+        answer.raise_for_status()
         return {"Authorization": f"Bearer {answer.json()['access_token']}"}
 
     def use_up_login_allowance(self) -> None:
@@ -92,15 +99,24 @@ class Followed:
     # Per connection: the close frame received (code, reason; None without one), the reconnect hint before it,
     # and the close frame this client sent (its keepalive timing out sends 1011).
     closes: list[tuple[int | None, str, dict[str, Any] | None, str]] = field(default_factory=list)
+    connections: int = 0  # attempts to open one
+
+    def __str__(self) -> str:
+        last = self.events[-1] if self.events else {}
+        return f"{self.connections} connections, closes {self.closes}, last event {last.get('seq')} {last.get('type')}"
 
 
-def follow_discussion(site: Site, headers: dict[str, str], discussion: str, limit_seconds: float = 300) -> Followed:
-    """What a browser does: read events; on a close, wait as the reconnect hint says, then resume after the last seq."""
-    followed = Followed()
+def follow_discussion(
+    site: Site, headers: dict[str, str], discussion: str, limit_seconds: float = 300, followed: Followed | None = None
+) -> Followed:
+    """What a browser does: read events; on a close, wait as the reconnect hint says, then resume after the last seq.
+    A `followed` given fills as it goes, so a caller that gives up waiting can still say how far it got."""
+    followed = followed if followed is not None else Followed()
     deadline = time.monotonic() + limit_seconds
     while time.monotonic() < deadline:
         hint: dict[str, Any] | None = None
         after = followed.events[-1]["seq"] if followed.events else 0
+        followed.connections += 1
         try:
             with site.websocket(headers, discussion, after) as ws:
                 for event in events(ws, timeout=max(deadline - time.monotonic(), 1)):
