@@ -117,14 +117,6 @@ def fill(driver: WebDriver, form: str, email: str, password: str) -> None:
     driver.find_element(By.CSS_SELECTOR, f"#{form} #auth-submit").click()
 
 
-def registered(site: Site) -> tuple[str, str]:
-    """A new user's email and password, registered through the API."""
-    email, password = f"c{secrets.token_hex(5)}@example.test", secrets.token_urlsafe(12)
-    with site.client() as client:
-        client.post("/api/auth/register", json={"email": email, "password": password}).raise_for_status()
-    return email, password
-
-
 def log_in(driver: WebDriver, url: str, email: str, password: str) -> None:
     """Open `url`, which shows the login form to a browser without a session, and log in there."""
     driver.get(url)
@@ -236,7 +228,7 @@ def test_another_user_opening_a_discussion_url_sees_not_found_in_chinese(site: S
     owner = site.new_user()
     topic = f"Private plans {secrets.token_hex(4)}"
     discussion = site.create_discussion(owner, topic, ["bull", "bear", "risk"])
-    email, password = registered(site)
+    email, password = site.register()
     browser = open_browser("zh-CN")
     browser.get(f"{site.origin}/d/{discussion}")
     wait_for(browser, visible("#login-form"))
@@ -251,7 +243,7 @@ def test_another_user_opening_a_discussion_url_sees_not_found_in_chinese(site: S
 
 
 def test_a_user_uploads_downloads_and_deletes_a_file(site: Site, open_browser: OpenBrowser, tmp_path: Path) -> None:
-    email, password = registered(site)
+    email, password = site.register()
     upload = tmp_path / "notes.txt"
     upload.write_text("quarterly notes\n")
     browser = open_browser("en-US", tmp_path / "downloads")
@@ -271,7 +263,7 @@ def test_a_user_uploads_downloads_and_deletes_a_file(site: Site, open_browser: O
 def test_a_failed_turn_is_shown_in_words_and_the_user_stops_the_discussion(
     site: Site, open_browser: OpenBrowser
 ) -> None:
-    email, password = registered(site)
+    email, password = site.register()
     browser = open_browser("en-US")
     log_in(browser, site.origin + "/", email, password)
     wait_for(browser, visible("#new-discussion"))
@@ -303,7 +295,7 @@ def test_a_discussion_waiting_for_an_agent_slot_shows_its_place_in_the_queue(
     # Every agent slot held by someone else's slow single-agent discussion (~20 s each, stopped below).
     busy = [site.create_discussion(blocker, "Hold? [[fake:delay=0.05,words=400]]", ["bull"]) for _ in range(cap)]
     try:
-        email, password = registered(site)
+        email, password = site.register()
         browser = open_browser("en-US")
         log_in(browser, site.origin + "/", email, password)
         wait_for(browser, visible("#new-discussion"))
@@ -321,7 +313,7 @@ def test_a_discussion_waiting_for_an_agent_slot_shows_its_place_in_the_queue(
 def test_the_page_reconnects_when_the_api_restarts_and_the_text_goes_on(
     site: Site, deployed: Deployed, open_browser: OpenBrowser
 ) -> None:
-    email, password = registered(site)
+    email, password = site.register()
     browser = open_browser("en-US")
     log_in(browser, site.origin + "/", email, password)
     wait_for(browser, visible("#new-discussion"))

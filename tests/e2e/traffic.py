@@ -39,10 +39,14 @@ class Site:
 
     def new_user(self) -> dict[str, str]:
         """Register and log in a fresh user; the Authorization header for it."""
-        credentials = {"email": f"u{secrets.token_hex(5)}@example.test", "password": secrets.token_urlsafe(12)}
+        return self.log_in(*self.register())
+
+    def register(self) -> tuple[str, str]:
+        """A fresh user's email and password, registered through the API."""
+        email, password = f"u{secrets.token_hex(5)}@example.test", secrets.token_urlsafe(12)
         with self.client() as client:
-            client.post("/api/auth/register", json=credentials).raise_for_status()
-        return self.log_in(credentials["email"], credentials["password"])
+            client.post("/api/auth/register", json={"email": email, "password": password}).raise_for_status()
+        return email, password
 
     def log_in(self, email: str, password: str) -> dict[str, str]:
         """The Authorization header of a logged-in user, after waiting out nginx's per-address login limit
