@@ -34,6 +34,37 @@ _CRON_FIELD = r"(\*|[0-9,\-*/]+)"
 _CRON = re.compile(rf"^{_CRON_FIELD}(\s+{_CRON_FIELD}){{4}}$")
 
 
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def is_host_name(value: str) -> bool:
+    """A DNS name of at least two labels (agents.example.com), lower case, not an IP address."""
+    labels = value.split(".")
+    if len(value) > 253 or len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
+        return False
+    return not labels[-1].isdigit()  # 203.0.113.10 is an address, not a name
+
+
+def is_origin(value: str) -> bool:
+    """https://NAME-OR-ADDRESS[:PORT] and nothing more: no path, query, user or trailing slash."""
+    match = re.fullmatch(r"https://(?P<host>\[[0-9a-f:]+\]|[^\s/:?#@\[\]]+)(:(?P<port>\d{1,5}))?", value)
+    if not match or (match["port"] and not 0 < int(match["port"]) < 65536):
+        return False
+    host = match["host"].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return is_host_name(host) or host == "localhost"
+    return True
+
+
+def _valid_cos_endpoint(value: str | None) -> str | None:
+    """A COS endpoint domain, or http(s)://ADDRESS[:PORT] for a COS-compatible server reached by address."""
+    if value is not None and not re.fullmatch(r"(https?://[^\s/:]+(:\d{1,5})?|[a-z0-9.-]+\.[a-z]{2,})", value):
+        raise ValueError("must be a COS endpoint domain or http(s)://ADDRESS[:PORT]")
+    return value
+
+
 class _Section(BaseModel):
     # TOML has real types: "10" for an integer is a mistake to report, not to coerce.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -57,9 +88,25 @@ class Tls(_Section):
     """How nginx gets its certificate."""
 
     mode: Literal["self-signed", "provided", "acme"] = "self-signed"
+    # mode "provided": a certificate bundle (leaf first, then its chain) and its key, e.g. the nginx download
+    # of a Tencent SSL certificate (DOMAIN_bundle.crt, DOMAIN.key); paths relative to this file.
     cert_file: str | None = None
     key_file: str | None = None
     acme_email: str | None = None
+    # mode "acme": the ACME server's directory URL (Let's Encrypt by default; a staging CA, or Pebble in tests),
+    # and a CA bundle to trust it with when it is not publicly trusted (relative to this file).
+    acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    acme_ca_file: str | None = None
+    # mode "self-signed": the appliance's private CA lives here on the operator's machine, never on the host
+    # (relative to this file; default .appliance-ca/NAME-ENV).
+    ca_dir: str | None = None
+
+    @field_validator("acme_directory")
+    @classmethod
+    def _directory_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https://[^\s/]+(/\S*)?", value):
+            raise ValueError("must be an https:// URL of an ACME directory")
+        return value
 
     @model_validator(mode="after")
     def _mode_needs(self) -> Tls:
@@ -74,6 +121,8 @@ class Images(_Section):
     """Which images run and how they reach the host."""
 
     transport: Literal["ssh", "registry"] = "ssh"
+    # The host's CPU architecture: the API image and its wheels are built for it, whatever the operator runs.
+    platform: Literal["linux/amd64", "linux/arm64"] = "linux/amd64"
     registry: str | None = None
     registry_user: str | None = None
     api: str = "cvm-appliance/api"
@@ -111,6 +160,11 @@ class Service(_Section):
     health_timeout: int = Field(default=120, ge=6, le=1800)
     cors_origins: list[str] = Field(default_factory=list)
     artifact_storage: Literal["local", "cos"] = "local"
+    # artifact_storage "cos": the bucket (NAME-APPID); region and endpoint default to the backup's. The key is
+    # the COS_SECRET_ID / COS_SECRET_KEY secrets.
+    artifact_cos_bucket: str | None = None
+    artifact_cos_region: str | None = None
+    artifact_cos_endpoint: str | None = None
     # Run the project's local OpenAI-compatible stand-in next to the API (a sandbox; never production).
     llm_stub: bool = False
 
@@ -121,10 +175,17 @@ class Service(_Section):
             raise ValueError("must be an http:// or https:// URL")
         return value
 
+    @field_validator("artifact_cos_endpoint")
+    @classmethod
+    def _artifact_endpoint(cls, value: str | None) -> str | None:
+        return _valid_cos_endpoint(value)
+
     @model_validator(mode="after")
     def _timeouts_nest(self) -> Service:
         if self.agent_timeout > self.workflow_timeout:
             raise ValueError("agent_timeout must not exceed workflow_timeout")
+        if self.artifact_storage == "cos" and not self.artifact_cos_bucket:
+            raise ValueError("artifact_storage 'cos' needs artifact_cos_bucket (NAME-APPID)")
         return self
 
 
@@ -174,9 +235,7 @@ class Backup(_Section):
     @field_validator("cos_endpoint")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"(https?://[^\s/:]+(:\d{1,5})?|[a-z0-9.-]+\.[a-z]{2,})", value):
-            raise ValueError("must be a COS endpoint domain or http(s)://ADDRESS[:PORT]")
-        return value
+        return _valid_cos_endpoint(value)
 
     @field_validator("schedule", "redis_schedule")
     @classmethod
@@ -346,10 +405,20 @@ class Settings(_Section):
             raise ValueError("must be lower-case letters, digits and '-', starting with a letter")
         return value
 
+    @field_validator("domain")
+    @classmethod
+    def _host_name(cls, value: str) -> str:
+        if value and not is_host_name(value):
+            raise ValueError(
+                f"{value!r} is not a host name: write it as agents.example.com (no scheme, port, path, spaces or "
+                "trailing dot); leave it empty for an IP-only host"
+            )
+        return value
+
     @field_validator("public_url")
     @classmethod
     def _public_url(cls, value: str) -> str:
-        if value and not re.fullmatch(r"https://[^\s/]+", value):
+        if value and not is_origin(value):
             raise ValueError("must be an origin such as https://agents.example.com or https://203.0.113.10:8443")
         return value
 
@@ -391,6 +460,11 @@ class Config:
     @property
     def secrets_path(self) -> Path:
         return self.resolve(self.settings.secrets_file)
+
+    @property
+    def ca_path(self) -> Path:
+        """The folder of the appliance's private CA (tls.mode "self-signed"), on the operator's machine."""
+        return self.resolve(self.settings.tls.ca_dir or f".appliance-ca/{self.settings.name}-{self.env}")
 
     def with_host(self, target: str) -> Config:
         """This config aimed at `user@address[:port]` given on the command line instead of [[hosts]]."""
