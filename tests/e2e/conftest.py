@@ -24,7 +24,8 @@ from appliance import sandbox as sandboxes
 from appliance.backup.cos import MB, CosStore, CosTarget
 from appliance.config import Config, load_config
 from appliance.remote import open_host
-from tests.conftest import Deployed, SandboxFactory, bootstrap_sandbox, deploy_sandbox, free_port
+from tests.certificates import Chain, issue_chain
+from tests.conftest import RUN_ID, Deployed, SandboxFactory, bootstrap_sandbox, deploy_sandbox, free_port
 from tests.cosfake import FakeCos
 from tests.e2e.traffic import Site
 
@@ -84,4 +85,54 @@ def rig(sandbox_factory: SandboxFactory, tmp_path_factory: pytest.TempPathFactor
     deploy_sandbox(sandbox)
     cos = CosStore(CosTarget(BUCKET, "ap-shanghai", SECRET_ID, SECRET_KEY, endpoint, 1 * MB))
     yield Rig(sandbox, config, sandbox.config_file, fake, cos)
+    fake.stop()
+
+
+ARTIFACT_BUCKET = "artifacts-1250000000"
+ARTIFACT_SECRET_ID = "AKIDsandboxartifacts"
+ARTIFACT_SECRET_KEY = "sandbox-artifact-secret"
+
+
+@dataclass(frozen=True)
+class DayOne:
+    """A production-shaped sandbox: a domain, a provided certificate (as a CA's nginx download comes),
+    uploads in the local COS. Its tests may change its certificate and COS key but must put them back."""
+
+    sandbox: sandboxes.Sandbox
+    config: Config
+    domain: str
+    chain: Chain
+    cert_file: Path
+    key_file: Path
+    fake: FakeCos
+
+
+@pytest.fixture(scope="session")
+def day_one(sandbox_factory: SandboxFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DayOne]:
+    """Bootstrapped and deployed once for the day-one tests (tls.mode "provided", artifact_storage "cos")."""
+    folder = tmp_path_factory.mktemp("day-one")
+    domain = f"agents.{RUN_ID}.test"
+    chain = issue_chain(domain)
+    # Tencent's nginx download: DOMAIN_bundle.crt (leaf + intermediate) and DOMAIN.key, CRLF line ends.
+    cert_file, key_file = folder / f"{domain}_bundle.crt", folder / f"{domain}.key"
+    cert_file.write_bytes(chain.bundle.replace("\n", "\r\n").encode())
+    key_file.write_bytes(chain.key.replace("\n", "\r\n").encode())
+    fake = FakeCos(bridge_gateway(), free_port(), ARTIFACT_SECRET_ID, ARTIFACT_SECRET_KEY, ARTIFACT_BUCKET)
+    fake.create_bucket(ARTIFACT_BUCKET)
+    fake.start()
+    sandbox = sandbox_factory("day-one")
+    text = sandbox.config_file.read_text(encoding="utf-8")
+    # Top-level keys go before the first table; per-environment tables after the file's last one.
+    sandbox.config_file.write_text(
+        f'domain = "{domain}"\n{text}\n[tls]\nmode = "provided"\ncert_file = "{cert_file}"\nkey_file = "{key_file}"\n'
+        f'\n[environments.sandbox.service]\nartifact_storage = "cos"\nartifact_cos_bucket = "{ARTIFACT_BUCKET}"\n'
+        f'artifact_cos_endpoint = "http://{fake.address}:{fake.port}"\n',
+        encoding="utf-8",
+    )
+    config = load_config(sandbox.config_file)
+    with config.secrets_path.open("a", encoding="utf-8") as secrets:
+        secrets.write(f"COS_SECRET_ID={ARTIFACT_SECRET_ID}\nCOS_SECRET_KEY={ARTIFACT_SECRET_KEY}\n")
+    bootstrap_sandbox(sandbox)
+    deploy_sandbox(sandbox)
+    yield DayOne(sandbox, config, domain, chain, cert_file, key_file, fake)
     fake.stop()
