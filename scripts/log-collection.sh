@@ -24,7 +24,7 @@ capture state/memory.txt free -m
 capture state/containers.txt docker ps -a --format '{{.Names}}\t{{.Status}}\t{{.Image}}'
 capture state/container-usage.txt docker stats --no-stream
 capture state/firewall.txt sh -c 'ufw status verbose; iptables -S DOCKER-USER'
-capture logs/journal-appliance.txt journalctl --no-pager --since "$since" -u appliance -u docker -u ssh -u fail2ban
+capture "logs/journal-$project.txt" journalctl --no-pager --since "$since" -u "$project" -u docker -u ssh -u fail2ban
 for file in host.json history audit.jsonl; do
   if [ -e "$base/shared/$file" ]; then cp "$base/shared/$file" "$bundle/state/$file"; fi
 done

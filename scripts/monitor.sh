@@ -13,8 +13,10 @@ while [ "$#" -gt 0 ]; do
   esac
 done
 
+appliance_base=$(cd "$(dirname "$0")/.." && pwd)
+
 screen() {
-  PROMETHEUS=$prometheus python3 - <<'PY'
+  PROMETHEUS=$prometheus APPLIANCE_BASE=$appliance_base python3 - <<'PY'
 import json, os, sys, time, urllib.parse, urllib.request
 
 BASE = os.environ["PROMETHEUS"].rstrip("/")
@@ -69,13 +71,23 @@ firing = sorted({a["labels"]["alertname"] for a in alerts if a["state"] == "firi
 pending = sorted({a["labels"]["alertname"] for a in alerts if a["state"] == "pending"})
 backup_age = one("time() - appliance_backup_last_success_timestamp_seconds")
 drill = one("appliance_backup_drill_last_success")
-disks = get("/api/v1/query", query='1 - node_filesystem_avail_bytes{fstype!~"tmpfs|overlay|squashfs|nsfs"}'
-            ' / node_filesystem_size_bytes{fstype!~"tmpfs|overlay|squashfs|nsfs"}')["result"]
-by_device = {}  # one line per filesystem, under its shortest mount point (bind mounts repeat it)
-for disk in sorted(disks, key=lambda d: len(d["metric"].get("mountpoint", ""))):
-    by_device.setdefault(disk["metric"].get("device"), disk)
-fullest = sorted(by_device.values(), key=lambda d: -float(d["value"][1]))[:3]
-disk_text = "  ".join(f"{d['metric'].get('mountpoint', '?')} {percent(float(d['value'][1]))}" for d in fullest) or "-"
+# The filesystems that matter: where the appliance lives and where Docker keeps images and volumes. Each path's
+# filesystem is the mount with the longest mount point above it (bind-mounted files such as /etc/hosts never are).
+used = '1 - node_filesystem_avail_bytes{fstype!~"tmpfs|squashfs|nsfs"} / node_filesystem_size_bytes{fstype!~"tmpfs|squashfs|nsfs"}'
+filesystems = get("/api/v1/query", query=used)["result"]
+
+
+def holding(path):
+    mounts = [f for f in filesystems if path == (m := f["metric"].get("mountpoint", "")) or path.startswith(m.rstrip("/") + "/")]
+    return max(mounts, key=lambda f: len(f["metric"]["mountpoint"]), default=None)
+
+
+disk_parts = []
+for path in (os.environ["APPLIANCE_BASE"], "/var/lib/docker"):
+    found = holding(path)
+    if found is not None:
+        disk_parts.append(f"{path} {percent(float(found['value'][1]))} used (on {found['metric']['mountpoint']})")
+disk_text = "   ".join(disk_parts) or "-"
 
 rows = [
     ("health", f"api {api_state} (release {release}){', /api/health 503s' if health_503 else ''}"

@@ -10,7 +10,7 @@ project=$1 reboot=${2:-}
 [ -z "$reboot" ] || [ "$reboot" = --reboot ] || { echo "usage: $0 PROJECT [--reboot]" >&2; exit 2; }
 bin=$(cd "$(dirname "$0")" && pwd)
 command -v unattended-upgrade >/dev/null || { echo "update: unattended-upgrades is not installed (bootstrap installs it)" >&2; exit 2; }
-exec 9>/run/lock/appliance-update.lock
+exec 9>"/run/lock/$project-update.lock"
 flock -n 9 || { echo "update: another update is running" >&2; exit 1; }
 
 docker_before=$(dpkg-query -W -f='${Version}' docker.io docker-ce containerd containerd.io 2>/dev/null || true)
@@ -21,7 +21,7 @@ unattended-upgrade
 docker_after=$(dpkg-query -W -f='${Version}' docker.io docker-ce containerd containerd.io 2>/dev/null || true)
 
 if [ "$docker_before" != "$docker_after" ]; then
-  systemctl restart appliance.service
+  systemctl restart "$project.service"
 fi
 if [ -e /var/run/reboot-required ] && [ "$reboot" = --reboot ]; then
   echo "update: rebooting into the updated kernel; the stack starts at boot"

@@ -5,14 +5,23 @@ from __future__ import annotations
 from appliance.config import HostSetup
 from appliance.facts import HostFacts
 
-SUPPORTED_OS = {("ubuntu", "20.04"), ("ubuntu", "22.04"), ("ubuntu", "24.04"), ("debian", "12")}
+# The OS table: README.md's "Supported hosts" lists the same (tests/appliance/test_bootstrap_plan.py compares).
+SUPPORTED_OS = {("ubuntu", "22.04"), ("ubuntu", "24.04"), ("debian", "12")}
+# Releases people still have, with why they are refused: one line that says what to do instead.
+REFUSED_OS = {
+    ("ubuntu", "20.04"): "its standard support ended in 2025, its python3 (3.8) is older than the host-side code "
+    "needs and it packages no age: reinstall the CVM with Ubuntu 24.04 or 22.04 (or do-release-upgrade)",
+}
 SUPPORTED_ARCH = {"x86_64", "aarch64"}
 
 
 def preflight_problems(setup: HostSetup, facts: HostFacts) -> list[str]:
     """Every reason this host is unfit, each one line that says what to do; [] when it is fit."""
     problems = []
-    if (facts.os_id, facts.os_version) not in SUPPORTED_OS:
+    release = (facts.os_id, facts.os_version)
+    if release in REFUSED_OS:
+        problems.append(f"unsupported OS {facts.os_name!r}: {REFUSED_OS[release]}")
+    elif release not in SUPPORTED_OS:
         supported = ", ".join(f"{name.title()} {version}" for name, version in sorted(SUPPORTED_OS))
         problems.append(f"unsupported OS {facts.os_name!r} ({facts.os_id} {facts.os_version}): use {supported}")
     if facts.arch not in SUPPORTED_ARCH:

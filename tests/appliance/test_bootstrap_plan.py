@@ -10,9 +10,10 @@ import pytest
 from appliance.bootstrap import ASSUMED_FACTS
 from appliance.bootstrap.access import PARAMIKO_KEX, sshd_drop_in, ufw_rules
 from appliance.bootstrap.docker_engine import distribution_packages
-from appliance.bootstrap.preflight import preflight_problems
+from appliance.bootstrap.preflight import REFUSED_OS, SUPPORTED_OS, preflight_problems
 from appliance.bootstrap.system import KernelSettings, swap_size_mb
 from appliance.config import HostSetup
+from appliance.render import BUNDLE_ROOT
 from appliance.steps import Fact, Note, Run
 
 pytestmark = pytest.mark.unit
@@ -28,8 +29,27 @@ def test_fit_host_has_no_problems_and_unfit_one_has_each_named() -> None:
     )  # fmt: skip
     problems = preflight_problems(HostSetup(), unfit)
     assert len(problems) == 5
-    assert problems[0].startswith("unsupported OS 'CentOS 7' (centos 7): use Debian 12, Ubuntu 20.04")
+    assert problems[0] == "unsupported OS 'CentOS 7' (centos 7): use Debian 12, Ubuntu 22.04, Ubuntu 24.04"
     assert "only 900 MB of memory, needs 1800 MB (host.min_memory_mb)" in problems[3]
+
+
+def test_ubuntu_20_04_is_refused_in_one_line_that_says_what_to_use() -> None:
+    focal = dataclasses.replace(ASSUMED_FACTS, os_id="ubuntu", os_version="20.04", os_name="Ubuntu 20.04.6 LTS")
+    (problem,) = preflight_problems(HostSetup(), focal)
+    assert problem.startswith("unsupported OS 'Ubuntu 20.04.6 LTS': its standard support ended")
+    assert "Ubuntu 24.04 or 22.04" in problem
+    assert "\n" not in problem
+
+
+def test_readme_os_table_is_the_preflight_table() -> None:
+    readme = (BUNDLE_ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Supported hosts", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    listed = {cells[0].strip(): cells[1].strip() for cells in rows[1:]}
+    supported = {f"{name.title()} {version}" for name, version in SUPPORTED_OS}
+    refused = {f"{name.title()} {version}" for name, version in REFUSED_OS}
+    assert {os for os, verdict in listed.items() if verdict.startswith("supported")} == supported
+    assert {os for os, verdict in listed.items() if verdict.startswith("refused")} == refused
 
 
 def test_swap_only_on_small_hosts_without_any() -> None:

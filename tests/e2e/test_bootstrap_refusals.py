@@ -51,7 +51,7 @@ def test_unknown_os(refusing: Sandbox, root: RemoteHost) -> None:
         line = refused(refusing.config_file)
     finally:
         root.run("cp /root/os-release.real /etc/os-release")
-    assert "preflight: unsupported OS 'Arch Linux' (arch rolling): use Debian 12, Ubuntu 20.04" in line
+    assert "preflight: unsupported OS 'Arch Linux' (arch rolling): use Debian 12, Ubuntu 22.04, Ubuntu 24.04" in line
     assert line.endswith("nothing was changed")
     assert root.run(UNTOUCHED).exit_code == 0
 

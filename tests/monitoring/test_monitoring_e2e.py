@@ -166,6 +166,10 @@ def test_saturated_agents_raise_the_alert_and_wecom_receives_it(
         screen = shown.stdout.split("== monitoring\n", 1)[1]
         assert f"running {cap} / cap {cap}   queued 2" in screen
         assert "AgentsSaturated" in screen.split("alerts", 1)[1]
+        # The disk row names where the appliance and Docker live, never a bind-mounted file such as /etc/hosts.
+        disk = next(line for line in screen.splitlines() if line.strip().startswith("host"))
+        base = monitored.config.settings.base_dir
+        assert f"disk {base} " in disk and " /var/lib/docker " in disk and "/etc/" not in disk, disk
 
         key = str(load_secrets(monitored.config.secrets_path, {}).values["WECOM_WEBHOOK_URL"].reveal()).split("key=")[1]
 
