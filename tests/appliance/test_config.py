@@ -144,3 +144,42 @@ def test_cli_exits_2_with_one_line_and_never_connects(tmp_path: Path) -> None:
     with pytest.raises(TimeoutError):
         listener.accept()
     listener.close()
+
+
+@pytest.mark.parametrize(
+    "domain", ["agents example com", "https://agents.example.com/", "agents.example.com.", "agents.example.com/"]
+)
+def test_a_domain_that_is_not_a_host_name_exits_2_naming_the_field(tmp_path: Path, domain: str) -> None:
+    path = write(tmp_path, f'domain = "{domain}"\n' + MINIMAL)
+    run = subprocess.run(
+        [sys.executable, "-m", "invoke", "config", "--config", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith(f"error: {path}: domain: {domain!r} is not a host name: write it as agents.example.com")
+
+
+@pytest.mark.parametrize(
+    "url", ["agents.example.com", "http://agents.example.com", "https://agents.example.com/", "https://a b.example.com"]
+)
+def test_public_url_must_be_an_https_origin(tmp_path: Path, url: str) -> None:
+    assert error_of(write(tmp_path, f'public_url = "{url}"\n' + MINIMAL)).endswith(
+        "public_url: must be an origin such as https://agents.example.com or https://203.0.113.10:8443"
+    )
+
+
+def test_good_names_and_origins_pass(tmp_path: Path) -> None:
+    text = 'domain = "agents.xn--fiqs8s.example.com"\npublic_url = "https://[2001:db8::1]:8443"\n' + MINIMAL
+    settings = load_config(write(tmp_path, text)).settings
+    assert (settings.domain, settings.public_url) == ("agents.xn--fiqs8s.example.com", "https://[2001:db8::1]:8443")
+
+
+def test_cos_artifacts_need_a_bucket(tmp_path: Path) -> None:
+    text = MINIMAL + '\n[environments.production.service]\nartifact_storage = "cos"\n'
+    assert error_of(write(tmp_path, text)).endswith(
+        "environments.production.service: artifact_storage 'cos' needs artifact_cos_bucket (NAME-APPID)"
+    )
