@@ -183,3 +183,34 @@ def test_cos_artifacts_need_a_bucket(tmp_path: Path) -> None:
     assert error_of(write(tmp_path, text)).endswith(
         "environments.production.service: artifact_storage 'cos' needs artifact_cos_bucket (NAME-APPID)"
     )
+
+
+def test_example_config_names_every_key() -> None:
+    """appliance.example.toml is the reference: each key of the model appears in its table, set or commented."""
+    from pydantic import BaseModel
+
+    from appliance.config import Settings
+
+    text = (REPO / "appliance.example.toml").read_text(encoding="utf-8")
+    tables: dict[str, str] = {}
+    current = ""
+    for line in text.splitlines():
+        header = line.strip().lstrip("# ").strip()
+        if header.startswith("[") and header.endswith("]") and "=" not in header:
+            current = header.strip("[]")
+        tables[current] = tables.get(current, "") + line + "\n"
+
+    def missing(model: type[BaseModel], table: str) -> list[str]:
+        gaps = []
+        for name, field in model.model_fields.items():
+            nested = field.annotation if isinstance(field.annotation, type) else None
+            if nested is not None and issubclass(nested, BaseModel):
+                gaps += missing(nested, f"{table}.{name}".strip("."))
+            elif not any(
+                line.lstrip("# ").startswith(f"{name} =") for line in tables.get(table, "").splitlines()
+            ) and not (name == "hosts" and "[[environments.production.hosts]]" in text):
+                gaps.append(f"[{table}] {name}" if table else name)
+        return gaps
+
+    gaps = missing(Settings, "")
+    assert not gaps, f"keys the example does not mention: {gaps}"
