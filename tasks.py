@@ -37,6 +37,7 @@ def config(c: Context, config: str | None = None, env: str | None = None, host: 
     """Validate the config file and show the chosen environment's settings (secrets masked)."""
     loaded = load(config, env, host)
     secrets = load_secrets(loaded.secrets_path)
+    rendering.check_artifact_key(loaded, secrets)
     print(f"{loaded.path}: valid; environments: {', '.join(loaded.environments)}; using {loaded.env}")
     print(loaded.settings.model_dump_json(indent=2))
     known = ", ".join(f"{name}={value}" for name, value in sorted(secrets.values.items())) or "none"

@@ -38,7 +38,7 @@ from appliance.lock import (
 from appliance.registry import ImagePulled, RegistryLogin, push
 from appliance.releases import PruneReleases, Release, manifest, rollback_target
 from appliance.remote import RemoteHost, open_host
-from appliance.render import api_image, monitoring_images, release_files
+from appliance.render import api_image, check_artifact_key, monitoring_images, release_files
 from appliance.secrets import ensure_generated, load_secrets
 from appliance.shell import sh
 from appliance.steps import Action, Facts, ManagedFile, Run, Step
@@ -340,6 +340,7 @@ def deploy(
     ensure_generated(config.secrets_path)
     secrets = load_secrets(config.secrets_path)
     secrets.require(["AI_API_KEY", *(["REGISTRY_PASSWORD"] if through_registry else [])])
+    check_artifact_key(config, secrets)
     release = Release(settings, version)
     with open_host(config) as remote:
         _bootstrapped(remote, settings)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
 
@@ -22,8 +23,10 @@ from appliance.secrets import GENERATED, MASK, Secrets
 BUNDLE_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_FOLDERS = ("compose", "nginx", "systemd", "monitoring")
 
-# Secrets the stack's env files carry: generated ones plus the LLM key pool.
-STACK_SECRETS = (*GENERATED, "AI_API_KEY")
+# The COS API key the API uses with artifact_storage "cos" (the backups' key too).
+COS_SECRETS = ("COS_SECRET_ID", "COS_SECRET_KEY")
+# Secrets the stack's env files carry: generated ones, the LLM key pool, the COS key.
+STACK_SECRETS = (*GENERATED, "AI_API_KEY", *COS_SECRETS)
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,43 @@ def api_image(settings: Settings, version: str) -> str:
     return f"{repository}:{version}"
 
 
+@dataclass(frozen=True)
+class ArtifactCos:
+    """The bucket uploads go to, as the service's COS_* settings (service/settings.py) name it."""
+
+    bucket: str
+    region: str
+    scheme: str
+    domain: str | None  # the SDK's Domain: the host of every request; None: <bucket>.cos.<region>.myqcloud.com
+
+
+def artifact_cos(settings: Settings) -> ArtifactCos | None:
+    """Where uploads go with artifact_storage "cos" (None: the local volume); region and endpoint default to
+    the backup's. An endpoint means what it means to the backups (appliance/backup/cos.py): http(s)://ADDRESS:PORT
+    is a server reached by address, a name is the COS endpoint domain the bucket's host is under."""
+    service = settings.service
+    if service.artifact_storage != "cos":
+        return None
+    bucket = service.artifact_cos_bucket or ""  # the config requires one for "cos"
+    region = service.artifact_cos_region or settings.backup.cos_region
+    endpoint = service.artifact_cos_endpoint or settings.backup.cos_endpoint
+    if endpoint and "://" in endpoint:
+        url = urlsplit(endpoint)
+        return ArtifactCos(bucket, region, url.scheme, url.netloc)
+    # The SDK sends a Domain verbatim, without the bucket in front as it does for an Endpoint.
+    return ArtifactCos(bucket, region, "https", f"{bucket}.{endpoint}" if endpoint else None)
+
+
+def check_artifact_key(config: Config, secrets: Secrets) -> None:
+    """Refuse, in one line, a config whose uploads go to COS without the COS key to sign them with."""
+    missing = [name for name in COS_SECRETS if not secrets.get(name)]
+    if config.settings.service.artifact_storage == "cos" and missing:
+        raise ConfigError(
+            f'{secrets.source}: service.artifact_storage is "cos": set {" and ".join(missing)} '
+            "(a COS API key with object access to artifact_cos_bucket) in that file (mode 0600) or in the environment"
+        )
+
+
 def stack_context(config: Config, secrets: Secrets, version: str, reveal: bool, memory_mb: int) -> dict[str, Any]:
     """Everything the templates may use; secrets masked unless `reveal`."""
     settings = config.settings
@@ -122,6 +162,7 @@ def stack_context(config: Config, secrets: Secrets, version: str, reveal: bool, 
         "images": settings.images,
         "api_image": api_image(settings, version),
         "service": settings.service,
+        "artifact_cos": artifact_cos(settings),
         "nginx": settings.nginx,
         "backup": settings.backup,
         "monitoring": settings.monitoring,

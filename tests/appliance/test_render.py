@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 import subprocess
@@ -10,10 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from appliance.backup.cos import CosTarget
 from appliance.config import Config, load_config
-from appliance.errors import ApplianceError
-from appliance.render import api_image, release_files, release_slug, stack_limits, write_tree
+from appliance.errors import ApplianceError, ConfigError
+from appliance.render import api_image, check_artifact_key, release_files, release_slug, stack_limits, write_tree
 from appliance.secrets import MASK, ensure_generated, load_secrets
+from service.settings import load_settings
+from service.storage import cos_config
 from tests.conftest import REPO
 
 
@@ -143,3 +147,96 @@ def test_one_name_for_a_release_image(example: Config) -> None:
     config = Config(example.path, example.env, example.environments, via_registry)
     api = next(item for item in release_files(config, secrets, "v5") if item.path.endswith("/api.yml"))
     assert "image: ccr.ccs.tencentyun.com/team/cvm-appliance/api:v5" in api.content
+
+
+def _with_tables(config: Config, tables: str, secrets: str = "") -> Config:
+    """The example config with TOML tables appended (and secrets added), loaded and validated again."""
+    with config.path.open("a", encoding="utf-8") as toml:
+        toml.write(f"\n{tables}\n")
+    with config.secrets_path.open("a", encoding="utf-8") as secrets_file:
+        secrets_file.write(secrets)
+    return load_config(config.path)
+
+
+def _api_env(config: Config, reveal: bool = False) -> dict[str, str]:
+    rendered = release_files(config, load_secrets(config.secrets_path, {}), "v1", reveal=reveal)
+    text = next(item.content for item in rendered if item.path.endswith("/api.env"))
+    return dict(line.split("=", 1) for line in text.splitlines() if not line.startswith("#"))
+
+
+COS_KEY = "COS_SECRET_ID=AKIDartifacts\nCOS_SECRET_KEY=artifact-secret-key\n"
+
+
+@pytest.mark.unit
+def test_local_artifacts_render_no_cos_settings(example: Config) -> None:
+    env = _api_env(example, reveal=True)
+    assert env["ARTIFACT_STORAGE_PATH"] == "/var/lib/cvm-service/artifacts"
+    assert [name for name in env if name.startswith(("COS_", "ARTIFACT_STORAGE_BACKEND"))] == []
+
+
+@pytest.mark.unit
+def test_cos_artifacts_take_region_and_endpoint_from_the_backup(example: Config) -> None:
+    config = _with_tables(
+        example,
+        '[environments.production.backup]\ncos_region = "ap-guangzhou"\n'
+        'cos_endpoint = "cos-internal.ap-guangzhou.tencentcos.cn"\n'
+        '[environments.production.service]\nartifact_storage = "cos"\nartifact_cos_bucket = "artifacts-1250000000"\n',
+        COS_KEY,
+    )
+    env = _api_env(config, reveal=True)
+    assert {name: value for name, value in env.items() if name.startswith(("COS_", "ARTIFACT_STORAGE_"))} == {
+        "ARTIFACT_STORAGE_PATH": "/var/lib/cvm-service/artifacts",  # uploads still spool on the volume
+        "ARTIFACT_STORAGE_BACKEND": "cos",
+        "COS_BUCKET": "artifacts-1250000000",
+        "COS_REGION": "ap-guangzhou",
+        "COS_SCHEME": "https",
+        "COS_DOMAIN": "artifacts-1250000000.cos-internal.ap-guangzhou.tencentcos.cn",
+        "COS_SECRET_ID": "AKIDartifacts",
+        "COS_SECRET_KEY": "artifact-secret-key",
+    }
+    masked = _api_env(config)
+    assert (masked["COS_SECRET_ID"], masked["COS_SECRET_KEY"]) == (MASK, MASK)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "url"),
+    [
+        (None, "https://artifacts-1250000000.cos.ap-shanghai.myqcloud.com/u/f"),
+        ("cos.ap-beijing.myqcloud.com", "https://artifacts-1250000000.cos.ap-beijing.myqcloud.com/u/f"),
+        ("http://172.17.0.1:9000", "http://172.17.0.1:9000/u/f"),  # the rig's local COS, by address
+    ],
+)
+@pytest.mark.unit
+def test_the_api_reaches_cos_where_the_backups_would(example: Config, endpoint: str | None, url: str) -> None:
+    # The rendered env read by the service's own settings gives the request URL the backups' SDK config gives.
+    own_endpoint = f'artifact_cos_endpoint = "{endpoint}"\n' if endpoint else ""
+    config = _with_tables(
+        example,
+        '[environments.production.service]\nartifact_storage = "cos"\nartifact_cos_bucket = "artifacts-1250000000"\n'
+        + own_endpoint,
+        COS_KEY,
+    )
+    settings = load_settings(_api_env(config, reveal=True))
+    service_url = cos_config(settings).uri(bucket=settings.cos_bucket, path="u/f")
+    backup = CosTarget("artifacts-1250000000", "ap-shanghai", "AKIDartifacts", "artifact-secret-key", endpoint)
+    assert service_url == backup.sdk_config().uri(bucket="artifacts-1250000000", path="u/f") == url
+
+
+@pytest.mark.unit
+def test_cos_artifacts_without_the_cos_key_are_refused_in_one_line(example: Config) -> None:
+    config = _with_tables(
+        example,
+        '[environments.production.service]\nartifact_storage = "cos"\nartifact_cos_bucket = "artifacts-1250000000"\n',
+    )
+    check_artifact_key(example, load_secrets(example.secrets_path, {}))  # local storage needs no COS key
+    with pytest.raises(ConfigError, match=r"secrets.env: service.artifact_storage is \"cos\": set COS_SECRET_ID and"):
+        check_artifact_key(config, load_secrets(config.secrets_path, {}))
+    run = subprocess.run(
+        [sys.executable, "-m", "invoke", "config", "--config", str(config.path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={name: value for name, value in os.environ.items() if not name.startswith("COS_")},
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert run.stderr.startswith("error: ") and "COS_SECRET_KEY" in run.stderr and len(run.stderr.splitlines()) == 1
