@@ -240,3 +240,30 @@ def test_cos_artifacts_without_the_cos_key_are_refused_in_one_line(example: Conf
     )
     assert run.returncode == 2, run.stdout + run.stderr
     assert run.stderr.startswith("error: ") and "COS_SECRET_KEY" in run.stderr and len(run.stderr.splitlines()) == 1
+
+
+@pytest.mark.integration
+def test_rendered_site_passes_nginx_t(example: Config, tmp_path: Path) -> None:
+    """Debian's nginx accepts the site as rendered (the deploy checks it again in the nginx image)."""
+    from tests.certificates import issue_chain
+
+    secrets = load_secrets(example.secrets_path, {})
+    files = {Path(item.path).name: item.content for item in release_files(example, secrets, "v1", reveal=True)}
+    chain = issue_chain(example.settings.domain)
+    (tmp_path / "fullchain.pem").write_text(chain.bundle)
+    (tmp_path / "privkey.pem").write_text(chain.key)
+    (tmp_path / "upstream.inc").write_text(files["upstream.inc"].replace("api-v1:8000", "127.0.0.1:8000"))
+    site = (
+        files["appliance.conf"]
+        .replace("/etc/nginx/conf.d/", f"{tmp_path}/")
+        .replace("/etc/appliance/certs/", f"{tmp_path}/")
+    )
+    (tmp_path / "appliance.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
+        f"http {{\n  include /etc/nginx/mime.types;\n  include {tmp_path}/appliance.conf;\n}}\n"
+    )
+    check = subprocess.run(
+        ["nginx", "-t", "-q", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stderr

@@ -45,6 +45,17 @@ def test_security_headers_and_request_id(site: Site) -> None:
     assert given.headers["x-frame-options"] == "DENY"
     assert given.headers["x-request-id"] == "ticket-4711"
     assert len(made.headers["x-request-id"]) == 32  # nginx's own $request_id when none was sent
+    policy = dict(part.strip().split(" ", 1) for part in given.headers["content-security-policy"].split(";"))
+    assert policy["default-src"] == "'none'" and policy["script-src"] == "'self'"  # no inline script, no eval
+    assert policy["frame-ancestors"] == "'none'"
+    assert "camera=()" in given.headers["permissions-policy"]
+
+
+def test_nginx_does_not_announce_its_version(site: Site) -> None:
+    with site.client() as client:
+        page, missing = client.get("/"), client.get("/assets/no-such-file.js")
+    assert page.headers["server"] == "nginx"
+    assert missing.status_code == 404 and not re.search(r"nginx/\d", missing.text)
 
 
 def negotiated(site: Site, context: ssl.SSLContext) -> tuple[str | None, str | None]:
@@ -65,10 +76,17 @@ def test_http2_over_tls13_and_tls12_still_accepted(site: Site) -> None:
     assert negotiated(site, legacy) == ("TLSv1.2", None)
 
 
-def test_oversized_upload_is_refused_by_nginx(site: Site) -> None:
+def test_body_limits_are_per_location(site: Site) -> None:
+    user = site.new_user()
     with site.client() as client:
-        answer = client.post("/api/files", content=b"x" * (21 * 1024 * 1024))
-    assert answer.status_code == 413
+        huge_upload = client.post("/api/files", content=b"x" * (21 * 1024 * 1024), headers=user)
+        anonymous_upload = client.post("/api/files", content=b"x" * (5 * 1024 * 1024))
+        big_json = client.post("/api/discussions", content=b"{" + b" " * (200 * 1024) + b"}", headers=user)
+        big_login = client.post("/api/auth/login", content=b"x" * (100 * 1024))
+    assert huge_upload.status_code == 413  # past nginx.body_limit_mb
+    # Refused before its body is read: no credentials at all.
+    assert anonymous_upload.status_code == 401 and "Authorization" in anonymous_upload.json()["detail"]
+    assert big_json.status_code == 413 and big_login.status_code == 413  # JSON routes take 64 KB
 
 
 def test_static_root_serves_the_releases_front_end_with_year_long_assets_and_the_spa_fallback(
