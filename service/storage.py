@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
-from qcloud_cos import CosConfig, CosS3Client
+from qcloud_cos import CosClientError, CosConfig, CosS3Client, CosServiceError
 
 from service.settings import Settings
 
@@ -18,10 +19,34 @@ ALLOWED_CONTENT_TYPES = frozenset(
 )
 ACCEPTED = ", ".join(sorted(ALLOWED_CONTENT_TYPES))
 CHUNK_BYTES = 256 * 1024
+# COS's answers that mean the key itself is wrong or lacks the right, not the request.
+_REFUSED_KEY = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"})
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class UploadRejectedError(Exception):
     """Too large or of a type not accepted; the message says which limit."""
+
+
+class StorageError(Exception):
+    """The file storage failed a request through no fault of the user's; the message says what the operator
+    must fix and holds no secret."""
+
+
+class StorageRefusedError(StorageError):
+    """The storage answered, with a refusal (COS 4xx: a wrong key, a missing bucket or object)."""
+
+
+class StorageUnreachableError(StorageError):
+    """The storage did not answer, or answered that it cannot serve now (COS 5xx)."""
+
+
+class _Stream(Protocol):
+    def read(self, size: int) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 class Blobs(Protocol):
@@ -29,9 +54,20 @@ class Blobs(Protocol):
 
     async def put(self, key: str, source: Path) -> None: ...
 
-    def chunks(self, key: str) -> AsyncIterator[bytes]: ...
+    async def open(self, key: str) -> AsyncIterator[bytes]:
+        """The object's bytes; the storage has answered before this returns, so its refusal can still be an
+        error response rather than a download cut short."""
+        ...
 
     async def delete(self, key: str) -> None: ...
+
+
+async def _read(stream: _Stream) -> AsyncIterator[bytes]:
+    try:
+        while chunk := await asyncio.to_thread(stream.read, CHUNK_BYTES):
+            yield chunk
+    finally:
+        stream.close()
 
 
 class LocalBlobs:
@@ -43,48 +79,70 @@ class LocalBlobs:
         await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
         source.replace(target)  # same filesystem as the spool directory: an atomic rename
 
-    async def chunks(self, key: str) -> AsyncIterator[bytes]:
-        with (self._root / key).open("rb") as stream:
-            while chunk := await asyncio.to_thread(stream.read, CHUNK_BYTES):
-                yield chunk
+    async def open(self, key: str) -> AsyncIterator[bytes]:
+        return _read(await asyncio.to_thread((self._root / key).open, "rb"))
 
     async def delete(self, key: str) -> None:
         (self._root / key).unlink(missing_ok=True)
+
+
+def cos_config(settings: Settings) -> CosConfig:
+    """The SDK's configuration for the artifact bucket, from the COS_* settings."""
+    return CosConfig(
+        Region=settings.cos_region,
+        SecretId=settings.cos_secret_id,
+        SecretKey=settings.cos_secret_key,
+        Scheme=settings.cos_scheme,
+        Domain=settings.cos_domain,  # None: the bucket's default <bucket>.cos.<region>.myqcloud.com
+    )
+
+
+def storage_error(what: str, exc: CosServiceError | CosClientError) -> StorageError:
+    """A COS failure as the error the API answers with, logged once with COS's code (never the key)."""
+    if isinstance(exc, CosClientError):
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        log.warning("file storage unreachable", extra={"fields": {"operation": what, "reason": reason}})
+        return StorageUnreachableError(f"file storage unreachable ({what}): try again later; the operator is told")
+    status, code = exc.get_status_code(), exc.get_error_code()
+    fields = {"operation": what, "cos_status": status, "cos_code": code, "cos_request_id": exc.get_request_id()}
+    log.warning("file storage refused a request", extra={"fields": fields})
+    if status >= 500:
+        return StorageUnreachableError(f"file storage cannot serve now (COS {status} {code}): try again later")
+    if code in _REFUSED_KEY:
+        return StorageRefusedError(
+            f"file storage refused the appliance's credentials (COS {status} {code}): "
+            "the operator must fix COS_SECRET_ID/COS_SECRET_KEY"
+        )
+    return StorageRefusedError(f"file storage refused to {what} (COS {status} {code}): the operator must check COS_*")
 
 
 class CosBlobs:
     """Tencent COS through cos-python-sdk-v5; the SDK is blocking, so every call runs in a thread."""
 
     def __init__(self, settings: Settings) -> None:
-        config = CosConfig(
-            Region=settings.cos_region,
-            SecretId=settings.cos_secret_id,
-            SecretKey=settings.cos_secret_key,
-            Scheme=settings.cos_scheme,
-            Domain=settings.cos_domain,  # None: the bucket's default <bucket>.cos.<region>.myqcloud.com
-        )
-        self._client = CosS3Client(config)
+        self._client = CosS3Client(cos_config(settings))
         self._bucket = settings.cos_bucket
+
+    async def _call(self, what: str, request: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(request)
+        except (CosServiceError, CosClientError) as exc:
+            raise storage_error(what, exc) from None
 
     async def put(self, key: str, source: Path) -> None:
         def upload() -> None:
             with source.open("rb") as body:
                 self._client.put_object(Bucket=self._bucket, Body=body, Key=key)
 
-        await asyncio.to_thread(upload)
+        await self._call("store the upload", upload)
         source.unlink(missing_ok=True)
 
-    async def chunks(self, key: str) -> AsyncIterator[bytes]:
-        response = await asyncio.to_thread(self._client.get_object, Bucket=self._bucket, Key=key)
-        stream = response["Body"].get_raw_stream()
-        try:
-            while chunk := await asyncio.to_thread(stream.read, CHUNK_BYTES):
-                yield chunk
-        finally:
-            stream.close()
+    async def open(self, key: str) -> AsyncIterator[bytes]:
+        response = await self._call("read the file", lambda: self._client.get_object(Bucket=self._bucket, Key=key))
+        return _read(response["Body"].get_raw_stream())
 
     async def delete(self, key: str) -> None:
-        await asyncio.to_thread(self._client.delete_object, Bucket=self._bucket, Key=key)
+        await self._call("delete the file", lambda: self._client.delete_object(Bucket=self._bucket, Key=key))
 
 
 def blobs_for(settings: Settings) -> Blobs:
@@ -153,13 +211,16 @@ class ArtifactStore:
         )
         return dict(row) if row else None
 
-    def chunks(self, user_id: uuid.UUID, file_id: uuid.UUID) -> AsyncIterator[bytes]:
-        return self._blobs.chunks(f"{user_id}/{file_id}")
+    async def open(self, user_id: uuid.UUID, file_id: uuid.UUID) -> AsyncIterator[bytes]:
+        return await self._blobs.open(f"{user_id}/{file_id}")
 
     async def delete(self, user_id: uuid.UUID, file_id: uuid.UUID) -> bool:
+        if await self.get(user_id, file_id) is None:
+            return False
+        # The bytes first: if the storage refuses, the row stays and the user can retry (deleting is idempotent);
+        # no database connection is held while the storage answers.
+        await self._blobs.delete(f"{user_id}/{file_id}")
         deleted = await self._pool.fetchval(
             "DELETE FROM files WHERE id = $1 AND user_id = $2 RETURNING true", file_id, user_id
         )
-        if deleted:
-            await self._blobs.delete(f"{user_id}/{file_id}")
         return bool(deleted)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Response, UploadFile, status
@@ -12,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from service.api.deps import Res, UserId, not_found
-from service.storage import CHUNK_BYTES, UploadRejectedError
+from service.storage import CHUNK_BYTES, StorageRefusedError, StorageUnreachableError, UploadRejectedError
 
 router = APIRouter(prefix="/api/files", tags=["files"])
 
@@ -30,12 +31,25 @@ async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
         yield chunk
 
 
+@contextmanager
+def _storage_answers() -> Iterator[None]:
+    """The file storage's failures are the operator's to fix, so a 5xx that says which, never a bare 500:
+    502 when it refused (a wrong COS key), 503 when it could not be reached."""
+    try:
+        yield
+    except StorageRefusedError as exc:
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(exc)) from None
+    except StorageUnreachableError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+
+
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def upload(file: UploadFile, user_id: UserId, res: Res) -> FileOut:
     content_type = (file.content_type or "application/octet-stream").split(";")[0].strip()
     try:
         filename = (file.filename or "").replace("\x00", "") or "upload"  # PostgreSQL text has no NUL
-        row = await res.store.save(user_id, filename, content_type, _chunks(file))
+        with _storage_answers():
+            row = await res.store.save(user_id, filename, content_type, _chunks(file))
     except UploadRejectedError as exc:
         code = status.HTTP_413_CONTENT_TOO_LARGE if "exceeds" in str(exc) else status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
         raise HTTPException(code, str(exc)) from None
@@ -56,11 +70,15 @@ async def download(file_id: uuid.UUID, user_id: UserId, res: Res) -> StreamingRe
         "Content-Disposition": f"attachment; filename*=UTF-8''{quote(row['filename'])}",
         "Content-Length": str(row["size_bytes"]),
     }
-    return StreamingResponse(res.store.chunks(user_id, file_id), media_type=row["content_type"], headers=headers)
+    with _storage_answers():
+        chunks = await res.store.open(user_id, file_id)
+    return StreamingResponse(chunks, media_type=row["content_type"], headers=headers)
 
 
 @router.delete("/{file_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete(file_id: uuid.UUID, user_id: UserId, res: Res) -> Response:
-    if not await res.store.delete(user_id, file_id):
+    with _storage_answers():
+        deleted = await res.store.delete(user_id, file_id)
+    if not deleted:
         raise not_found("file")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
