@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import ipaddress
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
 
+from cryptography import x509
+
+from appliance.certificates import CertificateProblem, check_provided
 from appliance.config import Config, Settings
 from appliance.errors import ConfigError
-from appliance.render import render_template
+from appliance.private_ca import LEAF_DAYS, IssuedFiles, OperatorCa, issued_file_names, operator_ca, renewal_reason
 from appliance.shell import sh
-from appliance.steps import ConfigFiles, Converge, ManagedFile, Packages, Step
+from appliance.steps import Action, ConfigFiles, Facts, ManagedFile, Note, Packages, Run, Step, Stream
 
-CERT_DAYS = 397  # browsers' limit for a server certificate's lifetime
+OLD_CA_FILES = ("ca-key.pem", "ca.srl")  # where an older version kept its CA, on the host
 
 
 def reload_nginx(settings: Settings) -> str:
@@ -23,12 +28,9 @@ def reload_nginx(settings: Settings) -> str:
     )
 
 
-def _subject_alt_name(name: str) -> str:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return f"DNS:{name}"
-    return f"IP:{name}"
+def site_name(settings: Settings) -> str:
+    """The name the site's certificate must cover: the domain, else the (first) host's address."""
+    return settings.domain or settings.hosts[0].address
 
 
 def certs_dir(settings: Settings) -> str:
@@ -44,59 +46,113 @@ def cert_expiry_command(settings: Settings) -> str:
     )
 
 
-def self_signed_certificate(settings: Settings, common_name: str) -> Converge:
-    """A certificate from a private CA, valid for the host's name, renewed 30 days before it lapses."""
-    certs = certs_dir(settings)
-    san = _subject_alt_name(common_name)
-    shown = san.replace("IP:", "IP Address:")
-    script = render_template(
-        "systemd/host/selfsigned-cert.sh.j2",
-        {
-            "header": "written by inv bootstrap",
-            "certs_dir": certs,
-            "name": settings.name,
-            "common_name": common_name,
-            "subject_alt_names": san,
-            "days": CERT_DAYS,
-        },
-    )
-    return Converge(
-        f"TLS certificate for {common_name}",
-        check=(
-            f"openssl x509 -checkend 2592000 -noout -in {certs}/fullchain.pem && test -s {certs}/privkey.pem "
-            f"&& openssl x509 -noout -ext subjectAltName -in {certs}/fullchain.pem | grep -F {sh(shown)} >/dev/null"
-        ),
-        fix=f"bash -c {sh(script)} && {cert_expiry_command(settings)} && {reload_nginx(settings)}",
-        why=f"issue a {CERT_DAYS}-day certificate from the appliance's own CA",
+def install_issued(certs: str) -> str:
+    """Unpack `IssuedFiles`' archive from stdin beside the served files, then rename each into place."""
+    staged = " ".join(f'"$tmp"/{sh(name)}' for name in issued_file_names())
+    return (
+        f"( set -e; tmp=$(mktemp -d {sh(certs + '/.issued.XXXXXX')}); trap 'rm -rf \"$tmp\"' EXIT; "
+        f'tar -x -f - -C "$tmp" --no-same-owner --same-permissions; mv -f {staged} {sh(certs)}/ )'
     )
 
 
-def provided_certificate(config: Config) -> ConfigFiles:
+@dataclass(frozen=True)
+class PrivateCaCertificate:
+    """The host's certificate from the private CA on the operator's machine, issued only when the facts call for it.
+
+    Due when the host has none, or it is not from the current CA, does not cover `subject`, expires within 30
+    days, or its key does not match it; otherwise `ok` and nothing is sent. A CA key an older version kept on
+    the host is deleted. Example: `Executor(host).apply(private_ca_certificate(config))`."""
+
+    settings: Settings
+    subject: str
+    ca: OperatorCa
+    ca_certificate: x509.Certificate | None  # the CA as it is now; None when issuing makes a new one
+    new_ca_note: str | None
+
+    @property
+    def name(self) -> str:
+        return f"TLS certificate for {self.subject} (private CA)"
+
+    def probes(self) -> Mapping[str, str]:
+        certs = certs_dir(self.settings)
+        return {
+            "chain": sh("cat", f"{certs}/fullchain.pem"),
+            "key": sh("openssl", "pkey", "-pubout", "-in", f"{certs}/privkey.pem"),
+            "old_ca": sh("ls", "-1d", "--", *(f"{certs}/{name}" for name in OLD_CA_FILES)),
+        }
+
+    def plan(self, facts: Facts) -> list[Action]:
+        actions: list[Action] = []
+        left_over = facts["old_ca"].stdout.split()
+        if left_over:
+            actions.append(Run(sh("rm", "-f", "--", *left_over), "delete the CA key an older version kept on the host"))
+        reason = renewal_reason(
+            facts["chain"].stdout if facts["chain"].ok else None,
+            facts["key"].stdout if facts["key"].ok else None,
+            self.ca_certificate,
+            self.subject,
+            datetime.datetime.now(datetime.timezone.utc),
+        )
+        if reason is None:
+            return actions
+        if self.new_ca_note:
+            actions.append(Note(self.new_ca_note))
+        issued = IssuedFiles(self.ca, self.subject)
+        why = f"issue a {LEAF_DAYS}-day certificate ({reason})"
+        return [
+            *actions,
+            Stream(install_issued(certs_dir(self.settings)), issued, why),
+            Run(f"{cert_expiry_command(self.settings)} && {reload_nginx(self.settings)}", "reload nginx"),
+        ]
+
+
+def private_ca_certificate(config: Config) -> PrivateCaCertificate:
+    settings, ca = config.settings, operator_ca(config)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return PrivateCaCertificate(settings, site_name(settings), ca, ca.current(now), ca.why_new(now))
+
+
+@dataclass(frozen=True)
+class ProvidedCertificate(ConfigFiles):
+    """The provided bundle and key as nginx needs them; a warning worth repeating shows on every run."""
+
+    warning: str | None = None
+
+    def plan(self, facts: Facts) -> list[Action]:
+        return [*super().plan(facts), *([Note(f"warning: {self.warning}")] if self.warning else [])]
+
+
+def provided_certificate(config: Config) -> ProvidedCertificate:
+    """Checked before any host is touched: a key that does not match, an expired certificate or one that does
+    not cover the site's name is refused in one line."""
     settings = config.settings
     certs = certs_dir(settings)
-    files = []
-    for local, remote, mode in (
-        (settings.tls.cert_file, "fullchain.pem", 0o644),
-        (settings.tls.key_file, "privkey.pem", 0o600),
-    ):
-        path = config.resolve(local or "")
-        if not path.is_file():
-            raise ConfigError(f"{config.path}: tls: {path} not found: fix tls.cert_file / tls.key_file")
-        files.append(ManagedFile(f"{certs}/{remote}", path.read_bytes(), mode))
-    return ConfigFiles(
+    try:
+        provided = check_provided(
+            config.resolve(settings.tls.cert_file or ""),
+            config.resolve(settings.tls.key_file or ""),
+            site_name(settings),
+            datetime.datetime.now(datetime.timezone.utc),
+        )
+    except CertificateProblem as exc:
+        raise ConfigError(f"{config.path}: {exc}") from None
+    return ProvidedCertificate(
         "TLS certificate (provided)",
-        tuple(files),
+        (
+            ManagedFile(f"{certs}/fullchain.pem", provided.fullchain, 0o644),
+            ManagedFile(f"{certs}/privkey.pem", provided.key, 0o600),
+        ),
         f"{cert_expiry_command(settings)} && {reload_nginx(settings)}",
         "reload nginx",
+        provided.warning,
     )
 
 
 def tls_steps(config: Config) -> list[Step]:
     settings = config.settings
-    name = settings.domain or settings.hosts[0].address
     if settings.tls.mode == "provided":
         return [provided_certificate(config)]
-    steps: list[Step] = [self_signed_certificate(settings, name)]
+    steps: list[Step] = [private_ca_certificate(config)]
     if settings.tls.mode == "acme":
         # Certbot comes now; the first certificate is requested by deploy, once nginx serves the
         # webroot. Until then the self-signed one keeps nginx able to start.
