@@ -13,7 +13,7 @@ from appliance.config import Config, Settings
 from appliance.errors import ConfigError
 from appliance.private_ca import LEAF_DAYS, IssuedFiles, OperatorCa, issued_file_names, operator_ca, renewal_reason
 from appliance.shell import sh
-from appliance.steps import Action, ConfigFiles, Facts, ManagedFile, Note, Packages, Run, Step, Stream
+from appliance.steps import Action, ConfigFiles, Facts, ManagedFile, Note, Run, Step, Stream
 
 OLD_CA_FILES = ("ca-key.pem", "ca.srl")  # where an older version kept its CA, on the host
 
@@ -152,9 +152,10 @@ def tls_steps(config: Config) -> list[Step]:
     settings = config.settings
     if settings.tls.mode == "provided":
         return [provided_certificate(config)]
-    steps: list[Step] = [private_ca_certificate(config)]
     if settings.tls.mode == "acme":
-        # Certbot comes now; the first certificate is requested by deploy, once nginx serves the
-        # webroot. Until then the self-signed one keeps nginx able to start.
-        steps.insert(0, Packages("certbot", ("certbot",)))
-    return steps
+        # acme.py builds on this module's helpers, hence the import here. The first certificate is requested
+        # by deploy, once nginx serves the webroot; until then a placeholder keeps nginx able to start.
+        from appliance.bootstrap.acme import acme_steps
+
+        return acme_steps(config)
+    return [private_ca_certificate(config)]
