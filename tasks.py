@@ -15,7 +15,7 @@ from appliance import render as rendering
 from appliance import sandbox as sandboxes
 from appliance import views
 from appliance.backup import operate as backups_edge
-from appliance.bootstrap import bootstrap, bootstrap_files
+from appliance.bootstrap import acme, bootstrap, bootstrap_files
 from appliance.build import build_api_image, default_version
 from appliance.cli import COMMON_HELP, load, one_line_errors, print_outcome
 from appliance.console_login import console_login
@@ -248,6 +248,29 @@ def lock_break(c: Context, config: str | None = None, env: str | None = None, ho
     print(break_lock(loaded))
 
 
+@task(
+    name="renew",
+    help={
+        **COMMON_HELP,
+        "force": "renew now even if the certificate is not due (certbot --force-renewal)",
+        "check": "show whether certbot would be asked; change nothing",
+    },
+)
+@one_line_errors
+def tls_renew(
+    c: Context,
+    force: bool = False,
+    check: bool = False,
+    config: str | None = None,
+    env: str | None = None,
+    host: str | None = None,
+) -> None:
+    """tls.mode "acme": request the certificate if the host has none, renew it when due (30 days) or forced."""
+    loaded = load(config, env, host)
+    target = loaded.settings.hosts[0].target
+    print_outcome(acme.renew(loaded, force=force, check=check), f"{target}: TLS ({loaded.settings.domain})", target)
+
+
 SANDBOX_HELP = {
     "name": "sandbox name; containers, volumes and files are named after it",
     "ssh_port": "port on 127.0.0.1 for SSH (0: any free port)",
@@ -377,6 +400,7 @@ namespace = Collection(
     status,
     logs,
     Collection("lock", lock_break),
+    Collection("tls", tls_renew),
     Collection("sandbox", sandbox_up, sandbox_down, sandbox_login),
     backup_now,
     backups,

@@ -19,6 +19,7 @@ import docker
 import docker.errors
 
 from appliance import notify
+from appliance.bootstrap.acme import issuance_steps
 from appliance.build import bundle_commit
 from appliance.config import Config, Settings
 from appliance.errors import StepFailed
@@ -378,6 +379,8 @@ def deploy(
             *prepare_steps(config, release, files, first=previous is None),
             *switch_steps(release, previous),
             PruneReleases(settings, settings.keep_releases),
+            # Last: nginx now serves the ACME challenge folder, and a failed request leaves the release serving.
+            *issuance_steps(settings),
         ]
         if check:
             return executor.apply_all(steps)
