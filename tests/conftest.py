@@ -77,6 +77,17 @@ def sandbox_host(sandbox_config: Config, shared_sandbox: sandboxes.Sandbox) -> I
         yield remote
 
 
+def build_config_file(folder: Path) -> Path:
+    """appliance.example.toml on the rig's Debian base image: a config that builds the API image offline."""
+    sandboxes.ensure_base_image(sandboxes.docker_client(), log=lambda line: None)
+    example = (REPO / "appliance.example.toml").read_text(encoding="utf-8")
+    text = example.replace('base_image = "python:3.11-slim-bookworm"', f'base_image = "{sandboxes.BASE_IMAGE}"')
+    assert text != example, "appliance.example.toml no longer names python:3.11-slim-bookworm as images.base_image"
+    path = folder / "build.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def inv(*args: str, timeout: int = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run a task exactly as an operator does: `inv ARGS` from the repository (`env`: extra variables)."""
     return subprocess.run(

@@ -1,4 +1,4 @@
-"""service/Dockerfile builds from a host wheelhouse, runs gunicorn as a non-root user and gets healthy."""
+"""service/Dockerfile, built by appliance/build.py, runs gunicorn as a non-root user and gets healthy."""
 
 from __future__ import annotations
 
@@ -7,16 +7,18 @@ import json
 import secrets
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from appliance.sandbox import BASE_IMAGE
+from appliance.build import build_api_image
+from appliance.config import load_config
 from service.migrate import apply_migrations
-from tests.service.conftest import PYTHON, REPO, TEST_REDIS_URL, FakeLlm, free_port, wait_until
+from tests.conftest import build_config_file
+from tests.service.conftest import REPO, TEST_REDIS_URL, FakeLlm, free_port, wait_until
 
 pytestmark = pytest.mark.integration
-TAG = "cvm-service:test"
 
 
 def run(*args: str) -> str:
@@ -24,12 +26,11 @@ def run(*args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def image() -> str:
-    wheelhouse = ["--wheel-dir", "build/wheelhouse", "-r", "service/requirements.txt", "pip", "async-timeout"]
-    run(PYTHON, "-m", "pip", "wheel", "-q", *wheelhouse)
-    build_args = ["--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--build-arg", "SERVICE_VERSION=test-build"]
-    run("docker", "build", "-q", "-f", "service/Dockerfile", *build_args, "-t", TAG, ".")
-    return TAG
+def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    config = load_config(build_config_file(Path(tmp_path_factory.mktemp("build"))))
+    tag = build_api_image(config, "test-build")
+    yield tag
+    subprocess.run(["docker", "rmi", tag], capture_output=True)
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def container(image: str, database_url: str, redis_prefix: str, fake_llm: FakeLl
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
 
-def test_image_runs_non_root_and_serves_health(container: tuple[str, int]) -> None:
+def test_image_runs_non_root_and_serves_health(image: str, container: tuple[str, int]) -> None:
     name, port = container
     wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200, 60, "the container")
     body = httpx.get(f"http://127.0.0.1:{port}/api/health").json()
@@ -63,7 +64,7 @@ def test_image_runs_non_root_and_serves_health(container: tuple[str, int]) -> No
     assert run("docker", "exec", name, "id", "-u").strip() != "0"
     config = json.loads(run("docker", "inspect", name))[0]["Config"]
     assert config["Healthcheck"]["Test"][0] == "CMD"
-    baked = json.loads(run("docker", "image", "inspect", TAG))[0]["Config"]["Env"]
+    baked = json.loads(run("docker", "image", "inspect", image))[0]["Config"]["Env"]
     assert not any(var.startswith(("JWT_SECRET=", "AI_API_KEY=", "DATABASE_URL=")) for var in baked)
     processes = [line for line in run("docker", "top", name).splitlines() if "gunicorn" in line]
     assert len(processes) == 3  # master + WEB_CONCURRENCY=2 workers
