@@ -194,9 +194,18 @@ def _member(name: str, kind: bytes, mode: int, size: int) -> tarfile.TarInfo:
 def _run(what: str, command: list[str], stdin: bytes | None = None) -> None:
     done = subprocess.run(command, cwd=BUNDLE_ROOT, input=stdin, capture_output=True, check=False)
     if done.returncode != 0:
-        text = (done.stderr or done.stdout).decode(errors="replace").strip()
-        last = [line for line in text.splitlines() if not line.startswith("WARNING: Location")][-1:]
-        raise ApplianceError(f"{what} failed: {last[0] if last else f'exit {done.returncode}'}")
+        lines = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
+        # pip's reason is its last ERROR line (warnings and details may follow it); docker's is its last line.
+        reason = ([line for line in lines if line.startswith("ERROR:")] or lines or [f"exit {done.returncode}"])[-1]
+        raise ApplianceError(f"{what} failed: {reason}")
+
+
+def download_wheelhouse(python: str, platform: str, lock: Path, folder: Path) -> list[Path]:
+    """Every file `lock` names for `platform` in `folder` (pip keeps the ones already there); the rest removed."""
+    locked = parse_lock(lock.read_text(), str(lock))
+    folder.mkdir(parents=True, exist_ok=True)
+    _run(f"downloading the wheelhouse for {platform} ({lock.name})", download_command(python, platform, lock, folder))
+    return prune_wheelhouse(folder, locked)
 
 
 def build_api_image(config: Config, version: str, python: str = sys.executable, no_cache: bool = False) -> str:
@@ -204,13 +213,8 @@ def build_api_image(config: Config, version: str, python: str = sys.executable, 
     settings = config.settings
     ref = api_image(settings, version)
     lock = BUNDLE_ROOT / LOCK
-    locked = parse_lock(lock.read_text())
-    folder = wheelhouse(settings.images.platform)
-    folder.mkdir(parents=True, exist_ok=True)
-    what = f"downloading the wheelhouse for {settings.images.platform} ({LOCK})"
-    _run(what, download_command(python, settings.images.platform, lock, folder))
-    wheels = prune_wheelhouse(folder, locked)
-    image, tools = split_lock(locked)
+    wheels = download_wheelhouse(python, settings.images.platform, lock, wheelhouse(settings.images.platform))
+    image, tools = split_lock(parse_lock(lock.read_text()))
     context = context_tar(context_entries(BUNDLE_ROOT, wheels, image, tools))
     _run(f"docker build of {ref}", build_command(ref, settings, version, no_cache), stdin=context)
     return ref
