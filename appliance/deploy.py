@@ -20,12 +20,12 @@ import docker.errors
 
 from appliance import notify
 from appliance.bootstrap.acme import issuance_steps
-from appliance.build import bundle_commit
+from appliance.build import LOCK, bundle_commit
 from appliance.config import Config, Settings
 from appliance.errors import StepFailed
 from appliance.executor import Executor, StepResult
 from appliance.facts import gather_facts
-from appliance.images import images_on_host, local_image
+from appliance.images import ImagesOnHost, LocalImage, images_on_host, local_image
 from appliance.lock import (
     acquire_lock,
     audit_entry,
@@ -327,6 +327,25 @@ def _local_id(engine: docker.DockerClient, ref: str) -> str:
         return ""
 
 
+def sent_api_image(engine: docker.DockerClient, image: str, release_image: str, check: bool) -> LocalImage:
+    """The API image as the host gets it, under the release's name: `image` from the local engine, or, in check
+    mode (which builds nothing), the release's own image still to be built."""
+    if check and image == release_image and not _local_id(engine, image):
+        return LocalImage(release_image, "", 0)  # no ID yet: the host cannot have it
+    found = local_image(engine, image)
+    return LocalImage(release_image, found.image_id, found.size)
+
+
+def release_images(engine: docker.DockerClient, refs: list[str], api: LocalImage) -> ImagesOnHost:
+    """The images step of a release: the API image as given, the others as the local engine has them."""
+    return ImagesOnHost((api, *images_on_host(engine, [ref for ref in refs if ref != api.ref]).images))
+
+
+def build_pending(ref: str, settings: Settings) -> StepResult:
+    """check mode's line for the API image `inv deploy` would build first (nothing on the host runs it)."""
+    return StepResult("build API image", "pending", 0.0, [f"build {ref} for {settings.images.platform} ({LOCK})"])
+
+
 def deploy(
     config: Config,
     image: str,
@@ -358,6 +377,7 @@ def deploy(
             local_image(engine, image)  # one clear line if it is missing
             repository, tag = release_image.rsplit(":", 1)
             engine.images.get(image).tag(repository, tag)
+        api = sent_api_image(engine, image, release_image, check)
         images = settings.images
         roles = {"api": release_image, "postgres": images.postgres, "redis": images.redis, "nginx": images.nginx}
         roles |= {f"monitoring-{index}": ref for index, ref in enumerate(monitoring_images(settings))}
@@ -373,7 +393,7 @@ def deploy(
                 push(engine, release_image, user, password)
             image_steps: list[Step] = [RegistryLogin(registry, user, password), *map(ImagePulled, roles.values())]
         else:
-            image_steps = [images_on_host(engine, list(roles.values()))]
+            image_steps = [release_images(engine, list(roles.values()), api)]
         steps = [
             *image_steps,
             *prepare_steps(config, release, files, first=previous is None),
@@ -383,7 +403,8 @@ def deploy(
             *issuance_steps(settings),
         ]
         if check:
-            return executor.apply_all(steps)
+            # `inv deploy` builds the image before anything reaches the host; --check builds nothing.
+            return [*([] if api.image_id else [build_pending(api.ref, settings)]), *executor.apply_all(steps)]
         announce = functools.partial(_announce, notify.channels_for(settings, secrets), settings, config.env)
         return _run_locked(remote, executor, "deploy", release, previous, steps, announce, wait)
 

@@ -11,8 +11,17 @@ from pathlib import Path
 import pytest
 
 from appliance.config import Config, load_config
-from appliance.deploy import deploy, prepare_steps, publish_web, switch_steps, switch_traffic, wait_healthy
+from appliance.deploy import (
+    build_pending,
+    deploy,
+    prepare_steps,
+    publish_web,
+    switch_steps,
+    switch_traffic,
+    wait_healthy,
+)
 from appliance.errors import ConfigError
+from appliance.images import ImagesOnHost, LocalImage
 from appliance.lock import acquire_lock, lock_holder_message
 from appliance.registry import ImagePulled, RegistryLogin
 from appliance.releases import PruneReleases, Release, manifest, releases_to_prune, rollback_target
@@ -227,3 +236,14 @@ def test_publishing_a_front_end_puts_assets_before_the_entry_page_and_keeps_only
     assert not (root / ".index.html.next").exists()
     publish("v1")  # a rollback: the old page again, its assets never gone
     assert (root / "index.html").read_text() == "<script src=/assets/app.1111.js></script>"
+
+
+def test_check_mode_plans_the_build_and_the_send_of_an_image_not_built_yet(config: Config) -> None:
+    ref = "cvm-appliance/api:20261201-0700-abc1234"
+    pending = build_pending(ref, config.settings)
+    assert (pending.step, pending.status) == ("build API image", "pending")
+    assert pending.actions == [f"build {ref} for linux/amd64 (service/requirements.lock)"]
+    # Not built: no ID, so even a host with an image of that name gets the one `inv deploy` will build.
+    step = ImagesOnHost((LocalImage(ref, "", 0),))
+    (action,) = step.plan({"0:id": Fact("sha256:older\n", 0), "0:by_id": Fact("", 1)})
+    assert isinstance(action, Stream) and action.why.startswith(f"send {ref} ")
