@@ -97,12 +97,12 @@ def cos_config(settings: Settings) -> CosConfig:
     )
 
 
-def storage_error(what: str, exc: CosServiceError | CosClientError) -> StorageError:
+def _storage_error(what: str, exc: CosServiceError | CosClientError) -> StorageError:
     """A COS failure as the error the API answers with, logged once with COS's code (never the key)."""
     if isinstance(exc, CosClientError):
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         log.warning("file storage unreachable", extra={"fields": {"operation": what, "reason": reason}})
-        return StorageUnreachableError(f"file storage unreachable ({what}): try again later; the operator is told")
+        return StorageUnreachableError(f"file storage unreachable ({what}): try again later")
     status, code = exc.get_status_code(), exc.get_error_code()
     fields = {"operation": what, "cos_status": status, "cos_code": code, "cos_request_id": exc.get_request_id()}
     log.warning("file storage refused a request", extra={"fields": fields})
@@ -127,7 +127,7 @@ class CosBlobs:
         try:
             return await asyncio.to_thread(request)
         except (CosServiceError, CosClientError) as exc:
-            raise storage_error(what, exc) from None
+            raise _storage_error(what, exc) from None
 
     async def put(self, key: str, source: Path) -> None:
         def upload() -> None:
