@@ -20,6 +20,7 @@ packages+=(chromium chromium-driver fonts-wqy-microhei)  # the web console's bro
 if [ "$want_servers" = 1 ]; then
   packages+=(postgresql redis-server nginx-light prometheus testssl.sh wrk docker-registry)
   packages+=(prometheus-alertmanager)  # amtool: the monitoring tests check Alertmanager's config
+  packages+=(pebble)  # Let's Encrypt's test ACME server: the ACME e2e issues and renews through it
 fi
 missing=()
 for p in "${packages[@]}"; do
