@@ -128,6 +128,7 @@ class Pebble:
         return x509.load_pem_x509_certificate(self._get(f"https://127.0.0.1:{self.management_port}/{kind}/0"))
 
     def stop(self) -> None:
+        """End the processes started so far (also after a failed `start`)."""
         for process in self.processes:
             process.terminate()
         for process in self.processes:

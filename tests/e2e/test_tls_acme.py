@@ -69,8 +69,8 @@ def acme(sandbox_factory: SandboxFactory, tmp_path_factory: pytest.TempPathFacto
     record points where nothing answers."""
     sandbox = sandbox_factory("acme")
     pebble = Pebble(tmp_path_factory.mktemp("pebble"), bridge_gateway(), sandbox.http_port)
-    pebble.start()
     try:
+        pebble.start()
         pebble.point(DOMAIN, UNREACHABLE)
         toml = sandbox.config_file
         # Top-level keys before the first table.
