@@ -7,6 +7,9 @@ from typing import Any
 
 import asyncpg
 
+from service import quota
+from service.settings import Settings
+
 # Statuses in which a worker is (or should be) running the discussion.
 ACTIVE_STATUSES = ("running", "stopping")
 DISCUSSION_COLUMNS = "id, topic, panel, max_rounds, token_budget, status, verdict, tokens_used, created_at, finished_at"
@@ -19,14 +22,20 @@ class DiscussionBusyError(Exception):
 
 async def create(
     pool: asyncpg.Pool,
+    settings: Settings,
     user_id: uuid.UUID,
     topic: str,
     panel: list[str],
     max_rounds: int,
     token_budget: int,
     worker_id: str,
-    lease_seconds: float,
 ) -> dict[str, Any]:
+    """A running discussion leased to `worker_id`; quota.QuotaExceededError when its budget does not fit in what
+    is left of today's limits, quota.AccountDisabledError for a disabled account."""
+    now = quota.local_now()
+    refused = (await quota.day_usage(pool, settings, user_id, now)).refusal(token_budget, now)
+    if refused is not None:
+        raise refused
     row = await pool.fetchrow(
         "INSERT INTO discussions (user_id, topic, panel, max_rounds, token_budget, status, lease_owner,"
         " lease_expires_at) VALUES ($1, $2, $3, $4, $5, 'running', $6, now() + make_interval(secs => $7))"
@@ -37,7 +46,7 @@ async def create(
         max_rounds,
         token_budget,
         worker_id,
-        lease_seconds,
+        settings.discussion_lease_seconds,
     )
     assert row is not None
     return dict(row)
@@ -71,8 +80,14 @@ async def get_for_user(pool: asyncpg.Pool, user_id: uuid.UUID, discussion_id: uu
 
 
 async def owns(pool: asyncpg.Pool, user_id: uuid.UUID, discussion_id: uuid.UUID) -> bool:
-    found = await pool.fetchval("SELECT true FROM discussions WHERE id = $1 AND user_id = $2", discussion_id, user_id)
-    return bool(found)
+    return await status_for_user(pool, user_id, discussion_id) is not None
+
+
+async def status_for_user(pool: asyncpg.Pool, user_id: uuid.UUID, discussion_id: uuid.UUID) -> str | None:
+    """The discussion's status, or None if it is not this user's."""
+    return await pool.fetchval(  # type: ignore[no-any-return]
+        "SELECT status FROM discussions WHERE id = $1 AND user_id = $2", discussion_id, user_id
+    )
 
 
 async def mark_stopping(pool: asyncpg.Pool, user_id: uuid.UUID, discussion_id: uuid.UUID) -> str | None:
@@ -83,6 +98,26 @@ async def mark_stopping(pool: asyncpg.Pool, user_id: uuid.UUID, discussion_id: u
         discussion_id,
         user_id,
     )
+
+
+async def stop_all_for_user(pool: asyncpg.Pool, user_id: uuid.UUID) -> list[uuid.UUID]:
+    """Ask every running discussion of the user to stop; their ids (the caller tells the workers)."""
+    rows = await pool.fetch(
+        "UPDATE discussions SET status = 'stopping' WHERE user_id = $1 AND status = 'running' RETURNING id", user_id
+    )
+    return [r["id"] for r in rows]
+
+
+async def active_count_for_user(pool: asyncpg.Pool, user_id: uuid.UUID) -> int:
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM discussions WHERE user_id = $1 AND status = ANY($2)", user_id, list(ACTIVE_STATUSES)
+        )
+    )
+
+
+async def ids_for_user(pool: asyncpg.Pool, user_id: uuid.UUID) -> list[uuid.UUID]:
+    return [r["id"] for r in await pool.fetch("SELECT id FROM discussions WHERE user_id = $1", user_id)]
 
 
 async def delete(pool: asyncpg.Pool, user_id: uuid.UUID, discussion_id: uuid.UUID) -> bool:

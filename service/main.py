@@ -10,13 +10,14 @@ from contextlib import asynccontextmanager
 
 import redis
 from fastapi import FastAPI
+from fastapi.exceptions import WebSocketRequestValidationError
 from fastapi.telemetry import TelemetryConfig
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from service.agents.orchestration import Orchestrator
 from service.agents.slots import AgentSlots
 from service.api.deps import Resources
-from service.api.routes import auth, discussions, files, health, ws
+from service.api.routes import account, auth, discussions, files, health, ws
 from service.cors import CrossOriginOnly
 from service.db import create_pool
 from service.drain import Drain
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, access_log=access_log)
     # The routes themselves, not include_router(): an included router is matched route by route through
     # a per-router context on every request, which cost ~13 us a request here (bench/README.md).
-    for module in (auth, discussions, files, health, ws):
+    for module in (auth, account, discussions, files, health, ws):
         app.router.routes.extend(module.router.routes)
+    app.add_exception_handler(WebSocketRequestValidationError, ws.refuse_invalid_request)
     return app

@@ -68,12 +68,29 @@ class AgentSlotsCollector(Collector):
         yield GaugeMetricFamily("cvm_agent_turns_waiting", "Agent turns queued for a slot.", value=waiting)
 
 
-def render(extra: Collector) -> bytes:
+class DailyTokens(Collector):
+    """The service's tokens spent today and its DAILY_TOKEN_CEILING (the ceiling alert divides them); read from
+    PostgreSQL by the scrape, since token_usage is their one home. `spent` None: the database did not answer."""
+
+    def __init__(self, spent: int | None, ceiling: int) -> None:
+        self._spent = spent
+        self._ceiling = ceiling
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        yield GaugeMetricFamily("cvm_llm_daily_token_ceiling", "DAILY_TOKEN_CEILING.", value=self._ceiling)
+        if self._spent is not None:
+            yield GaugeMetricFamily(
+                "cvm_llm_tokens_today", "LLM tokens the service spent since local midnight.", value=self._spent
+            )
+
+
+def render(*extra: Collector) -> bytes:
     """Prometheus text exposition for this process or, in multiprocess mode, all workers."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     registry = CollectorRegistry()
     registry.register(_WorkerFiles(Path(directory)) if directory else _ProcessLocal())
-    registry.register(extra)
+    for collector in extra:
+        registry.register(collector)
     return generate_latest(registry)
 
 

@@ -52,10 +52,12 @@ def decode_access_token(token: str, secret: str) -> uuid.UUID:
         raise InvalidTokenError(str(exc)) from None
 
 
-def new_refresh_token() -> str:
+def new_token() -> str:
+    """An opaque secret handed out once: a refresh token or an invitation code."""
     return secrets.token_urlsafe(32)
 
 
-def refresh_token_hash(token: str) -> bytes:
-    # Tokens are 256 random bits, so a fast unsalted hash is enough to make a DB leak useless.
+def token_hash(token: str) -> bytes:
+    """How a `new_token()` is stored: tokens are 256 random bits, so a fast unsalted hash is enough to make a
+    DB leak useless."""
     return hashlib.sha256(token.encode()).digest()

@@ -7,6 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+REGISTRATION_MODES = ("open", "invite", "closed")
+# LLM tokens a day (since local midnight): per user, and for the whole service.
+DEFAULT_DAILY_TOKEN_QUOTA = 500_000
+DEFAULT_DAILY_TOKEN_CEILING = 5_000_000
+
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable and the fix."""
@@ -42,6 +47,9 @@ class Settings:
     login_window_seconds: int
     max_upload_bytes: int
     ws_drain_seconds: float
+    registration_mode: str
+    daily_token_quota: int
+    daily_token_ceiling: int
 
 
 def _text(env: Mapping[str, str], name: str, default: str | None = None) -> str:
@@ -94,6 +102,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     backend = _text(env, "ARTIFACT_STORAGE_BACKEND", "local")
     if backend not in ("local", "cos"):
         raise SettingsError(f"ARTIFACT_STORAGE_BACKEND={backend!r} must be 'local' or 'cos'")
+    # Closed unless told otherwise: an open sign-up lets anyone spend the operator's LLM money.
+    registration = _text(env, "REGISTRATION_MODE", "closed")
+    if registration not in REGISTRATION_MODES:
+        raise SettingsError(f"REGISTRATION_MODE={registration!r} must be one of {', '.join(REGISTRATION_MODES)}")
     return Settings(
         database_url=_url(env, "DATABASE_URL", ("postgresql", "postgres")),
         redis_url=_url(env, "REDIS_URL", ("redis", "rediss", "unix")),
@@ -123,4 +135,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         login_window_seconds=int(_number(env, "LOGIN_WINDOW_SECONDS", "300", int)),
         max_upload_bytes=int(_number(env, "MAX_UPLOAD_BYTES", str(10 * 1024 * 1024), int)),
         ws_drain_seconds=float(_number(env, "WS_DRAIN_SECONDS", "2", float)),
+        registration_mode=registration,
+        daily_token_quota=int(_number(env, "DAILY_TOKEN_QUOTA", str(DEFAULT_DAILY_TOKEN_QUOTA), int)),
+        daily_token_ceiling=int(_number(env, "DAILY_TOKEN_CEILING", str(DEFAULT_DAILY_TOKEN_CEILING), int)),
     )

@@ -61,6 +61,10 @@ class EventLog:
     async def last_seq(self, discussion_id: uuid.UUID) -> int:
         return int(await self._redis.get(self._seq_key(discussion_id)) or 0)
 
+    async def last_event(self, discussion_id: uuid.UUID) -> Event | None:
+        entries: Any = await self._redis.xrevrange(self.stream_key(discussion_id), count=1)
+        return json.loads(entries[0][1][b"e"]) if entries else None
+
     async def read_after(self, discussion_id: uuid.UUID, after: int) -> list[Event]:
         entries: Any = await self._redis.xrange(self.stream_key(discussion_id), min=f"({after}-0")
         return [json.loads(fields[b"e"]) for _, fields in entries]

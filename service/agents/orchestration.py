@@ -20,6 +20,7 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from service import quota
 from service.agents.presets import MODERATOR, ROLES, Role, system_prompt
 from service.agents.slots import AgentSlots
 from service.db import DATABASE_ERRORS
@@ -63,6 +64,15 @@ class _OutOfTime(Exception):
     """WORKFLOW_TIMEOUT is reached."""
 
 
+class _OverQuota(Exception):
+    """The user's daily token quota or the service's daily ceiling is reached."""
+
+
+def stop_channel(prefix: str) -> str:
+    """The pub/sub channel on which every worker hears which discussion to stop."""
+    return f"{prefix}discussion-stop"
+
+
 class Orchestrator:
     def __init__(
         self,
@@ -83,7 +93,7 @@ class Orchestrator:
         self.worker_id = worker_id
         self._runs: dict[uuid.UUID, Run] = {}
         self._background: list[asyncio.Task[None]] = []
-        self._stop_channel = f"{settings.redis_key_prefix}discussion-stop"
+        self._stop_channel = stop_channel(settings.redis_key_prefix)
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -148,8 +158,10 @@ class Orchestrator:
             status = "completed"
         except _OutOfTime:
             status = "timed_out"
-        except _Stopped:
+        except (_Stopped, quota.AccountDisabledError):  # disabling an account stops its discussions
             status = "stopped"
+        except _OverQuota:
+            status = "quota_exceeded"
         except Exception:
             log.exception("discussion %s failed", run.id)
         finally:
@@ -229,13 +241,15 @@ class Orchestrator:
         return dict(row)
 
     async def _check_may_continue(self, run: Run) -> None:
-        """Before each turn: raise _Stopped or _OutOfTime if the discussion must end now."""
+        """Before each turn: raise _Stopped, _OutOfTime or _OverQuota if the discussion must end now."""
         if asyncio.get_running_loop().time() >= run.deadline:
             raise _OutOfTime
         # The status backs up the pub/sub stop signal, which a worker misses while loading the run.
         status = await self._pool.fetchval("SELECT status FROM discussions WHERE id = $1", run.id)
         if run.cancel_reason == "stop" or status == "stopping":
             raise _Stopped
+        if (await quota.day_usage(self._pool, self._settings, run.user_id, quota.local_now())).reached:
+            raise _OverQuota
 
     def _prompt(self, run: Run, role: Role) -> list[dict[str, str]]:
         # Append-only: system prompt + transcript is a shared prefix across agents (upstream cache hits).

@@ -90,7 +90,7 @@ def test_login_rate_limit_per_ip(database_url: str, redis_prefix: str) -> None:
         pool = await create_pool(database_url)
         redis = Redis.from_url(TEST_REDIS_URL)
         email = f"ip{secrets.token_hex(4)}@example.test"
-        await auth.register(pool, email, "right-password")
+        await auth.insert_user(pool, email, "right-password")
         outcomes = []
         for _ in range(4):
             try:

@@ -43,6 +43,6 @@ def test_rejected_access_tokens(token: str) -> None:
 
 
 def test_refresh_tokens_are_random_and_stored_hashed() -> None:
-    a, b = security.new_refresh_token(), security.new_refresh_token()
+    a, b = security.new_token(), security.new_token()
     assert a != b and len(a) >= 40
-    assert security.refresh_token_hash(a) != a.encode() and len(security.refresh_token_hash(a)) == 32
+    assert security.token_hash(a) != a.encode() and len(security.token_hash(a)) == 32

@@ -23,8 +23,12 @@ RefreshCookie = Annotated[str | None, Cookie(alias=REFRESH_COOKIE, max_length=20
 
 
 class Credentials(BaseModel):
-    email: str = Field(pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$", max_length=254)
-    password: str = Field(min_length=8, max_length=256)
+    email: str = Field(pattern=auth.EMAIL_PATTERN, max_length=auth.EMAIL_MAX)
+    password: str = Field(min_length=auth.PASSWORD_MIN, max_length=auth.PASSWORD_MAX)
+
+
+class Registration(Credentials):
+    invitation: str | None = Field(default=None, max_length=200)  # REGISTRATION_MODE=invite
 
 
 class RefreshBody(BaseModel):
@@ -68,9 +72,11 @@ def _presented(body: RefreshBody | None, cookie: str | None) -> str:
 
 
 @router.post("/register", status_code=status.HTTP_201_CREATED)
-async def register(body: Credentials, res: Res) -> UserOut:
+async def register(body: Registration, res: Res) -> UserOut:
     try:
-        user_id = await auth.register(res.pool, body.email, body.password)
+        user_id = await auth.register(res.pool, res.settings, body.email, body.password, body.invitation)
+    except auth.RegistrationRefusedError as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from None
     except auth.EmailTakenError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     return UserOut(id=user_id, email=body.email.lower())

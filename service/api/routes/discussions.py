@@ -11,12 +11,14 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from pydantic import BaseModel, Field, field_validator
 
-from service import discussions
+from service import discussions, quota
 from service.agents.presets import DEFAULT_PANEL, ROLES
 from service.api.deps import Res, UserId, not_found
 
 router = APIRouter(prefix="/api", tags=["discussions"])
 WS_TICKET_TTL_SECONDS = 30
+# Far beyond any real list, far below PostgreSQL's bigint: a larger offset is a 422, not a database error.
+MAX_OFFSET = 1_000_000
 
 
 class DiscussionIn(BaseModel):
@@ -63,6 +65,17 @@ class DiscussionDetail(DiscussionOut):
     messages: list[MessageOut]
 
 
+class UsageOut(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    cache_hit_tokens: int
+    turns: int
+    tokens_today: int
+    daily_token_quota: int | None  # None: an admin, limited by the service's daily ceiling only
+    tokens_left_today: int  # the largest token_budget a new discussion may have now
+    resets_at: datetime.datetime
+
+
 class TicketIn(BaseModel):
     discussion_id: uuid.UUID
 
@@ -91,16 +104,23 @@ async def list_roles() -> Response:
 
 @router.post("/discussions", status_code=status.HTTP_201_CREATED)
 async def create_discussion(body: DiscussionIn, user_id: UserId, res: Res) -> DiscussionOut:
-    row = await discussions.create(
-        res.pool,
-        user_id,
-        body.topic,
-        body.panel,
-        body.max_rounds,
-        body.token_budget,
-        res.orchestrator.worker_id,
-        res.settings.discussion_lease_seconds,
-    )
+    try:
+        row = await discussions.create(
+            res.pool,
+            res.settings,
+            user_id,
+            body.topic,
+            body.panel,
+            body.max_rounds,
+            body.token_budget,
+            res.orchestrator.worker_id,
+        )
+    except quota.QuotaExceededError as exc:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(exc.retry_after)}
+        ) from None
+    except quota.AccountDisabledError as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from None
     # Runs here, in the worker that received the request, under a lease any worker can take over.
     res.orchestrator.launch(row["id"])
     return DiscussionOut(**row)
@@ -108,7 +128,7 @@ async def create_discussion(body: DiscussionIn, user_id: UserId, res: Res) -> Di
 
 @router.get("/discussions")
 async def list_discussions(
-    user_id: UserId, res: Res, limit: int = Query(20, ge=1, le=100), offset: int = Query(0, ge=0)
+    user_id: UserId, res: Res, limit: int = Query(20, ge=1, le=100), offset: int = Query(0, ge=0, le=MAX_OFFSET)
 ) -> list[DiscussionOut]:
     return [DiscussionOut(**r) for r in await discussions.list_for_user(res.pool, user_id, limit, offset)]
 
@@ -144,8 +164,19 @@ async def delete_discussion(discussion_id: uuid.UUID, user_id: UserId, res: Res)
 
 
 @router.get("/usage")
-async def usage(user_id: UserId, res: Res) -> dict[str, int]:
-    return await discussions.usage_for_user(res.pool, user_id)
+async def usage(user_id: UserId, res: Res) -> UsageOut:
+    """All-time totals, and what is left of today's limits."""
+    try:
+        today = await quota.day_usage(res.pool, res.settings, user_id, quota.local_now())
+    except quota.AccountDisabledError as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from None
+    return UsageOut(
+        **await discussions.usage_for_user(res.pool, user_id),
+        tokens_today=today.user_tokens,
+        daily_token_quota=today.user_quota,
+        tokens_left_today=today.left,
+        resets_at=today.resets_at,
+    )
 
 
 @router.post("/ws-ticket")

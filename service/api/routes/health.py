@@ -12,8 +12,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service import metrics
+from service import metrics, quota
 from service.api.deps import Res
+from service.db import DATABASE_ERRORS
 
 router = APIRouter(tags=["ops"])
 PROBE_TIMEOUT_SECONDS = 2.0
@@ -55,7 +56,13 @@ async def health(res: Res) -> JSONResponse:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def prometheus_metrics(request: Request) -> Response:
+async def prometheus_metrics(request: Request, res: Res) -> Response:
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+            spent: int | None = await quota.service_tokens_today(res.pool, quota.local_now())
+    except (*DATABASE_ERRORS, TimeoutError):
+        spent = None  # the other metrics still answer; ApiUnhealthy tells of the database
+    daily = metrics.DailyTokens(spent, res.settings.daily_token_ceiling)
     # Reading the multiprocess files and Redis blocks, so it runs off the event loop.
-    body = await asyncio.to_thread(metrics.render, request.app.state.slots_collector)
+    body = await asyncio.to_thread(metrics.render, request.app.state.slots_collector, daily)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

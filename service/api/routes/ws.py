@@ -7,6 +7,7 @@ import uuid
 from contextlib import suppress
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect, status
+from fastapi.exceptions import WebSocketRequestValidationError
 
 from service import discussions, security
 from service.api.deps import Resources
@@ -17,6 +18,18 @@ from service.streaming import FINISHED, SlowConsumerError, Subscription
 router = APIRouter()
 CLOSE_TIMEOUT_SECONDS = 2.0
 AUTH_MESSAGE_TIMEOUT_SECONDS = 5.0
+# Sequence numbers are Redis INCRs; past 2^53 JSON clients lose precision, and Redis refuses ids past 2^64.
+MAX_SEQ = 2**53 - 1
+
+
+async def refuse_invalid_request(websocket: WebSocket, exc: Exception) -> None:
+    """A path or query value out of range: accepted, then closed 1008 naming the field, so that a browser (which
+    never sees a refused handshake's status) can tell what was wrong."""
+    errors = exc.errors() if isinstance(exc, WebSocketRequestValidationError) else []
+    first = errors[0] if errors else {"loc": ["request"], "msg": "invalid"}
+    reason = f"{first['loc'][-1]}: {first['msg']}".encode()[:123].decode(errors="ignore")  # a close reason's limit
+    await websocket.accept()
+    await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason=reason)
 
 
 async def _first_message_user(websocket: WebSocket, res: Resources) -> uuid.UUID | None:
@@ -44,8 +57,8 @@ async def _ticket_user(res: Resources, ticket: str, discussion_id: uuid.UUID) ->
 async def discussion_events(
     websocket: WebSocket,
     discussion_id: uuid.UUID,
-    ticket: str | None = Query(None),
-    after: int = Query(0, ge=0),
+    ticket: str | None = Query(None, max_length=200),
+    after: int = Query(0, ge=0, le=MAX_SEQ),
 ) -> None:
     """Authenticated by `?ticket=` (single use, from /api/ws-ticket) or, without one, by a first message
     carrying the access token, which must arrive within AUTH_MESSAGE_TIMEOUT_SECONDS of the handshake."""
@@ -61,12 +74,15 @@ async def discussion_events(
         await websocket.accept()
         user_id = await _first_message_user(websocket, res)
     # Ownership is re-checked: the discussion may have been deleted since the ticket was issued.
-    if user_id is None or not await discussions.owns(res.pool, user_id, discussion_id):
+    state = await discussions.status_for_user(res.pool, user_id, discussion_id) if user_id is not None else None
+    if state is None:
         reason = "invalid ticket or discussion" if ticket is not None else "invalid auth message or discussion"
         await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason=reason)
         return
     if ticket is not None:
         await websocket.accept()
+    if await _answered_past_the_end(websocket, res, discussion_id, state, after):
+        return
     WEBSOCKET_CONNECTIONS.inc()
     drain: Drain = websocket.app.state.drain
     try:
@@ -75,6 +91,27 @@ async def discussion_events(
                 await _serve(websocket, sub, drain)
     finally:
         WEBSOCKET_CONNECTIONS.dec()
+
+
+async def _answered_past_the_end(
+    websocket: WebSocket, res: Resources, discussion_id: uuid.UUID, state: str, after: int
+) -> bool:
+    """Close a socket that has nothing to wait for (True), instead of leaving it silent forever: past the end of a
+    finished discussion it gets the final event and a normal close; past the last event of a running one, 1008."""
+    last = await res.events.last_event(discussion_id)
+    code, reason = status.WS_1000_NORMAL_CLOSURE, ""
+    if last is not None and last["type"] == FINISHED and after >= last["seq"]:
+        await websocket.send_json(last)
+    elif last is None and state not in discussions.ACTIVE_STATUSES:
+        reason = f"discussion finished and its events are no longer kept; GET /api/discussions/{discussion_id}"
+    elif after > (last["seq"] if last else 0):
+        code = status.WS_1008_POLICY_VIOLATION
+        reason = f"after={after} is past the last event ({last['seq'] if last else 0}); reconnect with a seq you got"
+    else:
+        return False
+    with suppress(Exception):  # the peer may already be gone
+        await asyncio.wait_for(websocket.close(code=code, reason=reason), CLOSE_TIMEOUT_SECONDS)
+    return True
 
 
 async def _serve(websocket: WebSocket, sub: Subscription, drain: Drain) -> None:
