@@ -13,6 +13,7 @@ from invoke.tasks import task
 
 from appliance import render as rendering
 from appliance import sandbox as sandboxes
+from appliance import users as accounts
 from appliance import views
 from appliance.backup import operate as backups_edge
 from appliance.bootstrap import acme, bootstrap, bootstrap_files
@@ -389,6 +390,91 @@ def restore_drill(
     print(backups_edge.drill(load(config, env, host), backup))
 
 
+EMAIL_HELP = {**COMMON_HELP, "email": "the account's email address"}
+
+
+@task(name="add", help={**EMAIL_HELP, "admin": "an admin: not bound by service.daily_token_quota (the ceiling holds)"})
+@one_line_errors
+def users_add(
+    c: Context,
+    email: str,
+    admin: bool = False,
+    config: str | None = None,
+    env: str | None = None,
+    host: str | None = None,
+) -> None:
+    """Add an account; its password is asked for (or read from standard input), never taken as a flag."""
+    password = accounts.read_password(sys.stdin)
+    print(accounts.run_users(load(config, env, host), *accounts.add_words(email, admin), password=password))
+
+
+@task(name="list", help=COMMON_HELP)
+@one_line_errors
+def users_list(c: Context, config: str | None = None, env: str | None = None, host: str | None = None) -> None:
+    """List the accounts: role, active or disabled, created, discussions, tokens spent today."""
+    print(accounts.run_users(load(config, env, host), "list"))
+
+
+@task(name="disable", help=EMAIL_HELP)
+@one_line_errors
+def users_disable(
+    c: Context, email: str, config: str | None = None, env: str | None = None, host: str | None = None
+) -> None:
+    """Disable an account: no more logins or discussions; its running discussions stop."""
+    print(accounts.run_users(load(config, env, host), "disable", email))
+
+
+@task(name="enable", help=EMAIL_HELP)
+@one_line_errors
+def users_enable(
+    c: Context, email: str, config: str | None = None, env: str | None = None, host: str | None = None
+) -> None:
+    """Enable a disabled account again."""
+    print(accounts.run_users(load(config, env, host), "enable", email))
+
+
+@task(name="admin", help=EMAIL_HELP)
+@one_line_errors
+def users_admin(
+    c: Context, email: str, config: str | None = None, env: str | None = None, host: str | None = None
+) -> None:
+    """Make an account an admin (exempt from the per-user daily token quota)."""
+    print(accounts.run_users(load(config, env, host), "admin", email))
+
+
+@task(name="delete", help={**EMAIL_HELP, "yes": "do not ask for confirmation"})
+@one_line_errors
+def users_delete(
+    c: Context,
+    email: str,
+    yes: bool = False,
+    config: str | None = None,
+    env: str | None = None,
+    host: str | None = None,
+) -> None:
+    """Delete an account and all its data: discussions, their events, files, usage, logins."""
+    if not yes and input(f"delete {email} and all its data? type yes: ").strip() != "yes":
+        raise StepFailed("delete cancelled: nothing was changed")
+    print(accounts.run_users(load(config, env, host), "delete", email))
+
+
+@task(
+    name="invite",
+    help={**COMMON_HELP, "days": "how long the code stays valid (1-365)", "note": "who it is for (kept with it)"},
+)
+@one_line_errors
+def users_invite(
+    c: Context,
+    days: int = 7,
+    note: str = "",
+    config: str | None = None,
+    env: str | None = None,
+    host: str | None = None,
+) -> None:
+    """Print a single-use sign-up code, for service.registration = "invite"."""
+    print(accounts.run_users(load(config, env, host), *accounts.invite_words(days, note)))
+
+
 namespace = Collection(
     config,
     render,
@@ -402,6 +488,7 @@ namespace = Collection(
     Collection("lock", lock_break),
     Collection("tls", tls_renew),
     Collection("sandbox", sandbox_up, sandbox_down, sandbox_login),
+    Collection("users", users_add, users_list, users_disable, users_enable, users_admin, users_delete, users_invite),
     backup_now,
     backups,
     Collection("restore", restore_backup, restore_drill),

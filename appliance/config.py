@@ -165,6 +165,12 @@ class Service(_Section):
     artifact_cos_bucket: str | None = None
     artifact_cos_region: str | None = None
     artifact_cos_endpoint: str | None = None
+    # Who may sign up: "closed" (only `inv users.add`), "invite" (`inv users.invite` codes) or "open" (anyone:
+    # every visitor can spend the LLM account's money).
+    registration: Literal["open", "invite", "closed"] = "closed"
+    # LLM tokens a day (since midnight in `timezone`): per user (admins exempt), and for the whole service.
+    daily_token_quota: int = Field(default=500_000, ge=1)
+    daily_token_ceiling: int = Field(default=5_000_000, ge=1)
     # Run the project's local OpenAI-compatible stand-in next to the API (a sandbox; never production).
     llm_stub: bool = False
 
