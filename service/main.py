@@ -18,6 +18,7 @@ from service.agents.orchestration import Orchestrator
 from service.agents.slots import AgentSlots
 from service.api.deps import Resources
 from service.api.routes import account, auth, discussions, files, health, ws
+from service.client_address import ClientAddress
 from service.cors import CrossOriginOnly
 from service.db import create_pool
 from service.drain import Drain
@@ -95,6 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expose_headers=["X-Request-ID"],
     )
     app.add_middleware(RequestContextMiddleware, access_log=access_log)
+    # Outermost: everything inside, the rate limits and the request log included, sees the real client.
+    app.add_middleware(ClientAddress, trusted=settings.trusted_proxies)
     # The routes themselves, not include_router(): an included router is matched route by route through
     # a per-router context on every request, which cost ~13 us a request here (bench/README.md).
     for module in (auth, account, discussions, files, health, ws):

@@ -51,14 +51,16 @@ class AccessLog:
         self._second = -1
         self._second_text = ""
 
-    def add(self, rid: str, method: str, route: str, status: int, seconds: float) -> None:
+    def add(self, rid: str, client: str, method: str, route: str, status: int, seconds: float) -> None:
         now = time.time()
         second = int(now)
         if second != self._second:
             self._second, self._second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        # `client` is an IP address (the peer's, or one ClientAddress validated): nothing in it needs escaping.
         line = (
             f'{{"ts": "{self._second_text}.{int((now - second) * 1000):03d}Z", "level": "info",'
-            f' "logger": "{log.name}", "msg": "request", "request_id": "{rid}", "method": {_json_text(method)},'
+            f' "logger": "{log.name}", "msg": "request", "request_id": "{rid}", "client": "{client}",'
+            f' "method": {_json_text(method)},'
             f' "route": {_json_text(route)}, "status": {status}, "duration_ms": {round(seconds * 1000, 2)}}}\n'
         )
         self._lines.append(line)
@@ -114,7 +116,8 @@ class RequestContextMiddleware:
             method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
             self._observe(method, route, status_code, elapsed)
             if log.isEnabledFor(logging.INFO):
-                self.access_log.add(rid, method, route, status_code, elapsed)
+                peer = scope.get("client")
+                self.access_log.add(rid, peer[0] if peer else "", method, route, status_code, elapsed)
             request_id.reset(token)
 
     def _observe(self, method: str, route: str, status: int, seconds: float) -> None:

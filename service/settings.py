@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.client_address import parse_trusted
+
 REGISTRATION_MODES = ("open", "invite", "closed")
 # LLM tokens a day (since local midnight): per user, and for the whole service.
 DEFAULT_DAILY_TOKEN_QUOTA = 500_000
@@ -47,6 +49,8 @@ class Settings:
     login_window_seconds: int
     max_upload_bytes: int
     ws_drain_seconds: float
+    # Proxies whose X-Real-IP names the client (addresses, networks or host names): service/client_address.py.
+    trusted_proxies: tuple[str, ...]
     registration_mode: str
     daily_token_quota: int
     daily_token_ceiling: int
@@ -93,6 +97,15 @@ def _cos(env: Mapping[str, str], backend: str, name: str) -> str | None:
     return env[name].strip()
 
 
+def _trusted_proxies(env: Mapping[str, str]) -> tuple[str, ...]:
+    entries = tuple(part.strip() for part in env.get("TRUSTED_PROXIES", "").split(",") if part.strip())
+    try:
+        parse_trusted(entries)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    return entries
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build settings from `env` (default: os.environ); raise SettingsError on the first bad one."""
     env = os.environ if env is None else env
@@ -135,6 +148,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         login_window_seconds=int(_number(env, "LOGIN_WINDOW_SECONDS", "300", int)),
         max_upload_bytes=int(_number(env, "MAX_UPLOAD_BYTES", str(10 * 1024 * 1024), int)),
         ws_drain_seconds=float(_number(env, "WS_DRAIN_SECONDS", "2", float)),
+        trusted_proxies=_trusted_proxies(env),
         registration_mode=registration,
         daily_token_quota=int(_number(env, "DAILY_TOKEN_QUOTA", str(DEFAULT_DAILY_TOKEN_QUOTA), int)),
         daily_token_ceiling=int(_number(env, "DAILY_TOKEN_CEILING", str(DEFAULT_DAILY_TOKEN_CEILING), int)),

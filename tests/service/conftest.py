@@ -171,6 +171,7 @@ def service_env(database_url: str, redis_prefix: str, fake_llm: FakeLlm, tmp: Pa
         "WORKFLOW_TIMEOUT": "120",
         "DISCUSSION_LEASE_SECONDS": "3",
         "LOGIN_MAX_ATTEMPTS_PER_IP": "1000",
+        "TRUSTED_PROXIES": "127.0.0.1",  # the tests play nginx: their X-Real-IP names the client
         "REGISTRATION_MODE": "open",  # the service's default is closed; these tests sign users up freely
         "WEB_CONCURRENCY": "2",
         "LOG_LEVEL": "INFO",

@@ -57,20 +57,32 @@ def test_wrong_password_and_account_rate_limit(client: httpx.Client) -> None:
     assert unknown.status_code == 401
 
 
+def logged(service: Service, rid: str) -> list[dict[str, Any]]:
+    """The service's log lines of request `rid`, once there is one (every line is JSON)."""
+
+    def lines() -> list[dict[str, Any]]:
+        entries = [json.loads(line) for line in service.log_path.read_text().splitlines()]
+        return [entry for entry in entries if entry.get("request_id") == rid]
+
+    wait_until(lambda: bool(lines()), 5, "the request log line")
+    return lines()
+
+
 def test_request_id_is_returned_and_logged_as_json(client: httpx.Client, service: Service) -> None:
     rid = f"req-{secrets.token_hex(4)}"
     echoed = client.get("/api/roles", headers={"X-Request-ID": rid})
     assert echoed.headers["X-Request-ID"] == rid
     generated = client.get("/api/health", headers={"X-Request-ID": "bad id with spaces"})
     assert generated.headers["X-Request-ID"] not in ("", "bad id with spaces")
-
-    def logged() -> list[dict[str, Any]]:
-        lines = [json.loads(line) for line in service.log_path.read_text().splitlines()]  # every line is JSON
-        return [entry for entry in lines if entry.get("request_id") == rid]
-
-    wait_until(lambda: bool(logged()), 5, "the request log line")
-    (entry,) = logged()
+    (entry,) = logged(service, rid)
     assert entry["route"] == "/api/roles" and entry["status"] == 200 and entry["duration_ms"] >= 0
+    assert entry["client"] == "127.0.0.1"
+
+
+def test_the_client_address_is_the_trusted_proxys_x_real_ip(client: httpx.Client, service: Service) -> None:
+    rid = f"req-{secrets.token_hex(4)}"
+    client.get("/api/roles", headers={"X-Request-ID": rid, "X-Real-IP": "203.0.113.77"})
+    assert logged(service, rid)[0]["client"] == "203.0.113.77"
 
 
 def test_login_rate_limit_per_ip(database_url: str, redis_prefix: str) -> None:
