@@ -1,7 +1,8 @@
 """A working login for the web console of a deployed appliance (the quickstart's last line).
 
-The user is made once through the public API over TLS, trusting the appliance's own CA, and its
-password kept in a 0600 file, so that a re-run prints the same login; on a new sandbox it is made again.
+The user is made once through the public API over TLS, trusting the appliance's own CA (read from the
+operator's machine, not from the host it vouches for), and its password kept in a 0600 file, so that a re-run
+prints the same login; on a new sandbox it is made again.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from appliance.config import Config
 from appliance.errors import ApplianceError
-from appliance.remote import open_host
+from appliance.private_ca import CA_CERT
 from appliance.render import site_origin
 
 RATE_LIMIT_PATIENCE_SECONDS = 60.0
@@ -66,8 +67,12 @@ def _post(url: str, body: dict[str, str], tls: ssl.SSLContext) -> int:
 
 def console_login(config: Config, saved: Path, ca_out: Path) -> ConsoleLogin:
     """Register (once) and log in the demo user; the appliance's CA is written to `ca_out` for a browser."""
-    with open_host(config) as host:
-        ca = host.run(f"cat {config.settings.base_dir}/shared/certs/ca.pem").stdout
+    ca_file = config.ca_path / CA_CERT
+    if config.settings.tls.mode != "self-signed" or not ca_file.is_file():
+        raise ApplianceError(
+            f"no private CA in {ca_file}: the console login needs tls.mode 'self-signed', bootstrapped"
+        )
+    ca = ca_file.read_text(encoding="utf-8")
     ca_out.parent.mkdir(parents=True, exist_ok=True)
     ca_out.write_text(ca, encoding="utf-8")
     tls = ssl.create_default_context(cadata=ca)

@@ -360,6 +360,7 @@ def _write_config(sandbox: Sandbox, state_dir: Path, standins: dict[str, str]) -
     context = {
         "sandbox": sandbox,
         "secrets_file": secrets_file,
+        "ca_dir": state_dir / "ca",
         "marker": config_marker(sandbox.name),
         "base_image": BASE_IMAGE,
         "standins": standins,
