@@ -22,10 +22,13 @@ from websockets.typing import Origin
 
 @dataclass(frozen=True)
 class Site:
-    """The appliance as a browser sees it: https://127.0.0.1:PORT, trusting the appliance's own CA."""
+    """The appliance as a browser sees it: https://127.0.0.1:PORT, trusting the appliance's own CA.
+    With `server_name` (a site whose certificate names its domain), the HTTP client still connects to
+    127.0.0.1:PORT but sends that name as SNI and Host, and checks the certificate against it."""
 
     port: int
     ca_pem: str
+    server_name: str | None = None
 
     @property
     def origin(self) -> str:
@@ -35,7 +38,20 @@ class Site:
         return ssl.create_default_context(cadata=self.ca_pem)
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.origin, verify=self.tls(), timeout=10)
+        if self.server_name is None:
+            return httpx.Client(base_url=self.origin, verify=self.tls(), timeout=10)
+        name = self.server_name
+
+        def sni(request: httpx.Request) -> None:
+            request.extensions["sni_hostname"] = name
+
+        return httpx.Client(
+            base_url=self.origin,
+            verify=self.tls(),
+            timeout=10,
+            headers={"Host": name},
+            event_hooks={"request": [sni]},
+        )
 
     def new_user(self) -> dict[str, str]:
         """Register and log in a fresh user; the Authorization header for it."""
