@@ -16,7 +16,7 @@ from appliance import sandbox as sandboxes
 from appliance import users as accounts
 from appliance import views
 from appliance.backup import operate as backups_edge
-from appliance.bootstrap import acme, bootstrap, bootstrap_files
+from appliance.bootstrap import bootstrap, bootstrap_files, tls
 from appliance.build import build_api_image, default_version
 from appliance.cli import COMMON_HELP, load, one_line_errors, print_outcome
 from appliance.console_login import console_login
@@ -253,8 +253,8 @@ def lock_break(c: Context, config: str | None = None, env: str | None = None, ho
     name="renew",
     help={
         **COMMON_HELP,
-        "force": "renew now even if the certificate is not due (certbot --force-renewal)",
-        "check": "show whether certbot would be asked; change nothing",
+        "force": "renew now even if the certificate is not due (ACME: certbot --force-renewal)",
+        "check": "show whether a certificate would be issued; change nothing",
     },
 )
 @one_line_errors
@@ -266,10 +266,11 @@ def tls_renew(
     env: str | None = None,
     host: str | None = None,
 ) -> None:
-    """tls.mode "acme": request the certificate if the host has none, renew it when due (30 days) or forced."""
+    """The site's certificate, issued or renewed when due (30 days) or forced: ACME, or the private CA."""
     loaded = load(config, env, host)
     target = loaded.settings.hosts[0].target
-    print_outcome(acme.renew(loaded, force=force, check=check), f"{target}: TLS ({loaded.settings.domain})", target)
+    name = tls.site_name(loaded.settings)
+    print_outcome(tls.renew(loaded, force=force, check=check), f"{target}: TLS certificate for {name}", target)
 
 
 SANDBOX_HELP = {

@@ -19,7 +19,7 @@ import docker
 import docker.errors
 
 from appliance import notify
-from appliance.bootstrap.acme import issuance_steps
+from appliance.bootstrap.tls import certificate_steps
 from appliance.build import LOCK, bundle_commit
 from appliance.config import Config, Settings
 from appliance.errors import StepFailed
@@ -400,7 +400,7 @@ def deploy(
             *switch_steps(release, previous),
             PruneReleases(settings, settings.keep_releases),
             # Last: nginx now serves the ACME challenge folder, and a failed request leaves the release serving.
-            *issuance_steps(settings),
+            *certificate_steps(config),
         ]
         if check:
             # `inv deploy` builds the image before anything reaches the host; --check builds nothing.

@@ -14,10 +14,7 @@ from dataclasses import dataclass
 from appliance.bootstrap.tls import cert_expiry_command, certs_dir, reload_nginx
 from appliance.config import Config, Settings
 from appliance.errors import ConfigError
-from appliance.executor import Executor, StepResult
-from appliance.remote import open_host
 from appliance.render import render_host_template
-from appliance.secrets import load_secrets
 from appliance.shell import sh
 from appliance.steps import Action, ConfigFiles, Converge, Facts, ManagedFile, Packages, Run, Step
 
@@ -243,18 +240,3 @@ def acme_steps(config: Config) -> list[Step]:
         )
     )
     return steps
-
-
-def issuance_steps(settings: Settings, force: bool = False) -> list[Step]:
-    """What deploy runs once nginx serves the challenge folder: the ACME certificate; nothing in other modes."""
-    return [AcmeCertificate(settings, force)] if settings.tls.mode == "acme" else []
-
-
-def renew(config: Config, force: bool = False, check: bool = False) -> list[StepResult]:
-    """`inv tls.renew`: issue the certificate if it is missing, renew it when due (or now, with `force`)."""
-    settings = config.settings
-    if settings.tls.mode != "acme":
-        raise ConfigError(f"{config.path}: tls.mode is {settings.tls.mode!r}: tls.renew needs tls.mode 'acme'")
-    secrets = load_secrets(config.secrets_path)
-    with open_host(config) as remote:
-        return Executor(remote, check=check, redact=secrets.redact).apply_all(issuance_steps(settings, force))

@@ -11,7 +11,10 @@ from cryptography import x509
 from appliance.certificates import CertificateProblem, check_provided
 from appliance.config import Config, Settings
 from appliance.errors import ConfigError
+from appliance.executor import Executor, StepResult
 from appliance.private_ca import LEAF_DAYS, IssuedFiles, OperatorCa, issued_file_names, operator_ca, renewal_reason
+from appliance.remote import open_host
+from appliance.secrets import load_secrets
 from appliance.shell import sh
 from appliance.steps import Action, ConfigFiles, Facts, ManagedFile, Note, Run, Step, Stream
 
@@ -68,6 +71,7 @@ class PrivateCaCertificate:
     ca: OperatorCa
     ca_certificate: x509.Certificate | None  # the CA as it is now; None when issuing makes a new one
     new_ca_note: str | None
+    force: bool = False
 
     @property
     def name(self) -> str:
@@ -86,12 +90,16 @@ class PrivateCaCertificate:
         left_over = facts["old_ca"].stdout.split()
         if left_over:
             actions.append(Run(sh("rm", "-f", "--", *left_over), "delete the CA key an older version kept on the host"))
-        reason = renewal_reason(
-            facts["chain"].stdout if facts["chain"].ok else None,
-            facts["key"].stdout if facts["key"].ok else None,
-            self.ca_certificate,
-            self.subject,
-            datetime.datetime.now(datetime.timezone.utc),
+        reason = (
+            "renewal forced"
+            if self.force
+            else renewal_reason(
+                facts["chain"].stdout if facts["chain"].ok else None,
+                facts["key"].stdout if facts["key"].ok else None,
+                self.ca_certificate,
+                self.subject,
+                datetime.datetime.now(datetime.timezone.utc),
+            )
         )
         if reason is None:
             return actions
@@ -106,10 +114,10 @@ class PrivateCaCertificate:
         ]
 
 
-def private_ca_certificate(config: Config) -> PrivateCaCertificate:
+def private_ca_certificate(config: Config, force: bool = False) -> PrivateCaCertificate:
     settings, ca = config.settings, operator_ca(config)
     now = datetime.datetime.now(datetime.timezone.utc)
-    return PrivateCaCertificate(settings, site_name(settings), ca, ca.current(now), ca.why_new(now))
+    return PrivateCaCertificate(settings, site_name(settings), ca, ca.current(now), ca.why_new(now), force)
 
 
 @dataclass(frozen=True)
@@ -159,3 +167,24 @@ def tls_steps(config: Config) -> list[Step]:
 
         return acme_steps(config)
     return [private_ca_certificate(config)]
+
+
+def certificate_steps(config: Config, force: bool = False) -> list[Step]:
+    """The site's certificate kept current, at the end of every deploy and by `inv tls.renew`: ACME's first
+    issuance or renewal (nginx serves the challenge folder by then), the private CA's certificate issued again
+    when due (its key lives where these run), the provided files as they are now. Each is `ok` when nothing is
+    due; `force` renews now (a provided certificate is what its files are)."""
+    if config.settings.tls.mode == "acme":
+        from appliance.bootstrap.acme import AcmeCertificate
+
+        return [AcmeCertificate(config.settings, force)]
+    if config.settings.tls.mode == "provided":
+        return [provided_certificate(config)]
+    return [private_ca_certificate(config, force)]
+
+
+def renew(config: Config, force: bool = False, check: bool = False) -> list[StepResult]:
+    """`inv tls.renew`: the certificate steps on the config's host."""
+    secrets = load_secrets(config.secrets_path)
+    with open_host(config) as remote:
+        return Executor(remote, check=check, redact=secrets.redact).apply_all(certificate_steps(config, force))

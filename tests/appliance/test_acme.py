@@ -12,11 +12,10 @@ from appliance.bootstrap.acme import (
     AcmeCertificate,
     acme_steps,
     ca_bundle,
-    issuance_steps,
     one_line_failure,
-    renew,
     renewal_server,
 )
+from appliance.bootstrap.tls import PrivateCaCertificate, certificate_steps
 from appliance.config import Config, load_config
 from appliance.errors import ConfigError
 from appliance.shell import sh
@@ -142,12 +141,15 @@ def test_a_missing_ca_file_is_one_line_naming_the_field(tmp_path: Path) -> None:
     )
 
 
-def test_other_modes_request_nothing_and_tls_renew_says_why(tmp_path: Path) -> None:
-    config = acme_config(tmp_path, mode="self-signed")
-    assert issuance_steps(config.settings) == []
-    with pytest.raises(ConfigError) as caught:
-        renew(config)
-    assert str(caught.value) == f"{config.path}: tls.mode is 'self-signed': tls.renew needs tls.mode 'acme'"
+def test_deploy_and_tls_renew_keep_every_mode_current(tmp_path: Path) -> None:
+    """What deploy runs last and `inv tls.renew` applies: the mode's own certificate step, forceable."""
+    acme_steps_, private = (
+        certificate_steps(acme_config(tmp_path)),
+        certificate_steps(acme_config(tmp_path, mode="self-signed"), force=True),
+    )
+    assert [type(step).__name__ for step in acme_steps_] == ["AcmeCertificate"]
+    (step,) = private
+    assert isinstance(step, PrivateCaCertificate) and step.force
 
 
 def run_failing(output: str) -> subprocess.CompletedProcess[str]:
