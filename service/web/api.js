@@ -48,8 +48,10 @@ function plainWords(status, detail) {
   if (status === 404) return t("err.notFound");
   if (status === 413) return t("err.tooLarge");
   if (status === 415) return t("err.fileType");
+  if (status === 403) return detail ? t("err.forbidden", { detail }) : t("err.server");
   if (status === 422 || status === 400) return t("err.invalid", { detail });
-  if (status === 429) return t("err.rate");
+  // The API's own 429s say which limit (a daily token quota, the login limit); nginx's is an HTML page.
+  if (status === 429) return detail ? t("err.limit", { detail }) : t("err.rate");
   if (status === 502 || status === 503 || status === 504) return t("err.busy");
   return t("err.server");
 }
@@ -132,10 +134,17 @@ export async function login(email, password) {
   keep(await response.json());
 }
 
-export async function register(email, password) {
-  const response = await send("POST", "/api/auth/register", { json: { email, password } });
+export async function register(email, password, invitation = "") {
+  const json = invitation ? { email, password, invitation } : { email, password };
+  const response = await send("POST", "/api/auth/register", { json });
   if (response.status === 409) throw new ApiError(409, t("err.taken"));
   if (!response.ok) throw await failure(response);
+}
+
+/** Delete the account and all its data (the password confirms it); the session ends with it. */
+export async function deleteAccount(password) {
+  await request("DELETE", "/api/account", { json: { password } });
+  forget();
 }
 
 /** Revoke this login and clear its cookie. */

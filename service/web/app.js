@@ -71,6 +71,8 @@ function loginView(mode = "login") {
     required: true,
     autocomplete: mode === "login" ? "current-password" : "new-password",
   });
+  // Only for a site whose sign-up needs an invitation; empty otherwise.
+  const invitation = h("input", { type: "text", name: "invitation", autocomplete: "off", maxlength: 200 });
   const submit = h("button", { type: "submit", id: "auth-submit" }, t(mode === "login" ? "auth.login" : "auth.register"));
   const form = h(
     "form",
@@ -81,7 +83,7 @@ function loginView(mode = "login") {
         event.preventDefault();
         submit.disabled = true;
         try {
-          if (mode === "register") await api.register(email.value, password.value);
+          if (mode === "register") await api.register(email.value, password.value, invitation.value.trim());
           await api.login(email.value, password.value);
           clearNotice();
           if (mode === "register") notify(t("auth.registered"), "info");
@@ -96,6 +98,7 @@ function loginView(mode = "login") {
     h("h1", {}, t(mode === "login" ? "auth.login" : "auth.register")),
     h("label", {}, t("auth.email"), email),
     h("label", {}, t("auth.password"), password),
+    ...(mode === "register" ? [h("label", {}, t("auth.invitation"), invitation)] : []),
     submit,
     h(
       "button",
@@ -426,6 +429,41 @@ async function filesView() {
   show(upload, h("section", { class: "card" }, h("ul", { class: "files", id: "files" }, rows.length ? rows : h("li", { class: "muted" }, t("files.empty")))));
 }
 
+// --- account: delete it with all its data ----------------------------------------------------------
+
+async function accountView() {
+  const me = await api.getJson("/api/account");
+  const password = h("input", { type: "password", name: "password", required: true, autocomplete: "current-password" });
+  const confirm = h("button", { type: "submit", class: "danger", id: "delete-account" }, t("account.delete"));
+  const form = h(
+    "form",
+    {
+      class: "card narrow",
+      id: "account",
+      onsubmit: async (event) => {
+        event.preventDefault();
+        confirm.disabled = true;
+        try {
+          await api.deleteAccount(password.value);
+          document.getElementById("nav").hidden = true;
+          show(loginView());
+          notify(t("account.deleted"), "info");
+        } catch (error) {
+          notify(error.message);
+        } finally {
+          confirm.disabled = false;
+        }
+      },
+    },
+    h("h1", {}, t("account.title")),
+    h("p", {}, t("account.who", { email: me.email })),
+    h("p", { class: "muted" }, t("account.deleteWhat")),
+    h("label", {}, t("account.password"), password),
+    confirm,
+  );
+  show(form);
+}
+
 // --- shell ---------------------------------------------------------------------------------------
 
 async function render() {
@@ -439,6 +477,7 @@ async function render() {
   try {
     if (match) await discussionView(match[1]);
     else if (path === "/files") await filesView();
+    else if (path === "/account") await accountView();
     else await homeView();
   } catch (error) {
     if (!api.hasSession()) return; // the session ended: onSignedOut already shows the login
@@ -452,6 +491,7 @@ function setupShell() {
   document.getElementById("brand").textContent = t("brand");
   document.getElementById("nav-discussions").textContent = t("nav.discussions");
   document.getElementById("nav-files").textContent = t("nav.files");
+  document.getElementById("nav-account").textContent = t("nav.account");
   const logout = document.getElementById("logout");
   logout.textContent = t("nav.logout");
   logout.addEventListener("click", async () => {

@@ -337,3 +337,22 @@ def test_the_page_reconnects_when_the_api_restarts_and_the_text_goes_on(
     stored = stored_messages(site, email, password, discussion)
     assert [(t["role"], t["text"]) for t in final] == [(m["role"], m["content"]) for m in stored]
     assert not any(t["repaired"] for t in final)
+
+
+def test_a_user_deletes_their_account_in_chinese_and_can_no_longer_log_in(
+    site: Site, open_browser: OpenBrowser, tmp_path: Path
+) -> None:
+    email, password = site.register()
+    browser = open_browser("zh-CN", tmp_path / "downloads")
+    log_in(browser, f"{site.origin}/account", email, password)
+    wait_for(browser, visible("#account"))
+    assert email in browser.find_element(By.ID, "account").text
+    browser.find_element(By.CSS_SELECTOR, "#account [name=password]").send_keys("not-the-password")
+    browser.find_element(By.ID, "delete-account").click()
+    wait_for(browser, lambda d: "不允许" in d.find_element(By.ID, "banner").text)  # a wrong password deletes nothing
+    field = browser.find_element(By.CSS_SELECTOR, "#account [name=password]")
+    field.clear()
+    field.send_keys(password)
+    browser.find_element(By.ID, "delete-account").click()
+    wait_for(browser, lambda d: "已删除" in d.find_element(By.ID, "banner").text and visible("#login-form")(d))
+    assert site.attempt_login(email, password).status_code == 401

@@ -65,8 +65,14 @@ class Site:
         return email, password
 
     def log_in(self, email: str, password: str) -> dict[str, str]:
-        """The Authorization header of a logged-in user, after waiting out nginx's per-address login limit
-        (one attempt per 3 s once an earlier test used the allowance up)."""
+        """The Authorization header of a logged-in user."""
+        answer = self.attempt_login(email, password)
+        answer.raise_for_status()
+        return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+
+    def attempt_login(self, email: str, password: str) -> httpx.Response:
+        """The API's answer to a login, after waiting out nginx's per-address login limit (one attempt per 3 s
+        once an earlier test used the allowance up)."""
         deadline = time.monotonic() + 60
         with self.client() as client:
             while (
@@ -74,8 +80,7 @@ class Site:
             ).status_code == 429:
                 assert time.monotonic() < deadline, answer.text
                 time.sleep(3)
-        answer.raise_for_status()
-        return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+        return answer
 
     def use_up_login_allowance(self) -> None:
         """Wrong logins from this address until nginx's per-address limit answers 429."""
