@@ -243,6 +243,12 @@ def new_user(client: httpx.Client) -> User:
 
 
 @pytest.fixture
+def user(client: httpx.Client) -> User:
+    """A fresh user of the shared service, logged in."""
+    return new_user(client)
+
+
+@pytest.fixture
 def client(service: Service) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=service.url, timeout=30) as c:
         yield c

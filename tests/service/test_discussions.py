@@ -35,11 +35,6 @@ pytestmark = pytest.mark.integration
 PANEL = ["fundamentals", "bull", "bear"]
 
 
-@pytest.fixture
-def user(client: httpx.Client) -> User:
-    return new_user(client)
-
-
 def assert_contiguous(events: list[dict[str, Any]], start: int = 1) -> None:
     assert [e["seq"] for e in events] == list(range(start, start + len(events)))
 

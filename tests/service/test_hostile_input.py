@@ -16,7 +16,6 @@ from tests.service.conftest import (
     Service,
     User,
     create_discussion,
-    new_user,
     read_events,
     wait_finished,
     ws_ticket,
@@ -24,11 +23,6 @@ from tests.service.conftest import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def user(client: httpx.Client) -> User:
-    return new_user(client)
 
 
 def closing(

@@ -34,11 +34,6 @@ from tests.service.conftest import (
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def user(client: httpx.Client) -> User:
-    return new_user(client)
-
-
 def bare_url(service: Service, discussion_id: str, after: int = 0) -> str:
     return f"ws://{service.url.removeprefix('http://')}/ws/discussions/{discussion_id}?after={after}"
 
