@@ -20,7 +20,7 @@ from appliance.bootstrap import bootstrap, bootstrap_files, tls
 from appliance.build import build_api_image, default_version
 from appliance.cli import COMMON_HELP, load, one_line_errors, print_outcome
 from appliance.console_login import console_login
-from appliance.deploy import break_lock, current_release
+from appliance.deploy import break_lock, current_release, deploy_secrets
 from appliance.deploy import deploy as deploy_release
 from appliance.deploy import rollback as rollback_release
 from appliance.errors import ConfigError, StepFailed
@@ -136,6 +136,7 @@ def deploy(
     """Build the API image and put a release on the host; the old one serves until the new one is healthy."""
     loaded = load(config, env, host)
     version = version or default_version()
+    deploy_secrets(loaded)  # a missing secret is one line now, not after a build of minutes
     if image is None and not check:
         print(f"building {api_image(loaded.settings, version)}")
         image = build_api_image(loaded, version)

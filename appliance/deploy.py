@@ -40,7 +40,7 @@ from appliance.registry import ImagePulled, RegistryLogin, push
 from appliance.releases import PruneReleases, Release, manifest, rollback_target
 from appliance.remote import RemoteHost, open_host
 from appliance.render import api_image, check_artifact_key, monitoring_images, release_files
-from appliance.secrets import ensure_generated, load_secrets
+from appliance.secrets import Secrets, ensure_generated, load_secrets
 from appliance.shell import sh
 from appliance.steps import Action, Facts, ManagedFile, Run, Step
 from appliance.views import health_probe
@@ -346,6 +346,16 @@ def build_pending(ref: str, settings: Settings) -> StepResult:
     return StepResult("build API image", "pending", 0.0, [f"build {ref} for {settings.images.platform} ({LOCK})"])
 
 
+def deploy_secrets(config: Config) -> Secrets:
+    """The secrets a deploy needs, generated ones made first; a missing one is one line, before any build or host."""
+    ensure_generated(config.secrets_path)
+    secrets = load_secrets(config.secrets_path)
+    through_registry = config.settings.images.transport == "registry"
+    secrets.require(["AI_API_KEY", *(["REGISTRY_PASSWORD"] if through_registry else [])])
+    check_artifact_key(config, secrets)
+    return secrets
+
+
 def deploy(
     config: Config,
     image: str,
@@ -357,10 +367,7 @@ def deploy(
     """Put release `version` (API image `image`, already built locally) on the config's host."""
     settings = config.settings
     through_registry = settings.images.transport == "registry"
-    ensure_generated(config.secrets_path)
-    secrets = load_secrets(config.secrets_path)
-    secrets.require(["AI_API_KEY", *(["REGISTRY_PASSWORD"] if through_registry else [])])
-    check_artifact_key(config, secrets)
+    secrets = deploy_secrets(config)
     release = Release(settings, version)
     with open_host(config) as remote:
         _bootstrapped(remote, settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -111,6 +112,23 @@ def test_registry_transport_needs_its_password_before_anything_happens(tmp_path:
     config = load_config(config_file)
     with pytest.raises(ConfigError, match=r"missing secret\(s\) REGISTRY_PASSWORD"):
         deploy(config, "cvm-appliance/api:v1", "v1")
+
+
+def test_inv_deploy_names_a_missing_secret_before_it_builds_anything(tmp_path: Path) -> None:
+    config_file = tmp_path / "appliance.toml"
+    config_file.write_text((REPO / "appliance.example.toml").read_text())
+    (tmp_path / "secrets.env").write_text("")
+    (tmp_path / "secrets.env").chmod(0o600)
+    run = subprocess.run(
+        [sys.executable, "-m", "invoke", "deploy", "--config", str(config_file)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "building" not in run.stdout and "AI_API_KEY" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
 
 
 def test_registry_steps_log_in_with_the_password_on_stdin_and_pull_only_what_is_missing() -> None:
