@@ -52,7 +52,9 @@ function plainWords(status, detail) {
   if (status === 422 || status === 400) return t("err.invalid", { detail });
   // The API's own 429s say which limit (a daily token quota, the login limit); nginx's is an HTML page.
   if (status === 429) return detail ? t("err.limit", { detail }) : t("err.rate");
-  if (status === 502 || status === 503 || status === 504) return t("err.busy");
+  // The API's own 502/503 name the cause (e.g. file storage refusing the appliance's key); nginx's say nothing.
+  if (status === 502 || status === 503) return detail ? t("err.unavailable", { detail }) : t("err.busy");
+  if (status === 504) return t("err.busy");
   return t("err.server");
 }
 
