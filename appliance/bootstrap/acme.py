@@ -240,3 +240,17 @@ def acme_steps(config: Config) -> list[Step]:
         )
     )
     return steps
+
+
+def acme_left_behind(settings: Settings) -> Converge:
+    """Leaving tls.mode "acme": certbot's timer must no longer renew the lineage, nor its deploy hook copy it
+    over the new mode's certificate. The hook names the lineage (its `live=` line)."""
+    hook, drop_in = deploy_hook(settings), timer_drop_in(settings)
+    lineage = f"$(sed -n 's|^live=.*/||p' {sh(hook)})"
+    delete = f'(command -v certbot >/dev/null && certbot delete --non-interactive --cert-name "{lineage}" || true)'
+    return Converge(
+        "no ACME certificate left renewing",
+        f"! test -e {sh(hook)}",
+        f"{delete} && rm -f {sh(hook)} {sh(drop_in)} && systemctl daemon-reload",
+        "tls.mode is no longer acme: delete certbot's lineage and the deploy hook",
+    )

@@ -157,16 +157,16 @@ def provided_certificate(config: Config) -> ProvidedCertificate:
 
 
 def tls_steps(config: Config) -> list[Step]:
-    settings = config.settings
-    if settings.tls.mode == "provided":
-        return [provided_certificate(config)]
-    if settings.tls.mode == "acme":
-        # acme.py builds on this module's helpers, hence the import here. The first certificate is requested
-        # by deploy, once nginx serves the webroot; until then a placeholder keeps nginx able to start.
-        from appliance.bootstrap.acme import acme_steps
+    # acme.py builds on this module's helpers, hence the import here.
+    from appliance.bootstrap.acme import acme_left_behind, acme_steps
 
+    settings = config.settings
+    if settings.tls.mode == "acme":
+        # The first certificate is requested by deploy, once nginx serves the webroot; until then a
+        # placeholder keeps nginx able to start.
         return acme_steps(config)
-    return [private_ca_certificate(config)]
+    certificate = provided_certificate(config) if settings.tls.mode == "provided" else private_ca_certificate(config)
+    return [acme_left_behind(settings), certificate]
 
 
 def certificate_steps(config: Config, force: bool = False) -> list[Step]:

@@ -10,6 +10,7 @@ import pytest
 
 from appliance.bootstrap.acme import (
     AcmeCertificate,
+    acme_left_behind,
     acme_steps,
     ca_bundle,
     one_line_failure,
@@ -206,3 +207,13 @@ def test_an_unexpected_error_gives_the_line_after_certbots_heading() -> None:
 def test_a_succeeding_command_says_nothing() -> None:
     run = subprocess.run(["bash", "-c", one_line_failure("echo issued", DOMAIN)], capture_output=True, text=True)
     assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
+
+
+def test_leaving_acme_deletes_the_lineage_its_hook_names(tmp_path: Path) -> None:
+    """Another mode's bootstrap removes certbot's lineage and hook; the lineage's name is read from the hook."""
+    hook = next(s for s in acme_steps(acme_config(tmp_path)) if isinstance(s, ManagedFile) and s.path.endswith(".sh"))
+    (tmp_path / "hook.sh").write_bytes(hook.content)
+    step = acme_left_behind(acme_config(tmp_path, mode="self-signed").settings)
+    assert step.check.startswith("! test -e /etc/letsencrypt/renewal-hooks/deploy/")
+    named = step.fix.split('--cert-name "', 1)[1].split('"', 1)[0].replace(hook.path, str(tmp_path / "hook.sh"))
+    assert subprocess.run(["bash", "-c", f"echo {named}"], capture_output=True, text=True).stdout.strip() == DOMAIN

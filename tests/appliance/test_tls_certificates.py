@@ -217,7 +217,8 @@ def test_inv_render_refuses_a_mismatched_key_in_one_line(example: Path, tmp_path
 def test_provided_step_uploads_what_nginx_needs_and_repeats_its_warning(example: Path, tmp_path: Path) -> None:
     chain = issue_chain(DOMAIN)
     cert_file, key_file = tencent_download(tmp_path, chain.leaf, chain.key)  # no intermediate
-    (step,) = tls_steps(with_provided(example, cert_file, key_file, DOMAIN))
+    left_behind, step = tls_steps(with_provided(example, cert_file, key_file, DOMAIN))
+    assert left_behind.name == "no ACME certificate left renewing"
     assert isinstance(step, ProvidedCertificate)
     absent = {f"{index}:{probe}": Fact("", 1) for index in (0, 1) for probe in ("stat", "sha256")}
     actions = step.plan(absent)
