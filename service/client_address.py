@@ -1,11 +1,11 @@
 """The client's real address, as the site's nginx saw it, for rate limits and logs.
 
 nginx sets `X-Real-IP: $remote_addr` on every request it passes on. The API believes that header only from
-a trusted proxy: an address or network, or a host name such as `nginx` (its Compose service name), which is
-resolved again when a request comes from an address not trusted yet — nginx's container address changes when
-Compose recreates it, and a resolution made at start would then trust nobody (or, worse, a stranger).
-From anyone else the header is ignored and the connection's own address stands. Nothing is trusted by
-default; `*` is refused, since it would let every client choose its own address.
+a trusted proxy: an address or network, or a host name such as `nginx-internal` (nginx's alias on the
+network it reaches the API by), which is resolved again when a request comes from an address not trusted yet:
+nginx's container address changes when Compose recreates it, and a resolution made at start would then trust
+nobody (or, worse, a stranger). From anyone else the header is ignored and the connection's own address
+stands. Nothing is trusted by default; `*` is refused, since it would let every client choose its own address.
 """
 
 from __future__ import annotations
