@@ -116,14 +116,15 @@ def status_sections(settings: Settings, current: Release | None) -> list[tuple[s
     if current is not None:
         sections.insert(1, (f"health of release {current.version}", health_probe(current)))
     if settings.monitoring.enabled:
-        sections.append(("monitoring", monitor_command()))
+        sections.append(("monitoring", monitor_command(settings.base_dir)))
     return sections
 
 
-def monitor_command() -> str:
-    """scripts/monitor.sh, as this checkout has it, run once on the host: one screen from its Prometheus."""
+def monitor_command(base_dir: str) -> str:
+    """scripts/monitor.sh, as this checkout has it, run once on the host: one screen from its Prometheus.
+    Run from here it is not in BASE/bin, so it is told where the appliance lives."""
     script = (BUNDLE_ROOT / "scripts" / "monitor.sh").read_text(encoding="utf-8")
-    return f"bash -c {sh(script)} monitor.sh 2>&1"
+    return f"APPLIANCE_BASE={sh(base_dir)} bash -c {sh(script)} monitor.sh 2>&1"
 
 
 def logs_command(settings: Settings, current: Release, service: str, follow: bool, lines: int) -> str:

@@ -13,7 +13,8 @@ while [ "$#" -gt 0 ]; do
   esac
 done
 
-appliance_base=$(cd "$(dirname "$0")/.." && pwd)
+# Where the appliance lives: BASE/bin/monitor.sh is in it; `inv status` runs a copy and says (APPLIANCE_BASE).
+appliance_base=${APPLIANCE_BASE:-$(cd "$(dirname "$0")/.." && pwd)}
 
 screen() {
   PROMETHEUS=$prometheus APPLIANCE_BASE=$appliance_base python3 - <<'PY'
