@@ -192,7 +192,8 @@ def status(
         if watch > 0:
             if not loaded.settings.monitoring.enabled:
                 raise ConfigError(f"{loaded.path}: --watch needs monitoring.enabled (it reads the host's Prometheus)")
-            watch_screen(lambda: remote.run(views.monitor_command()).stdout, watch)
+            screen = views.monitor_command(loaded.settings.base_dir)
+            watch_screen(lambda: remote.run(screen).stdout, watch)
             return
         current = current_release(remote, loaded.settings)
         print(f"{loaded.settings.hosts[0].target}: release {current.version if current else '(none deployed)'}")
