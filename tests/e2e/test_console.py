@@ -268,7 +268,9 @@ def test_a_failed_turn_is_shown_in_words_and_the_user_stops_the_discussion(
     log_in(browser, site.origin + "/", email, password)
     wait_for(browser, visible("#new-discussion"))
     # The stand-in LLM refuses the Bear Researcher's request outright (400: no retry).
-    topic = "Sell ACME? [[fake:delay=0.05,words=200,status=400,only=Bear]]"
+    # 600 words at 0.05 s: a 30 s turn, so the stop lands inside it even on a loaded machine (with 200, one CI run
+    # saw the turn end before the stop did, and the stop then took effect between turns, correctly).
+    topic = "Sell ACME? [[fake:delay=0.05,words=600,status=400,only=Bear]]"
     browser.find_element(By.CSS_SELECTOR, "#new-discussion [name=topic]").send_keys(topic)
     browser.find_element(By.ID, "start").click()
 
