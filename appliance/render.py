@@ -18,13 +18,11 @@ import jinja2
 from appliance import notify
 from appliance.config import Config, Settings
 from appliance.errors import ApplianceError, ConfigError
-from appliance.secrets import GENERATED, MASK, Secrets
+from appliance.secrets import COS_SECRETS, GENERATED, MASK, Secrets
 
 BUNDLE_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_FOLDERS = ("compose", "nginx", "systemd", "monitoring")
 
-# The COS API key the API uses with artifact_storage "cos" (the backups' key too).
-COS_SECRETS = ("COS_SECRET_ID", "COS_SECRET_KEY")
 # Secrets the stack's env files carry: generated ones, the LLM key pool, the COS key.
 STACK_SECRETS = (*GENERATED, "AI_API_KEY", *COS_SECRETS)
 

@@ -19,10 +19,11 @@ from appliance.errors import ConfigError
 MASK = "******"
 
 GENERATED = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "JWT_SECRET")
+# The COS API key, for backups and for uploads in COS.
+COS_SECRETS = ("COS_SECRET_ID", "COS_SECRET_KEY")
 PROVIDED = (
     "AI_API_KEY",  # a comma-separated pool of LLM API keys
-    "COS_SECRET_ID",
-    "COS_SECRET_KEY",
+    *COS_SECRETS,
     "REGISTRY_PASSWORD",
     "WECOM_WEBHOOK_URL",
     "SMTP_PASSWORD",

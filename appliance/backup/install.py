@@ -20,7 +20,7 @@ from appliance.backup.cos import MB, CosTarget
 from appliance.backup.settings import HostSettings, Policy
 from appliance.config import Config
 from appliance.errors import ConfigError
-from appliance.secrets import load_secrets
+from appliance.secrets import COS_SECRETS, load_secrets
 from appliance.steps import Action, Facts, ManagedFile, Packages, Step
 
 HOST_PACKAGES = ("age", "python3", "python3-crcmod", "python3-requests", "python3-six", "python3-xmltodict")
@@ -54,7 +54,7 @@ def host_settings(config: Config, secrets: Mapping[str, str]) -> HostSettings:
     """The settings file for the host, from the config and the COS keys in the secrets."""
     settings = config.settings
     backup = settings.backup
-    missing = [name for name in ("COS_SECRET_ID", "COS_SECRET_KEY") if not secrets.get(name)]
+    missing = [name for name in COS_SECRETS if not secrets.get(name)]
     if missing:
         raise ConfigError(f"{config.secrets_path}: backups are enabled: set {' and '.join(missing)} (a COS API key)")
     return HostSettings(
