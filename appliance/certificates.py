@@ -16,6 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+# A site certificate is issued again this long before it lapses, whoever issues it (the private CA; certbot's
+# own default for ACME is the same 30 days, and the ACME step asks openssl for it).
+RENEW_BEFORE = datetime.timedelta(days=30)
 
 
 class CertificateProblem(ValueError):

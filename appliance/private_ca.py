@@ -23,13 +23,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from appliance.certificates import CertificateProblem, covers, parse_bundle, parse_key, pem, public_der
+from appliance.certificates import (
+    RENEW_BEFORE,
+    CertificateProblem,
+    covers,
+    parse_bundle,
+    parse_key,
+    pem,
+    public_der,
+)
 from appliance.config import Config
 from appliance.errors import ConfigError
 
 LEAF_DAYS = 397  # browsers' limit for a server certificate's lifetime
 CA_DAYS = 3650
-RENEW_BEFORE = datetime.timedelta(days=30)
 CA_CERT, CA_KEY = "ca.pem", "ca-key.pem"
 # What the host gets, and its modes: the leaf's key, leaf + CA for nginx, the public CA for operators.
 ISSUED_MODES = {"privkey.pem": 0o600, "fullchain.pem": 0o644, CA_CERT: 0o644}

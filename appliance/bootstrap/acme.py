@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from appliance.bootstrap.tls import cert_expiry_command, certs_dir, reload_nginx
+from appliance.certificates import RENEW_BEFORE
 from appliance.config import Config, Settings
 from appliance.errors import ConfigError
 from appliance.render import render_host_template
@@ -19,7 +20,6 @@ from appliance.shell import sh
 from appliance.steps import Action, ConfigFiles, Converge, Facts, ManagedFile, Packages, Run, Step
 
 LETSENCRYPT = "/etc/letsencrypt"
-RENEW_BEFORE_SECONDS = 30 * 86400  # certbot's own default (renew_before_expiry = 30 days)
 PLACEHOLDER_DAYS = 90
 LOG_FILE = "/var/log/letsencrypt/letsencrypt.log"
 
@@ -153,7 +153,9 @@ class AcmeCertificate:
         live, certs = live_dir(self.settings), certs_dir(self.settings)
         return {
             "renewal": sh("cat", renewal_file(self.settings)),
-            "lasting": sh("openssl", "x509", "-checkend", RENEW_BEFORE_SECONDS, "-noout", "-in", f"{live}/cert.pem"),
+            "lasting": sh(
+                "openssl", "x509", "-checkend", int(RENEW_BEFORE.total_seconds()), "-noout", "-in", f"{live}/cert.pem"
+            ),
             "served": " && ".join(
                 sh("cmp", "-s", f"{live}/{name}", f"{certs}/{name}") for name in ("fullchain.pem", "privkey.pem")
             ),
