@@ -23,6 +23,8 @@ from appliance.secrets import COS_SECRETS, GENERATED, MASK, Secrets
 BUNDLE_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_FOLDERS = ("compose", "nginx", "systemd", "monitoring")
 
+# nginx's name on the stack's internal network, where it reaches the API: the API believes X-Real-IP from it.
+NGINX_INTERNAL_ALIAS = "nginx-internal"
 # Secrets the stack's env files carry: generated ones, the LLM key pool, the COS key.
 STACK_SECRETS = (*GENERATED, "AI_API_KEY", *COS_SECRETS)
 
@@ -155,6 +157,7 @@ def stack_context(config: Config, secrets: Secrets, version: str, reveal: bool, 
         "graceful_timeout": settings.service.graceful_timeout,
         "origins": [site_origin(config), *settings.service.cors_origins],
         "base_dir": settings.base_dir,
+        "nginx_alias": NGINX_INTERNAL_ALIAS,
         "timezone": settings.timezone,
         "server_name": settings.domain or "_",
         "images": settings.images,
