@@ -9,7 +9,8 @@ one-shot faults with `POST /admin/faults {"faults": [{"status": 429}, {}]}` (one
 Marker/fault keys: words (answer length), delay (s between chunks), reasoning (words of
 reasoning_content first), stall_first / stall_mid (s of silence with keep-alive comments before the
 first / middle token), cut (1: drop the connection mid-stream), status (answer with this HTTP
-error), only (apply stall/cut/status only when the last message contains this text).
+error), only (apply stall/cut/status only when the last message contains this text), strict_roles (1: answer
+400 like deepseek-reasoner when two successive messages share a role).
 """
 
 from __future__ import annotations
@@ -139,6 +140,20 @@ def error_response(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
 
 
+def successive_roles_error(model: str, messages: list[dict[str, Any]]) -> JSONResponse | None:
+    """DeepSeek's 400 for two successive messages of the same role, or None when roles alternate."""
+    for i in range(1, len(messages)):
+        if messages[i - 1].get("role") == messages[i].get("role"):
+            message = (
+                f"{model} does not support successive user or assistant messages (messages[{i - 1}] and "
+                f"messages[{i}] in your input). You should interleave the user/assistant messages in the message "
+                "sequence."
+            )
+            kind = "invalid_request_error"
+            return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": kind}}, 400)
+    return None
+
+
 def create_app(rejected_keys: set[str] | None = None) -> Starlette:
     state = FakeState(rejected_keys=rejected_keys or set())
 
@@ -152,6 +167,8 @@ def create_app(rejected_keys: set[str] | None = None) -> Starlette:
         options = parse_options(body["messages"])
         if state.queued_faults:
             options.update({k: str(v) for k, v in state.queued_faults.pop(0).items()})
+        if options.get("strict_roles") == "1" and (refused := successive_roles_error(body["model"], body["messages"])):
+            return refused
         if "status" in options:
             status = int(options["status"])
             return error_response(status, f"injected HTTP {status}")
