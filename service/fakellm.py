@@ -1,6 +1,9 @@
 """A local OpenAI-compatible chat-completions server for tests and the sandbox. Never run in production.
 
-`python -m service.fakellm --port 8900 [--reject-key KEY ...]`
+`python -m service.fakellm --port 8900 [--reject-key KEY ...] [--empty-balance-key KEY ...]`
+
+Per key, with DeepSeek's own error bodies: a rejected key gets 401, an empty-balance key 402. Both sets can be
+replaced at run time: `POST /admin/keys {"reject": [...], "empty_balance": [...]}` (a field left out stays).
 
 Answers are deterministic, derived from the request. Faults are injected per request either by a
 marker anywhere in the messages, `[[fake:delay=0.05,stall_first=3,only=Bear]]`, or by queueing
@@ -8,8 +11,10 @@ one-shot faults with `POST /admin/faults {"faults": [{"status": 429}, {}]}` (one
 
 Marker/fault keys: words (answer length), delay (s between chunks), reasoning (words of
 reasoning_content first), stall_first / stall_mid (s of silence with keep-alive comments before the
-first / middle token), cut (1: drop the connection mid-stream), status (answer with this HTTP
-error), only (apply stall/cut/status only when the last message contains this text), strict_roles (1: answer
+first / middle token), cut (1: drop the connection mid-stream), stream_error (after N words send an error object inside
+the stream, then end it), malformed (after N words send a chunk that is not JSON), status (answer with
+this HTTP error), retry_after (with status 429: its Retry-After header, s), only (apply the faults
+stall/cut/stream_error/malformed/status only when the last message contains this text), strict_roles (1: answer
 400 like deepseek-reasoner when two successive messages share a role).
 """
 
@@ -32,7 +37,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 MARKER = re.compile(r"\[\[fake:([^\]]*)\]\]")
-FAULT_KEYS = ("stall_first", "stall_mid", "cut", "status")
+FAULT_KEYS = ("stall_first", "stall_mid", "cut", "stream_error", "malformed", "status")
 VOCABULARY = (
     "revenue",
     "margin",
@@ -67,11 +72,22 @@ VOCABULARY = (
     "consensus",
 )
 KEEPALIVE_SECONDS = 0.5
+# DeepSeek's bodies for a revoked key and an account without balance, as its API sends them.
+AUTH_FAILS = "Authentication Fails, Your api key: ****{tail} is invalid"
+INSUFFICIENT_BALANCE = {
+    "error": {
+        "message": "Insufficient Balance",
+        "type": "unknown_error",
+        "param": None,
+        "code": "invalid_request_error",
+    }
+}
 
 
 @dataclass
 class FakeState:
     rejected_keys: set[str]
+    empty_balance_keys: set[str] = field(default_factory=set)
     queued_faults: list[dict[str, Any]] = field(default_factory=list)
     seen_prefixes: set[str] = field(default_factory=set)
     active: int = 0
@@ -154,8 +170,16 @@ def successive_roles_error(model: str, messages: list[dict[str, Any]]) -> JSONRe
     return None
 
 
-def create_app(rejected_keys: set[str] | None = None) -> Starlette:
-    state = FakeState(rejected_keys=rejected_keys or set())
+def auth_fails(key: str) -> JSONResponse:
+    message = AUTH_FAILS.format(tail=key[-4:])
+    body = {
+        "error": {"message": message, "type": "authentication_error", "param": None, "code": "invalid_request_error"}
+    }
+    return JSONResponse(body, status_code=401)
+
+
+def create_app(rejected_keys: set[str] | None = None, empty_balance_keys: set[str] | None = None) -> Starlette:
+    state = FakeState(rejected_keys=rejected_keys or set(), empty_balance_keys=empty_balance_keys or set())
 
     async def completions(request: Request) -> Response:
         body = await request.json()
@@ -163,7 +187,9 @@ def create_app(rejected_keys: set[str] | None = None) -> Starlette:
         state.requests += 1
         state.keys_seen.append(key)
         if key in state.rejected_keys:
-            return error_response(401, "invalid api key")
+            return auth_fails(key)
+        if key in state.empty_balance_keys:
+            return JSONResponse(INSUFFICIENT_BALANCE, status_code=402)
         options = parse_options(body["messages"])
         if state.queued_faults:
             options.update({k: str(v) for k, v in state.queued_faults.pop(0).items()})
@@ -171,7 +197,10 @@ def create_app(rejected_keys: set[str] | None = None) -> Starlette:
             return refused
         if "status" in options:
             status = int(options["status"])
-            return error_response(status, f"injected HTTP {status}")
+            response = error_response(status, f"injected HTTP {status}")
+            if "retry_after" in options:
+                response.headers["Retry-After"] = options["retry_after"]
+            return response
         words = min(int(options.get("words", "12")), int(body.get("max_tokens") or 10**6))
         text = answer_text(body, words)
         prompt_tokens = sum(count_tokens(str(m.get("content", ""))) for m in body["messages"])
@@ -200,6 +229,13 @@ def create_app(rejected_keys: set[str] | None = None) -> Starlette:
                 yield sse({**base, "choices": [{"index": 0, "delta": delta}]})
             half = len(pieces) // 2
             for i, piece in enumerate(pieces):
+                if str(i) == options.get("stream_error"):
+                    error = {"message": "injected in-stream error", "type": "server_error", "code": "stream_error"}
+                    yield sse({"error": error})
+                    return
+                if str(i) == options.get("malformed"):
+                    yield b"data: {not json\n\n"
+                    return
                 if i == half:
                     async for line in stall(float(options.get("stall_mid", "0"))):
                         yield line
@@ -226,6 +262,12 @@ def create_app(rejected_keys: set[str] | None = None) -> Starlette:
         state.queued_faults.extend((await request.json())["faults"])
         return JSONResponse({"queued": len(state.queued_faults)})
 
+    async def set_keys(request: Request) -> Response:
+        body = await request.json()
+        state.rejected_keys = set(body.get("reject", state.rejected_keys))
+        state.empty_balance_keys = set(body.get("empty_balance", state.empty_balance_keys))
+        return JSONResponse({"reject": sorted(state.rejected_keys), "empty_balance": sorted(state.empty_balance_keys)})
+
     async def stats(request: Request) -> Response:
         return JSONResponse(
             {
@@ -247,6 +289,7 @@ def create_app(rejected_keys: set[str] | None = None) -> Starlette:
         routes=[
             Route("/v1/chat/completions", completions, methods=["POST"]),
             Route("/admin/faults", queue_faults, methods=["POST"]),
+            Route("/admin/keys", set_keys, methods=["POST"]),
             Route("/admin/stats", stats, methods=["GET"]),
             Route("/admin/reset", reset, methods=["POST"]),
         ]
@@ -258,8 +301,10 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8900)
     parser.add_argument("--reject-key", action="append", default=[], help="answer 401 for this API key")
+    parser.add_argument("--empty-balance-key", action="append", default=[], help="answer 402 for this API key")
     args = parser.parse_args()
-    uvicorn.run(create_app(set(args.reject_key)), host=args.host, port=args.port, log_level="warning")
+    app = create_app(set(args.reject_key), set(args.empty_balance_key))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":
