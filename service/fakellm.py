@@ -15,7 +15,8 @@ first / middle token), cut (1: drop the connection mid-stream), stream_error (af
 the stream, then end it), malformed (after N words send a chunk that is not JSON), status (answer with
 this HTTP error), retry_after (with status 429: its Retry-After header, s), only (apply the faults
 stall/cut/stream_error/malformed/status only when the last message contains this text), strict_roles (1: answer
-400 like deepseek-reasoner when two successive messages share a role).
+400 like deepseek-reasoner when two successive messages share a role), format (markdown: the fixed MARKDOWN_ANSWER
+instead of words; the moderator's verdict stays JSON).
 """
 
 from __future__ import annotations
@@ -72,6 +73,22 @@ VOCABULARY = (
     "consensus",
 )
 KEEPALIVE_SECONDS = 0.5
+# What a real model's answer looks like, with the raw HTML and the javascript: link a console must not obey.
+MARKDOWN_ANSWER = """## Three things to weigh
+
+- **Revenue** grew 12% on the quarter
+- Margins held at `41%`
+- Guidance was raised
+
+```python
+def upside(price: float, target: float) -> float:
+    return target / price - 1
+```
+
+Read [the filing](https://example.com/acme-10q) first; [this](javascript:alert(2)) is no link.
+
+<script>alert(1)</script>
+"""
 # DeepSeek's bodies for a revoked key and an account without balance, as its API sends them.
 AUTH_FAILS = "Authentication Fails, Your api key: ****{tail} is invalid"
 INSUFFICIENT_BALANCE = {
@@ -203,6 +220,8 @@ def create_app(rejected_keys: set[str] | None = None, empty_balance_keys: set[st
             return response
         words = min(int(options.get("words", "12")), int(body.get("max_tokens") or 10**6))
         text = answer_text(body, words)
+        if options.get("format") == "markdown" and (body.get("response_format") or {}).get("type") != "json_object":
+            text = MARKDOWN_ANSWER
         prompt_tokens = sum(count_tokens(str(m.get("content", ""))) for m in body["messages"])
         cache_hit = cached_prefix_tokens(state, body["messages"])
         pieces = re.findall(r"\S+\s*", text)
