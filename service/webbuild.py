@@ -22,7 +22,7 @@ ENTRY = "index.html"
 ASSETS = "assets"
 # A quoted name or a CSS url(): ("app.js"), ('./i18n.js'), url(style.css).
 REFERENCE = re.compile(
-    r"""(?P<open>["'(])(?:\./)?(?P<name>[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.(?:js|css|svg|png|ico|json|webmanifest))(?=["')])"""
+    r"""(?P<open>["'(])(?:\./)?(?P<name>[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.(?:js|css|svg|png|ico|json|webmanifest|txt))(?=["')])"""
 )
 TEXT_SUFFIXES = {".html", ".js", ".css", ".svg", ".json", ".webmanifest"}
 
