@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.max_concurrent_agents,
             settings.discussion_lease_seconds,
         )
-        llm = LlmClient(settings)
+        llm = LlmClient(settings, client)
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         orchestrator = Orchestrator(pool, client, settings, llm, slots, events, worker_id)
         sync_client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)

@@ -38,6 +38,9 @@ LLM_TIME_TO_FIRST_TOKEN = Histogram(
     "cvm_llm_time_to_first_token_seconds", "Time from request to first streamed token.", buckets=FAST_BUCKETS
 )
 LLM_REQUESTS = Counter("cvm_llm_requests", "Upstream LLM requests by outcome.", ["outcome"])
+LLM_UPSTREAM_FAILURES = Counter(
+    "cvm_llm_upstream_failures", "Failed upstream LLM attempts by failure category (service.llm).", ["category"]
+)
 LLM_TOKENS = Counter("cvm_llm_tokens", "LLM tokens by direction.", ["direction"])
 LLM_PROMPT_CACHE_TOKENS = Counter(
     "cvm_llm_prompt_cache_tokens", "Prompt tokens served from / missing the upstream cache.", ["result"]
