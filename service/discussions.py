@@ -12,7 +12,9 @@ from service.settings import Settings
 
 # Statuses in which a worker is (or should be) running the discussion.
 ACTIVE_STATUSES = ("running", "stopping")
-DISCUSSION_COLUMNS = "id, topic, panel, max_rounds, token_budget, status, verdict, tokens_used, created_at, finished_at"
+DISCUSSION_COLUMNS = (
+    "id, topic, panel, max_rounds, token_budget, status, verdict, error, tokens_used, created_at, finished_at"
+)
 MESSAGE_COLUMNS = "id, turn_index, round, role, status, content, reasoning, error, created_at"
 
 

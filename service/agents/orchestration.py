@@ -21,10 +21,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from service import quota
-from service.agents.presets import MODERATOR, ROLES, Role, system_prompt
+from service.agents.presets import MODERATOR, ROLES, Role, speaker_cue, system_prompt
 from service.agents.slots import AgentSlots
 from service.db import DATABASE_ERRORS
-from service.llm import LlmClient, LlmError, Usage
+from service.llm import FailureCategory, LlmClient, LlmError, Usage
 from service.metrics import AGENT_TURN_DURATION, DISCUSSION_DURATION
 from service.settings import Settings
 from service.streaming import FINISHED, EventLog
@@ -32,6 +32,26 @@ from service.streaming import FINISHED, EventLog
 log = logging.getLogger(__name__)
 
 TOKEN_BATCH_SECONDS = 0.05
+# Which failure explains a discussion whose every agent turn failed, most telling first: the pool's own state
+# (the operator must act) before passing conditions, before faults of one turn.
+TELLING_FAILURES: tuple[FailureCategory, ...] = (
+    "balance",
+    "auth",
+    "rate_limit",
+    "bad_request",
+    "server",
+    "stream_error",
+    "malformed",
+    "cut",
+    "connection",
+    "timeout",
+)
+
+
+@dataclass(frozen=True)
+class TurnFailure:
+    category: FailureCategory | None  # None: read back from a stored message when a run is resumed
+    error: str
 
 
 @dataclass
@@ -48,12 +68,20 @@ class Run:
     created_at: float
     transcript: list[dict[str, str]] = field(default_factory=list)
     done_turns: set[int] = field(default_factory=set)
+    agents_completed: int = 0  # agent turns (not the moderator's) that completed
+    agent_failures: list[TurnFailure] = field(default_factory=list)
     deadline: float = 0.0  # event-loop time at which WORKFLOW_TIMEOUT ends the discussion
     # "stop" (user: ends the speaking turn, keeps its partial message) or "release" (shutdown / lease
     # lost: cancels the whole run, which another worker resumes from the persisted messages).
     cancel_reason: str | None = None
     task: asyncio.Task[None] | None = None
     speaking: asyncio.Task[Usage] | None = None
+
+    def count_agent_turn(self, message: dict[str, Any], category: FailureCategory | None) -> None:
+        if message["status"] == "completed":
+            self.agents_completed += 1
+        elif message["status"] == "failed":
+            self.agent_failures.append(TurnFailure(category, message["error"] or "no reason given"))
 
 
 class _Stopped(Exception):
@@ -66,6 +94,10 @@ class _OutOfTime(Exception):
 
 class _OverQuota(Exception):
     """The user's daily token quota or the service's daily ceiling is reached."""
+
+
+class _AllAgentsFailed(Exception):
+    """Every agent turn failed: there is nothing for the moderator to weigh. The message says why."""
 
 
 def stop_channel(prefix: str) -> str:
@@ -150,6 +182,7 @@ class Orchestrator:
         heartbeat = asyncio.create_task(self._renew_lease(run))
         status = "failed"
         verdict: dict[str, Any] | None = None
+        error: str | None = None
         # Measured from creation, so a resumed discussion does not get a fresh WORKFLOW_TIMEOUT.
         left = run.created_at + self._settings.workflow_timeout - time.time()
         run.deadline = asyncio.get_running_loop().time() + left
@@ -162,12 +195,15 @@ class Orchestrator:
             status = "stopped"
         except _OverQuota:
             status = "quota_exceeded"
+        except _AllAgentsFailed as exc:
+            error = str(exc)
         except Exception:
             log.exception("discussion %s failed", run.id)
+            error = "the service hit an internal error running this discussion; its log has the details"
         finally:
             # A CancelledError (release) passes through: the lease expires and another worker resumes.
             heartbeat.cancel()
-        await self._finish(run, status, verdict)
+        await self._finish(run, status, verdict, error)
 
     async def _load(self, discussion_id: uuid.UUID) -> Run | None:
         row = await self._pool.fetchrow(
@@ -197,8 +233,11 @@ class Orchestrator:
             await self._announce_missing(run, messages)
         for m in messages:
             run.done_turns.add(m["turn_index"])
+            role = _role(m["role"])
             if m["status"] == "completed":
-                run.transcript.append(_transcript_entry(_role(m["role"]), m["content"]))
+                run.transcript.extend(_turn_messages(role, m["content"]))
+            if role is not MODERATOR:
+                run.count_agent_turn(dict(m), None)
         if row["status"] == "stopping":
             run.cancel_reason = "stop"
         return run
@@ -224,6 +263,8 @@ class Orchestrator:
                     await self._check_may_continue(run)
                     await self._turn(run, turn_index, round_no, ROLES[key])
                 turn_index += 1
+        if not run.agents_completed and run.agent_failures:
+            raise _AllAgentsFailed(failure_reason(run.agent_failures))
         # The moderator's turn index is fixed so a resumed run finds it whatever the budget did.
         moderator_index = run.max_rounds * len(run.panel)
         if moderator_index not in run.done_turns:
@@ -252,11 +293,13 @@ class Orchestrator:
             raise _OverQuota
 
     def _prompt(self, run: Run, role: Role) -> list[dict[str, str]]:
-        # Append-only: system prompt + transcript is a shared prefix across agents (upstream cache hits).
+        # Append-only: each prompt is the previous one plus that turn's answer plus this cue, so the whole
+        # previous prompt is the upstream cache's prefix. Roles alternate (cue, answer, cue...), which models
+        # that reject successive same-role messages (deepseek-reasoner) require.
         return [
             {"role": "system", "content": system_prompt(run.topic, run.panel)},
             *run.transcript,
-            {"role": "user", "content": f"Now speak as the {role.name}. {role.instructions}"},
+            {"role": "user", "content": speaker_cue(role)},
         ]
 
     async def _turn(self, run: Run, turn_index: int, round_no: int, role: Role) -> dict[str, Any]:
@@ -267,7 +310,7 @@ class Orchestrator:
 
         content: list[str] = []
         reasoning: list[str] = []
-        pending: list[str] = []
+        pending: list[tuple[str, str]] = []  # (event type, text) in arrival order; consecutive deltas of a type joined
         last_flush = 0.0  # the first delta goes out at once: time to first token is what users feel
         announced: asyncio.Task[int] | None = None  # agent_started, appended while the upstream request starts
 
@@ -276,14 +319,21 @@ class Orchestrator:
             if pending:
                 assert announced is not None  # deltas only arrive inside speak(), after it is created
                 await announced  # agent_started keeps the seq before the first token's
-                await self._events.append(run.id, "token", text="".join(pending), **base)
+                for kind, text in pending:
+                    await self._events.append(run.id, kind, text=text, **base)
                 pending.clear()
             last_flush = time.monotonic()
 
         async def on_delta(text: str, thought: str) -> None:
             content.append(text)
             reasoning.append(thought)
-            pending.append(text)
+            for kind, piece in (("reasoning", thought), ("token", text)):  # a model reasons before it answers
+                if not piece:
+                    continue  # never an empty event: a reasoning delta has no content and vice versa
+                if pending and pending[-1][0] == kind:
+                    pending[-1] = (kind, pending[-1][1] + piece)
+                else:
+                    pending.append((kind, piece))
             if time.monotonic() - last_flush >= TOKEN_BATCH_SECONDS:
                 await flush()
 
@@ -304,13 +354,14 @@ class Orchestrator:
 
         usage = Usage()
         status, error = "completed", None
+        category: FailureCategory | None = None
         ending: Exception | None = None
         run.speaking = asyncio.create_task(speak())
         try:
             async with asyncio.timeout_at(run.deadline):
                 usage = await run.speaking
         except LlmError as exc:
-            status, error = "failed", str(exc)
+            status, error, category = "failed", str(exc), exc.category
         except TimeoutError:
             status, error, ending = "failed", "WORKFLOW_TIMEOUT reached", _OutOfTime()
         except asyncio.CancelledError:
@@ -322,6 +373,8 @@ class Orchestrator:
         AGENT_TURN_DURATION.labels(outcome=status).observe(time.monotonic() - started)
         # Stop and timeout only ever cancel speak(): persisting the (partial) message is never cut short.
         message = await self._store(run, turn_index, round_no, role, status, content, reasoning, error, usage)
+        if role is not MODERATOR:
+            run.count_agent_turn(message, category)
         if ending is not None:
             raise ending
         return message
@@ -371,7 +424,7 @@ class Orchestrator:
         run.tokens_used += spent
         run.done_turns.add(turn_index)
         if status == "completed":
-            run.transcript.append(_transcript_entry(role, text))
+            run.transcript.extend(_turn_messages(role, text))
         message = dict(row)
         await self._announce_message(run, message)
         return message
@@ -381,19 +434,20 @@ class Orchestrator:
         public = {k: message[k] for k in ("id", "turn_index", "round", "role", "status", "content", "error")}
         await self._events.append(run.id, kind, message=public)
 
-    async def _finish(self, run: Run, status: str, verdict: dict[str, Any] | None) -> None:
+    async def _finish(self, run: Run, status: str, verdict: dict[str, Any] | None, error: str | None) -> None:
         finished = await self._pool.fetchval(
-            "UPDATE discussions SET status = $3, verdict = $4, finished_at = now(), lease_owner = NULL"
+            "UPDATE discussions SET status = $3, verdict = $4, error = $5, finished_at = now(), lease_owner = NULL"
             " WHERE id = $1 AND lease_owner = $2 RETURNING finished_at",
             run.id,
             self.worker_id,
             status,
             verdict,
+            error,
         )
         if finished is None:
             return  # the lease moved to another worker, which will finish the discussion
         DISCUSSION_DURATION.labels(status=status).observe(max(time.time() - run.created_at, 0))
-        await self._events.append(run.id, FINISHED, status=status, verdict=verdict)
+        await self._events.append(run.id, FINISHED, status=status, verdict=verdict, error=error)
 
     # --- leases and stop signals ----------------------------------------------------------------
     async def _renew_lease(self, run: Run) -> None:
@@ -454,15 +508,23 @@ class Orchestrator:
                 log.warning("stop-signal subscription failed, resubscribing: %s", exc)
                 await asyncio.sleep(1)
             finally:
-                await pubsub.reset()
+                await pubsub.aclose()
 
 
 def _role(key: str) -> Role:
     return MODERATOR if key == MODERATOR.key else ROLES[key]
 
 
-def _transcript_entry(role: Role, text: str) -> dict[str, str]:
-    return {"role": "user", "content": f"[{role.name}]\n{text}"}
+def _turn_messages(role: Role, text: str) -> list[dict[str, str]]:
+    """A completed turn in the transcript: the cue that handed it to `role`, then the answer."""
+    return [{"role": "user", "content": speaker_cue(role)}, {"role": "assistant", "content": text}]
+
+
+def failure_reason(failures: list[TurnFailure]) -> str:
+    """Why a discussion whose every agent turn failed failed: the most telling of its turns' errors."""
+    rank = {category: i for i, category in enumerate(TELLING_FAILURES)}
+    telling = min(failures, key=lambda f: rank.get(f.category, len(rank)) if f.category else len(rank))
+    return f"every agent turn failed ({len(failures)} turns): {telling.error}"
 
 
 def _parse_verdict(text: str) -> dict[str, Any] | None:

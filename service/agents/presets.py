@@ -64,6 +64,13 @@ def system_prompt(topic: str, panel: list[str]) -> str:
     members = "\n".join(f"- {ROLES[k].name}: {ROLES[k].instructions}" for k in panel)
     return (
         "You are one member of an investment research panel. Each turn, one member speaks; "
-        "be concise (under 150 words), factual, and build on earlier turns.\n"
+        "be concise (under 150 words), factual, and build on earlier turns. In the conversation, each user "
+        "message names the member who speaks next and the assistant message after it is that member's turn; "
+        "answer as the member the last user message names.\n"
         f"Topic: {topic}\nPanel:\n{members}\n- {MODERATOR.name}: {MODERATOR.instructions}"
     )
+
+
+def speaker_cue(role: Role) -> str:
+    """The user message that hands the turn to `role`; the same text every round, so it stays in the prefix."""
+    return f"Now speak as the {role.name}. {role.instructions}"

@@ -117,13 +117,6 @@ def test_agent_timeout_fails_one_turn_and_the_discussion_goes_on(
     assert statuses == ["completed", "completed", "failed", "completed"]
 
 
-def test_upstream_error_fails_the_turn_cleanly(client: httpx.Client, service: Service, user: User) -> None:
-    discussion = create_discussion(client, user, "Errors [[fake:words=5,status=400,only=Bull]]", PANEL)
-    detail = wait_finished(client, user, discussion)
-    assert [m["status"] for m in detail["messages"]] == ["completed", "failed", "completed", "completed"]
-    assert "http_400" in detail["messages"][1]["error"]
-
-
 @pytest.fixture(scope="module")
 def short_workflow_service(
     database_url: str, redis_prefix: str, fake_llm: FakeLlm, tmp_path_factory: pytest.TempPathFactory

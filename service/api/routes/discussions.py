@@ -56,6 +56,7 @@ class DiscussionOut(BaseModel):
     token_budget: int
     status: str
     verdict: dict[str, Any] | None
+    error: str | None  # why a `failed` discussion failed, in words; null otherwise
     tokens_used: int
     created_at: datetime.datetime
     finished_at: datetime.datetime | None
