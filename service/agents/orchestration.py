@@ -356,6 +356,10 @@ class Orchestrator:
         status, error = "completed", None
         category: FailureCategory | None = None
         ending: Exception | None = None
+        # A stop that came after the last check, while there was no turn to cancel, only set the flag. No await
+        # lies between this check and run.speaking being set, so every stop is seen here or cancels the turn.
+        if run.cancel_reason == "stop":
+            raise _Stopped
         run.speaking = asyncio.create_task(speak())
         try:
             async with asyncio.timeout_at(run.deadline):
