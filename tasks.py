@@ -11,6 +11,7 @@ from invoke.collection import Collection
 from invoke.context import Context
 from invoke.tasks import task
 
+from appliance import llm_check as llm_keys
 from appliance import render as rendering
 from appliance import sandbox as sandboxes
 from appliance import users as accounts
@@ -478,6 +479,16 @@ def users_invite(
     print(accounts.run_users(load(config, env, host), *accounts.invite_words(days, note)))
 
 
+@task(name="check", help={**COMMON_HELP})
+@one_line_errors
+def llm_check(c: Context, config: str | None = None, env: str | None = None, host: str | None = None) -> None:
+    """Try each LLM key from the host (one tiny request each): ok, revoked, no balance, rate limited, unreachable."""
+    verdicts, usable = llm_keys.run_check(load(config, env, host))
+    print(verdicts)
+    if not usable:
+        raise StepFailed("no usable LLM key: top up the account or put a valid key in AI_API_KEY, then inv deploy")
+
+
 namespace = Collection(
     config,
     render,
@@ -492,6 +503,7 @@ namespace = Collection(
     Collection("tls", tls_renew),
     Collection("sandbox", sandbox_up, sandbox_down, sandbox_login),
     Collection("users", users_add, users_list, users_disable, users_enable, users_admin, users_delete, users_invite),
+    Collection("llm", llm_check),
     backup_now,
     backups,
     Collection("restore", restore_backup, restore_drill),

@@ -1,8 +1,8 @@
 """`inv deploy`: a release onto a bootstrapped host; traffic moves only to an API that passed its health gate.
 
 Order: lock → images → release files → validate → front end out of the image → stack up (all but nginx) → migrations →
-new API up → health gate → nginx switched by a graceful reload → front end published → `current` moved → previous API
-drained and stopped → unlock.
+LLM keys tried (a warning line, never a stop) → new API up → health gate → nginx switched by a graceful reload →
+front end published → `current` moved → previous API drained and stopped → unlock.
 If the new API never gets healthy, nginx was never pointed at it: the previous release keeps serving,
 the new API is stopped, and its last log lines and health answer are printed.
 """
@@ -26,6 +26,7 @@ from appliance.errors import StepFailed
 from appliance.executor import Executor, StepResult
 from appliance.facts import gather_facts
 from appliance.images import ImagesOnHost, LocalImage, images_on_host, local_image
+from appliance.llm_check import LlmKeysWarning
 from appliance.lock import (
     acquire_lock,
     audit_entry,
@@ -404,6 +405,7 @@ def deploy(
         steps = [
             *image_steps,
             *prepare_steps(config, release, files, first=previous is None),
+            LlmKeysWarning(release),  # the new keys tried upstream before traffic moves; a warning, never a stop
             *switch_steps(release, previous),
             PruneReleases(settings, settings.keep_releases),
             # Last: nginx now serves the ACME challenge folder, and a failed request leaves the release serving.

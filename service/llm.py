@@ -109,7 +109,7 @@ class Failure:
     retry_after: float | None = None  # seconds, from a 429's Retry-After header
 
     def cause(self) -> str:
-        return f"upstream {self.status if self.status is not None else 'said'}: {self.message}"
+        return self.message if self.status is None else f"upstream {self.status}: {self.message}"
 
 
 def failure_of(exc: Exception) -> Failure:
