@@ -1,37 +1,50 @@
-"""The runbook's log searches for the LLM alerts find the warning the API writes per failed upstream attempt
-(issue #15's contract, section 3: `upstream LLM failed: category=… key=…a1b2 status=… model=…: …`)."""
+"""The runbook's log searches for the LLM alerts find the warning service/llm.py writes per failed upstream attempt
+(`upstream LLM failed: category=… key=…a1b2 status=… model=…: …`): the lines are made by the client's own code."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+from typing import get_args
 
 import pytest
+from redis.asyncio import Redis
 
+from service.llm import Failure, FailureCategory, LlmClient
+from service.settings import load_settings
 from tests.conftest import REPO
 
 RUNBOOK = REPO / "docs" / "runbook.md"
-# The contract's categories and line shape; service/llm.py does not export its format yet.
-CATEGORIES = (
-    "auth",
-    "balance",
-    "rate_limit",
-    "server",
-    "bad_request",
-    "timeout",
-    "cut",
-    "stream_error",
-    "malformed",
-    "connection",
-)
-LOG_LINE = re.compile(
-    r"^upstream LLM failed: category=(?P<category>[a-z_]+) key=…\S{4} status=(?:\d{3}|-) model=\S+: .+$"
-)
+CATEGORIES: tuple[FailureCategory, ...] = get_args(FailureCategory)
 SEARCH = re.compile(r"`(upstream LLM failed[^`]*)`")
+EXAMPLE = Failure("balance", 402, "Insufficient Balance")
 
 
-def logged(category: str) -> str:
-    """A line as the contract has the API write it, for one category."""
-    return f"upstream LLM failed: category={category} key=…a1b2 status=402 model=deepseek-chat: Insufficient Balance"
+def logged(failures: list[Failure], caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The warning lines the real client writes for these failures of key `sk-test-a1b2`."""
+    settings = load_settings(
+        {
+            "DATABASE_URL": "postgresql://unused/x",
+            "REDIS_URL": "redis://127.0.0.1:1",  # never connected: recording a failure does not touch Redis
+            "AI_MODEL_BASE_URL": "http://127.0.0.1:1/v1",
+            "AI_API_KEY": "sk-test-a1b2",
+            "JWT_SECRET": "j" * 32,
+        }
+    )
+
+    async def record() -> None:
+        client = LlmClient(settings, Redis.from_url(settings.redis_url))
+        try:
+            for failure in failures:
+                client._record(failure, "sk-test-a1b2")  # the one place the line is formatted
+        finally:
+            await client.close()
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="service.llm"):
+        asyncio.run(record())
+    return [r.getMessage() for r in caplog.records if r.name == "service.llm" and r.levelno == logging.WARNING]
 
 
 def section(name: str) -> str:
@@ -52,22 +65,23 @@ def section(name: str) -> str:
         ("LlmErrors", "upstream LLM failed: category="),
     ],
 )
-def test_each_llm_alert_quotes_a_search_that_finds_its_log_lines(alert: str, must_quote: str) -> None:
+def test_each_llm_alert_quotes_a_search_that_finds_its_log_lines(
+    alert: str, must_quote: str, caplog: pytest.LogCaptureFixture
+) -> None:
     searches = SEARCH.findall(section(alert))
     assert must_quote in searches, f"docs/runbook.md's {alert} does not quote `{must_quote}`"
+    lines = logged([Failure(category, None, "upstream words") for category in CATEGORIES], caplog)
+    assert len(lines) == len(CATEGORIES)
     for search in searches:
-        found = [category for category in CATEGORIES if logged(category).startswith(search)]
-        assert found, f"{alert}: `{search}` is the start of no line the API writes"
-        # A search ending in a category finds that category only, not one that merely starts the same.
-        if search.split("=")[-1]:
-            assert found == [search.split("=")[-1]], f"{alert}: `{search}` names no category exactly"
+        found = [category for category, line in zip(CATEGORIES, lines, strict=True) if line.startswith(search)]
+        assert found, f"{alert}: `{search}` is the start of no line service/llm.py writes"
+        named = search.rsplit("=", 1)[-1]
+        if named:  # a search ending in a category finds that one, not another that merely starts the same
+            assert found == [named], f"{alert}: `{search}` finds {found}"
 
 
 @pytest.mark.unit
-def test_the_runbook_example_line_has_the_logged_shape() -> None:
+def test_the_runbook_example_line_is_what_the_client_writes(caplog: pytest.LogCaptureFixture) -> None:
     examples = [line for line in SEARCH.findall(RUNBOOK.read_text(encoding="utf-8")) if " key=" in line]
-    assert examples, "docs/runbook.md shows no whole example line"
-    for example in examples:
-        match = LOG_LINE.match(example)
-        assert match, f"docs/runbook.md's example `{example}` is not the logged shape"
-        assert match["category"] in CATEGORIES
+    [line] = logged([EXAMPLE], caplog)
+    assert examples == [line]
