@@ -128,7 +128,9 @@ def test_reasoning_streams_as_its_own_events_before_the_answer(
 def test_a_model_rejecting_successive_same_role_messages_answers_every_turn(
     client: httpx.Client, service: Service, user: User
 ) -> None:
-    discussion = create_discussion(client, user, "Strict [[fake:strict_roles=1,words=6]]", PANEL, rounds=2)
+    # deepseek-reasoner as it launched: reasoning first, and a 400 for two successive user (or assistant) messages.
+    topic = "Strict [[fake:strict_roles=1,reasoning=3,words=6]]"
+    discussion = create_discussion(client, user, topic, PANEL, rounds=2)
     detail = wait_finished(client, user, discussion)
     assert [(m["role"], m["status"], m["error"]) for m in detail["messages"]] == [
         *[(role, "completed", None) for role in PANEL * 2],
