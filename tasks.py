@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -277,41 +278,64 @@ def tls_renew(
 
 
 SANDBOX_HELP = {
-    "name": "sandbox name; containers, volumes and files are named after it",
-    "ssh_port": "port on 127.0.0.1 for SSH (0: any free port)",
-    "http_port": "port on 127.0.0.1 for the sandbox's port 80 (0: any free port)",
-    "https_port": "port on 127.0.0.1 for the sandbox's port 443 (0: any free port)",
-    "config_out": "where to write the sandbox's appliance config",
+    "os": "the sandbox's Debian release: bookworm (12, the default) or trixie (13); "
+    "each has its own default name, ports and config file, so both can run at once",
+    "name": "sandbox name; containers, volumes and files are named after it (default: after --os)",
+    "ssh_port": "port on 127.0.0.1 for SSH (0: any free port; default: after --os)",
+    "http_port": "port on 127.0.0.1 for the sandbox's port 80 (0: any free port; default: after --os)",
+    "https_port": "port on 127.0.0.1 for the sandbox's port 443 (0: any free port; default: after --os)",
+    "config_out": "where to write the sandbox's appliance config (default: after --os)",
 }
+
+
+def sandbox_spec(
+    os: str,
+    name: str | None = None,
+    config_out: str | None = None,
+    ports: tuple[str | None, str | None, str | None] = (None, None, None),
+) -> sandboxes.SandboxSpec:
+    """The release's default spec with what the operator gave instead (Invoke hands unset ports over as None)."""
+    spec = sandboxes.SandboxSpec.for_release(os)
+    ssh, http, https = (default if port is None else int(port) for port, default in zip(ports, spec.ports, strict=True))
+    return dataclasses.replace(
+        spec,
+        name=name or spec.name,
+        ssh_port=ssh,
+        http_port=http,
+        https_port=https,
+        config_out=Path(config_out) if config_out else spec.config_out,
+    )
 
 
 @task(name="up", help=SANDBOX_HELP)
 @one_line_errors
 def sandbox_up(
     c: Context,
-    name: str = "cvm-sandbox",
-    ssh_port: int = 2222,
-    http_port: int = 8080,
-    https_port: int = 8443,
-    config_out: str = "sandbox.toml",
+    os: str = sandboxes.DEFAULT_RELEASE,
+    name: str | None = None,
+    ssh_port: str | None = None,
+    http_port: str | None = None,
+    https_port: str | None = None,
+    config_out: str | None = None,
 ) -> None:
-    """Start a throwaway local Debian 12 "CVM" (systemd, sshd, room for Docker) and write its config."""
-    spec = sandboxes.SandboxSpec(
-        name, ssh_port=ssh_port, http_port=http_port, https_port=https_port, config_out=Path(config_out)
-    )
+    """Start a throwaway local Debian 12 or 13 "CVM" (systemd, sshd, room for Docker) and write its config."""
+    spec = sandbox_spec(os, name, config_out, (ssh_port, http_port, https_port))
     box = sandboxes.up(spec)
-    print(f"sandbox {box.name} is running")
+    print(f"sandbox {box.name} ({spec.release}) is running")
     print(f"  ssh:    {box.ssh_command()}")
     print(f"  http:   http://{box.address}:{box.http_port}/   https: https://{box.address}:{box.https_port}/")
     print(f"  config: {box.config_file}  (e.g. inv facts --config {box.config_file})")
 
 
-@task(name="down", help={"name": SANDBOX_HELP["name"], "config_out": SANDBOX_HELP["config_out"]})
+@task(name="down", help={key: SANDBOX_HELP[key] for key in ("os", "name", "config_out")})
 @one_line_errors
-def sandbox_down(c: Context, name: str = "cvm-sandbox", config_out: str = "sandbox.toml") -> None:
+def sandbox_down(
+    c: Context, os: str = sandboxes.DEFAULT_RELEASE, name: str | None = None, config_out: str | None = None
+) -> None:
     """Remove the sandbox: its container, Docker volume, key folder and config, by name."""
-    removed = sandboxes.down(sandboxes.SandboxSpec(name, config_out=Path(config_out)))
-    print("removed: " + (", ".join(removed) or f"nothing (no sandbox {name})"))
+    spec = sandbox_spec(os, name, config_out)
+    removed = sandboxes.down(spec)
+    print("removed: " + (", ".join(removed) or f"nothing (no sandbox {spec.name})"))
 
 
 @task(

@@ -35,7 +35,25 @@ BASE_PACKAGES = (
 )
 # Bump when _prepare_rootfs changes: the tag carries it, so no machine reuses an image of an old recipe.
 RECIPE_VERSION = 3
-BASE_IMAGE = "cvm-base:bookworm-" + hashlib.sha256(f"{BASE_PACKAGES}/{RECIPE_VERSION}".encode()).hexdigest()[:8]
+# The Debian releases a sandbox can run, each with its own defaults so two sandboxes can run side by side.
+RELEASES = ("bookworm", "trixie")
+DEFAULT_RELEASE = "bookworm"
+
+
+# Docker 26 (trixie's) turns IPv6 off on each container's interface through /proc/sys, which is read-only
+# inside a sandbox (itself a container; a real host's is writable); this lets it carry on. Older engines never try.
+SANDBOX_DOCKERD_ENV = {"trixie": "DOCKER_ALLOW_IPV6_ON_IPV4_INTERFACE=1"}
+
+
+def base_image(release: str = DEFAULT_RELEASE) -> str:
+    """The tag of a release's base image; it names the recipe, so a changed recipe builds a new image."""
+    recipe = "/".join([BASE_PACKAGES, str(RECIPE_VERSION), *filter(None, [SANDBOX_DOCKERD_ENV.get(release)])])
+    return f"cvm-base:{release}-" + hashlib.sha256(recipe.encode()).hexdigest()[:8]
+
+
+# The stand-ins and the API image build on this one whatever the sandbox's release: in production they are
+# the same images (postgres:16-bookworm, …) on every host OS, and the service's Python is bookworm's 3.11.
+BASE_IMAGE = base_image(DEFAULT_RELEASE)
 LABEL = "cvm-appliance.sandbox"
 MIRROR_ENV = "APPLIANCE_DEBIAN_MIRROR"
 BOOT_TIMEOUT = 90
@@ -48,12 +66,38 @@ class SandboxSpec:
     """What to create. Port 0 lets Docker choose a free port (the tests do that)."""
 
     name: str = "cvm-sandbox"
-    image: str = BASE_IMAGE
+    release: str = DEFAULT_RELEASE
     ssh_port: int = 2222
     http_port: int = 8080
     https_port: int = 8443
     state_root: Path = Path(".sandbox")
     config_out: Path = Path("sandbox.toml")
+
+    @classmethod
+    def for_release(cls, release: str) -> SandboxSpec:
+        """`inv sandbox.up --os RELEASE`'s defaults: bookworm's, or its own name, ports and config for another."""
+        if release not in RELEASES:
+            raise SandboxError(f"unknown sandbox OS {release!r}: use one of {', '.join(RELEASES)}")
+        if release == DEFAULT_RELEASE:
+            return cls()
+        offset = 100 * RELEASES.index(release)
+        return cls(
+            f"cvm-sandbox-{release}",
+            release,
+            2222 + offset,
+            8080 + offset,
+            8443 + offset,
+            config_out=Path(f"sandbox-{release}.toml"),
+        )
+
+    @property
+    def image(self) -> str:
+        return base_image(self.release)
+
+    @property
+    def ports(self) -> tuple[int, int, int]:
+        """SSH, HTTP and HTTPS on 127.0.0.1."""
+        return (self.ssh_port, self.http_port, self.https_port)
 
     @property
     def state_dir(self) -> Path:
@@ -125,8 +169,9 @@ def docker_client() -> docker.DockerClient:
     return client
 
 
-def ensure_base_image(client: docker.DockerClient, image: str = BASE_IMAGE, log: TextLog = print) -> bool:
-    """Build the Debian 12 base image with debootstrap unless it exists; True if it was built."""
+def ensure_base_image(client: docker.DockerClient, release: str = DEFAULT_RELEASE, log: TextLog = print) -> bool:
+    """Build a release's base image with debootstrap unless it exists; True if it was built."""
+    image = base_image(release)
     try:
         client.images.get(image)
         return False
@@ -142,7 +187,7 @@ def ensure_base_image(client: docker.DockerClient, image: str = BASE_IMAGE, log:
             "debootstrap",
             "--variant=minbase",
             f"--include={BASE_PACKAGES}",
-            "bookworm",
+            release,
             str(rootfs),
             mirror.archive,
         ]
@@ -150,7 +195,7 @@ def ensure_base_image(client: docker.DockerClient, image: str = BASE_IMAGE, log:
         if completed.returncode != 0:
             tail = (completed.stderr or completed.stdout).strip().splitlines()[-1:]
             raise SandboxError(f"debootstrap failed: {' '.join(tail) or 'exit ' + str(completed.returncode)}")
-        _prepare_rootfs(rootfs, mirror)
+        _prepare_rootfs(rootfs, release, mirror)
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
         importer = subprocess.run(["docker", "import", "-", image], stdin=tar.stdout, capture_output=True, check=False)
         tar.wait()
@@ -159,11 +204,11 @@ def ensure_base_image(client: docker.DockerClient, image: str = BASE_IMAGE, log:
     return True
 
 
-def _prepare_rootfs(rootfs: Path, mirror: DebianMirror) -> None:
+def _prepare_rootfs(rootfs: Path, release: str, mirror: DebianMirror) -> None:
     """Make the tree boot as a container: apt sources, no host keys baked in, no getty on a tty."""
     (rootfs / "etc/apt/sources.list").write_text(
-        f"deb {mirror.archive} bookworm main\ndeb {mirror.archive} bookworm-updates main\n"
-        f"deb {mirror.security} bookworm-security main\n",
+        f"deb {mirror.archive} {release} main\ndeb {mirror.archive} {release}-updates main\n"
+        f"deb {mirror.security} {release}-security main\n",
         encoding="utf-8",
     )
     for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
@@ -175,6 +220,12 @@ def _prepare_rootfs(rootfs: Path, mirror: DebianMirror) -> None:
         "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n",
         encoding="utf-8",
     )
+    if release in SANDBOX_DOCKERD_ENV:
+        docker_dropin = rootfs / "etc/systemd/system/docker.service.d"
+        docker_dropin.mkdir(parents=True, exist_ok=True)
+        (docker_dropin / "10-sandbox.conf").write_text(
+            f"[Service]\nEnvironment={SANDBOX_DOCKERD_ENV[release]}\n", encoding="utf-8"
+        )
     for unit in ("getty@tty1.service", "console-getty.service", "systemd-firstboot.service"):
         (rootfs / "etc/systemd/system" / unit).unlink(missing_ok=True)
         (rootfs / "etc/systemd/system" / unit).symlink_to("/dev/null")
@@ -318,7 +369,8 @@ def _published_port(container: Container, port: str) -> int:
 def up(spec: SandboxSpec, log: TextLog = print) -> Sandbox:
     """Create (or find running) the sandbox, install a fresh key, write its config; return its address."""
     client = docker_client()
-    ensure_base_image(client, spec.image, log)
+    ensure_base_image(client, spec.release, log)
+    ensure_base_image(client, DEFAULT_RELEASE, log)  # what the stand-ins and the API image build on
     log("building the postgres, redis, nginx and monitoring stand-in images (once; no registry is needed)")
     standins = {name: standin_image(client, name) for name in STANDINS}
     container = _existing(client, spec.name)

@@ -8,9 +8,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -22,7 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 # One prefix per test run, so two runs on a machine never touch each other's containers.
 RUN_ID = os.environ.get("APPLIANCE_TEST_RUN") or f"cvmt-{secrets.token_hex(3)}"
 
-SandboxFactory = Callable[[str], sandboxes.Sandbox]
+
+class SandboxFactory(Protocol):
+    def __call__(self, suffix: str, release: str = sandboxes.DEFAULT_RELEASE) -> sandboxes.Sandbox: ...
 
 
 def free_port() -> int:
@@ -32,9 +35,10 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _spec(tmp_root: Path, suffix: str) -> sandboxes.SandboxSpec:
+def _spec(tmp_root: Path, suffix: str, release: str) -> sandboxes.SandboxSpec:
     return sandboxes.SandboxSpec(
         name=f"{RUN_ID}-{suffix}",
+        release=release,
         ssh_port=free_port(),
         http_port=free_port(),
         https_port=free_port(),
@@ -49,8 +53,8 @@ def sandbox_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbo
     root = tmp_path_factory.mktemp("sandboxes")
     specs: list[sandboxes.SandboxSpec] = []
 
-    def start(suffix: str) -> sandboxes.Sandbox:
-        spec = _spec(root, suffix)
+    def start(suffix: str, release: str = sandboxes.DEFAULT_RELEASE) -> sandboxes.Sandbox:
+        spec = _spec(root, suffix, release)
         specs.append(spec)
         return sandboxes.up(spec, log=lambda line: None)
 
