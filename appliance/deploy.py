@@ -168,7 +168,18 @@ def prepare_steps(config: Config, release: Release, files: list[ManagedFile], fi
     settings = config.settings
     # Every service of the stack's project but nginx (switch_traffic's), with the release's settings.
     services = f"$({release.compose('config', '--services')} | grep -vx nginx)"
-    stack_up = f"services={services} && {release.compose('up', '-d', '--remove-orphans')} $services"
+    # The API projects' shared volume belongs to the stack's project, whose services never mount it: Compose v1
+    # makes every volume a project declares, v2 only those its services mount, so it is made here, labelled
+    # as Compose labels its own.
+    project, volume = settings.name, "artifacts"
+    shared_volume = sh(
+        "docker", "volume", "create", "--label", f"com.docker.compose.project={project}",
+        "--label", f"com.docker.compose.volume={volume}", f"{project}_{volume}",
+    )  # fmt: skip
+    stack_up = (
+        f"services={services} && {release.compose('up', '-d', '--remove-orphans')} $services"
+        f" && {shared_volume} >/dev/null"
+    )
     nginx_check = (
         f"docker run --rm --pull never --add-host api-{release.slug}:127.0.0.1 "
         f"-v {sh(release.directory + '/nginx')}:/etc/nginx/conf.d:ro "

@@ -53,7 +53,7 @@ def bootstrap_steps(config: Config, facts: HostFacts, operator_key: str | None) 
     settings = config.settings
     return [
         *system_steps(settings, facts),
-        *layout_steps(config),
+        *layout_steps(config, facts),
         *access_steps(settings, facts, operator_key),
         *hardening_steps(facts),
         *docker_steps(settings, facts),

@@ -21,11 +21,33 @@ DOCKER_CE_PACKAGES = (
 WEB_PORTS = (80, 443)
 
 
+COMPOSE_V2 = "docker compose"
+COMPOSE_V1 = "docker-compose"
+# Each release's Compose package and the command it gives: Debian 12's docker-compose is v1 (1.29),
+# Debian 13's is v2 (2.26, the CLI plugin), Ubuntu ships v2 as docker-compose-v2.
+DISTRIBUTION_COMPOSE = {
+    ("debian", "12"): ("docker-compose", COMPOSE_V1),
+    ("debian", "13"): ("docker-compose", COMPOSE_V2),
+    ("ubuntu", "22.04"): ("docker-compose-v2", COMPOSE_V2),
+    ("ubuntu", "24.04"): ("docker-compose-v2", COMPOSE_V2),
+}
+
+
 def distribution_packages(facts: HostFacts) -> tuple[str, ...]:
-    """docker.io plus the host's Compose: the v2 plugin where the release ships it, else v1."""
-    if facts.os_id == "ubuntu" and facts.os_version in ("22.04", "24.04"):
-        return ("docker.io", "docker-compose-v2")
-    return ("docker.io", "docker-compose")
+    """docker.io plus the release's own Compose package."""
+    package, _ = DISTRIBUTION_COMPOSE[(facts.os_id, facts.os_version)]
+    return ("docker.io", package)
+
+
+def compose_command(settings: Settings, facts: HostFacts) -> str:
+    """The compose command on this host: the one the packages bootstrap installs provide (BASE/bin/compose runs it).
+
+    Decided from the release and host.docker_source alone, so it is the same before Docker is installed and
+    after, and every caller (deploy, rollback, the stack's unit, host scripts, backups) gets it from one place.
+    """
+    if settings.host.docker_source == "docker-ce":
+        return COMPOSE_V2  # docker-compose-plugin
+    return DISTRIBUTION_COMPOSE[(facts.os_id, facts.os_version)][1]
 
 
 def docker_ce_repository(settings: Settings, facts: HostFacts) -> Converge:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from appliance.backup.install import backup_steps
+from appliance.bootstrap.docker_engine import compose_command
 from appliance.bootstrap.tls import cert_expiry_command, tls_steps
 from appliance.config import Config, Settings
 from appliance.facts import HostFacts
@@ -14,7 +15,6 @@ from appliance.steps import ConfigFiles, Converge, Directory, ManagedFile, Step
 
 # scripts/ files that run on the host, and their names in BASE/bin.
 HOST_SCRIPTS = {
-    "compose.sh": "compose",
     "docker-user-firewall.sh": "docker-user-firewall.sh",
     "cert-expiry.sh": "cert-expiry.sh",
     "stack.sh": "stack.sh",
@@ -41,10 +41,16 @@ def directories(base: str) -> list[Step]:
     ]
 
 
-def host_scripts(base: str) -> list[Step]:
+def host_scripts(settings: Settings, facts: HostFacts) -> list[Step]:
+    """The scripts in BASE/bin, and BASE/bin/compose: the host's compose command, which all of them call."""
+    base = settings.base_dir
+    compose = render_host_template("compose.sh.j2", command=compose_command(settings, facts))
     return [
-        ManagedFile(f"{base}/bin/{name}", (BUNDLE_ROOT / "scripts" / source).read_bytes(), 0o755)
-        for source, name in HOST_SCRIPTS.items()
+        ManagedFile(f"{base}/bin/compose", compose, 0o755),
+        *(
+            ManagedFile(f"{base}/bin/{name}", (BUNDLE_ROOT / "scripts" / source).read_bytes(), 0o755)
+            for source, name in HOST_SCRIPTS.items()
+        ),
     ]
 
 
@@ -118,15 +124,15 @@ def host_record(settings: Settings, facts: HostFacts) -> ManagedFile:
         "arch": facts.arch,
         "docker": facts.docker,
         "compose": facts.compose,
-        "compose_command": f"{settings.base_dir}/bin/compose",
+        "compose_command": compose_command(settings, facts),
+        "compose_wrapper": f"{settings.base_dir}/bin/compose",
     }
     return ManagedFile(f"{settings.base_dir}/shared/host.json", (json.dumps(record, indent=2) + "\n").encode())
 
 
-def layout_steps(config: Config) -> list[Step]:
+def layout_steps(config: Config, facts: HostFacts) -> list[Step]:
     """The appliance's directories and host scripts (the Docker guard needs them first)."""
-    base = config.settings.base_dir
-    return [*directories(base), *host_scripts(base)]
+    return [*directories(config.settings.base_dir), *host_scripts(config.settings, facts)]
 
 
 def service_steps(config: Config) -> list[Step]:

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Iterable
 
 import pytest
 
 from appliance.bootstrap import ASSUMED_FACTS
 from appliance.bootstrap.access import PARAMIKO_KEX, sshd_drop_in, ufw_rules
-from appliance.bootstrap.docker_engine import distribution_packages
-from appliance.bootstrap.preflight import REFUSED_OS, SUPPORTED_OS, preflight_problems
+from appliance.bootstrap.docker_engine import DISTRIBUTION_COMPOSE, compose_command, distribution_packages
+from appliance.bootstrap.layout import host_scripts
+from appliance.bootstrap.preflight import ACCEPTED_OS, EXERCISED_OS, OS_NAMES, REFUSED_OS, preflight_problems
 from appliance.bootstrap.system import KernelSettings, swap_size_mb
-from appliance.config import HostSetup
+from appliance.config import Host, HostSetup, Settings
 from appliance.render import BUNDLE_ROOT
-from appliance.steps import Fact, Note, Run
+from appliance.steps import Fact, ManagedFile, Note, Run
 
 pytestmark = pytest.mark.unit
 
@@ -29,7 +31,9 @@ def test_fit_host_has_no_problems_and_unfit_one_has_each_named() -> None:
     )  # fmt: skip
     problems = preflight_problems(HostSetup(), unfit)
     assert len(problems) == 5
-    assert problems[0] == "unsupported OS 'CentOS 7' (centos 7): use Debian 12, Ubuntu 22.04, Ubuntu 24.04"
+    assert problems[0] == (
+        "unsupported OS 'CentOS 7' (centos 7): reinstall the CVM with Ubuntu 24.04 or 22.04, or Debian 13 or 12"
+    )
     assert "only 900 MB of memory, needs 1800 MB (host.min_memory_mb)" in problems[3]
 
 
@@ -41,15 +45,40 @@ def test_ubuntu_20_04_is_refused_in_one_line_that_says_what_to_use() -> None:
     assert "\n" not in problem
 
 
+def test_tencentos_is_refused_whatever_its_version_and_told_what_to_use() -> None:
+    for version in ("2.4", "3.1", "4"):
+        host = dataclasses.replace(
+            ASSUMED_FACTS, os_id="tencentos", os_version=version, os_name=f"TencentOS Server {version}"
+        )
+        (problem,) = preflight_problems(HostSetup(), host)
+        assert problem.startswith(f"unsupported OS 'TencentOS Server {version}': an RPM system")
+        assert problem.endswith(
+            "reinstall the CVM with Ubuntu 24.04 or 22.04, or Debian 13 or 12 (Tencent Cloud's public images)"
+        )
+
+
+def test_debian_13_and_every_supported_release_pass_preflight() -> None:
+    for os_id, version in EXERCISED_OS | ACCEPTED_OS:
+        host = dataclasses.replace(ASSUMED_FACTS, os_id=os_id, os_version=version, os_name=f"{os_id} {version}")
+        assert preflight_problems(HostSetup(), host) == []
+
+
 def test_readme_os_table_is_the_preflight_table() -> None:
     readme = (BUNDLE_ROOT / "README.md").read_text(encoding="utf-8")
     table = readme.split("## Supported hosts", 1)[1].split("\n## ", 1)[0]
     rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     listed = {cells[0].strip(): cells[1].strip() for cells in rows[1:]}
-    supported = {f"{name.title()} {version}" for name, version in SUPPORTED_OS}
-    refused = {f"{name.title()} {version}" for name, version in REFUSED_OS}
-    assert {os for os, verdict in listed.items() if verdict.startswith("supported")} == supported
-    assert {os for os, verdict in listed.items() if verdict.startswith("refused")} == refused
+
+    def named(releases: Iterable[tuple[str, str | None]]) -> set[str]:
+        return {f"{OS_NAMES[name]} {version}" if version else OS_NAMES[name] for name, version in releases}
+
+    def verdict(prefix: str) -> set[str]:
+        return {os for os, text in listed.items() if text.startswith(prefix)}
+
+    assert verdict("supported, exercised in CI") == named(EXERCISED_OS)
+    assert verdict("supported, accepted") == named(ACCEPTED_OS)
+    assert verdict("refused") == named(REFUSED_OS)
+    assert len(listed) == len(EXERCISED_OS) + len(ACCEPTED_OS) + len(REFUSED_OS)
 
 
 def test_swap_only_on_small_hosts_without_any() -> None:
@@ -105,7 +134,19 @@ def test_kernel_settings_apply_on_a_vm_and_only_note_in_a_container() -> None:
     assert isinstance(note, Note)
 
 
-def test_compose_v2_where_the_release_ships_it() -> None:
+def test_compose_v2_where_the_release_ships_it_and_one_command_for_the_host() -> None:
+    assert set(DISTRIBUTION_COMPOSE) == EXERCISED_OS | ACCEPTED_OS
+    settings = Settings(hosts=[Host(address="203.0.113.7")])
+    bookworm = dataclasses.replace(ASSUMED_FACTS, os_id="debian", os_version="12")
+    trixie = dataclasses.replace(ASSUMED_FACTS, os_id="debian", os_version="13")
     assert distribution_packages(ASSUMED_FACTS) == ("docker.io", "docker-compose-v2")
-    debian = dataclasses.replace(ASSUMED_FACTS, os_id="debian", os_version="12")
-    assert distribution_packages(debian) == ("docker.io", "docker-compose")
+    assert distribution_packages(bookworm) == distribution_packages(trixie) == ("docker.io", "docker-compose")
+    assert compose_command(settings, bookworm) == "docker-compose"
+    assert compose_command(settings, trixie) == compose_command(settings, ASSUMED_FACTS) == "docker compose"
+    docker_ce = settings.model_copy(update={"host": HostSetup(docker_source="docker-ce")})
+    assert compose_command(docker_ce, bookworm) == "docker compose"
+    # What Compose the host already has does not matter: bootstrap installs the release's.
+    assert compose_command(settings, dataclasses.replace(trixie, compose="v1 1.29.2")) == "docker compose"
+    wrapper = next(step for step in host_scripts(settings, trixie) if isinstance(step, ManagedFile))
+    assert wrapper.path == "/opt/appliance/bin/compose"
+    assert wrapper.content.decode().splitlines()[-1] == 'exec docker compose "$@"'
