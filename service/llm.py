@@ -122,7 +122,7 @@ def failure_of(exc: Exception) -> Failure:
             _retry_after(exc.response.headers.get("retry-after")),
         )
     if isinstance(exc, openai.APIConnectionError):
-        return Failure("connection", None, str(exc.__cause__ or exc))
+        return Failure("connection", None, str(exc.__cause__ or "") or exc.message)  # httpx's words, if any
     if isinstance(exc, openai.APIError):  # the SDK raises this for an error object sent inside the stream
         return Failure("stream_error", None, _upstream_message(exc.body, exc.message))
     return Failure("malformed", None, f"{type(exc).__name__}: {exc}")
@@ -152,7 +152,6 @@ def turn_error(failure: Failure, attempts: int = 1) -> LlmError:
         "cut": "upstream LLM stream ended before finish_reason; the answer is incomplete",
         "stream_error": f"the LLM upstream sent an error inside the stream ({failure.message}); answer incomplete",
         "malformed": f"the LLM upstream sent a chunk this service cannot read ({failure.message})",
-        "timeout": failure.message,
     }
     if failure.category in texts:
         return LlmError(texts[failure.category], failure.category)
