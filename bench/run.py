@@ -264,15 +264,10 @@ def bench_metrics(env: dict[str, str], tmp: Path, restarts: int, scrapes: int) -
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="shorter runs (smoke test of the benchmark)")
-    parser.add_argument("--only", default="http,ttft,fanout,metrics", help="comma-separated sections to run")
-    args = parser.parse_args()
-    sections = set(args.only.split(","))
-    seconds, rounds, samples, fanouts = (2.0, 1, 5, (20,)) if args.quick else (10.0, 5, 40, (100, 1000))
-    restarts = 3 if args.quick else 50
-    rows: list[tuple[str, str]] = []
+@contextmanager
+def bench_stack(**overrides: str) -> Iterator[tuple[dict[str, str], Path, FakeLlm]]:
+    """What every bench's service runs on: a scratch database (migrated), the fake LLM, a Redis prefix and a
+    temporary folder; yields the service's environment, that folder and the fake."""
     with (
         scratch_database("svc_bench") as database_url,
         running_fake_llm() as fake,
@@ -290,7 +285,21 @@ def main() -> None:
             AGENT_TIMEOUT="60",
             LOG_LEVEL="INFO",  # the production default: every request writes its JSON log line
         )
-        service = start_service(env, Path(tmp) / "service.log")
+        env.update(overrides)
+        yield env, Path(tmp), fake
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="shorter runs (smoke test of the benchmark)")
+    parser.add_argument("--only", default="http,ttft,fanout,metrics", help="comma-separated sections to run")
+    args = parser.parse_args()
+    sections = set(args.only.split(","))
+    seconds, rounds, samples, fanouts = (2.0, 1, 5, (20,)) if args.quick else (10.0, 5, 40, (100, 1000))
+    restarts = 3 if args.quick else 50
+    rows: list[tuple[str, str]] = []
+    with bench_stack() as (env, tmp, fake):
+        service = start_service(env, tmp / "service.log")
         try:
             with httpx.Client(base_url=service.url, timeout=60) as client:
                 user = new_user(client)
@@ -310,7 +319,7 @@ def main() -> None:
         finally:
             stop_process(service.proc, timeout=40)
         if "metrics" in sections:
-            rows += bench_metrics(env, Path(tmp), restarts, scrapes=5 if args.quick else 30)
+            rows += bench_metrics(env, tmp, restarts, scrapes=5 if args.quick else 30)
     print("| measurement | result |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")

@@ -512,7 +512,7 @@ class Orchestrator:
                 log.warning("stop-signal subscription failed, resubscribing: %s", exc)
                 await asyncio.sleep(1)
             finally:
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 def _role(key: str) -> Role:
