@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
@@ -27,6 +28,7 @@ from service.logging import configure_logging
 from service.metrics import AgentSlotsCollector
 from service.request_context import AccessLog, RequestContextMiddleware
 from service.settings import Settings, load_settings
+from service.standby import Standby
 from service.static_routes import StaticRoutes
 from service.storage import ArtifactStore, blobs_for
 from service.streaming import EventHub, EventLog
@@ -71,9 +73,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
         )
         orchestrator.start()
+        standby = asyncio.create_task(Standby(settings.standby_file, app.state.drain, orchestrator).follow())
         try:
             yield
         finally:
+            standby.cancel()
             access_log.flush()
             await orchestrator.close()
             await llm.close()

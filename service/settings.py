@@ -49,6 +49,8 @@ class Settings:
     login_window_seconds: int
     max_upload_bytes: int
     ws_drain_seconds: float
+    # Present while the deploy keeps this API warm and idle (service/standby.py); the host creates and removes it.
+    standby_file: Path
     # Proxies whose X-Real-IP names the client (addresses, networks or host names): service/client_address.py.
     trusted_proxies: tuple[str, ...]
     registration_mode: str
@@ -148,6 +150,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         login_window_seconds=int(_number(env, "LOGIN_WINDOW_SECONDS", "300", int)),
         max_upload_bytes=int(_number(env, "MAX_UPLOAD_BYTES", str(10 * 1024 * 1024), int)),
         ws_drain_seconds=float(_number(env, "WS_DRAIN_SECONDS", "2", float)),
+        standby_file=Path(_text(env, "STANDBY_FILE", "/run/cvm-service/control/standby")),
         trusted_proxies=_trusted_proxies(env),
         registration_mode=registration,
         daily_token_quota=int(_number(env, "DAILY_TOKEN_QUOTA", str(DEFAULT_DAILY_TOKEN_QUOTA), int)),

@@ -125,30 +125,51 @@ class Orchestrator:
         self.worker_id = worker_id
         self._runs: dict[uuid.UUID, Run] = {}
         self._background: list[asyncio.Task[None]] = []
+        self._reaper: asyncio.Task[None] | None = None
+        self._standby = False  # service/standby.py: a warm API's workers run nothing
         self._stop_channel = stop_channel(settings.redis_key_prefix)
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        self._background = [
-            asyncio.create_task(self._reap_forever()),
-            asyncio.create_task(self._listen_stops()),
-        ]
+        self._background = [asyncio.create_task(self._listen_stops())]
+        self.wake()
+
+    def wake(self) -> None:
+        """Run discussions (again): the reaper claims those that need an owner."""
+        self._standby = False
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.create_task(self._reap_forever())
+
+    async def standby(self) -> int:
+        """Hand every running discussion over, as on shutdown, and claim none until wake(); how many went."""
+        self._standby = True
+        return await self._release_runs([self._reaper] if self._reaper else [])
 
     async def close(self) -> None:
         """Hand running discussions back: cancel them and expire their leases so another worker resumes."""
-        for task in self._background:
+        self._standby = True
+        await self._release_runs([*self._background, *([self._reaper] if self._reaper else [])])
+
+    async def _release_runs(self, background: list[asyncio.Task[None]]) -> int:
+        for task in background:
             task.cancel()
         runs = list(self._runs.values())
         for run in runs:
             self._cancel(run, "release")
         # Bounded wait: a cancel swallowed inside a Redis read must not stall the worker's shutdown.
-        pending = [r.task for r in runs if r.task] + self._background
+        pending = [r.task for r in runs if r.task] + background
         if pending:
             await asyncio.wait(pending, timeout=5)
+        await self._expire_leases()
+        return len(runs)
+
+    async def _expire_leases(self, discussion_id: uuid.UUID | None = None) -> None:
+        """This worker's leases (or one of them) end now, so another worker's reaper resumes the discussions."""
         await self._pool.execute(
             "UPDATE discussions SET lease_expires_at = now()"
-            " WHERE lease_owner = $1 AND status IN ('running', 'stopping')",
+            " WHERE lease_owner = $1 AND status IN ('running', 'stopping') AND ($2::uuid IS NULL OR id = $2)",
             self.worker_id,
+            discussion_id,
         )
 
     def launch(self, discussion_id: uuid.UUID) -> None:
@@ -176,6 +197,9 @@ class Orchestrator:
     async def _run(self, discussion_id: uuid.UUID) -> None:
         run = await self._load(discussion_id)
         if run is None:
+            return
+        if self._standby:  # created through a request that reached a standby API: another release runs it
+            await self._expire_leases(discussion_id)
             return
         run.task = asyncio.current_task()
         self._runs[run.id] = run
