@@ -388,23 +388,30 @@ def backups(
 @task(
     name="restore",
     default=True,
-    help={**COMMON_HELP, "backup": "backup id (see inv backups)", "yes": "do not ask for confirmation"},
+    help={
+        **COMMON_HELP,
+        "backup": "backup id (see inv backups)",
+        "to_time": 'point-in-time recovery (backup.pitr): PostgreSQL as it was then, "2026-12-01 10:15:00+08:00"',
+        "yes": "do not ask for confirmation",
+    },
 )
 @one_line_errors
 def restore_backup(
     c: Context,
-    backup: str,
+    backup: str | None = None,
+    to_time: str | None = None,
     yes: bool = False,
     config: str | None = None,
     env: str | None = None,
     host: str | None = None,
 ) -> None:
-    """Restore a backup into the running stack, after a backup of what is there now."""
+    """Restore a backup (or PostgreSQL to a moment) into the running stack, after a backup of what is there now."""
     loaded = load(config, env, host)
     target = loaded.settings.hosts[0].target
-    if not yes and input(f"replace the data on {target} with backup {backup}? type yes: ").strip() != "yes":
+    what = f"backup {backup}" if backup else f"the data as of {to_time}"
+    if not yes and input(f"replace the data on {target} with {what}? type yes: ").strip() != "yes":
         raise StepFailed("restore cancelled: nothing was changed")
-    before, restored = backups_edge.restore(loaded, backup)
+    before, restored = backups_edge.restore(loaded, backup, to_time)
     print(before)
     print(restored)
 

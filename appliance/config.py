@@ -229,6 +229,10 @@ class Backup(_Section):
     age_identity_file: str | None = None
     # Multipart part size; COS allows 1 MB to 5 GB per part and 10000 parts per object.
     part_size_mb: int = Field(default=16, ge=1, le=5120)
+    # Point-in-time recovery: PostgreSQL archives its WAL to COS (age-encrypted); a quiet database still
+    # closes a segment every archive_timeout seconds, which bounds what a lost host loses.
+    pitr: bool = False
+    archive_timeout: int = Field(default=60, ge=5, le=60)
     retention: Retention = Field(default_factory=Retention)
 
     @field_validator("prefix")

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import jinja2
 
 from appliance import notify
+from appliance.backup import wal
 from appliance.config import Config, Settings
 from appliance.errors import ApplianceError, ConfigError
 from appliance.secrets import COS_SECRETS, GENERATED, MASK, Secrets
@@ -166,6 +167,7 @@ def stack_context(config: Config, secrets: Secrets, version: str, reveal: bool, 
         "artifact_cos": artifact_cos(settings),
         "nginx": settings.nginx,
         "backup": settings.backup,
+        "wal_spool": f"{settings.base_dir}/{wal.SPOOL}",
         "monitoring": settings.monitoring,
         # Backups count as stale after twice the longest gap between two runs of their schedule.
         "backup_max_age": 2 * cron_max_gap(settings.backup.schedule),

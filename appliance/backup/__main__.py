@@ -1,9 +1,10 @@
 """The host's backup command: `python3 backup.pyz --settings FILE COMMAND` (run by bin/backup.sh).
 
-Commands: `backup [--reason R] [--only redis]`, `list` (JSON lines), `restore --id ID`, `drill [--id ID]`,
-`prune [--dry-run]`. restore and drill read the age identity from standard input: the private key
-never touches the host's disk. Each run ends with one line (stdout on success, stderr on failure,
-exit status 1) and appends its lines, timestamped, to BASE/shared/backups/backup.log.
+Commands: `backup [--reason R] [--only redis]`, `list` (JSON lines), `restore --id ID | --to-time ISO`,
+`drill [--id ID]`, `prune [--dry-run]`, `wal-push` (PostgreSQL's spooled WAL to COS). restore and drill
+read the age identity from standard input: the private key never touches the host's disk. Each run ends
+with one line (stdout on success, stderr on failure, exit status 1) and appends its lines, timestamped, to
+BASE/shared/backups/backup.log.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
-from appliance.backup import metrics
+from appliance.backup import metrics, wal
 from appliance.backup.errors import BackupError
 from appliance.backup.manifest import FULL, REDIS
 from appliance.backup.runner import Runner
@@ -34,12 +35,22 @@ def _parser() -> argparse.ArgumentParser:
     backup.add_argument("--only", choices=[REDIS], help="Redis alone (backup.redis_schedule)")
     commands.add_parser("list", help="the backups in COS, one JSON object a line")
     restore = commands.add_parser("restore", help="restore a backup into the running stack (identity on stdin)")
-    restore.add_argument("--id", required=True)
+    target = restore.add_mutually_exclusive_group(required=True)
+    target.add_argument("--id")
+    target.add_argument("--to-time", type=moment, help="ISO 8601 with a UTC offset (point-in-time recovery)")
     drill = commands.add_parser("drill", help="restore into throwaway containers and compare (identity on stdin)")
     drill.add_argument("--id")
     prune = commands.add_parser("prune", help="apply the retention policy")
     prune.add_argument("--dry-run", action="store_true")
+    commands.add_parser("wal-push", help="archive the WAL PostgreSQL spooled (the systemd path unit runs it)")
     return parser
+
+
+def moment(text: str) -> datetime:
+    try:
+        return wal.parse_moment(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _identity() -> str:
@@ -111,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps({"id": item.id, "created": item.created.isoformat(), "complete": item.complete,
                                   "verified": item.verified, "size": item.size, "scope": item.scope}))  # fmt: skip
         elif args.command == "restore":
-            log(runner.restore(args.id, _identity()))
+            log(runner.restore(args.id, _identity(), args.to_time))
         elif args.command == "drill":
             identity = _identity()
             try:
@@ -129,6 +140,13 @@ def run(args: argparse.Namespace) -> int:
                 "appliance_backup_drill_last_duration_seconds": round(time.time() - started, 3),
             })  # fmt: skip
             log(line)
+        elif args.command == "wal-push":
+            pushed = runner.wal_push()
+            if pushed:
+                metrics.record(state, settings.metrics_file, {
+                    "appliance_backup_wal_last_archived_timestamp_seconds": time.time(),
+                })  # fmt: skip
+                log(f"wal-push: archived {len(pushed)} file(s), {pushed[0]} … {pushed[-1]}")
         elif args.command == "prune":
             decision = runner.prune(args.dry_run)
             verb = "would delete" if args.dry_run else "deleted"

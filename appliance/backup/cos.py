@@ -212,7 +212,7 @@ class CosStore:
         now = now or datetime.now(timezone.utc)
         aborted = 0
         for upload in self._uploads(prefix):
-            started = _parse_time(str(upload.get("Initiated", "")))
+            started = parse_time(str(upload.get("Initiated", "")))
             if started is not None and (now - started).total_seconds() > older_than_seconds:
                 self._call(
                     f"abort upload of {upload['Key']}",
@@ -302,7 +302,7 @@ def _chunks(stream: Any) -> Iterator[bytes]:
         yield chunk
 
 
-def _parse_time(text: str) -> datetime | None:
+def parse_time(text: str) -> datetime | None:
     for pattern in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S%z"):
         try:
             parsed = datetime.strptime(text, pattern)

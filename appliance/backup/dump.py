@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import signal
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -311,3 +313,93 @@ def drill_redis(project: str, image: str, rdb: Path, sample: dict[str, str], scr
         keys = int(redis_cli(container, "DBSIZE"))
         wrong = [key for key, kind in sample.items() if redis_cli(container, "TYPE", key) != kind]
     return keys, wrong
+
+
+# Point-in-time recovery
+
+PITR_WAL = "pitr-wal"  # in the data directory during a recovery: restore_command's relative path is from there
+_RECOVERY_KEYS = ("restore_command", "recovery_target_time", "recovery_target_action")
+
+
+def base_backup(container: str, target: Path) -> str:
+    """A gzipped tar of the whole cluster (pg_basebackup, with the WAL it needs); its backup_label text."""
+    with target.open("wb") as out:
+        docker(
+            "exec", container, "pg_basebackup", "-U", PG_USER, "-D", "-", "-Ft", "-X", "fetch", "-Z", "1",
+            stdout=out, what="pg_basebackup",
+        )  # fmt: skip
+    with tarfile.open(target, "r:gz") as archive:
+        member = archive.extractfile("backup_label")
+        if member is None:
+            raise BackupError("pg_basebackup's tar holds no backup_label")
+        return member.read().decode()
+
+
+def system_id(container: str) -> str:
+    """The cluster's system identifier: a fresh initdb gets a new one, so WAL of two clusters never mixes."""
+    return psql(container, "SELECT system_identifier FROM pg_control_system()").strip()
+
+
+def recovery_settings(target_time: str | None) -> str:
+    """postgresql.auto.conf lines for a recovery from PITR_WAL, to `target_time` or to the archive's end."""
+    lines = [f"restore_command = 'cp {PITR_WAL}/%f \"%p\"'"]
+    if target_time is not None:
+        lines += [f"recovery_target_time = '{target_time}'", "recovery_target_action = 'promote'"]
+    return "\n".join(lines) + "\n"
+
+
+def replay(container: str, data_dir: Path, base: Path, wal: Path, target_time: str | None, timeout: float) -> bool:
+    """Replace the stopped server's data with `base`, replay the WAL in `wal` up to `target_time`, and wait
+    until the server has promoted itself; the recovery's settings and segments are then removed. False when
+    the archive ends before `target_time`: then all of it is replayed (what there is, all earlier than that)."""
+    stat = data_dir.stat()
+    empty_folder(data_dir)
+    done = subprocess.run(
+        ["tar", "-C", str(data_dir), "--numeric-owner", "-xzpf", str(base)], capture_output=True, check=False
+    )
+    if done.returncode != 0:
+        raise BackupError(f"extracting the base backup failed: {failure(done.returncode, done.stderr)}")
+    shutil.move(wal, data_dir / PITR_WAL)  # the work folder and the volume may be two filesystems
+    (data_dir / "recovery.signal").touch()
+    settings = data_dir / "postgresql.auto.conf"
+    base_settings = settings.read_text(encoding="utf-8")
+    settings.write_text(base_settings + recovery_settings(target_time), encoding="utf-8")
+    subprocess.run(["chown", "-R", f"{stat.st_uid}:{stat.st_gid}", str(data_dir)], check=True)
+    reached = True
+    deadline = time.monotonic() + timeout
+    while (fatal := _recover(container, deadline)) is not None:
+        if target_time is None or not reached or _ENDED_EARLY not in fatal:
+            raise BackupError(f"PostgreSQL's recovery failed: {fatal}")
+        # It stops there (FATAL) rather than promote: carry on to the archive's end, without a target.
+        reached = False
+        settings.write_text(base_settings + recovery_settings(None), encoding="utf-8")
+    for key in _RECOVERY_KEYS:  # one statement per call: ALTER SYSTEM refuses to run in a transaction block
+        psql(container, f"ALTER SYSTEM RESET {key}")
+    psql(container, "SELECT pg_reload_conf()")
+    shutil.rmtree(data_dir / PITR_WAL)
+    return reached
+
+
+_ENDED_EARLY = "recovery ended before configured recovery target was reached"
+
+
+def _recover(container: str, deadline: float) -> str | None:
+    """Start the server and wait until it promoted (None) or stopped: then its last FATAL line."""
+    since = docker("inspect", "--format", "{{.State.FinishedAt}}", container).strip()
+    docker("start", container, what="starting postgres for the recovery")
+    query = ["psql", "-U", PG_USER, "-d", PG_DB, "-tAXqc", "SELECT pg_is_in_recovery()"]
+    while True:
+        running = docker("inspect", "--format", "{{.State.Running}}", container).strip() == "true"
+        if running:
+            answer = subprocess.run(["docker", "exec", container, *query], capture_output=True, text=True, check=False)
+            if answer.stdout.strip() == "f":
+                return None
+        if not running or time.monotonic() > deadline:
+            logs = subprocess.run(
+                ["docker", "logs", "--since", since, container], capture_output=True, text=True, check=False
+            )
+            fatal = [line for line in (logs.stdout + logs.stderr).splitlines() if "FATAL:" in line or "PANIC:" in line]
+            if running:
+                return "not done within the time allowed"
+            return re.split(r"(?:FATAL|PANIC):", fatal[-1], maxsplit=1)[-1].strip() if fatal else "the server stopped"
+        time.sleep(0.5)

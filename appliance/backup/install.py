@@ -16,12 +16,15 @@ from pathlib import Path
 
 import qcloud_cos
 
+from appliance.backup import wal
 from appliance.backup.cos import MB, CosTarget
 from appliance.backup.settings import HostSettings, Policy
 from appliance.config import Config
 from appliance.errors import ConfigError
+from appliance.render import render_template
 from appliance.secrets import COS_SECRETS, load_secrets
-from appliance.steps import Action, Facts, ManagedFile, Packages, Step
+from appliance.shell import sh
+from appliance.steps import Action, ConfigFiles, Converge, Directory, Facts, ManagedFile, Packages, Step
 
 HOST_PACKAGES = ("age", "python3", "python3-crcmod", "python3-requests", "python3-six", "python3-xmltodict")
 BACKUP_MODULES = Path(__file__).resolve().parent
@@ -72,6 +75,7 @@ def host_settings(config: Config, secrets: Mapping[str, str]) -> HostSettings:
             part_size=backup.part_size_mb * MB,
         ),
         retention=Policy(backup.retention.daily, backup.retention.weekly, backup.retention.monthly),
+        pitr=backup.pitr,
     )
 
 
@@ -112,4 +116,39 @@ def backup_steps(config: Config) -> list[Step]:
         Packages("backup tools", HOST_PACKAGES),
         UnshownFile(f"{settings.base_dir}/lib/backup.pyz", bundle(), 0o644),
         UnshownFile(settings_path(settings.base_dir), host.to_json().encode(), 0o600),
+        *wal_push_steps(config),
+    ]
+
+
+def wal_push_steps(config: Config) -> list[Step]:
+    """backup.pitr: the spool PostgreSQL archives into and the path unit that sends it to COS; else neither unit."""
+    settings = config.settings
+    name, base = settings.name, settings.base_dir
+    units = [f"/etc/systemd/system/{name}-wal-push.{kind}" for kind in ("path", "service")]
+    if not settings.backup.pitr:
+        return [
+            Converge(
+                "WAL archiving off",
+                sh("test", "!", "-e", units[0]),
+                f"systemctl disable --now {sh(f'{name}-wal-push.path')}; rm -f {sh(*units)} && systemctl daemon-reload",
+                "remove the WAL push units",
+            )
+        ]
+    context = {"header": "Managed by cvm-appliance (inv bootstrap).", "name": name, "base_dir": base,
+               "spool": f"{base}/{wal.SPOOL}"}  # fmt: skip
+    files = tuple(
+        ManagedFile(unit, render_template(f"systemd/wal-push.{kind}.j2", context).encode())
+        for unit, kind in zip(units, ("path", "service"), strict=True)
+    )
+    path_unit = sh(f"{name}-wal-push.path")
+    return [
+        # The server (its own uid) must pass through to the subfolders it owns; nobody else may list it.
+        Directory(f"{base}/{wal.SPOOL}", 0o711),
+        ConfigFiles("WAL push units", files, "systemctl daemon-reload", "reload systemd"),
+        Converge(
+            "WAL push watching",
+            f"systemctl is-enabled --quiet {path_unit} && systemctl is-active --quiet {path_unit}",
+            f"systemctl enable --now {path_unit}",
+            "watch the WAL spool",
+        ),
     ]

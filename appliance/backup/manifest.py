@@ -57,6 +57,10 @@ class Manifest:
     seconds: float = 0.0
     format: int = FORMAT
     scope: str = FULL  # FULL, or REDIS: Redis alone (backup.redis_schedule), no tables or files
+    # With backup.pitr: the base backup's cluster, its first WAL segment, and when it ended (UTC, ISO 8601).
+    system_id: str | None = None
+    wal_start: str | None = None
+    base_end: str | None = None
 
     @property
     def encrypted_size(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ METRICS = {
     "appliance_backup_last_size_bytes": "Encrypted bytes of the last successful backup.",
     "appliance_backup_redis_last_run_success": "1 if the last Redis-only backup run succeeded, else 0.",
     "appliance_backup_redis_last_success_timestamp_seconds": "Unix time of the last successful Redis-only backup.",
+    "appliance_backup_wal_last_archived_timestamp_seconds": "Unix time WAL was last archived to COS (backup.pitr).",
     "appliance_backup_drill_last_run_timestamp_seconds": "Unix time the last restore drill ended.",
     "appliance_backup_drill_last_success": "1 if the last restore drill passed, else 0.",
     "appliance_backup_drill_last_duration_seconds": "Seconds the last restore drill took.",
@@ -39,12 +41,16 @@ def _write_atomically(path: Path, text: str, mode: int) -> None:
 
 
 def record(state_file: Path, metrics_file: Path, updates: dict[str, float]) -> dict[str, float]:
-    """Merge `updates` into the state and rewrite the textfile; returns the merged values."""
-    try:
-        values: dict[str, float] = json.loads(state_file.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        values = {}
-    values.update(updates)
-    _write_atomically(state_file, json.dumps(values, sort_keys=True) + "\n", 0o600)
-    _write_atomically(metrics_file, render(values), 0o644)
+    """Merge `updates` into the state and rewrite the textfile; returns the merged values. Locked: wal-push
+    runs beside a backup (it has a lock of its own), and neither may lose the other's update."""
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    with state_file.with_name(f".{state_file.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            values: dict[str, float] = json.loads(state_file.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            values = {}
+        values.update(updates)
+        _write_atomically(state_file, json.dumps(values, sort_keys=True) + "\n", 0o600)
+        _write_atomically(metrics_file, render(values), 0o644)
     return values

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from appliance.backup import wal
 from appliance.config import Config
 from appliance.errors import ApplianceError, ConfigError
 from appliance.remote import CommandResult, RemoteHost, open_host
@@ -88,13 +89,24 @@ def _with_identity(config: Config, remote: RemoteHost, *args: str) -> str:
     return _outcome(config, remote.stream(_command(config, *args), [key], lambda sent: None))
 
 
-def restore(config: Config, backup: str) -> tuple[str, str]:
-    """A backup of what is there now, then `backup` restored: (the first's line, the restore's line)."""
+def restore(config: Config, backup: str | None, to_time: str | None = None) -> tuple[str, str]:
+    """A backup of what is there now, then `backup` restored, or PostgreSQL recovered to `to_time`
+    (backup.pitr): (the first's line, the restore's line)."""
     _enabled(config)
+    if (backup is None) == (to_time is None):
+        raise ConfigError("inv restore: give either --backup ID or --to-time TIME")
+    if to_time is not None:
+        if not config.settings.backup.pitr:
+            raise ConfigError(f"{config.path}: backup.pitr is false: --to-time needs archived WAL (set it, bootstrap)")
+        try:
+            moment = wal.parse_moment(to_time).isoformat()
+        except ValueError as exc:
+            raise ConfigError(f"inv restore --to-time: {exc}") from None
     identity(config)  # refuse before the pre-restore backup if the key is not at hand
+    target = ("--id", backup) if backup is not None else ("--to-time", moment)
     with open_host(config) as remote:
         before = run_backup(config, remote, "pre-restore")
-        return before, _with_identity(config, remote, "restore", "--id", backup)
+        return before, _with_identity(config, remote, "restore", *target)
 
 
 def drill(config: Config, backup: str | None) -> str:

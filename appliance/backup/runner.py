@@ -17,14 +17,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from appliance.backup import crypt, dump
-from appliance.backup.cos import CosStore, new_crc64
+from appliance.backup import crypt, dump, wal
+from appliance.backup.cos import CosStore, new_crc64, parse_time
 from appliance.backup.errors import BackupError
 from appliance.backup.manifest import FULL, MANIFEST, REDIS, VERIFIED, Manifest, Part, backup_id, id_time
 from appliance.backup.retention import Decision, Stored, decide
 from appliance.backup.settings import HostSettings
 
 STALE_UPLOAD_SECONDS = 24 * 3600
+RECOVERY_SECONDS = 1800  # replaying a day of WAL on a small CVM
 LATEST = "latest"  # the local copy of the newest backup
 # The appliance's own state worth keeping, relative to BASE (a release's files, certs, the history).
 STATE = ("releases", "current", "shared/certs", "shared/history", "shared/audit.jsonl", "shared/host.json")
@@ -61,6 +62,7 @@ class Runner:
         self.log = log
         self.clock = clock
         self.store = CosStore(settings.cos, log=log)
+        self.archive = wal.Archive(self.store, settings.key_prefix)
 
     def _key(self, identifier: str, name: str) -> str:
         return f"{self.settings.key_prefix}{identifier}/{name}"
@@ -89,10 +91,17 @@ class Runner:
             plain: dict[str, Path] = {}
             tables: dict[str, int] = {}
             files: dict[str, str] = {}
+            system_id = wal_start = base_end = None
             if full:
                 plain["postgres"] = work / "postgres.dump"
                 dump.dump_postgres(postgres, plain["postgres"])
                 tables = dump.dump_row_counts(postgres, plain["postgres"])
+            if full and self.settings.pitr:
+                plain["base"] = work / "base.tar.gz"
+                label = dump.base_backup(postgres, plain["base"])
+                system_id, wal_start = dump.system_id(postgres), wal.start_segment(label)
+                # Real time, not self.clock: a recovery target is compared with commit times.
+                base_end = datetime.now(timezone.utc).isoformat()
             plain["redis"] = work / "redis.rdb"
             keys, sample = dump.snapshot_redis(redis, plain["redis"])
             aof_on, aof_dir, _ = dump.redis_aof(redis)
@@ -139,6 +148,9 @@ class Runner:
                 files=files,
                 seconds=round(time.monotonic() - started, 3),
                 scope=scope,
+                system_id=system_id,
+                wal_start=wal_start,
+                base_end=base_end,
             )
             (work / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
             self.store.put_bytes(self._key(identifier, MANIFEST), manifest.to_json().encode())
@@ -176,6 +188,18 @@ class Runner:
         shutil.rmtree(latest, ignore_errors=True)
         staging.rename(latest)
 
+    def wal_push(self) -> list[str]:
+        """Archive what PostgreSQL left in the spool (the systemd path unit runs this)."""
+        work = self._work("wal")
+        try:
+            project = self.settings.name
+            return self.archive.push(
+                self.settings.wal_spool, self.settings.recipient, work,
+                lambda: dump.system_id(dump.service_container(project, "postgres")),
+            )  # fmt: skip
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
     # list and prune
 
     def stored(self) -> list[Listed]:
@@ -206,7 +230,32 @@ class Runner:
             self.store.delete(keys)
         if not dry_run:
             self.store.abort_stale_uploads(self.settings.key_prefix, STALE_UPLOAD_SECONDS, self.clock())
+            self._prune_wal(listed, decision)
         return decision
+
+    def _prune_wal(self, listed: list[Listed], decision: Decision) -> int:
+        """WAL no kept base backup can replay: of each cluster, the segments before its oldest kept base
+        backup's first one; of a cluster with no kept base backup, all of it once it is older than the
+        oldest kept backup (the WAL of a cluster wiped and restored over). Returns how many went."""
+        kept = [b for b in listed if b.id in set(decision.keep) and b.complete and b.scope == FULL]
+        starts: dict[str, str] = {}
+        for backup in kept:
+            manifest = self.manifest(backup.id)
+            if manifest.system_id and manifest.wal_start:
+                current = starts.get(manifest.system_id, manifest.wal_start)
+                starts[manifest.system_id] = min(current, manifest.wal_start, key=lambda n: wal.position(n) or "")
+        oldest = min((b.created for b in kept), default=None)
+        deleted = 0
+        for system, names in self.archive.listing().items():
+            if system in starts:
+                doomed = wal.expired(names, starts[system])
+            else:
+                times = [t for t in (parse_time(m) for m in names.values()) if t is not None]
+                doomed = sorted(names) if oldest is not None and times and max(times) < oldest else []
+            if doomed:
+                self.archive.delete(system, doomed)
+                deleted += len(doomed)
+        return deleted
 
     # restore and drill
 
@@ -296,20 +345,51 @@ class Runner:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def restore(self, identifier: str, identity: str) -> str:
-        """Put a backup back into the running stack: APIs stopped, PostgreSQL, Redis, artifacts, APIs started."""
-        manifest = self.manifest(identifier)
+    def base_before(self, moment: datetime) -> Manifest:
+        """The newest full backup whose base backup ended before `moment` (a recovery starts there)."""
+        for backup in reversed(self.stored()):
+            if backup.complete and backup.scope == FULL and backup.created <= moment:
+                manifest = self.manifest(backup.id)
+                if manifest.base_end and datetime.fromisoformat(manifest.base_end) <= moment:
+                    return manifest
+        raise BackupError(
+            f"no base backup ended before {moment.isoformat()}: point-in-time recovery starts from a full backup "
+            "taken with backup.pitr = true (see inv backups)"
+        )
+
+    def restore(self, identifier: str | None, identity: str, to_time: datetime | None = None) -> str:
+        """Put a backup back into the running stack: APIs stopped, PostgreSQL, Redis, artifacts, APIs started.
+        With `to_time`, PostgreSQL is the newest base backup before it with the archived WAL replayed up to
+        that moment; Redis and the artifacts come from the same backup."""
+        if to_time is not None:
+            manifest = self.base_before(to_time)
+        elif identifier is not None:
+            manifest = self.manifest(identifier)
+        else:
+            raise BackupError("restore needs a backup id or a time to restore to")
+        identifier = manifest.id
         project = self.settings.name
         work = self._work(f"restore-{identifier}")
         try:
             plain = self._fetch(manifest, identity, work)  # every check before the first change
+            if to_time is not None:  # the WAL too: a damaged segment fails here, before the first change
+                archived = self.archive.listing().get(manifest.system_id or "", {})
+                names = wal.needed(archived, manifest.wal_start or "")
+                self.archive.fetch(manifest.system_id or "", names, identity, work / "wal", work)
+            reached = ""
             postgres = dump.service_container(project, "postgres")
             redis = dump.service_container(project, "redis")
             apis = dump.api_containers(project)
             if apis:
                 dump.docker("stop", *apis, what="stopping the API")
             try:
-                if "postgres" in plain:
+                if to_time is not None:
+                    dump.docker("stop", postgres, what="stopping postgres")
+                    pgdata = dump.volume_path(f"{project}_pgdata")
+                    moment = to_time.isoformat()
+                    on_time = dump.replay(postgres, pgdata, plain["base"], work / "wal", moment, RECOVERY_SECONDS)
+                    reached = moment if on_time else f"the end of its archived WAL (which ends before {moment})"
+                elif "postgres" in plain:
                     dump.restore_postgres(postgres, plain["postgres"], clean=True)
                 aof = dump.redis_aof(redis)
                 data_dir = dump.volume_path(f"{project}_redisdata")
@@ -329,7 +409,7 @@ class Runner:
                 if apis:
                     dump.docker("start", *apis, what="starting the API again")
             problems = []
-            if counts != manifest.tables:
+            if counts != manifest.tables and to_time is None:  # WAL replayed past the backup moves them on
                 problems.append("row counts differ from the manifest")
             if keys != manifest.redis_keys:
                 problems.append(f"redis has {keys} keys, the manifest {manifest.redis_keys}")
@@ -341,9 +421,10 @@ class Runner:
             note = ""
             if manifest.release and current and manifest.release != current:
                 note = f" (taken under release {manifest.release}; {current} serves: the schema is now the older one's)"
+            replayed = f", PostgreSQL recovered to {reached}" if reached else ""
             return (
-                f"restored {identifier} ({manifest.scope}): {len(counts)} tables, {sum(counts.values())} rows, "
-                f"{keys} redis keys, {len(manifest.files)} files{note}"
+                f"restored {identifier} ({manifest.scope}){replayed}: {len(counts)} tables, {sum(counts.values())} "
+                f"rows, {keys} redis keys, {len(manifest.files)} files{note}"
             )
         finally:
             shutil.rmtree(work, ignore_errors=True)

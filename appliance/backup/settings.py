@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from appliance.backup import wal
 from appliance.backup.cos import CosTarget
 from appliance.backup.errors import BackupError
 
@@ -28,6 +29,7 @@ class HostSettings:
     recipient: str
     cos: CosTarget
     retention: Policy
+    pitr: bool = False  # PostgreSQL archives WAL (backup.pitr): base backups join the full backups
 
     @property
     def key_prefix(self) -> str:
@@ -37,6 +39,10 @@ class HostSettings:
     @property
     def backups_dir(self) -> Path:
         return Path(self.base_dir) / "shared" / "backups"
+
+    @property
+    def wal_spool(self) -> Path:
+        return Path(self.base_dir) / wal.SPOOL
 
     @property
     def metrics_file(self) -> Path:

@@ -1,0 +1,186 @@
+"""Point-in-time recovery with the host-side zipapp against a real PostgreSQL started with the compose file's
+own archiving command (rendered from compose/docker-compose.yml.j2), the local COS and real age: WAL pushed,
+a recovery to a moment between two commits, and a damaged segment refused by name."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import docker
+import pytest
+import yaml
+
+from appliance import sandbox
+from appliance.backup import wal
+from appliance.backup.cos import MB, CosStore, CosTarget
+from appliance.backup.install import bundle
+from appliance.backup.settings import HostSettings, Policy
+from appliance.config import load_config
+from appliance.render import release_files
+from appliance.secrets import ensure_generated, load_secrets
+from tests.conftest import REPO, free_port
+from tests.cosfake import FakeCos
+
+pytestmark = pytest.mark.integration
+
+BUCKET = "pitr-1250000000"
+SECRET_ID, SECRET_KEY = "AKIDpitr", "pitr-secret"
+ARCHIVE_TIMEOUT = 5
+
+
+@dataclass(frozen=True)
+class Stack:
+    project: str
+    settings_file: Path
+    pyz: Path
+    key: str
+    cos: CosStore
+    postgres: str
+
+
+def sh(command: str) -> str:
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"{command}: {done.stderr}"
+    return done.stdout
+
+
+def postgres_service(tmp_path: Path, recipient: str) -> dict[str, list[str]]:
+    """The postgres service of the stack's compose file as rendered with backup.pitr on."""
+    config_file = tmp_path / "appliance.toml"
+    text = (REPO / "appliance.example.toml").read_text(encoding="utf-8")
+    text = text.replace("[backup]\nenabled = false", f'[backup]\nenabled = true\ncos_bucket = "{BUCKET}"')
+    text = text.replace("pitr = false", f'pitr = true\nage_recipient = "{recipient}"')
+    config_file.write_text(text.replace("archive_timeout = 60", f"archive_timeout = {ARCHIVE_TIMEOUT}"))
+    (tmp_path / "secrets.env").write_text("AI_API_KEY=sk-test\n")
+    (tmp_path / "secrets.env").chmod(0o600)
+    ensure_generated(tmp_path / "secrets.env", {})
+    config = load_config(config_file)
+    compose = next(f for f in release_files(config, load_secrets(config.secrets_path, {}), "v1") if
+                   f.path.endswith("/docker-compose.yml"))  # fmt: skip
+    service: dict[str, list[str]] = yaml.safe_load(compose.content)["services"]["postgres"]
+    return service
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    client = docker.from_env()
+    postgres_image, redis_image = (sandbox.standin_image(client, name) for name in ("postgres", "redis"))
+    project = f"pitr{secrets.token_hex(3)}"
+    base = tmp_path_factory.mktemp("base")
+    for folder in ("shared/backups", "shared/metrics", "shared/certs", "shared/wal"):
+        (base / folder).mkdir(parents=True)
+    key = sh("age-keygen 2>/dev/null")
+    recipient = next(line.split(": ")[1] for line in key.splitlines() if line.startswith("# public key: "))
+    service = postgres_service(tmp_path_factory.mktemp("config"), recipient)
+    command = [word.replace("$$", "$") for word in service["command"]]  # Compose's escape
+    spool_mount = next(v for v in service["volumes"] if v.endswith(":/var/lib/postgresql/wal"))
+    assert spool_mount == f"/opt/appliance/{wal.SPOOL}:/var/lib/postgresql/wal"
+    fake = FakeCos("127.0.0.1", free_port(), SECRET_ID, SECRET_KEY)
+    fake.create_bucket(BUCKET)
+    fake.start()
+    target = CosTarget(BUCKET, "ap-shanghai", SECRET_ID, SECRET_KEY, f"http://127.0.0.1:{fake.port}", 1 * MB)
+    settings = HostSettings(project, str(base), "test-host", "backups/", recipient, target, Policy(), pitr=True)
+    settings_file = base / "shared/backup.json"
+    settings_file.write_text(settings.to_json())
+    pyz = base / "backup.pyz"
+    pyz.write_bytes(bundle())
+    labels = ["--label", f"com.docker.compose.project={project}"]
+    postgres = subprocess.run(
+        ["docker", "run", "-d", "--name", f"{project}-postgres", *labels,
+         "--label", "com.docker.compose.service=postgres", "--network", "none",
+         "-e", "POSTGRES_USER=appliance", "-e", "POSTGRES_DB=appliance", "-e", "POSTGRES_PASSWORD=pw",
+         "-v", f"{project}_pgdata:/var/lib/postgresql/data", "-v", f"{base}/shared/wal:/var/lib/postgresql/wal",
+         postgres_image, *command],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    redis = sh(
+        f"docker run -d --name {project}-redis {' '.join(labels)} --label com.docker.compose.service=redis "
+        f"--network none -e REDIS_PASSWORD=pw -v {project}_redisdata:/data {redis_image} "
+        "redis-server --requirepass pw --appendonly yes"
+    ).strip()
+    sh(f"docker volume create {project}_artifacts")
+    sh(f"for _ in $(seq 120); do docker exec {postgres} pg_isready -q -h 127.0.0.1 && exit 0; sleep 0.5; done; exit 1")
+    yield Stack(project, settings_file, pyz, key, CosStore(target), postgres)
+    sh(f"docker rm -f {postgres} {redis} >/dev/null")
+    sh(f"docker volume rm {project}_pgdata {project}_redisdata {project}_artifacts >/dev/null")
+    shutil.rmtree(base / "shared/wal", ignore_errors=True)
+    fake.stop()
+
+
+def backup_cmd(stack: Stack, *args: str, identity: str = "") -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, str(stack.pyz), "--settings", str(stack.settings_file), *args]
+    return subprocess.run(command, input=identity, capture_output=True, text=True, check=False, timeout=600)
+
+
+def psql(stack: Stack, sql: str) -> str:
+    return sh(f'docker exec {stack.postgres} psql -U appliance -d appliance -tAXq -c "{sql}"').strip()
+
+
+def archive_until_pushed(stack: Stack, segment: str) -> None:
+    """What the path unit does on a host: wal-push, until `segment` (closed by archive_timeout) is in COS."""
+    deadline = time.monotonic() + 4 * ARCHIVE_TIMEOUT
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        pushed = backup_cmd(stack, "wal-push")
+        assert pushed.returncode == 0, pushed.stderr
+        if any(item.key.endswith(f"/{segment}{wal.SUFFIX}") for item in stack.cos.objects("backups/")):
+            return
+    raise AssertionError(f"{segment} was not archived within 4 archive_timeouts")
+
+
+@pytest.fixture(scope="module")
+def moment(stack: Stack) -> str:
+    """A base backup, row A, the moment T, row B, B's segment archived; T as the operator would type it."""
+    psql(stack, "CREATE TABLE notes (body text)")
+    done = backup_cmd(stack, "backup", "--reason", "base")
+    assert done.returncode == 0, done.stderr
+    psql(stack, "INSERT INTO notes VALUES ('A')")
+    time.sleep(1)
+    moment = datetime.now(timezone.utc).astimezone().isoformat(sep=" ")
+    time.sleep(1)
+    psql(stack, "INSERT INTO notes VALUES ('B')")
+    archive_until_pushed(stack, psql(stack, "SELECT pg_walfile_name(pg_current_wal_lsn())"))
+    return moment
+
+
+def test_restore_to_a_time_brings_back_a_and_not_b(stack: Stack, moment: str) -> None:
+    system = psql(stack, "SELECT system_identifier FROM pg_control_system()")
+    archived = stack.cos.objects(f"backups/{stack.project}/wal/{system}/")
+    assert archived and all(item.key.endswith(wal.SUFFIX) for item in archived)
+    psql(stack, "INSERT INTO notes VALUES ('C')")
+
+    restored = backup_cmd(stack, "restore", "--to-time", moment, identity=stack.key)
+    assert restored.returncode == 0, restored.stderr
+    assert f"PostgreSQL recovered to {datetime.fromisoformat(moment).isoformat()}" in restored.stdout
+    assert psql(stack, "SELECT string_agg(body, ',' ORDER BY body) FROM notes") == "A"
+    assert psql(stack, "SELECT pg_is_in_recovery()") == "f"  # promoted, writable again
+    assert psql(stack, "SHOW restore_command") == ""  # the recovery's settings are gone
+    psql(stack, "INSERT INTO notes VALUES ('after')")
+
+
+def test_a_flipped_byte_in_a_segment_fails_the_restore_naming_it(stack: Stack, moment: str, tmp_path: Path) -> None:
+    system = psql(stack, "SELECT system_identifier FROM pg_control_system()")  # a recovery keeps the cluster's
+    names = sorted(item.key for item in stack.cos.objects(f"backups/{stack.project}/wal/{system}/"))
+    segment = next(key for key in reversed(names) if wal.position(key.rsplit("/", 1)[1]) is not None)
+    blob = tmp_path / "segment"
+    stack.cos.get_file(segment, blob)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(bytes(data))
+    stack.cos.put_file(segment, blob)
+    before = psql(stack, "SELECT string_agg(body, ',' ORDER BY body) FROM notes")
+
+    failed = backup_cmd(stack, "restore", "--to-time", moment, identity=stack.key)
+    assert failed.returncode == 1
+    name = segment.rsplit("/", 1)[1].removesuffix(wal.SUFFIX)
+    assert failed.stderr.strip().startswith(f"restore failed: WAL segment {name} is damaged and cannot be replayed (")
+    assert len(failed.stderr.strip().splitlines()) == 1
+    assert psql(stack, "SELECT string_agg(body, ',' ORDER BY body) FROM notes") == before  # nothing was changed
