@@ -184,6 +184,14 @@ def pool_exhausted(cooling: list[Failure]) -> LlmError:
     return LlmError(f"no API key of the pool is usable: {', '.join(parts)}", kinds[0])
 
 
+# A rest only ever grows: a 429 seen by one worker must not cut short the hour another worker gave a revoked key.
+_LONGER_REST = """
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+"""
+
+
 class KeyHealth:
     """Which keys of the pool are cooling down, and why: shared by every worker through Redis.
 
@@ -192,6 +200,7 @@ class KeyHealth:
     def __init__(self, redis: Redis, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._longer_rest = redis.register_script(_LONGER_REST)
 
     def redis_key(self, api_key: str) -> str:
         return f"{self._prefix}llm-key:{hashlib.sha256(api_key.encode()).hexdigest()[:16]}"
@@ -215,7 +224,7 @@ class KeyHealth:
 
     async def cool(self, api_key: str, failure: Failure, seconds: float) -> None:
         value = json.dumps({"category": failure.category, "status": failure.status, "message": failure.message})
-        await self._redis.set(self.redis_key(api_key), value, px=max(int(seconds * 1000), 1))
+        await self._longer_rest(keys=[self.redis_key(api_key)], args=[value, max(int(seconds * 1000), 1)])
 
 
 def _cooldown(failure: Failure, attempt: int) -> float | None:

@@ -11,7 +11,7 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from service.llm import LlmClient, LlmError, LlmTimeoutError, Usage
+from service.llm import Failure, KeyHealth, LlmClient, LlmError, LlmTimeoutError, Usage
 from service.settings import Settings, load_settings
 from tests.service.conftest import REJECTED_KEY, TEST_REDIS_URL, FakeLlm, scratch_redis_prefix
 
@@ -219,3 +219,23 @@ def test_the_callers_own_error_is_not_taken_for_an_upstream_failure(fake_llm: Fa
 
     with pytest.raises(KeyError, match="event log"):
         asyncio.run(go())
+
+
+def test_a_short_rest_never_cuts_a_longer_one_short(prefix: str) -> None:
+    """Worker A marks a key revoked for an hour; worker B's 429 on the same key a moment later leaves it so."""
+
+    async def go() -> list[tuple[Failure, float] | None]:
+        redis = Redis.from_url(TEST_REDIS_URL)
+        health = KeyHealth(redis, prefix)
+        try:
+            await health.cool("sk-both-a1b2", Failure("auth", 401, "Authentication Fails"), 3600)
+            await health.cool("sk-both-a1b2", Failure("rate_limit", 429, "Rate Limit Reached"), 1)
+            await health.cool("sk-other-c3d4", Failure("rate_limit", 429, "Rate Limit Reached"), 1)
+            return await health.cooling(["sk-both-a1b2", "sk-other-c3d4", "sk-fresh-e5f6"])
+        finally:
+            await redis.aclose()
+
+    both, other, fresh = asyncio.run(go())
+    assert both is not None and both[0].category == "auth" and both[1] > 3590
+    assert other is not None and other[0].category == "rate_limit" and other[1] <= 1
+    assert fresh is None
