@@ -390,7 +390,7 @@ def backups(
     default=True,
     help={
         **COMMON_HELP,
-        "backup": "backup id (see inv backups)",
+        "backup": "backup id (see inv backups); with --to-time, the base backup to replay from",
         "to_time": 'point-in-time recovery (backup.pitr): PostgreSQL as it was then, "2026-12-01 10:15:00+08:00"',
         "yes": "do not ask for confirmation",
     },
@@ -408,7 +408,7 @@ def restore_backup(
     """Restore a backup (or PostgreSQL to a moment) into the running stack, after a backup of what is there now."""
     loaded = load(config, env, host)
     target = loaded.settings.hosts[0].target
-    what = f"backup {backup}" if backup else f"the data as of {to_time}"
+    what = f"the data as of {to_time}" if to_time else f"backup {backup}"
     if not yes and input(f"replace the data on {target} with {what}? type yes: ").strip() != "yes":
         raise StepFailed("restore cancelled: nothing was changed")
     before, restored = backups_edge.restore(loaded, backup, to_time)

@@ -35,9 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     backup.add_argument("--only", choices=[REDIS], help="Redis alone (backup.redis_schedule)")
     commands.add_parser("list", help="the backups in COS, one JSON object a line")
     restore = commands.add_parser("restore", help="restore a backup into the running stack (identity on stdin)")
-    target = restore.add_mutually_exclusive_group(required=True)
-    target.add_argument("--id")
-    target.add_argument("--to-time", type=moment, help="ISO 8601 with a UTC offset (point-in-time recovery)")
+    restore.add_argument("--id", help="the backup (with --to-time: the base backup to replay from)")
+    restore.add_argument("--to-time", type=moment, help="ISO 8601 with a UTC offset (point-in-time recovery)")
+    restore.add_argument("--exclude", help="never the base backup to replay from (inv restore's pre-restore one)")
     drill = commands.add_parser("drill", help="restore into throwaway containers and compare (identity on stdin)")
     drill.add_argument("--id")
     prune = commands.add_parser("prune", help="apply the retention policy")
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps({"id": item.id, "created": item.created.isoformat(), "complete": item.complete,
                                   "verified": item.verified, "size": item.size, "scope": item.scope}))  # fmt: skip
         elif args.command == "restore":
-            log(runner.restore(args.id, _identity(), args.to_time))
+            log(runner.restore(args.id, _identity(), args.to_time, args.exclude))
         elif args.command == "drill":
             identity = _identity()
             try:

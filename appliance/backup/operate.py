@@ -93,20 +93,21 @@ def restore(config: Config, backup: str | None, to_time: str | None = None) -> t
     """A backup of what is there now, then `backup` restored, or PostgreSQL recovered to `to_time`
     (backup.pitr): (the first's line, the restore's line)."""
     _enabled(config)
-    if (backup is None) == (to_time is None):
-        raise ConfigError("inv restore: give either --backup ID or --to-time TIME")
+    if backup is None and to_time is None:
+        raise ConfigError("inv restore: give --backup ID, --to-time TIME, or both (replay from that backup)")
+    command = ["restore", *(("--id", backup) if backup is not None else ())]
     if to_time is not None:
         if not config.settings.backup.pitr:
             raise ConfigError(f"{config.path}: backup.pitr is false: --to-time needs archived WAL (set it, bootstrap)")
         try:
-            moment = wal.parse_moment(to_time).isoformat()
+            command += ["--to-time", wal.parse_moment(to_time).isoformat()]
         except ValueError as exc:
             raise ConfigError(f"inv restore --to-time: {exc}") from None
     identity(config)  # refuse before the pre-restore backup if the key is not at hand
-    target = ("--id", backup) if backup is not None else ("--to-time", moment)
     with open_host(config) as remote:
         before = run_backup(config, remote, "pre-restore")
-        return before, _with_identity(config, remote, "restore", *target)
+        # "backup ID ok: …": that backup holds what is being replaced, never a base to replay from.
+        return before, _with_identity(config, remote, *command, "--exclude", before.split()[1])
 
 
 def drill(config: Config, backup: str | None) -> str:

@@ -345,10 +345,11 @@ class Runner:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def base_before(self, moment: datetime) -> Manifest:
-        """The newest full backup whose base backup ended before `moment` (a recovery starts there)."""
+    def base_before(self, moment: datetime, exclude: str | None = None) -> Manifest:
+        """The newest full backup whose base backup ended before `moment` (a recovery starts there), but
+        `exclude`: the pre-restore backup of this very restore holds what is being replaced."""
         for backup in reversed(self.stored()):
-            if backup.complete and backup.scope == FULL and backup.created <= moment:
+            if backup.complete and backup.scope == FULL and backup.created <= moment and backup.id != exclude:
                 manifest = self.manifest(backup.id)
                 if manifest.base_end and datetime.fromisoformat(manifest.base_end) <= moment:
                     return manifest
@@ -357,14 +358,18 @@ class Runner:
             "taken with backup.pitr = true (see inv backups)"
         )
 
-    def restore(self, identifier: str | None, identity: str, to_time: datetime | None = None) -> str:
+    def restore(
+        self, identifier: str | None, identity: str, to_time: datetime | None = None, exclude: str | None = None
+    ) -> str:
         """Put a backup back into the running stack: APIs stopped, PostgreSQL, Redis, artifacts, APIs started.
-        With `to_time`, PostgreSQL is the newest base backup before it with the archived WAL replayed up to
-        that moment; Redis and the artifacts come from the same backup."""
-        if to_time is not None:
-            manifest = self.base_before(to_time)
-        elif identifier is not None:
+        With `to_time`, PostgreSQL is that backup's base backup (default: the newest that ended before, but
+        `exclude`) with the archived WAL replayed up to that moment; Redis and the artifacts come from it too."""
+        if identifier is not None:
             manifest = self.manifest(identifier)
+            if to_time is not None and not manifest.base_end:
+                raise BackupError(f"backup {identifier} has no base backup (taken without backup.pitr)")
+        elif to_time is not None:
+            manifest = self.base_before(to_time, exclude)
         else:
             raise BackupError("restore needs a backup id or a time to restore to")
         identifier = manifest.id

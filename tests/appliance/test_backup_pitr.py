@@ -4,6 +4,7 @@ a recovery to a moment between two commits, and a damaged segment refused by nam
 
 from __future__ import annotations
 
+import json
 import secrets
 import shutil
 import subprocess
@@ -184,3 +185,20 @@ def test_a_flipped_byte_in_a_segment_fails_the_restore_naming_it(stack: Stack, m
     assert failed.stderr.strip().startswith(f"restore failed: WAL segment {name} is damaged and cannot be replayed (")
     assert len(failed.stderr.strip().splitlines()) == 1
     assert psql(stack, "SELECT string_agg(body, ',' ORDER BY body) FROM notes") == before  # nothing was changed
+
+
+def test_retention_deletes_the_wal_before_the_oldest_kept_base_backup(stack: Stack, moment: str) -> None:
+    system = psql(stack, "SELECT system_identifier FROM pg_control_system()")
+    manifest = json.loads(backup_cmd(stack, "list").stdout.splitlines()[0])
+    start = json.loads(stack.cos.get_bytes(f"backups/{stack.project}/{manifest['id']}/manifest.json"))["wal_start"]
+
+    def archived() -> list[str]:
+        prefix = f"backups/{stack.project}/wal/{system}/"
+        return sorted(item.key[len(prefix) : -len(wal.SUFFIX)] for item in stack.cos.objects(prefix))
+
+    before = archived()
+    assert wal.expired(before, start), before  # initdb's first segment at least predates the base backup
+    pruned = backup_cmd(stack, "prune")
+    assert pruned.returncode == 0, pruned.stderr
+    assert archived() == [name for name in before if name not in wal.expired(before, start)]
+    assert start in archived()

@@ -10,6 +10,7 @@ import pytest
 
 from appliance.backup import wal
 from appliance.backup.dump import recovery_settings
+from appliance.backup.errors import BackupError
 from appliance.backup.install import wal_push_steps
 from appliance.config import load_config
 from appliance.steps import ConfigFiles
@@ -51,7 +52,7 @@ def test_retention_deletes_segments_before_the_oldest_kept_base_backup_and_never
 def test_the_first_segment_comes_from_the_backup_label() -> None:
     label = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\n"
     assert wal.start_segment(label) == "000000010000000000000002"
-    with pytest.raises(wal.BackupError, match="names no START WAL LOCATION"):
+    with pytest.raises(BackupError, match="names no START WAL LOCATION"):
         wal.start_segment("LABEL: x\n")
 
 
