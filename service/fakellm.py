@@ -7,7 +7,8 @@ replaced at run time: `POST /admin/keys {"reject": [...], "empty_balance": [...]
 
 Answers are deterministic, derived from the request. Faults are injected per request either by a
 marker anywhere in the messages, `[[fake:delay=0.05,stall_first=3,only=Bear]]`, or by queueing
-one-shot faults with `POST /admin/faults {"faults": [{"status": 429}, {}]}` (one per request, in order).
+one-shot faults with `POST /admin/faults {"faults": [{"status": 429}, {}]}` (one per request
+that passes the key checks, in order).
 
 Marker/fault keys: words (answer length), delay (s between chunks), reasoning (words of
 reasoning_content first), stall_first / stall_mid (s of silence with keep-alive comments before the
