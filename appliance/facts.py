@@ -76,11 +76,10 @@ def parse_facts(facts: Mapping[str, Fact]) -> HostFacts:
     memory_kb = int(meminfo.get("MemTotal", "0 kB").split()[0])
     disk_lines = facts["disk"].stdout.splitlines()
     free_kb = int(disk_lines[-1].split()[3]) if len(disk_lines) > 1 else 0
-    compose = None
-    if facts["compose_v2"].ok:
-        compose = f"v2 {facts['compose_v2'].stdout.strip()}"
-    elif facts["compose_v1"].ok:
-        compose = f"v1 {facts['compose_v1'].stdout.strip()}"
+    # The plugin first; the major version says which Compose it is, not the binary's name: Debian 13's
+    # /usr/bin/docker-compose is the v2 plugin, and answers even while the docker CLI is missing.
+    versions = [facts[probe].stdout.strip() for probe in ("compose_v2", "compose_v1") if facts[probe].ok]
+    compose = next((f"v{version.split('.', 1)[0]} {version}" for version in versions if version), None)
     swap_bytes = sum(int(size) for size in facts["swap"].stdout.split() if size.isdigit())
     return HostFacts(
         os_id=release.get("ID", "unknown"),

@@ -23,20 +23,20 @@ WEB_PORTS = (80, 443)
 
 COMPOSE_V2 = "docker compose"
 COMPOSE_V1 = "docker-compose"
-# Each release's Compose package and the command it gives: Debian 12's docker-compose is v1 (1.29),
-# Debian 13's is v2 (2.26, the CLI plugin), Ubuntu ships v2 as docker-compose-v2.
-DISTRIBUTION_COMPOSE = {
-    ("debian", "12"): ("docker-compose", COMPOSE_V1),
-    ("debian", "13"): ("docker-compose", COMPOSE_V2),
-    ("ubuntu", "22.04"): ("docker-compose-v2", COMPOSE_V2),
-    ("ubuntu", "24.04"): ("docker-compose-v2", COMPOSE_V2),
+# Each release's Docker packages and the Compose command they give: Debian 12's docker-compose is v1 (1.29);
+# Debian 13's is v2 (2.26, the CLI plugin), and its docker.io only recommends the CLI (docker-cli), which an
+# install without recommends leaves out; Ubuntu ships v2 as docker-compose-v2.
+DISTRIBUTION_DOCKER = {
+    ("debian", "12"): (("docker.io", "docker-compose"), COMPOSE_V1),
+    ("debian", "13"): (("docker.io", "docker-cli", "docker-compose"), COMPOSE_V2),
+    ("ubuntu", "22.04"): (("docker.io", "docker-compose-v2"), COMPOSE_V2),
+    ("ubuntu", "24.04"): (("docker.io", "docker-compose-v2"), COMPOSE_V2),
 }
 
 
 def distribution_packages(facts: HostFacts) -> tuple[str, ...]:
-    """docker.io plus the release's own Compose package."""
-    package, _ = DISTRIBUTION_COMPOSE[(facts.os_id, facts.os_version)]
-    return ("docker.io", package)
+    """The release's own engine, CLI and Compose packages."""
+    return DISTRIBUTION_DOCKER[(facts.os_id, facts.os_version)][0]
 
 
 def compose_command(settings: Settings, facts: HostFacts) -> str:
@@ -47,7 +47,7 @@ def compose_command(settings: Settings, facts: HostFacts) -> str:
     """
     if settings.host.docker_source == "docker-ce":
         return COMPOSE_V2  # docker-compose-plugin
-    return DISTRIBUTION_COMPOSE[(facts.os_id, facts.os_version)][1]
+    return DISTRIBUTION_DOCKER[(facts.os_id, facts.os_version)][1]
 
 
 def docker_ce_repository(settings: Settings, facts: HostFacts) -> Converge:

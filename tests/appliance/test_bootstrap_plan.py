@@ -10,11 +10,12 @@ import pytest
 
 from appliance.bootstrap import ASSUMED_FACTS
 from appliance.bootstrap.access import PARAMIKO_KEX, sshd_drop_in, ufw_rules
-from appliance.bootstrap.docker_engine import DISTRIBUTION_COMPOSE, compose_command, distribution_packages
+from appliance.bootstrap.docker_engine import DISTRIBUTION_DOCKER, compose_command, distribution_packages
 from appliance.bootstrap.layout import host_scripts
 from appliance.bootstrap.preflight import ACCEPTED_OS, EXERCISED_OS, OS_NAMES, REFUSED_OS, preflight_problems
 from appliance.bootstrap.system import KernelSettings, swap_size_mb
 from appliance.config import Host, HostSetup, Settings
+from appliance.facts import fact_probes, parse_facts
 from appliance.render import BUNDLE_ROOT
 from appliance.steps import Fact, ManagedFile, Note, Run
 
@@ -121,6 +122,51 @@ def test_sshd_lists_only_what_the_host_knows_and_keep_paramiko_in() -> None:
     assert PARAMIKO_KEX & set(kex.split()[1].split(","))
 
 
+def test_openssh_10_leads_with_ml_kem_and_keeps_the_classic_fallback() -> None:
+    # `ssh -Q` on Debian 13 (OpenSSH 10.0p2).
+    trixie = dataclasses.replace(
+        ASSUMED_FACTS,
+        ssh_algorithms={
+            "kex": frozenset(
+                [
+                    "diffie-hellman-group1-sha1",
+                    "diffie-hellman-group14-sha1",
+                    "diffie-hellman-group14-sha256",
+                    "diffie-hellman-group16-sha512",
+                    "diffie-hellman-group18-sha512",
+                    "diffie-hellman-group-exchange-sha1",
+                    "diffie-hellman-group-exchange-sha256",
+                    "ecdh-sha2-nistp256",
+                    "ecdh-sha2-nistp384",
+                    "ecdh-sha2-nistp521",
+                    "curve25519-sha256",
+                    "curve25519-sha256@libssh.org",
+                    "sntrup761x25519-sha512",
+                    "sntrup761x25519-sha512@openssh.com",
+                    "mlkem768x25519-sha256",
+                ]
+            ),
+            "cipher": frozenset(
+                [
+                    "aes128-ctr",
+                    "aes192-ctr",
+                    "aes256-ctr",
+                    "aes128-gcm@openssh.com",
+                    "aes256-gcm@openssh.com",
+                    "chacha20-poly1305@openssh.com",
+                    "3des-cbc",
+                ]
+            ),
+            "mac": frozenset(["hmac-sha1", "hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com"]),
+        },
+    )
+    lines = dict(line.split(" ", 1) for line in sshd_drop_in(trixie).decode().splitlines() if " " in line)
+    kex = lines["KexAlgorithms"].split(",")
+    assert kex[:3] == ["mlkem768x25519-sha256", "sntrup761x25519-sha512@openssh.com", "sntrup761x25519-sha512"]
+    assert PARAMIKO_KEX & set(kex)
+    assert "diffie-hellman-group14-sha1" not in kex and "3des-cbc" not in lines["Ciphers"]
+
+
 def test_kernel_settings_apply_on_a_vm_and_only_note_in_a_container() -> None:
     values = {"vm.overcommit_memory": 1, "net.core.somaxconn": 4096}
     live = Fact("vm.overcommit_memory = 0\nnet.core.somaxconn = 4096\n", 0)
@@ -135,12 +181,13 @@ def test_kernel_settings_apply_on_a_vm_and_only_note_in_a_container() -> None:
 
 
 def test_compose_v2_where_the_release_ships_it_and_one_command_for_the_host() -> None:
-    assert set(DISTRIBUTION_COMPOSE) == EXERCISED_OS | ACCEPTED_OS
+    assert set(DISTRIBUTION_DOCKER) == EXERCISED_OS | ACCEPTED_OS
     settings = Settings(hosts=[Host(address="203.0.113.7")])
     bookworm = dataclasses.replace(ASSUMED_FACTS, os_id="debian", os_version="12")
     trixie = dataclasses.replace(ASSUMED_FACTS, os_id="debian", os_version="13")
     assert distribution_packages(ASSUMED_FACTS) == ("docker.io", "docker-compose-v2")
-    assert distribution_packages(bookworm) == distribution_packages(trixie) == ("docker.io", "docker-compose")
+    assert distribution_packages(bookworm) == ("docker.io", "docker-compose")
+    assert distribution_packages(trixie) == ("docker.io", "docker-cli", "docker-compose")
     assert compose_command(settings, bookworm) == "docker-compose"
     assert compose_command(settings, trixie) == compose_command(settings, ASSUMED_FACTS) == "docker compose"
     docker_ce = settings.model_copy(update={"host": HostSetup(docker_source="docker-ce")})
@@ -150,3 +197,14 @@ def test_compose_v2_where_the_release_ships_it_and_one_command_for_the_host() ->
     wrapper = next(step for step in host_scripts(settings, trixie) if isinstance(step, ManagedFile))
     assert wrapper.path == "/opt/appliance/bin/compose"
     assert wrapper.content.decode().splitlines()[-1] == 'exec docker compose "$@"'
+
+
+def test_compose_is_named_by_its_major_version_not_by_the_binary_that_answered() -> None:
+    answers = {name: Fact("", 1) for name in fact_probes("/opt/appliance")}
+    answers |= {"os_release": Fact('ID=debian\nVERSION_ID="13"\n', 0), "cpus": Fact("2\n", 0)}
+    # Debian 13 before its docker CLI is in: only /usr/bin/docker-compose (the v2 plugin) answers.
+    assert parse_facts(answers | {"compose_v1": Fact("2.26.1-4\n", 0)}).compose == "v2 2.26.1-4"
+    assert parse_facts(answers | {"compose_v1": Fact("1.29.2\n", 0)}).compose == "v1 1.29.2"
+    both = answers | {"compose_v2": Fact("2.26.1-4\n", 0), "compose_v1": Fact("1.29.2\n", 0)}
+    assert parse_facts(both).compose == "v2 2.26.1-4"
+    assert parse_facts(answers).compose is None
