@@ -31,8 +31,9 @@ from appliance.steps import (
 
 SSHD_DROP_IN = "/etc/ssh/sshd_config.d/00-appliance-hardening.conf"
 
-# Strongest first. Post-quantum hybrids lead where the host has them, but classic curve25519 stays:
-# Paramiko (under Fabric) speaks no post-quantum key exchange and would be locked out.
+# Strongest first. Post-quantum hybrids lead where the host has them (OpenSSH 9.9+ knows ML-KEM, 10.0 prefers
+# it), but classic curve25519 stays: recent Paramiko (under Fabric) speaks mlkem768x25519-sha256, older releases
+# speak no post-quantum exchange and would be locked out.
 KEX = (
     "mlkem768x25519-sha256",
     "sntrup761x25519-sha512@openssh.com",
@@ -53,7 +54,7 @@ CIPHERS = (
 )
 MACS = ("hmac-sha2-512-etm@openssh.com", "hmac-sha2-256-etm@openssh.com", "umac-128-etm@openssh.com")
 HOST_KEY_ALGORITHMS = ("ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256")
-# What Paramiko can use of the above; the hardened list must keep at least one of each.
+# What every Paramiko release fabric>=3.2 allows can use of the above; the hardened list must keep one of them.
 PARAMIKO_KEX = {
     "curve25519-sha256@libssh.org",
     "diffie-hellman-group16-sha512",

@@ -1,10 +1,11 @@
-"""The sandbox reuses the machine's own Debian mirror, in either apt sources format."""
+"""The sandbox reuses the machine's own Debian mirror, in either apt sources format; each release its own defaults."""
 
 from __future__ import annotations
 
 import pytest
 
-from appliance.sandbox import DebianMirror, debian_mirror
+from appliance.errors import SandboxError
+from appliance.sandbox import BASE_IMAGE, DebianMirror, SandboxSpec, debian_mirror
 
 pytestmark = pytest.mark.unit
 
@@ -28,3 +29,19 @@ def test_one_line_sources_without_security_fall_back_to_the_convention() -> None
 
 def test_no_debian_archive() -> None:
     assert debian_mirror("deb https://packages.example/apt stable main\n") is None
+
+
+def test_a_trixie_sandbox_has_its_own_image_name_ports_and_config_beside_the_bookworm_one() -> None:
+    bookworm, trixie = SandboxSpec.for_release("bookworm"), SandboxSpec.for_release("trixie")
+    assert bookworm == SandboxSpec() and bookworm.image == BASE_IMAGE
+    assert trixie.image.startswith("cvm-base:trixie-")
+    assert (trixie.name, trixie.volume, str(trixie.config_out)) == (
+        "cvm-sandbox-trixie", "cvm-sandbox-trixie-docker", "sandbox-trixie.toml"
+    )  # fmt: skip
+    assert not set(trixie.ports) & set(bookworm.ports)
+    assert trixie.state_dir != bookworm.state_dir
+
+
+def test_an_unknown_release_is_refused_naming_the_ones_there_are() -> None:
+    with pytest.raises(SandboxError, match=r"^unknown sandbox OS 'jammy': use one of bookworm, trixie$"):
+        SandboxSpec.for_release("jammy")
