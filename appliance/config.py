@@ -156,7 +156,7 @@ class Service(_Section):
     workers: int = Field(default=2, ge=1, le=64)
     # Seconds a stopping API gets to finish in-flight requests before it is killed.
     graceful_timeout: int = Field(default=30, ge=1, le=600)
-    # Seconds a new API gets to answer /api/health three times in a row before a deploy gives up on it.
+    # Seconds a new API gets to pass its health gate (deploy.health_checks answers in a row) before a deploy gives up.
     health_timeout: int = Field(default=120, ge=6, le=1800)
     cors_origins: list[str] = Field(default_factory=list)
     artifact_storage: Literal["local", "cos"] = "local"
@@ -233,6 +233,8 @@ class Backup(_Section):
     # closes a segment every archive_timeout seconds, which bounds what a lost host loses.
     pitr: bool = False
     archive_timeout: int = Field(default=60, ge=5, le=60)
+    # BackupNotVerified fires when the newest backup a drill passed is older than this (a weekly drill: 8).
+    verified_max_age_days: int = Field(default=8, ge=1, le=366)
     retention: Retention = Field(default_factory=Retention)
 
     @field_validator("prefix")
@@ -337,6 +339,17 @@ class Notify(_Section):
         return self
 
 
+class Deploy(_Section):
+    """How deploy and rollback move traffic between releases (appliance/deploy.py, appliance/warm.py)."""
+
+    # Minutes the previous release's API stays up in standby after a switch, so that a rollback is an nginx
+    # switch; 0 stops it at once. A host without the memory for two APIs drains it at once too, and says so.
+    keep_warm_minutes: int = Field(default=15, ge=0, le=1440)
+    # A starting API's health gate: this many healthy answers in a row, this many seconds apart.
+    health_checks: int = Field(default=3, ge=1, le=20)
+    health_interval: float = Field(default=0.5, ge=0.1, le=10)
+
+
 class HostSetup(_Section):
     """How bootstrap prepares the operating system of a CVM."""
 
@@ -407,6 +420,7 @@ class Settings(_Section):
     backup: Backup = Field(default_factory=Backup)
     monitoring: Monitoring = Field(default_factory=Monitoring)
     notify: Notify = Field(default_factory=Notify)
+    deploy: Deploy = Field(default_factory=Deploy)
 
     @field_validator("name")
     @classmethod

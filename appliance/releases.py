@@ -29,12 +29,24 @@ class Release:
     def directory(self) -> str:
         return f"{self.settings.base_dir}/releases/{self.version}"
 
+    def project(self, api: bool = False) -> str:
+        """The Compose project of the stack's infrastructure or (api=True) of this release's API."""
+        return f"{self.settings.name}-api-{self.slug}" if api else self.settings.name
+
     def compose(self, *words: str, api: bool = False) -> str:
         """A Compose command in this release's folder, for the infrastructure or (api=True) its API."""
-        name = self.settings.name
-        project, file = (f"{name}-api-{self.slug}", "api.yml") if api else (name, "docker-compose.yml")
+        project, file = (self.project(api=True), "api.yml") if api else (self.project(), "docker-compose.yml")
         binary = f"{self.settings.base_dir}/bin/compose"
         return f"cd {sh(self.directory)} && {sh(binary, '--project-name', project, '--file', file, *words)}"
+
+    def container(self, service: str, api: bool = False) -> str:
+        """The ID of the service's running container (empty when none runs), as a shell expression: a plain
+        `docker` call, for the steps where a Compose start (~0.6 s with v1) would show."""
+        labels = (
+            f"label=com.docker.compose.project={self.project(api)}",
+            f"label=com.docker.compose.service={service}",
+        )
+        return f"$(docker ps -q {sh('--filter', labels[0], '--filter', labels[1])})"
 
 
 def rollback_target(history: list[str], current: str) -> str | None:

@@ -17,6 +17,7 @@ from appliance.deploy import (
     deploy,
     prepare_steps,
     publish_web,
+    release_stack,
     switch_steps,
     switch_traffic,
     wait_healthy,
@@ -61,14 +62,14 @@ def test_release_procedure_order_and_drain(config: Config) -> None:
         "stack up",
         "migrations",
         "API v2 up",
-        "health gate",
         "switch traffic",
         "publish front end",
         "current release",
-        "drain API v1",
+        "previous API v1",
+        "release stack",
     ]
     redeploy = [step.name for step in switch_steps(release, release)]
-    assert "drain API v2" not in redeploy
+    assert "previous API v2" not in redeploy
 
 
 def test_a_backup_comes_before_migrations_once_there_is_data(config: Config) -> None:
@@ -216,15 +217,17 @@ def test_release_listing_reads_manifests_history_and_audit() -> None:
     assert table[1].split() == ["v2", "current", "ok", "2026-11-23T10:00:00+00:00", "bob@ci", "bbb2222"]
 
 
-def test_the_switch_recreates_only_nginx_and_the_prometheus_that_names_the_release(config: Config) -> None:
-    watched = Release(config.settings, "v2")
-    switch = switch_traffic(watched)
-    assert "up -d --no-deps nginx && " in switch
-    assert switch.index("nginx -s reload") < switch.index("up -d --no-deps prometheus")  # traffic first
-    quiet = config.settings.model_copy(
-        update={"monitoring": config.settings.monitoring.model_copy(update={"enabled": False})}
-    )
-    assert "prometheus" not in switch_traffic(Release(quiet, "v2"))
+def test_the_switch_touches_only_nginx_and_the_rest_of_the_release_follows_it(config: Config) -> None:
+    release = Release(config.settings, "v2")
+    switch = switch_traffic(release)
+    assert "up -d --no-deps nginx" in switch  # only when no nginx runs yet (a first deploy)
+    assert 'docker exec "$n" nginx -s reload' in switch and "prometheus" not in switch
+    names = [step.name for step in switch_steps(release, Release(config.settings, "v1"))]
+    assert names.index("switch traffic") < names.index("release stack")  # monitoring and the rest: after traffic
+    assert switch_steps(release, None)[-1].plan({}) == [
+        Run(release_stack(release), "every service as the release defines it")
+    ]
+    assert release_stack(release).endswith("--project-name agents --file docker-compose.yml up -d --remove-orphans")
 
 
 def test_publishing_a_front_end_puts_assets_before_the_entry_page_and_keeps_only_kept_releases_assets(

@@ -97,6 +97,17 @@ def test_websocket_through_nginx_streams_a_discussion(first_release: str, site: 
     assert seen[-1]["status"] == "completed"
 
 
+def first_served(site: Site, version: str, deadline: float) -> float:
+    """When (time.monotonic()) the site's /api/health first answered from `version`, polled every 0.1 s."""
+    with site.client() as client:
+        while time.monotonic() < deadline:
+            answer = client.get("/api/health")
+            if answer.status_code == 200 and answer.json()["version"] == version:
+                return time.monotonic()
+            time.sleep(0.1)
+    raise AssertionError(f"{version} not served within 60 s")
+
+
 def run_state(host: RemoteHost, discussion: str) -> str:
     """Where a discussion stands on the host, for a failure message: its row and the API's own log lines."""
     where = f"id = '{uuid.UUID(discussion)}'"
@@ -115,7 +126,11 @@ def test_switch_to_v2_then_roll_back_to_v1_under_load(
     user = site.new_user()
     # Long enough to outlive both switches; stopped by its user once they are done.
     discussion = site.create_discussion(user, "Hold ACME? [[fake:delay=0.05,words=5000]]", ["bull", "bear", "risk"])
-    with steady_load(site, ["/api/health", "/api/roles"], per_second=50) as load, ThreadPoolExecutor(1) as pool:
+    with (
+        steady_load(site, ["/api/health", "/api/roles"], per_second=50) as load,
+        ThreadPoolExecutor(1) as pool,
+        ThreadPoolExecutor(1) as pool_of_one,
+    ):
         stream = Followed()
         followed = pool.submit(follow_discussion, site, user, discussion, followed=stream)
         time.sleep(2)
@@ -123,9 +138,11 @@ def test_switch_to_v2_then_roll_back_to_v1_under_load(
         assert run.returncode == 0, run.stdout + run.stderr
         assert served_version(bootstrapped, bootstrapped_host) == "v2"
         started = time.monotonic()
+        served = pool_of_one.submit(first_served, site, "v1", started + 60)
         back = inv("rollback", "--config", str(deploy_config))
         elapsed = time.monotonic() - started
         assert back.returncode == 0, back.stdout + back.stderr
+        switched = served.result() - started
         time.sleep(5)  # the client reconnects after the second drain
         site.stop_discussion(user, discussion)
         try:
@@ -135,8 +152,11 @@ def test_switch_to_v2_then_roll_back_to_v1_under_load(
             raise AssertionError(f"{how}: {stream}; {run_state(bootstrapped_host, discussion)}") from None
     assert "tag the host's copy as cvm-appliance/api:v2" in run.stdout  # same layers: not sent again
     assert served_version(bootstrapped, bootstrapped_host) == "v1"
-    running = bootstrapped_host.run("docker ps --format '{{.Names}}' | grep -c api-v2 || true").stdout.strip()
-    assert running == "0"  # the v2 API was drained and stopped
+    # v1 was kept warm after the deploy, so the rollback was a switch: no cold start, no health gate.
+    assert "warm: out of standby, healthy" in back.stdout, back.stdout
+    assert switched <= 8, f"the warm rollback served v1 after {switched:.1f}s (the command took {elapsed:.1f}s)"
+    assert_stack_runs_release(bootstrapped_host, "v1")
+    assert_window_ends_with_the_api_stopped(bootstrapped_host, "v2")
     assert load.total > 50 * 20, load.outcomes  # the load really ran through both switches
     assert load.failed == 0, (load.outcomes, load.errors[:5])
     # Each drain closed the socket cleanly, with a hint, and the client resumed where it stopped.
@@ -145,7 +165,38 @@ def test_switch_to_v2_then_roll_back_to_v1_under_load(
     assert not unclean, f"closes: {stream.closes}\n{run_state(bootstrapped_host, discussion)}"
     assert [event["seq"] for event in stream.events] == list(range(1, len(stream.events) + 1))
     assert stream.events[-1]["status"] == "stopped"
-    print(f"rollback with the image on the host: {elapsed:.1f}s; load: {dict(load.outcomes)}; {stream.closes}")
+    timing = f"warm rollback: v1 served after {switched:.1f}s, command {elapsed:.1f}s"
+    print(f"{timing}; load: {dict(load.outcomes)}; {stream.closes}")
+
+
+def assert_stack_runs_release(host: RemoteHost, version: str) -> None:
+    """Every container of the stack runs what the release's Compose files define: Compose's own hash of each
+    service's definition (image, files, settings) against the hash label of the container that runs it."""
+    release = f"/opt/appliance/releases/{version}"
+    compose = f"cd {release} && /opt/appliance/bin/compose --project-name"
+    for project, file in (("appliance", "docker-compose.yml"), (f"appliance-api-{version}", "api.yml")):
+        wanted = dict(
+            line.split()
+            for line in host.run(f"{compose} {project} --file {file} config --hash='*'").stdout.splitlines()
+        )
+        running = host.run(
+            f"docker ps --filter label=com.docker.compose.project={project} "
+            '--format \'{{.Label "com.docker.compose.service"}} {{.Label "com.docker.compose.config-hash"}}\''
+        ).stdout
+        assert dict(line.split() for line in running.splitlines()) == wanted, (project, running, wanted)
+    images = host.run("docker ps --filter label=com.docker.compose.project=appliance --format '{{.Image}}'").stdout
+    assert f"cvm-appliance/api:{version}" in images.split()  # the relay and the LLM stand-in: the release's image
+
+
+def assert_window_ends_with_the_api_stopped(host: RemoteHost, version: str) -> None:
+    """The release rolled back from waits in standby; its window's end (run now, by systemd) stops it under the lock."""
+    unit = f"appliance-warm-{version}"
+    assert host.run(f"test -e /opt/appliance/releases/{version}/control/standby").exit_code == 0
+    assert host.run(f"systemctl is-active {unit}.timer").stdout.strip() == "active"
+    assert host.run(f"systemctl start {unit}.service").exit_code == 0  # what the timer starts when it elapses
+    left = host.run(f"docker ps -a --format '{{{{.Names}}}}' | grep -c api-{version} || true").stdout.strip()
+    assert left == "0"
+    assert host.run("test -e /opt/appliance/shared/deploy.lock").exit_code != 0
 
 
 def test_release_that_never_gets_healthy_leaves_the_served_one_alone(
