@@ -88,6 +88,7 @@ def _backup_metrics(scope: str, started: float, size: int | None) -> dict[str, f
             "appliance_backup_last_success_timestamp_seconds": now,
             "appliance_backup_last_duration_seconds": round(now - started, 3),
             "appliance_backup_last_size_bytes": size,
+            "appliance_backup_first_success_timestamp_seconds": now,
         }
     return values
 
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.command == "drill":
             identity = _identity()
             try:
-                line = runner.drill(args.id, identity)
+                line, drilled = runner.drill(args.id, identity)
             except BaseException:
                 metrics.record(state, settings.metrics_file, {
                     "appliance_backup_drill_last_run_timestamp_seconds": time.time(),
@@ -138,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
                 "appliance_backup_drill_last_run_timestamp_seconds": time.time(),
                 "appliance_backup_drill_last_success": 1,
                 "appliance_backup_drill_last_duration_seconds": round(time.time() - started, 3),
+                "appliance_backup_last_verified_timestamp_seconds": drilled.timestamp(),
             })  # fmt: skip
             log(line)
         elif args.command == "wal-push":

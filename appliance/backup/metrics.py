@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 # name → help; values live in a small JSON state file next to the backups so runs of each kind
@@ -14,12 +15,14 @@ METRICS = {
     "appliance_backup_last_success_timestamp_seconds": "Unix time of the last successful backup.",
     "appliance_backup_last_duration_seconds": "Seconds the last successful backup took.",
     "appliance_backup_last_size_bytes": "Encrypted bytes of the last successful backup.",
+    "appliance_backup_first_success_timestamp_seconds": "Unix time of the first successful backup on this host.",
     "appliance_backup_redis_last_run_success": "1 if the last Redis-only backup run succeeded, else 0.",
     "appliance_backup_redis_last_success_timestamp_seconds": "Unix time of the last successful Redis-only backup.",
     "appliance_backup_wal_last_archived_timestamp_seconds": "Unix time WAL was last archived to COS (backup.pitr).",
     "appliance_backup_drill_last_run_timestamp_seconds": "Unix time the last restore drill ended.",
     "appliance_backup_drill_last_success": "1 if the last restore drill passed, else 0.",
     "appliance_backup_drill_last_duration_seconds": "Seconds the last restore drill took.",
+    "appliance_backup_last_verified_timestamp_seconds": "Unix time the newest backup a drill verified was taken.",
 }
 
 
@@ -40,6 +43,14 @@ def _write_atomically(path: Path, text: str, mode: int) -> None:
     staging.replace(path)
 
 
+# Values that only ever move one way: the first backup stays the first, an old backup drilled later does
+# not make the newest verified one older.
+COMBINE: dict[str, Callable[[float, float], float]] = {
+    "appliance_backup_first_success_timestamp_seconds": min,
+    "appliance_backup_last_verified_timestamp_seconds": max,
+}
+
+
 def record(state_file: Path, metrics_file: Path, updates: dict[str, float]) -> dict[str, float]:
     """Merge `updates` into the state and rewrite the textfile; returns the merged values. Locked: wal-push
     runs beside a backup (it has a lock of its own), and neither may lose the other's update."""
@@ -50,7 +61,8 @@ def record(state_file: Path, metrics_file: Path, updates: dict[str, float]) -> d
             values: dict[str, float] = json.loads(state_file.read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
             values = {}
-        values.update(updates)
+        for name, value in updates.items():
+            values[name] = COMBINE[name](values[name], value) if name in COMBINE and name in values else value
         _write_atomically(state_file, json.dumps(values, sort_keys=True) + "\n", 0o600)
         _write_atomically(metrics_file, render(values), 0o644)
     return values

@@ -295,8 +295,9 @@ class Runner:
             plain[part.name] = target
         return plain
 
-    def drill(self, identifier: str | None, identity: str) -> str:
-        """Restore into throwaway containers, compare with the manifest, mark verified if all agree."""
+    def drill(self, identifier: str | None, identity: str) -> tuple[str, datetime]:
+        """Restore into throwaway containers, compare with the manifest, mark verified if all agree;
+        (the line, when the verified backup was taken)."""
         identifier = identifier or self.latest_id()
         manifest = self.manifest(identifier)
         started = time.monotonic()
@@ -338,10 +339,11 @@ class Runner:
                 "files": len(manifest.files),
             }
             self.store.put_bytes(self._key(identifier, VERIFIED), (json.dumps(record) + "\n").encode())
-            return (
+            line = (
                 f"drill of {identifier} passed in {seconds:.1f}s: {len(counts)} tables, {sum(counts.values())} rows, "
                 f"{keys} redis keys, {len(manifest.files)} files match; marked verified"
             )
+            return line, datetime.fromisoformat(manifest.created)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

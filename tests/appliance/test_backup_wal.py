@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.backup import wal
+from appliance.backup import metrics, wal
 from appliance.backup.dump import recovery_settings
 from appliance.backup.errors import BackupError
 from appliance.backup.install import wal_push_steps
@@ -99,3 +99,14 @@ def test_postgres_archives_into_the_spool_only_with_pitr(tmp_path: Path) -> None
     off.write_text((tmp_path / "appliance.toml").read_text().replace("pitr = true", "pitr = false"))
     config = load_config(off)
     assert [step.name for step in wal_push_steps(config)] == ["WAL archiving off"]
+
+
+def test_the_first_backup_and_the_newest_verified_one_only_move_one_way(tmp_path: Path) -> None:
+    state, textfile = tmp_path / "metrics.json", tmp_path / "backup.prom"
+    first = "appliance_backup_first_success_timestamp_seconds"
+    verified = "appliance_backup_last_verified_timestamp_seconds"
+    metrics.record(state, textfile, {first: 100, verified: 500})
+    values = metrics.record(state, textfile, {first: 200, verified: 300})  # a later backup; an older one drilled
+    assert values[first] == 100 and values[verified] == 500
+    assert metrics.record(state, textfile, {verified: 900})[verified] == 900
+    assert f"{verified} 900\n" in textfile.read_text()
