@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     drill.add_argument("--id")
     prune = commands.add_parser("prune", help="apply the retention policy")
     prune.add_argument("--dry-run", action="store_true")
+    prune.add_argument("--now", type=moment, help="apply the policy as of this time (what a later prune will delete)")
     commands.add_parser("wal-push", help="archive the WAL PostgreSQL spooled (the systemd path unit runs it)")
     return parser
 
@@ -96,7 +97,9 @@ def _backup_metrics(scope: str, started: float, size: int | None) -> dict[str, f
 def run(args: argparse.Namespace) -> int:
     settings = HostSettings.load(Path(args.settings))
     log = _Log(settings)
-    runner = Runner(settings, log=lambda line: log(line, sys.stderr))
+    now = getattr(args, "now", None)
+    clock = (lambda: now) if now is not None else (lambda: datetime.now(timezone.utc))
+    runner = Runner(settings, log=lambda line: log(line, sys.stderr), clock=clock)
     state = settings.backups_dir / "metrics.json"
     started = time.time()
     try:
