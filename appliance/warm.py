@@ -30,7 +30,11 @@ def standby_flag(release: Release) -> str:
 
 def warm_unit(release: Release) -> str:
     """The transient systemd unit (timer and service) that ends the release's warm window."""
-    return f"{release.settings.name}-warm-{release.slug}"
+    return _unit(release.settings.name, release.slug)
+
+
+def _unit(name: str, slug: str) -> str:
+    return f"{name}-warm-{slug}"
 
 
 def wake(release: Release) -> str:
@@ -163,17 +167,21 @@ class KeepWarm:
     def plan(self, facts: Facts) -> list[Action]:
         ours = {release.project(api=True) for release in (self.previous, self.current)}
         prefix = f"{self.current.settings.name}-api-"
-        stale = [
-            line.split()[1]
+        stale = dict(
+            line.split()
             for line in facts["apis"].stdout.splitlines()
             if len(line.split()) == 2 and line.startswith(prefix) and line.split()[0] not in ours
-        ]
+        )
         actions: list[Action] = []
         if stale:
-            # Earlier releases' warm APIs: in standby already, so nothing of theirs needs a grace period.
-            ids = sh(*stale)
+            # Earlier releases' warm APIs: in standby already, so nothing of theirs needs a grace period; their
+            # windows' timers go with them.
+            ids = sh(*stale.values())
+            name = self.current.settings.name
+            timers = sh(*(_unit(name, project.removeprefix(prefix)) + ".timer" for project in stale))
+            stop = f"docker stop -t 10 {ids} >/dev/null && docker rm {ids} >/dev/null"
             actions.append(
-                Run(f"docker stop -t 10 {ids} >/dev/null && docker rm {ids} >/dev/null", "stop earlier warm APIs")
+                Run(f"{stop} && {{ systemctl stop {timers} 2>/dev/null || true; }}", "stop earlier warm APIs")
             )
         minutes = self.previous.settings.deploy.keep_warm_minutes
         warm_mb = int(facts["warm_kb"].stdout.strip() or 0) // 1024

@@ -68,7 +68,10 @@ def test_earlier_warm_apis_are_stopped_but_never_the_current_or_previous_one() -
     step = KeepWarm(Release(settings(), "v2"), Release(settings(), "v3"))
     apis = "agents-api-v1 aaa\nagents-api-v2 bbb\nagents-api-v3 ccc\nother-api-x ddd\n"
     stop, keep = step.plan(host(available_mb=3000, warm_mb=300, apis=apis))
-    assert isinstance(stop, Run) and stop.command == "docker stop -t 10 aaa >/dev/null && docker rm aaa >/dev/null"
+    assert isinstance(stop, Run) and stop.command == (
+        "docker stop -t 10 aaa >/dev/null && docker rm aaa >/dev/null"
+        " && { systemctl stop agents-warm-v1.timer 2>/dev/null || true; }"
+    )
     assert isinstance(keep, Run) and "agents-warm-v2" in keep.command
 
 
