@@ -153,14 +153,16 @@ class KeepWarm:
 
     def probes(self) -> Mapping[str, str]:
         container = self.previous.container("api", api=True)
-        pid = f"$(docker inspect -f '{{{{.State.Pid}}}}' {container} 2>/dev/null || echo 0)"
+        pid = f"$(c={container}; [ -n \"$c\" ] && docker inspect -f '{{{{.State.Pid}}}}' $c)"
         project = '{{.Label "com.docker.compose.project"}} {{.ID}}'
         total = "awk '{s += $1} END {print s + 0}'"
         return {
             "available_kb": "awk '/^MemAvailable:/ {print $2}' /proc/meminfo",
             "total_kb": "awk '/^MemTotal:/ {print $2}' /proc/meminfo",
             # The API's processes (gunicorn's master and its workers): shared pages counted twice, so on the safe side.
-            "warm_kb": f"pid={pid}; ps -o rss= --pid $pid --ppid $pid 2>/dev/null | {total}",
+            # No container, no pid: 0 (`ps --ppid 0` would count the host's init).
+            "warm_kb": f'pid={pid}; [ "${{pid:-0}}" != 0 ] || {{ echo 0; exit 0; }}; '
+            f"ps -o rss= --pid $pid --ppid $pid | {total}",
             "apis": f"docker ps --filter label=com.docker.compose.service=api --format {sh(project)}",
         }
 

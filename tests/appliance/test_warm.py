@@ -62,6 +62,9 @@ def test_the_previous_api_is_drained_when_the_window_is_off_or_memory_short() ->
     assert isinstance(action, Run) and "not enough memory to keep it warm: drain and stop it" in action.why
     assert "systemd-run" not in action.command
     assert small.plan(host(available_mb=3000, warm_mb=0)) == []  # no previous API running: nothing to do
+    # The probe itself, through bash and this machine's Docker, where no such API runs: 0, not init's size.
+    probe = subprocess.run(["bash", "-c", small.probes()["warm_kb"]], capture_output=True, text=True, timeout=30)
+    assert probe.stdout == "0\n", probe
 
 
 def test_earlier_warm_apis_are_stopped_but_never_the_current_or_previous_one() -> None:
