@@ -3,6 +3,7 @@
 import * as api from "./api.js";
 import { lang, roleName, t } from "./i18n.js";
 import { DiscussionStream } from "./live.js";
+import { renderMarkdown } from "./markdown.js";
 
 const ACTIVE = new Set(["running", "stopping"]);
 const DEFAULT_PANEL = ["bull", "bear", "risk"];
@@ -189,12 +190,16 @@ async function discussionView(id) {
   }
   const names = Object.fromEntries((await roleList()).map((r) => [r.key, r.name]));
   const agents = [...detail.panel, "moderator"];
-  const turns = new Map(); // turn_index -> {el, text, body, chip}
+  const turns = new Map(); // turn_index -> {el, body, text, reasoning, reasoningBox}
   const chips = new Map(
     agents.map((key) => [key, h("li", { class: "agent", dataset: { agent: key, state: "waiting" } }, "")]),
   );
   const transcript = h("div", { id: "transcript" });
-  const verdictBox = h("section", { class: "card verdict", id: "verdict", hidden: true });
+  // Moved into the moderator's turn once it starts: that turn shows the verdict card, never its JSON. The turn
+  // sits above the transcript, where the verdict is read first.
+  const verdictBox = h("section", { class: "verdict", id: "verdict", hidden: true });
+  const moderatorSlot = h("div", { id: "moderator-slot" }, verdictBox);
+  const errorBox = h("p", { class: "discussion-error", id: "discussion-error", hidden: true });
   const conn = h("span", { class: "conn", id: "conn", dataset: { state: "closed" } });
   const stop = h("button", { type: "button", class: "danger", id: "stop" }, t("d.stop"));
   const statusSlot = h("span", {}, statusBadge(detail.status));
@@ -210,20 +215,35 @@ async function discussionView(id) {
   function turn(index, role) {
     let entry = turns.get(index);
     if (!entry) {
-      const round = role === "moderator" ? null : Math.floor(index / detail.panel.length) + 1;
-      const body = h("p", { class: "turn-text" });
+      const moderator = role === "moderator";
+      const round = moderator ? null : Math.floor(index / detail.panel.length) + 1;
+      const body = moderator ? h("p", { class: "turn-text muted" }, t("d.moderating")) : h("div", { class: "turn-text" });
       const el = h(
         "article",
         { class: "turn", dataset: { turn: index, role, state: "streaming" } },
         h("header", {}, h("strong", {}, roleName(role, names[role])), round ? h("span", { class: "meta" }, ` #${round}`) : null),
         body,
+        moderator ? verdictBox : null,
       );
-      entry = { el, body, text: "" };
+      entry = { el, body, text: "", reasoning: "", reasoningBox: null };
       turns.set(index, entry);
-      const after = [...turns.keys()].filter((k) => k > index).sort((a, b) => a - b)[0];
-      transcript.insertBefore(el, after === undefined ? null : turns.get(after).el);
+      if (moderator) moderatorSlot.replaceChildren(el);
+      else {
+        const later = [...turns.keys()].filter((k) => k > index && turns.get(k).el.parentElement === transcript);
+        transcript.insertBefore(el, later.length ? turns.get(Math.min(...later)).el : null);
+      }
     }
     return entry;
+  }
+
+  /** The turn's reasoning, folded above its text (a <details> made on first use). */
+  function showReasoning(entry, text) {
+    entry.reasoning = text;
+    if (!entry.reasoningBox) {
+      entry.reasoningBox = h("div", { class: "reasoning-text" });
+      entry.body.before(h("details", { class: "reasoning" }, h("summary", {}, t("turn.reasoning")), entry.reasoningBox));
+    }
+    entry.reasoningBox.textContent = text;
   }
 
   function finishTurn(message) {
@@ -232,13 +252,16 @@ async function discussionView(id) {
     if (entry.text !== message.content) {
       if (entry.text) entry.el.dataset.repaired = "true";
       entry.text = message.content;
-      entry.body.textContent = message.content;
     }
-    if (!entry.text) entry.body.textContent = t("d.noSpeech");
+    if (message.reasoning) showReasoning(entry, message.reasoning);
+    // Plain text while it streamed (cheap for long turns); Markdown once, now that it is complete.
+    if (message.role === "moderator") entry.body.hidden = message.status !== "completed"; // the verdict replaces it
+    else if (entry.text) renderMarkdown(entry.body, entry.text);
+    else entry.body.textContent = t("d.noSpeech");
     entry.el.dataset.state = message.status;
     entry.el.dataset.messageId = message.id;
     if (message.status === "failed") {
-      entry.el.append(h("p", { class: "turn-error" }, t("turn.failed")));
+      entry.el.append(h("p", { class: "turn-error" }, t(message.role === "moderator" ? "turn.moderatorFailed" : "turn.failed")));
       if (message.error) entry.el.append(h("details", { class: "meta" }, h("summary", {}, t("turn.why")), message.error));
     }
     setAgent(message.role, { completed: "done", failed: "failed", stopped: "stopped" }[message.status] || "done");
@@ -246,6 +269,8 @@ async function discussionView(id) {
 
   function showVerdict(verdict) {
     verdictBox.hidden = false;
+    const moderatorTurn = [...turns.values()].find((entry) => entry.el.dataset.role === "moderator");
+    if (moderatorTurn && moderatorTurn.el.dataset.state !== "failed") moderatorTurn.body.hidden = true;
     if (!verdict) {
       verdictBox.replaceChildren(h("h2", {}, t("d.verdict")), h("p", { class: "muted" }, t("d.noVerdict")));
       return;
@@ -264,8 +289,12 @@ async function discussionView(id) {
     );
   }
 
-  function finished(status, verdict) {
+  function finished(status, verdict, error) {
     statusSlot.replaceChildren(statusBadge(status));
+    if (status === "failed") {
+      errorBox.textContent = error ? t("d.failed", { reason: error }) : t("d.failedNoReason");
+      errorBox.hidden = false;
+    }
     stop.hidden = true;
     conn.hidden = true;
     for (const [key, chip] of chips) {
@@ -285,14 +314,22 @@ async function discussionView(id) {
         // starts over there, so the text streamed so far goes.
         const entry = turn(event.turn_index, event.role);
         entry.text = "";
-        entry.body.textContent = "";
+        if (event.role !== "moderator") entry.body.textContent = "";
+        entry.reasoningBox?.parentElement.remove();
+        entry.reasoning = "";
+        entry.reasoningBox = null;
         setAgent(event.role, "speaking");
         break;
       }
       case "token": {
         const entry = turn(event.turn_index, event.role);
         entry.text += event.text;
-        entry.body.textContent = entry.text;
+        if (event.role !== "moderator") entry.body.textContent = entry.text; // the moderator's is JSON: not shown
+        break;
+      }
+      case "reasoning": {
+        const entry = turn(event.turn_index, event.role);
+        showReasoning(entry, entry.reasoning + event.text);
         break;
       }
       case "message_completed":
@@ -300,7 +337,7 @@ async function discussionView(id) {
         finishTurn(event.message);
         break;
       case "discussion_finished":
-        finished(event.status, event.verdict);
+        finished(event.status, event.verdict, event.error);
         break;
       default:
         break; // newer event types: ignored by this console
@@ -327,10 +364,11 @@ async function discussionView(id) {
       { class: "card", id: "discussion", dataset: { id } },
       h("h1", { class: "topic" }, detail.topic),
       h("p", { class: "meta" }, statusSlot, " ", conn, " ", when(detail.created_at)),
+      errorBox,
       h("ul", { class: "agents", id: "agents" }, [...chips.values()]),
       stop,
     ),
-    verdictBox,
+    moderatorSlot,
     transcript,
   );
 
@@ -348,7 +386,7 @@ async function discussionView(id) {
     stream.start();
   } else {
     for (const message of detail.messages) finishTurn(message);
-    finished(detail.status, detail.verdict);
+    finished(detail.status, detail.verdict, detail.error);
   }
 }
 
