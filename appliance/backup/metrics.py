@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,8 +56,9 @@ def record(state_file: Path, metrics_file: Path, updates: dict[str, float]) -> d
     """Merge `updates` into the state and rewrite the textfile; returns the merged values. Locked: wal-push
     runs beside a backup (it has a lock of its own), and neither may lose the other's update."""
     state_file.parent.mkdir(parents=True, exist_ok=True)
-    with state_file.with_name(f".{state_file.name}.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    folder = os.open(state_file.parent, os.O_RDONLY)  # the folder is the lock: no file left behind
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
         try:
             values: dict[str, float] = json.loads(state_file.read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
@@ -65,4 +67,6 @@ def record(state_file: Path, metrics_file: Path, updates: dict[str, float]) -> d
             values[name] = COMBINE[name](values[name], value) if name in COMBINE and name in values else value
         _write_atomically(state_file, json.dumps(values, sort_keys=True) + "\n", 0o600)
         _write_atomically(metrics_file, render(values), 0o644)
+    finally:
+        os.close(folder)
     return values
