@@ -297,6 +297,11 @@ def _run_locked(
             report = _failure_report(remote, release)
             remote.run(release.compose("rm", "-s", "-f", api=True))
             failed.error += "\n" + executor.redact(report)
+        moved = any(result.step == "switch traffic" and result.status == "changed" for result in results)
+        if failed is not None and not moved and previous is not None:
+            # The stack-up gave services the new release's files and image (the relay, the stand-ins): the
+            # release that keeps serving gets its own stack back.
+            remote.run(release_stack(previous))
         finished = True
         return results
     finally:

@@ -220,6 +220,7 @@ def test_release_that_never_gets_healthy_leaves_the_served_one_alone(
     assert served_version(bootstrapped, bootstrapped_host) == before
     left = bootstrapped_host.run("docker ps -a --format '{{.Names}}' | grep -c api-broken || true").stdout.strip()
     assert left == "0"
+    assert_stack_runs_release(bootstrapped_host, str(before))  # the relay and stand-ins not left on "broken"
 
 
 def test_an_interrupted_deploy_releases_the_lock_and_says_so_in_the_audit_log(
