@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import docker
+import httpx
 import pytest
 
 from appliance.config import load_config
@@ -101,7 +102,10 @@ def first_served(site: Site, version: str, deadline: float) -> float:
     """When (time.monotonic()) the site's /api/health first answered from `version`, polled every 0.1 s."""
     with site.client() as client:
         while time.monotonic() < deadline:
-            answer = client.get("/api/health")
+            try:
+                answer = client.get("/api/health")
+            except httpx.TransportError:  # a keep-alive connection an old nginx worker closed at the reload
+                continue
             if answer.status_code == 200 and answer.json()["version"] == version:
                 return time.monotonic()
             time.sleep(0.1)
