@@ -289,7 +289,10 @@ async function discussionView(id) {
     );
   }
 
+  let ended = false; // set by discussion_finished, which may arrive before the stop request's answer
+
   function finished(status, verdict, error) {
+    ended = true;
     statusSlot.replaceChildren(statusBadge(status));
     if (status === "failed") {
       errorBox.textContent = error ? t("d.failed", { reason: error }) : t("d.failedNoReason");
@@ -349,7 +352,8 @@ async function discussionView(id) {
     stop.textContent = t("d.stopping");
     try {
       const { status } = await api.request("POST", `/api/discussions/${id}/stop`).then((r) => r.json());
-      statusSlot.replaceChildren(statusBadge(status));
+      // "stopping" must not overwrite the final status the stream delivered meanwhile.
+      if (!ended) statusSlot.replaceChildren(statusBadge(status));
     } catch (error) {
       notify(error.message);
       stop.disabled = false;
