@@ -25,7 +25,7 @@ from service.db import create_pool
 from service.drain import Drain
 from service.llm import LlmClient
 from service.logging import configure_logging
-from service.metrics import AgentSlotsCollector
+from service.metrics import AgentSlotsCollector, RedisMemory
 from service.request_context import AccessLog, RequestContextMiddleware
 from service.settings import Settings, load_settings
 from service.standby import Standby
@@ -60,7 +60,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         orchestrator = Orchestrator(pool, client, settings, llm, slots, events, worker_id)
         sync_client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
-        app.state.slots_collector = AgentSlotsCollector(sync_client, slots.holders_key, slots.queue_key)
+        app.state.redis_collectors = (
+            AgentSlotsCollector(sync_client, slots.holders_key, slots.queue_key),
+            RedisMemory(sync_client),
+        )
         app.state.resources = Resources(
             settings=settings,
             pool=pool,

@@ -71,6 +71,19 @@ class AgentSlotsCollector(Collector):
         yield GaugeMetricFamily("cvm_agent_turns_waiting", "Agent turns queued for a slot.", value=waiting)
 
 
+class RedisMemory(Collector):
+    """Redis's used memory and its maxmemory: the stack runs it with noeviction, so a full Redis refuses the
+    writes every discussion needs (event streams, slots) instead of dropping old keys."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        info = self._client.info("memory")
+        yield GaugeMetricFamily("cvm_redis_used_memory_bytes", "Memory Redis uses.", value=info["used_memory"])
+        yield GaugeMetricFamily("cvm_redis_maxmemory_bytes", "Redis maxmemory; 0: no limit.", value=info["maxmemory"])
+
+
 class DailyTokens(Collector):
     """The service's tokens spent today and its DAILY_TOKEN_CEILING (the ceiling alert divides them); read from
     PostgreSQL by the scrape, since token_usage is their one home. `spent` None: the database did not answer."""

@@ -7,8 +7,9 @@ import subprocess
 
 import httpx
 import pytest
+import redis
 
-from tests.service.conftest import Service, create_discussion, new_user, read_events
+from tests.service.conftest import TEST_REDIS_URL, Service, create_discussion, new_user, read_events
 
 pytestmark = pytest.mark.integration
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -44,6 +45,9 @@ def test_metrics_are_clean_and_aggregated_over_workers(client: httpx.Client, ser
     assert sample(body, "cvm_agents_running") == 0
     assert sample(body, "cvm_agent_turns_waiting") == 0
     assert sample(body, "cvm_websocket_connections") == 0
+    memory = redis.Redis.from_url(TEST_REDIS_URL).info("memory")  # what the alert on a full Redis reads
+    assert sample(body, "cvm_redis_maxmemory_bytes") == memory["maxmemory"]
+    assert 0 < sample(body, "cvm_redis_used_memory_bytes") < 4 * memory["used_memory"]
     for name, edges in (
         ("cvm_agent_turn_duration_seconds_bucket", ("1.0", "300.0")),
         ("cvm_discussion_duration_seconds_bucket", ("1.0", "1800.0")),

@@ -64,5 +64,5 @@ async def prometheus_metrics(request: Request, res: Res) -> Response:
         spent = None  # the other metrics still answer; ApiUnhealthy tells of the database
     daily = metrics.DailyTokens(spent, res.settings.daily_token_ceiling)
     # Reading the multiprocess files and Redis blocks, so it runs off the event loop.
-    body = await asyncio.to_thread(metrics.render, request.app.state.slots_collector, daily)
+    body = await asyncio.to_thread(metrics.render, *request.app.state.redis_collectors, daily)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
