@@ -112,14 +112,24 @@ def first_served(site: Site, version: str, deadline: float) -> float:
     raise AssertionError(f"{version} not served within 60 s")
 
 
+def reconnected(stream: Followed, connections: int) -> None:
+    """Wait (up to 20 s) until the follower's `connections`-th WebSocket is open (its attempt counted, no close yet,
+    a second for the handshake through nginx)."""
+    deadline = time.monotonic() + 20
+    while stream.connections < connections or len(stream.closes) >= connections:
+        assert time.monotonic() < deadline, f"the follower did not reconnect: {stream}"
+        time.sleep(0.2)
+    time.sleep(1)
+
+
 def run_state(host: RemoteHost, discussion: str) -> str:
     """Where a discussion stands on the host, for a failure message: its row and the API's own log lines."""
     where = f"id = '{uuid.UUID(discussion)}'"
     query = f"SELECT status, lease_owner, lease_expires_at - now() FROM discussions WHERE {where}"  # noqa: S608
     postgres = "$(docker ps -qf label=com.docker.compose.service=postgres)"
     row = host.run(f"docker exec {postgres} psql -U appliance -d appliance -tAX -c {shlex.quote(query)}")
-    api = "$(docker ps -qf label=com.docker.compose.service=api)"
-    log = host.run(f'docker logs {api} 2>&1 | grep -v \'"logger": "service.http"\' | tail -80')
+    api = "$(docker ps -qf label=com.docker.compose.service=api)"  # the serving API and a warm one, if any
+    log = host.run(f'for c in {api}; do docker logs $c 2>&1 | grep -v \'"logger": "service.http"\' | tail -40; done')
     return f"row: {row.stdout.strip()} {row.stderr.strip()}\nAPI log without requests:\n{log.stdout}"
 
 
@@ -141,13 +151,15 @@ def test_switch_to_v2_then_roll_back_to_v1_under_load(
         run = inv("deploy", "--version", "v2", "--image", "cvm-appliance/api:v1", "--config", str(deploy_config))
         assert run.returncode == 0, run.stdout + run.stderr
         assert served_version(bootstrapped, bootstrapped_host) == "v2"
+        # v1's standby closes its sockets after the deploy returned; the rollback must find the follower on v2.
+        reconnected(stream, 2)
         started = time.monotonic()
         served = pool_of_one.submit(first_served, site, "v1", started + 60)
         back = inv("rollback", "--config", str(deploy_config))
         elapsed = time.monotonic() - started
         assert back.returncode == 0, back.stdout + back.stderr
         switched = served.result() - started
-        time.sleep(5)  # the client reconnects after the second drain
+        reconnected(stream, 3)  # after v2's standby closed its socket
         site.stop_discussion(user, discussion)
         try:
             followed.result(timeout=120)
