@@ -16,23 +16,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 import httpx
 
+from bench.run import bench_stack
 from service.agents.presets import DEFAULT_PANEL, MODERATOR, ROLES, speaker_cue
 from service.fakellm import count_tokens
-from service.migrate import apply_migrations
 from tests.service.conftest import (
     create_discussion,
     new_user,
-    running_fake_llm,
-    scratch_database,
-    scratch_redis_prefix,
-    service_env,
     start_service,
     stop_process,
     wait_finished,
@@ -77,15 +71,9 @@ async def usage_rows(database_url: str, discussion_id: str) -> list[asyncpg.Reco
 
 
 def run_discussion(rounds: int, words: int) -> list[Request]:
-    with (
-        scratch_database("svc_bench") as database_url,
-        running_fake_llm() as fake,  # a fresh process: its cache has seen nothing yet
-        tempfile.TemporaryDirectory() as tmp,
-        scratch_redis_prefix("bench") as prefix,
-    ):
-        asyncio.run(apply_migrations(database_url))
-        env = service_env(database_url, prefix, fake, Path(tmp), AI_API_KEY="sk-bench", AGENT_TIMEOUT="60")
-        service = start_service(env, Path(tmp) / "service.log")
+    with bench_stack() as (env, tmp, _):  # a fresh fake LLM process: its cache has seen nothing yet
+        database_url = env["DATABASE_URL"]
+        service = start_service(env, tmp / "service.log")
         try:
             with httpx.Client(base_url=service.url, timeout=60) as client:
                 user = new_user(client)
