@@ -367,12 +367,18 @@ def replay(container: str, data_dir: Path, base: Path, wal: Path, target_time: s
     subprocess.run(["chown", "-R", f"{stat.st_uid}:{stat.st_gid}", str(data_dir)], check=True)
     reached = True
     deadline = time.monotonic() + timeout
-    while (fatal := _recover(container, deadline)) is not None:
-        if target_time is None or not reached or _ENDED_EARLY not in fatal:
-            raise BackupError(f"PostgreSQL's recovery failed: {fatal}")
-        # It stops there (FATAL) rather than promote: carry on to the archive's end, without a target.
-        reached = False
-        settings.write_text(base_settings + recovery_settings(None), encoding="utf-8")
+    # A recovery that stops (FATAL) must stay stopped: the stack's restart policy would start it over and over.
+    policy = docker("inspect", "--format", "{{.HostConfig.RestartPolicy.Name}}", container).strip() or "no"
+    docker("update", "--restart", "no", container, what="pausing postgres's restart policy")
+    try:
+        while (fatal := _recover(container, deadline)) is not None:
+            if target_time is None or not reached or _ENDED_EARLY not in fatal:
+                raise BackupError(f"PostgreSQL's recovery failed: {fatal}")
+            # It stops there rather than promote: carry on to the archive's end, without a target.
+            reached = False
+            settings.write_text(base_settings + recovery_settings(None), encoding="utf-8")
+    finally:
+        docker("update", "--restart", policy, container, what="restoring postgres's restart policy")
     for key in _RECOVERY_KEYS:  # one statement per call: ALTER SYSTEM refuses to run in a transaction block
         psql(container, f"ALTER SYSTEM RESET {key}")
     psql(container, "SELECT pg_reload_conf()")
@@ -389,7 +395,7 @@ def _recover(container: str, deadline: float) -> str | None:
     docker("start", container, what="starting postgres for the recovery")
     query = ["psql", "-U", PG_USER, "-d", PG_DB, "-tAXqc", "SELECT pg_is_in_recovery()"]
     while True:
-        running = docker("inspect", "--format", "{{.State.Running}}", container).strip() == "true"
+        running = docker("inspect", "--format", "{{.State.Status}}", container).strip() == "running"
         if running:
             answer = subprocess.run(["docker", "exec", container, *query], capture_output=True, text=True, check=False)
             if answer.stdout.strip() == "f":

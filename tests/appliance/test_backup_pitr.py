@@ -95,7 +95,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     pyz.write_bytes(bundle())
     labels = ["--label", f"com.docker.compose.project={project}"]
     postgres = subprocess.run(
-        ["docker", "run", "-d", "--name", f"{project}-postgres", *labels,
+        ["docker", "run", "-d", "--name", f"{project}-postgres", *labels, "--restart", "unless-stopped",
          "--label", "com.docker.compose.service=postgres", "--network", "none",
          "-e", "POSTGRES_USER=appliance", "-e", "POSTGRES_DB=appliance", "-e", "POSTGRES_PASSWORD=pw",
          "-v", f"{project}_pgdata:/var/lib/postgresql/data", "-v", f"{base}/shared/wal:/var/lib/postgresql/wal",
@@ -165,6 +165,18 @@ def test_restore_to_a_time_brings_back_a_and_not_b(stack: Stack, moment: str) ->
     assert psql(stack, "SELECT pg_is_in_recovery()") == "f"  # promoted, writable again
     assert psql(stack, "SHOW restore_command") == ""  # the recovery's settings are gone
     psql(stack, "INSERT INTO notes VALUES ('after')")
+
+
+def test_a_time_past_the_archive_replays_all_of_it(stack: Stack, moment: str) -> None:
+    """PostgreSQL stops (FATAL) when the archive ends before the target; the restore then replays all of it.
+    The container has the stack's restart policy, which must not start the failed recovery over and over."""
+    later = datetime.now(timezone.utc).astimezone().isoformat(sep=" ")
+    restored = backup_cmd(stack, "restore", "--to-time", later, identity=stack.key)
+    assert restored.returncode == 0, restored.stderr
+    assert "PostgreSQL recovered to the end of its archived WAL (which ends before " in restored.stdout
+    assert psql(stack, "SELECT string_agg(body, ',' ORDER BY body) FROM notes") == "A,B"  # B's segment was archived
+    policy = sh(f"docker inspect -f '{{{{.HostConfig.RestartPolicy.Name}}}}' {stack.postgres}").strip()
+    assert policy == "unless-stopped"
 
 
 def test_a_flipped_byte_in_a_segment_fails_the_restore_naming_it(stack: Stack, moment: str, tmp_path: Path) -> None:
