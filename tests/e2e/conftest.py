@@ -34,6 +34,8 @@ SECRET_KEY = "sandbox-backup-secret"
 BUCKET = "backups-1250000000"
 # A Redis-only cron line is installed, on a day that never comes, so it cannot fire mid-test.
 REDIS_SCHEDULE = "0 0 31 2 *"
+# WAL archiving on (backup.pitr), with a short archive_timeout so the RPO test waits less than a minute.
+ARCHIVE_TIMEOUT = 20
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def rig(sandbox_factory: SandboxFactory, tmp_path_factory: pytest.TempPathFactor
         toml.write(
             f'\n[backup]\nenabled = true\ncos_bucket = "{BUCKET}"\ncos_endpoint = "{endpoint}"\n'
             f'age_recipient = "{recipient}"\nage_identity_file = "{folder / "key.txt"}"\npart_size_mb = 1\n'
-            f'redis_schedule = "{REDIS_SCHEDULE}"\n'
+            f'redis_schedule = "{REDIS_SCHEDULE}"\npitr = true\narchive_timeout = {ARCHIVE_TIMEOUT}\n'
         )
     config = load_config(sandbox.config_file)
     with config.secrets_path.open("a", encoding="utf-8") as secrets:

@@ -92,6 +92,21 @@ def snapshot(host: RemoteHost) -> dict[str, str]:
     return state
 
 
+def wipe(host: RemoteHost) -> None:
+    """Every volume of the stack gone (and the WAL spool, the local copy of the newest backup), the stack
+    started again empty: what a lost disk leaves once the appliance is deployed anew."""
+    slug = run(host, f"cat {BASE}/current/slug").strip()
+    run(host, f"cd {BASE}/current && {BASE}/bin/compose -p {PROJECT}-api-{slug} -f api.yml down "
+              f"&& {BASE}/bin/compose -p {PROJECT} -f docker-compose.yml down -v")  # fmt: skip
+    assert not run(host, f"docker volume ls -q --filter name={PROJECT}_").strip()
+    run(host, f"rm -rf {BASE}/shared/wal/incoming {BASE}/shared/wal/ready {BASE}/shared/backups/latest")
+    run(host, f"{BASE}/bin/stack.sh {PROJECT} up", timeout=600)
+    run(
+        host,
+        f"for _ in $(seq 60); do {exec_in('postgres', 'pg_isready -q -h 127.0.0.1')} && exit 0; sleep 1; done; exit 1",
+    )
+
+
 @pytest.fixture(scope="module")
 def cron_backup(rig: Rig) -> tuple[str, dict[str, str]]:
     """Seed, then let cron run the installed entry (its schedule moved to every minute); (id, snapshot)."""
@@ -149,15 +164,7 @@ def test_backups_are_unreadable_without_the_private_key(rig: Rig, cron_backup: t
 def test_wiped_volumes_come_back_with_inv_restore(rig: Rig, cron_backup: tuple[str, dict[str, str]],
                                                   host: RemoteHost) -> None:  # fmt: skip
     identifier, before = cron_backup
-    slug = run(host, f"cat {BASE}/current/slug").strip()
-    run(host, f"cd {BASE}/current && {BASE}/bin/compose -p {PROJECT}-api-{slug} -f api.yml down "
-              f"&& {BASE}/bin/compose -p {PROJECT} -f docker-compose.yml down -v")  # fmt: skip
-    assert not run(host, f"docker volume ls -q --filter name={PROJECT}_").strip()
-    run(host, f"{BASE}/bin/stack.sh {PROJECT} up", timeout=600)
-    run(
-        host,
-        f"for _ in $(seq 60); do {exec_in('postgres', 'pg_isready -q -h 127.0.0.1')} && exit 0; sleep 1; done; exit 1",
-    )
+    wipe(host)
     assert snapshot(host) != before  # really wiped
 
     restored = inv("restore", "--backup", identifier, "--yes", "--config", str(rig.config_file))
@@ -217,3 +224,16 @@ def test_a_wrong_cos_key_is_one_line_through_inv_backup(rig: Rig, cron_backup: o
     again = inv("backup", "--reason", "after-fix", "--config", str(rig.config_file))
     assert again.returncode == 0, again.stderr
     assert "(reason after-fix)" in again.stdout
+
+
+def test_a_deploy_takes_a_backup_before_its_migrations(rig: Rig, cron_backup: tuple[str, dict[str, str]],
+                                                        host: RemoteHost) -> None:  # fmt: skip
+    """A second deploy, with the seeded data in the database: the backup runs on the host, before migrations."""
+    done = inv("deploy", "--version", "v1", "--config", str(rig.config_file), timeout=1500)
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = run(host, f"grep -h '(reason pre-deploy)' {BASE}/shared/backups/backup.log | tail -n 1")
+    identifier = line.split("backup ", 1)[1].split()[0]
+    manifest = rig.cos.get_bytes(f"backups/{PROJECT}/{identifier}/manifest.json").decode()
+    assert '"reason": "pre-deploy"' in manifest and '"public.messages": 1800' in manifest
+    steps = [line.split()[0] for line in done.stdout.splitlines() if line.split()[:1] in (["backup"], ["migrations"])]
+    assert steps[:2] == ["backup", "migrations"], done.stdout  # the report lists steps in the order they ran
