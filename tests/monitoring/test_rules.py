@@ -1,5 +1,5 @@
 """Prometheus and Alertmanager configuration as rendered, checked by promtool and amtool; the alert rules'
-promtool cases (monitoring/alerts_test.yml) run, and cover every alert both ways."""
+promtool cases (monitoring/alerts_test*.yml) run, and cover every alert both ways."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from appliance.render import cron_max_gap
 from tests.conftest import REPO
 from tests.monitoring.conftest import example_config, rendered_release
 
-RULE_TESTS = REPO / "monitoring" / "alerts_test.yml"
+# Minute-scale cases, and day-scale ones evaluated hourly (promtool steps through every evaluation of every case).
+RULE_TESTS = (REPO / "monitoring" / "alerts_test.yml", REPO / "monitoring" / "alerts_test_days.yml")
 
 
 def run(*command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -59,14 +60,15 @@ def test_alertmanager_config_passes_amtool(release: Path) -> None:
 
 @pytest.mark.unit
 def test_rule_cases_pass(release: Path, promtool: str) -> None:
-    shutil.copy(RULE_TESTS, release / "monitoring" / "alerts_test.yml")
-    tested = run(promtool, "test", "rules", "alerts_test.yml", cwd=release / "monitoring")
+    for cases in RULE_TESTS:
+        shutil.copy(cases, release / "monitoring" / cases.name)
+    tested = run(promtool, "test", "rules", *(cases.name for cases in RULE_TESTS), cwd=release / "monitoring")
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
 @pytest.mark.unit
 def test_every_alert_has_a_case_where_it_fires_and_one_where_it_does_not(release: Path) -> None:
-    cases = yaml.safe_load(RULE_TESTS.read_text())["tests"]
+    cases = [case for path in RULE_TESTS for case in yaml.safe_load(path.read_text())["tests"]]
     fires: set[str] = set()
     quiet: set[str] = set()
     for case in cases:
@@ -99,7 +101,7 @@ def test_thresholds_follow_the_config(tmp_path: Path, promtool: str) -> None:
     assert "[10m]))) > 300\n" in rules
     # The promtool cases are written for the default thresholds: a 300 s P95 threshold makes the
     # "slow agent turns fire" case (P95 291 s) fail, so the cases really test these rules.
-    shutil.copy(RULE_TESTS, staging / "monitoring" / "alerts_test.yml")
+    shutil.copy(RULE_TESTS[0], staging / "monitoring" / "alerts_test.yml")
     tested = run(promtool, "test", "rules", "alerts_test.yml", cwd=staging / "monitoring")
     assert tested.returncode != 0
     assert "AgentTurnSlow" in tested.stdout + tested.stderr
