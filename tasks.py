@@ -22,11 +22,12 @@ from appliance.bootstrap import bootstrap, bootstrap_files, tls
 from appliance.build import build_api_image, default_version
 from appliance.cli import COMMON_HELP, load, one_line_errors, print_outcome
 from appliance.console_login import console_login
-from appliance.deploy import break_lock, current_release, deploy_secrets
+from appliance.deploy import break_lock, deploy_secrets
 from appliance.deploy import deploy as deploy_release
 from appliance.deploy import rollback as rollback_release
 from appliance.errors import ConfigError, StepFailed
 from appliance.facts import gather_facts
+from appliance.releases import current_release
 from appliance.remote import open_host
 from appliance.render import api_image, site_origin
 from appliance.secrets import ensure_generated, load_secrets

@@ -38,7 +38,7 @@ from appliance.lock import (
     release_lock,
 )
 from appliance.registry import ImagePulled, RegistryLogin, push
-from appliance.releases import PruneReleases, Release, manifest, rollback_target
+from appliance.releases import PruneReleases, Release, current_release, manifest, rollback_target
 from appliance.remote import RemoteHost, open_host
 from appliance.render import api_image, check_artifact_key, monitoring_images, release_files
 from appliance.secrets import Secrets, ensure_generated, load_secrets
@@ -211,13 +211,6 @@ def switch_steps(release: Release, previous: Release | None, warm: bool = False)
         steps.append(KeepWarm(previous, release))
     steps.append(Always("release stack", release_stack(release), "every service as the release defines it"))
     return steps
-
-
-def current_release(remote: RemoteHost, settings: Settings) -> Release | None:
-    found = remote.run(f"readlink {sh(settings.base_dir + '/current')}")
-    if found.exit_code != 0 or not found.stdout.strip():
-        return None
-    return Release(settings, found.stdout.strip().rsplit("/", 1)[-1])
 
 
 def _failure_report(remote: RemoteHost, release: Release) -> str:

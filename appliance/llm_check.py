@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from appliance.config import Config
 from appliance.errors import StepFailed
-from appliance.releases import Release
+from appliance.releases import Release, current_release
 from appliance.remote import open_host
 from appliance.steps import Action, Facts, Note
 
@@ -54,7 +54,6 @@ class LlmKeysWarning:
 
 def run_check(config: Config) -> tuple[str, bool]:
     """The verdict lines of the serving release's keys, and whether one of them is usable."""
-    from appliance.deploy import current_release  # here: deploy imports this module for its preflight step
 
     target = config.settings.hosts[0].target
     with open_host(config) as remote:

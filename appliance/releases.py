@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from appliance.config import Settings
+from appliance.remote import RemoteHost
 from appliance.render import api_image, release_slug
 from appliance.shell import sh
 from appliance.steps import Action, Facts, Run
@@ -47,6 +48,14 @@ class Release:
             f"label=com.docker.compose.service={service}",
         )
         return f"$(docker ps -q {sh('--filter', labels[0], '--filter', labels[1])})"
+
+
+def current_release(remote: RemoteHost, settings: Settings) -> Release | None:
+    """The release `BASE/current` points at; None before the first deploy."""
+    found = remote.run(f"readlink {sh(settings.base_dir + '/current')}")
+    if found.exit_code != 0 or not found.stdout.strip():
+        return None
+    return Release(settings, found.stdout.strip().rsplit("/", 1)[-1])
 
 
 def rollback_target(history: list[str], current: str) -> str | None:

@@ -10,9 +10,8 @@ import getpass
 from typing import TextIO
 
 from appliance.config import Config
-from appliance.deploy import current_release
 from appliance.errors import StepFailed
-from appliance.releases import Release
+from appliance.releases import Release, current_release
 from appliance.remote import CommandResult, open_host
 
 

@@ -11,8 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from appliance.backup.cos import CosStore, CosTarget
-from appliance.deploy import current_release
-from appliance.releases import Release
+from appliance.releases import Release, current_release
 from appliance.remote import open_host
 from appliance.shell import sh
 from tests.conftest import inv

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from appliance.config import load_config
-from appliance.deploy import current_release
+from appliance.releases import current_release
 from appliance.remote import open_host
 from appliance.secrets import load_secrets
 from tests.conftest import Deployed, inv
