@@ -54,7 +54,6 @@ class LlmKeysWarning:
 
 def run_check(config: Config) -> tuple[str, bool]:
     """The verdict lines of the serving release's keys, and whether one of them is usable."""
-
     target = config.settings.hosts[0].target
     with open_host(config) as remote:
         release = current_release(remote, config.settings)
