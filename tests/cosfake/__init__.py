@@ -10,7 +10,10 @@ What the shim adds, because the real cos-python-sdk-v5 expects it and moto does 
 - faults on demand (`POST /_fake/faults`, JSON): `{"fail_part": {"2": 1}}` answers the next upload
   of part 2 with one 503; `{"bad_crc": ["KEY"]}` reports a wrong CRC64 for that object;
 - a custom domain (the SDK's `Domain=ADDRESS:PORT`, as the service's artifact storage uses it) reaches
-  the default bucket, whose objects `GET /_fake/objects` lists as JSON (key → size).
+  the default bucket, whose objects `GET /_fake/objects` lists as JSON (key → size);
+- the COS-only `?referer` sub-resource (hotlink protection), stored by the shim itself (moto has none);
+- bucket ACLs in COS's dialect: `x-cos-acl`/`x-cos-grant-*` become moto's `x-amz-*`, and answers name
+  COS's group URIs (`http://cam.qcloud.com/groups/global/…`), from which the SDK reads its CannedACL.
 
 Run it: `python -m tests.cosfake --bind 127.0.0.1 --port 9000 --secret-id ID --secret-key KEY --bucket NAME`
 (every `--bucket` is created; the first is the default bucket).
@@ -42,6 +45,7 @@ _CRC64 = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0, xorOut=0xFFFFFFFFFFFFFF
 _HEADER_CASE = {"last-modified": "Last-Modified", "etag": "ETag", "content-type": "Content-Type"}
 # moto refuses anonymous reads; it does not check S3 signatures, so any S3 credential will do.
 _MOTO_AUTH = {"Authorization": "AWS fake:fake"}
+_S3_HEADER = re.compile(r"^x-cos-(?=acl$|grant-)", re.I)  # COS's ACL headers, in S3's words for moto
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
 
 
@@ -98,6 +102,8 @@ class Shim:
     default_bucket: str = ""
     # moto answers every upload's Initiated with one fixed date; the shim remembers the real ones.
     initiated: dict[str, str] = field(default_factory=dict)
+    # A bucket's RefererConfiguration XML as last PUT (COS-only, so moto has nowhere to keep it).
+    referers: dict[str, bytes] = field(default_factory=dict)
 
 
 def _error(code: str, status: int, message: str) -> tuple[int, dict[str, str], bytes]:
@@ -142,7 +148,13 @@ def handle(
     key = path.lstrip("/")
     if "partNumber" in query and method == "PUT" and shim.faults.take_part_failure(int(query["partNumber"])):
         return _error("ServiceUnavailable", 503, "Please reduce your request rate.")
-    forward = {k: v for k, v in headers.items() if k.lower() not in {"host", "authorization", "content-length"}}
+    if "referer" in query and not key:
+        return _referer(shim, method, bucket, body)
+    forward = {
+        _S3_HEADER.sub("x-amz-", k): v
+        for k, v in headers.items()
+        if k.lower() not in {"host", "authorization", "content-length"}
+    }
     forward.update(_MOTO_AUTH)
     response = requests.request(
         method, f"{shim.moto_url}/{bucket}/{quote(key)}", params=query, headers=forward, data=body, timeout=60
@@ -151,6 +163,8 @@ def handle(
         code = re.search(rb"<Code>([^<]+)</Code>", response.content)
         return _error(code.group(1).decode() if code else "InternalError", response.status_code, "from moto")
     content = response.content
+    if "acl" in query:
+        content = content.replace(b"http://acs.amazonaws.com/groups/", b"http://cam.qcloud.com/groups/")
     if method == "POST" and "uploads" in query:
         upload_id = re.search(rb"<UploadId>([^<]+)</UploadId>", content)
         if upload_id:
@@ -164,6 +178,18 @@ def handle(
         if crc is not None:
             out["x-cos-hash-crc64ecma"] = "1" + crc if key in shim.faults.bad_crc and "partNumber" not in query else crc
     return response.status_code, out, content
+
+
+def _referer(shim: Shim, method: str, bucket: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    """PUT/GET/DELETE ?referer: kept as sent; a bucket that never had one answers an empty configuration."""
+    if method == "PUT":
+        shim.referers[bucket] = body
+    elif method == "DELETE":
+        shim.referers.pop(bucket, None)
+    elif method == "GET":
+        stored = shim.referers.get(bucket, b"<RefererConfiguration></RefererConfiguration>")
+        return 200, {"Content-Type": "application/xml", "x-cos-request-id": "fake"}, stored
+    return (204 if method == "DELETE" else 200), {"x-cos-request-id": "fake"}, b""
 
 
 def _real_initiated(shim: Shim, upload: bytes) -> bytes:
