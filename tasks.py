@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -12,11 +13,11 @@ from invoke.collection import Collection
 from invoke.context import Context
 from invoke.tasks import task
 
+from appliance import cos_setup, views
 from appliance import llm_check as llm_keys
 from appliance import render as rendering
 from appliance import sandbox as sandboxes
 from appliance import users as accounts
-from appliance import views
 from appliance.backup import operate as backups_edge
 from appliance.bootstrap import bootstrap, bootstrap_files, tls
 from appliance.build import build_api_image, default_version
@@ -521,6 +522,24 @@ def llm_check(c: Context, config: str | None = None, env: str | None = None, hos
         raise StepFailed("no usable LLM key: top up the account or put a valid key in AI_API_KEY, then inv deploy")
 
 
+@task(
+    name="setup",
+    help={
+        "config": COMMON_HELP["config"],
+        "env": COMMON_HELP["env"],
+        "check": "read and compare only: show what would change, write nothing",
+    },
+)
+@one_line_errors
+def cos_bucket_setup(c: Context, check: bool = False, config: str | None = None, env: str | None = None) -> None:
+    """Set the buckets' ACL, versioning, lifecycle, CORS, referer (admin key); print the host key's CAM policy."""
+    loaded = load(config, env)
+    wanted = cos_setup.wanted_state(loaded)
+    print_outcome(cos_setup.apply(wanted, cos_setup.admin_api(loaded), check), "COS buckets", "cos.setup")
+    print("CAM policy for the host's key (COS_SECRET_ID):")
+    print(json.dumps(cos_setup.cam_policy(loaded), indent=2))
+
+
 namespace = Collection(
     config,
     render,
@@ -539,4 +558,5 @@ namespace = Collection(
     backup_now,
     backups,
     Collection("restore", restore_backup, restore_drill),
+    Collection("cos", cos_bucket_setup),
 )

@@ -236,6 +236,12 @@ class Backup(_Section):
     # BackupNotVerified fires when the newest backup a drill passed is older than this (a weekly drill: 8).
     verified_max_age_days: int = Field(default=8, ge=1, le=366)
     retention: Retention = Field(default_factory=Retention)
+    # The bucket's lifecycle (inv cos.setup): backups move to STANDARD_IA after this many days, to ARCHIVE after
+    # archive_after_days (none: an archived object needs a restore request before anyone can read it), and a
+    # deleted or overwritten backup object stays recoverable for noncurrent_days (versioning keeps it).
+    infrequent_after_days: int = Field(default=30, ge=1)
+    archive_after_days: int | None = Field(default=None, ge=1)
+    noncurrent_days: int = Field(default=30, ge=1)
 
     @field_validator("prefix")
     @classmethod
@@ -264,6 +270,8 @@ class Backup(_Section):
             raise ValueError("enabled backups need cos_bucket (NAME-APPID)")
         if self.enabled and not (self.age_recipient or "").startswith("age1"):
             raise ValueError("enabled backups need age_recipient, an age public key starting with 'age1'")
+        if self.archive_after_days is not None and self.archive_after_days <= self.infrequent_after_days:
+            raise ValueError("archive_after_days must be later than infrequent_after_days (or unset)")
         return self
 
 

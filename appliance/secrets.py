@@ -21,9 +21,12 @@ MASK = "******"
 GENERATED = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "JWT_SECRET")
 # The COS API key, for backups and for uploads in COS.
 COS_SECRETS = ("COS_SECRET_ID", "COS_SECRET_KEY")
+# An administrator's COS key, for inv cos.setup on the operator's machine only (never sent to a host).
+COS_ADMIN_SECRETS = ("COS_ADMIN_SECRET_ID", "COS_ADMIN_SECRET_KEY")
 PROVIDED = (
     "AI_API_KEY",  # a comma-separated pool of LLM API keys
     *COS_SECRETS,
+    *COS_ADMIN_SECRETS,
     "REGISTRY_PASSWORD",
     "WECOM_WEBHOOK_URL",
     "SMTP_PASSWORD",
