@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.bootstrap.preflight import USE_INSTEAD
 from appliance.config import load_config
 from appliance.remote import RemoteHost, open_host
 from appliance.sandbox import Sandbox, generate_key
@@ -51,7 +52,7 @@ def test_unknown_os(refusing: Sandbox, root: RemoteHost) -> None:
         line = refused(refusing.config_file)
     finally:
         root.run("cp /root/os-release.real /etc/os-release")
-    assert "preflight: unsupported OS 'Arch Linux' (arch rolling): use Debian 12, Ubuntu 22.04, Ubuntu 24.04" in line
+    assert f"preflight: unsupported OS 'Arch Linux' (arch rolling): {USE_INSTEAD}" in line
     assert line.endswith("nothing was changed")
     assert root.run(UNTOUCHED).exit_code == 0
 
