@@ -32,6 +32,7 @@ from service.streaming import FINISHED, EventLog
 log = logging.getLogger(__name__)
 
 TOKEN_BATCH_SECONDS = 0.05
+STOP_RECANCEL_SECONDS = 0.5
 # Which failure explains a discussion whose every agent turn failed, most telling first: the pool's own state
 # (the operator must act) before passing conditions, before faults of one turn.
 TELLING_FAILURES: tuple[FailureCategory, ...] = (
@@ -189,7 +190,7 @@ class Orchestrator:
             # Only the speaking part is cancelled, so a message being persisted is never cut short;
             # between turns the flag ends the run at the next check.
             if run.speaking:
-                run.speaking.cancel()
+                _cancel_until_done(run.speaking)
         elif run.task:
             run.task.cancel()
 
@@ -538,6 +539,14 @@ class Orchestrator:
             finally:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+
+def _cancel_until_done(task: asyncio.Task[Any]) -> None:
+    """Cancel a speaking turn, and again every STOP_RECANCEL_SECONDS while it still runs: a cancel that lands
+    in the first Redis or HTTP calls of a turn can be lost inside a library (CI saw 12 of 200 stops then wait
+    for AGENT_TIMEOUT), and one more reaches the turn at its next await."""
+    if not task.done():
+        task.cancel()
+        asyncio.get_running_loop().call_later(STOP_RECANCEL_SECONDS, _cancel_until_done, task)
 
 def _role(key: str) -> Role:
     return MODERATOR if key == MODERATOR.key else ROLES[key]
