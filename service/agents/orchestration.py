@@ -548,6 +548,7 @@ def _cancel_until_done(task: asyncio.Task[Any]) -> None:
         task.cancel()
         asyncio.get_running_loop().call_later(STOP_RECANCEL_SECONDS, _cancel_until_done, task)
 
+
 def _role(key: str) -> Role:
     return MODERATOR if key == MODERATOR.key else ROLES[key]
 
