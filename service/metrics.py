@@ -52,6 +52,10 @@ DISCUSSION_DURATION = Histogram(
     buckets=DISCUSSION_BUCKETS,
 )
 WEBSOCKET_CONNECTIONS = Gauge("cvm_websocket_connections", "Open WebSocket connections.", multiprocess_mode="livesum")
+# No labels, so it is exposed (as 0) from the start: the StorageFull alert's increase() sees the first refusal.
+UPLOADS_REFUSED_DISK_FULL = Counter(
+    "cvm_uploads_refused_disk_full", "Uploads refused (507) because the disk that holds them is full (service.storage)."
+)
 
 
 class AgentSlotsCollector(Collector):

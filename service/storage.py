@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -12,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 from qcloud_cos import CosClientError, CosConfig, CosS3Client, CosServiceError
 
+from service.metrics import UPLOADS_REFUSED_DISK_FULL
 from service.settings import Settings
 
 ALLOWED_CONTENT_TYPES = frozenset(
@@ -41,6 +43,14 @@ class StorageRefusedError(StorageError):
 
 class StorageUnreachableError(StorageError):
     """The storage did not answer, or answered that it cannot serve now (COS 5xx)."""
+
+
+class StorageFullError(StorageError):
+    """The disk that holds uploads (or their spool) has no space left."""
+
+
+# ENOSPC: the filesystem is full; EDQUOT: the user's quota on it is, which the operator fixes the same way.
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class _Stream(Protocol):
@@ -170,13 +180,22 @@ class ArtifactStore:
         spool = self._spool_dir / f"{file_id}.part"
         size = 0
         try:
-            with spool.open("wb") as out:
+            with spool.open("wb") as out:  # its close flushes, so a full disk may only show there
                 async for chunk in chunks:
                     size += len(chunk)
                     if size > self.max_bytes:
                         raise UploadRejectedError(f"file exceeds MAX_UPLOAD_BYTES={self.max_bytes}")
                     await asyncio.to_thread(out.write, chunk)
             await self._blobs.put(key, spool)
+        except OSError as exc:
+            if exc.errno not in _FULL:
+                raise
+            UPLOADS_REFUSED_DISK_FULL.inc()
+            log.warning("file storage full", extra={"fields": {"path": str(self._spool_dir), "size_bytes": size}})
+            raise StorageFullError(
+                "no space left on the appliance's disk for uploads: try again later; "
+                "the operator must free space on it (docs/runbook.md#diskfull)"
+            ) from None
         finally:
             spool.unlink(missing_ok=True)
         try:

@@ -13,7 +13,13 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from service.api.deps import Res, UserId, not_found
-from service.storage import CHUNK_BYTES, StorageRefusedError, StorageUnreachableError, UploadRejectedError
+from service.storage import (
+    CHUNK_BYTES,
+    StorageFullError,
+    StorageRefusedError,
+    StorageUnreachableError,
+    UploadRejectedError,
+)
 
 router = APIRouter(prefix="/api/files", tags=["files"])
 
@@ -34,13 +40,15 @@ async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
 @contextmanager
 def _storage_answers() -> Iterator[None]:
     """The file storage's failures are the operator's to fix, so a 5xx that says which, never a bare 500:
-    502 when it refused (a wrong COS key), 503 when it could not be reached."""
+    502 when it refused (a wrong COS key), 503 when it could not be reached, 507 when its disk is full."""
     try:
         yield
     except StorageRefusedError as exc:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(exc)) from None
     except StorageUnreachableError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+    except StorageFullError as exc:
+        raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, str(exc)) from None
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
