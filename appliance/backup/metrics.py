@@ -32,7 +32,8 @@ def render(values: dict[str, float]) -> str:
     lines: list[str] = []
     for name, text in METRICS.items():
         if name in values:
-            lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {values[name]:g}"]
+            # Every digit of a Unix time: ":g" alone keeps six, i.e. rounds a timestamp to ~1.4 hours.
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {values[name]:.15g}"]
     return "\n".join(lines) + "\n" if lines else ""
 
 

@@ -107,9 +107,11 @@ def test_manifest_round_trips_through_json() -> None:
 def test_metrics_textfile_merges_backup_and_drill_runs(tmp_path: Path) -> None:
     state, textfile = tmp_path / "state.json", tmp_path / "metrics" / "backup.prom"
     metrics.record(state, textfile, {"appliance_backup_last_run_success": 1, "appliance_backup_last_size_bytes": 2e9})
-    metrics.record(state, textfile, {"appliance_backup_drill_last_success": 0})
+    metrics.record(state, textfile, {"appliance_backup_drill_last_success": 0,
+                                     "appliance_backup_drill_last_run_timestamp_seconds": 1764590123.25})  # fmt: skip
     text = textfile.read_text()
-    assert "appliance_backup_last_size_bytes 2e+09\n" in text
+    assert "appliance_backup_last_size_bytes 2000000000\n" in text
+    assert "appliance_backup_drill_last_run_timestamp_seconds 1764590123.25\n" in text  # to the second and below
     assert "appliance_backup_last_run_success 1\n" in text
     assert "appliance_backup_drill_last_success 0\n" in text
     assert "# TYPE appliance_backup_drill_last_success gauge" in text
