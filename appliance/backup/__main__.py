@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--exclude", help="never the base backup to replay from (inv restore's pre-restore one)")
     drill = commands.add_parser("drill", help="restore into throwaway containers and compare (identity on stdin)")
     drill.add_argument("--id")
+    drill.add_argument("--to-time", type=moment, help="also replay the base backup and the WAL to this moment")
     prune = commands.add_parser("prune", help="apply the retention policy")
     prune.add_argument("--dry-run", action="store_true")
     prune.add_argument("--now", type=moment, help="apply the policy as of this time (what a later prune will delete)")
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.command == "drill":
             identity = _identity()
             try:
-                line, drilled = runner.drill(args.id, identity)
+                line, drilled = runner.drill(args.id, identity, args.to_time)
             except BaseException:
                 metrics.record(state, settings.metrics_file, {
                     "appliance_backup_drill_last_run_timestamp_seconds": time.time(),

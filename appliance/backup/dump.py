@@ -317,6 +317,7 @@ def drill_redis(project: str, image: str, rdb: Path, sample: dict[str, str], scr
 
 # Point-in-time recovery
 
+PGDATA = "/var/lib/postgresql/data"  # the image's, and where compose mounts the stack's volume
 PITR_WAL = "pitr-wal"  # in the data directory during a recovery: restore_command's relative path is from there
 _RECOVERY_KEYS = ("restore_command", "recovery_target_time", "recovery_target_action")
 
@@ -354,17 +355,8 @@ def replay(container: str, data_dir: Path, base: Path, wal: Path, target_time: s
     the archive ends before `target_time`: then all of it is replayed (what there is, all earlier than that)."""
     stat = data_dir.stat()
     empty_folder(data_dir)
-    done = subprocess.run(
-        ["tar", "-C", str(data_dir), "--numeric-owner", "-xzpf", str(base)], capture_output=True, check=False
-    )
-    if done.returncode != 0:
-        raise BackupError(f"extracting the base backup failed: {failure(done.returncode, done.stderr)}")
-    shutil.move(wal, data_dir / PITR_WAL)  # the work folder and the volume may be two filesystems
-    (data_dir / "recovery.signal").touch()
+    base_settings = _recovery_folder(data_dir, base, wal, target_time, (stat.st_uid, stat.st_gid))
     settings = data_dir / "postgresql.auto.conf"
-    base_settings = settings.read_text(encoding="utf-8")
-    settings.write_text(base_settings + recovery_settings(target_time), encoding="utf-8")
-    subprocess.run(["chown", "-R", f"{stat.st_uid}:{stat.st_gid}", str(data_dir)], check=True)
     reached = True
     deadline = time.monotonic() + timeout
     # A recovery that stops (FATAL) must stay stopped: the stack's restart policy would start it over and over.
@@ -384,6 +376,49 @@ def replay(container: str, data_dir: Path, base: Path, wal: Path, target_time: s
     psql(container, "SELECT pg_reload_conf()")
     shutil.rmtree(data_dir / PITR_WAL)
     return reached
+
+
+def _recovery_folder(data_dir: Path, base: Path, wal: Path, target_time: str | None, owner: tuple[int, int]) -> str:
+    """`base` extracted into the empty `data_dir` with `wal` and the recovery settings, owned by `owner`;
+    the base backup's own postgresql.auto.conf text (what the recovery settings are added to)."""
+    done = subprocess.run(
+        ["tar", "-C", str(data_dir), "--numeric-owner", "-xzpf", str(base)], capture_output=True, check=False
+    )
+    if done.returncode != 0:
+        raise BackupError(f"extracting the base backup failed: {failure(done.returncode, done.stderr)}")
+    shutil.move(wal, data_dir / PITR_WAL)  # the work folder and the volume may be two filesystems
+    (data_dir / "recovery.signal").touch()
+    settings = data_dir / "postgresql.auto.conf"
+    base_settings = settings.read_text(encoding="utf-8")
+    settings.write_text(base_settings + recovery_settings(target_time), encoding="utf-8")
+    subprocess.run(["chown", "-R", f"{owner[0]}:{owner[1]}", str(data_dir)], check=True)
+    return base_settings
+
+
+def drill_replay(
+    project: str, image: str, base: Path, wal: Path, target_time: str, scratch: Path, owner: tuple[int, int],
+    tables: list[str], timeout: float,
+) -> tuple[str, dict[str, int]]:  # fmt: skip
+    """A throwaway server of `image` (no network) from `base` with the WAL in `wal` replayed to `target_time`:
+    (the time of the last commit it replayed, rows per table then). An archive that ends before that moment
+    fails: what a drill to a time proves is that the chain of segments reaches it."""
+    data = scratch / "pgdata"
+    data.mkdir(mode=0o700)
+    _recovery_folder(data, base, wal, target_time, owner)
+    name = f"{project}-drill-pitr"
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+    docker("create", "--name", name, "--network", "none", "-v", f"{data}:{PGDATA}", image, "postgres",
+           what="creating the drill's PostgreSQL")  # fmt: skip
+    try:
+        fatal = _recover(name, time.monotonic() + timeout)
+        if fatal is not None and _ENDED_EARLY in fatal:
+            raise BackupError(f"the archived WAL ends before {target_time}: a recovery cannot reach that moment")
+        if fatal is not None:
+            raise BackupError(f"the drill's recovery to {target_time} failed: {fatal}")
+        last = psql(name, "SELECT pg_last_xact_replay_timestamp()").strip()
+        return last, table_counts(name, tables)
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
 
 
 _ENDED_EARLY = "recovery ended before configured recovery target was reached"

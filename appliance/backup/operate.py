@@ -89,6 +89,16 @@ def _with_identity(config: Config, remote: RemoteHost, *args: str) -> str:
     return _outcome(config, remote.stream(_command(config, *args), [key], lambda sent: None))
 
 
+def _moment(config: Config, text: str, flag: str) -> str:
+    """A --to-time value as ISO 8601, refused in one line without backup.pitr or a UTC offset."""
+    if not config.settings.backup.pitr:
+        raise ConfigError(f"{config.path}: backup.pitr is false: {flag} needs archived WAL (set it, bootstrap)")
+    try:
+        return wal.parse_moment(text).isoformat()
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+
+
 def restore(config: Config, backup: str | None, to_time: str | None = None) -> tuple[str, str]:
     """A backup of what is there now, then `backup` restored, or PostgreSQL recovered to `to_time`
     (backup.pitr): (the first's line, the restore's line)."""
@@ -97,12 +107,7 @@ def restore(config: Config, backup: str | None, to_time: str | None = None) -> t
         raise ConfigError("inv restore: give --backup ID, --to-time TIME, or both (replay from that backup)")
     command = ["restore", *(("--id", backup) if backup is not None else ())]
     if to_time is not None:
-        if not config.settings.backup.pitr:
-            raise ConfigError(f"{config.path}: backup.pitr is false: --to-time needs archived WAL (set it, bootstrap)")
-        try:
-            command += ["--to-time", wal.parse_moment(to_time).isoformat()]
-        except ValueError as exc:
-            raise ConfigError(f"inv restore --to-time: {exc}") from None
+        command += ["--to-time", _moment(config, to_time, "inv restore --to-time")]
     identity(config)  # refuse before the pre-restore backup if the key is not at hand
     with open_host(config) as remote:
         before = run_backup(config, remote, "pre-restore")
@@ -110,10 +115,15 @@ def restore(config: Config, backup: str | None, to_time: str | None = None) -> t
         return before, _with_identity(config, remote, *command, "--exclude", before.split()[1])
 
 
-def drill(config: Config, backup: str | None) -> str:
+def drill(config: Config, backup: str | None, to_time: str | None = None) -> str:
+    """The drill of `backup` (default: the newest complete one); with `to_time`, its base backup and the WAL
+    are replayed to that moment too (backup.pitr)."""
     _enabled(config)
+    command = ["drill", *(("--id", backup) if backup else ())]
+    if to_time is not None:
+        command += ["--to-time", _moment(config, to_time, "inv restore.drill --to-time")]
     with open_host(config) as remote:
-        return _with_identity(config, remote, "drill", *(("--id", backup) if backup else ()))
+        return _with_identity(config, remote, *command)
 
 
 def table(backups: list[Listed]) -> str:
