@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from appliance.errors import ConfigError
+from appliance.host_paths import HostPaths
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -467,6 +468,11 @@ class Settings(_Section):
         if not value.startswith("/") or value.rstrip("/") == "":
             raise ValueError("must be an absolute directory other than /")
         return value.rstrip("/")
+
+    @property
+    def paths(self) -> HostPaths:
+        """Every path of the appliance's layout on the host, below `base_dir`."""
+        return HostPaths(self.base_dir)
 
     @model_validator(mode="after")
     def _acme_needs_domain(self) -> Settings:

@@ -21,7 +21,7 @@ def operator() -> str:
 
 
 def lock_dir(settings: Settings) -> str:
-    return f"{settings.base_dir}/shared/deploy.lock"
+    return settings.paths.deploy_lock
 
 
 def holder_file(settings: Settings) -> str:
@@ -65,5 +65,4 @@ def audit_entry(command: str, **fields: object) -> dict[str, object]:
 
 def audit_line(settings: Settings, entry: Mapping[str, object]) -> str:
     """Append one JSON line to the host's audit log (append-only by convention and mode 0600)."""
-    path = f"{settings.base_dir}/shared/audit.jsonl"
-    return f"umask 077; printf '%s\\n' {sh(json.dumps(entry, sort_keys=True))} >> {sh(path)}"
+    return f"umask 077; printf '%s\\n' {sh(json.dumps(entry, sort_keys=True))} >> {sh(settings.paths.audit_log)}"

@@ -28,7 +28,7 @@ class Release:
 
     @property
     def directory(self) -> str:
-        return f"{self.settings.base_dir}/releases/{self.version}"
+        return self.settings.paths.release(self.version)
 
     def project(self, api: bool = False) -> str:
         """The Compose project of the stack's infrastructure or (api=True) of this release's API."""
@@ -37,8 +37,7 @@ class Release:
     def compose(self, *words: str, api: bool = False) -> str:
         """A Compose command in this release's folder, for the infrastructure or (api=True) its API."""
         project, file = (self.project(api=True), "api.yml") if api else (self.project(), "docker-compose.yml")
-        binary = f"{self.settings.base_dir}/bin/compose"
-        return f"cd {sh(self.directory)} && {sh(binary, '--project-name', project, '--file', file, *words)}"
+        return compose_in(self.settings, self.directory, project, "--file", file, *words)
 
     def container(self, service: str, api: bool = False) -> str:
         """The ID of the service's running container (empty when none runs), as a shell expression: a plain
@@ -50,9 +49,15 @@ class Release:
         return f"$(docker ps -q {sh('--filter', labels[0], '--filter', labels[1])})"
 
 
+def compose_in(settings: Settings, directory: str, project: str, *words: str) -> str:
+    """The host's Compose command (`bin/compose`, v2 or v1) in `directory`, as project `project`: the one place
+    a Compose command line is made."""
+    return f"cd {sh(directory)} && {sh(settings.paths.compose, '--project-name', project, *words)}"
+
+
 def current_release(remote: RemoteHost, settings: Settings) -> Release | None:
     """The release `BASE/current` points at; None before the first deploy."""
-    found = remote.run(f"readlink {sh(settings.base_dir + '/current')}")
+    found = remote.run(f"readlink {sh(settings.paths.current)}")
     if found.exit_code != 0 or not found.stdout.strip():
         return None
     return Release(settings, found.stdout.strip().rsplit("/", 1)[-1])
@@ -103,11 +108,11 @@ class PruneReleases:
         return api_image(self.settings, "x").rsplit(":", 1)[0]
 
     def probes(self) -> Mapping[str, str]:
-        base = self.settings.base_dir
+        paths = self.settings.paths
         return {
-            "on_host": f"ls -1 {sh(base + '/releases')}",
-            "history": f"cat {sh(base + '/shared/history')}",
-            "current": f"readlink {sh(base + '/current')}",
+            "on_host": f"ls -1 {sh(paths.releases)}",
+            "history": f"cat {sh(paths.history)}",
+            "current": f"readlink {sh(paths.current)}",
             "tags": f"docker images --format '{{{{.Tag}}}}' {sh(self.repository)}",
         }
 

@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 import jinja2
 
 from appliance import notify
-from appliance.backup import wal
 from appliance.config import Config, Settings
 from appliance.errors import ApplianceError, ConfigError
 from appliance.secrets import COS_SECRETS, GENERATED, MASK, Secrets
@@ -167,7 +166,7 @@ def stack_context(config: Config, secrets: Secrets, version: str, reveal: bool, 
         "artifact_cos": artifact_cos(settings),
         "nginx": settings.nginx,
         "backup": settings.backup,
-        "wal_spool": f"{settings.base_dir}/{wal.SPOOL}",
+        "wal_spool": settings.paths.wal_spool,
         "monitoring": settings.monitoring,
         # Backups count as stale after twice the longest gap between two runs of their schedule.
         "backup_max_age": 2 * cron_max_gap(settings.backup.schedule),
@@ -193,7 +192,7 @@ def release_files(
     """The files of one release: compose file, env files (0600), nginx config."""
     context = stack_context(config, secrets, version, reveal, memory_mb)
     settings = config.settings
-    release = f"{settings.base_dir}/releases/{version}"
+    release = settings.paths.release(version)
     return [
         HostFile(f"{release}/docker-compose.yml", render_template("compose/docker-compose.yml.j2", context), 0o644),
         HostFile(f"{release}/api.env", render_template("compose/api.env.j2", context), 0o600),

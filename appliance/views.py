@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 
 from appliance.config import Settings
+from appliance.release_commands import health_answer
 from appliance.releases import Release, rollback_target
 from appliance.render import BUNDLE_ROOT
 from appliance.shell import sh
@@ -20,13 +21,13 @@ SERVICES = ("api", "postgres", "redis", "nginx", "llm-stub", "prometheus", "aler
 
 def releases_probe(settings: Settings) -> str:
     """Prints `@current PATH`, `@history V...`, `@release V MANIFEST-JSON` lines, then the audit log's tail."""
-    base = settings.base_dir
+    paths = settings.paths
     return (
-        f"echo @current $(readlink {sh(base + '/current')}); "
-        f"echo @history $(cat {sh(base + '/shared/history')} 2>/dev/null); "
-        f'for d in {sh(base + "/releases")}/*/; do [ -d "$d" ] || continue; v=$(basename "$d"); '
+        f"echo @current $(readlink {sh(paths.current)}); "
+        f"echo @history $(cat {sh(paths.history)} 2>/dev/null); "
+        f'for d in {sh(paths.releases)}/*/; do [ -d "$d" ] || continue; v=$(basename "$d"); '
         f'echo "@release $v $(tr -d \'\\n\' < "$d/manifest.json" 2>/dev/null)"; done; '
-        f"tail -n {AUDIT_TAIL} {sh(base + '/shared/audit.jsonl')} 2>/dev/null"
+        f"tail -n {AUDIT_TAIL} {sh(paths.audit_log)} 2>/dev/null"
     )
 
 
@@ -92,17 +93,6 @@ def releases_table(rows: list[ReleaseRow]) -> str:
     return "\n".join(lines)
 
 
-def health_probe(release: Release) -> str:
-    """The API's /api/health answer from inside its container (whatever its status code)."""
-    probe = (
-        "import urllib.request as u, urllib.error as e\n"
-        "try:\n  print(u.urlopen('http://127.0.0.1:8000/api/health', timeout=3).read().decode())\n"
-        "except e.HTTPError as x:\n  print(x.read().decode())\n"
-        "except Exception as x:\n  print(repr(x))"
-    )
-    return release.compose("exec", "-T", "api", "python3", "-c", probe, api=True)
-
-
 def status_sections(settings: Settings, current: Release | None) -> list[tuple[str, str]]:
     """(heading, command) pairs for `inv status`: containers, health, versions, disk, memory."""
     name = settings.name
@@ -114,7 +104,7 @@ def status_sections(settings: Settings, current: Release | None) -> list[tuple[s
     disk = f"df -h --output=target,size,used,avail,pcent {sh(settings.base_dir)} /var/lib/docker | uniq"
     sections = [("containers", containers), ("resources", usage), ("disk", disk), ("memory", "free -m")]
     if current is not None:
-        sections.insert(1, (f"health of release {current.version}", health_probe(current)))
+        sections.insert(1, (f"health of release {current.version}", health_answer(current)))
     if settings.monitoring.enabled:
         sections.append(("monitoring", monitor_command(settings.base_dir)))
     return sections
@@ -126,8 +116,3 @@ def monitor_command(base_dir: str) -> str:
     script = (BUNDLE_ROOT / "scripts" / "monitor.sh").read_text(encoding="utf-8")
     return f"APPLIANCE_BASE={sh(base_dir)} bash -c {sh(script)} monitor.sh 2>&1"
 
-
-def logs_command(settings: Settings, current: Release, service: str, follow: bool, lines: int) -> str:
-    """`compose logs` of one service: the API from the current release's project, the rest from the stack's."""
-    words = ["logs", "--no-color", "--tail", str(lines), *(["--follow"] if follow else []), service]
-    return current.compose(*words, api=service == "api")

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from appliance.lock import acquire_lock, release_lock
+from appliance.release_commands import drain, health_gate
 from appliance.releases import Release
 from appliance.shell import sh
 from appliance.steps import Action, Facts, Run
@@ -45,19 +46,13 @@ def wake(release: Release) -> str:
     return f"{stop} && rm -f {sh(standby_flag(release))}"
 
 
-def drain(release: Release) -> str:
-    """Stop the release's API with its grace period (in-flight requests finish, discussions are handed over)."""
-    grace = str(release.settings.service.graceful_timeout + 5)
-    return release.compose("stop", "-t", grace, api=True) + " && " + release.compose("rm", "-f", api=True)
-
-
 def end_window(release: Release, now: float | None = None) -> str:
     """The timer's job: under the deploy lock (waited for), stop the API unless a rollback made it current again."""
     settings = release.settings
+    current = settings.paths.current
     minutes = settings.deploy.keep_warm_minutes
     since = (now or time.time()) + minutes * 60
     holder = {"who": "systemd", "command": "warm window end", "version": release.version, "since": since}
-    current = f"{settings.base_dir}/current"
     return (
         f"until {{ {acquire_lock(settings, holder)}; }} 2>/dev/null; do sleep {LOCK_POLL_SECONDS}; done; "
         f"trap {sh(release_lock(settings))} EXIT; "
@@ -78,23 +73,6 @@ def keep_warm(release: Release) -> str:
     )  # fmt: skip
     flag = standby_flag(release)
     return f"{wake(release)} && install -d -m 755 {sh(flag.rsplit('/', 1)[0])} && touch {sh(flag)} && {timer}"
-
-
-HEALTH_PROBE = "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/api/health', timeout=3)"
-
-
-def health_gate(release: Release, checks: int) -> str:
-    """Succeeds after `checks` consecutive 200s from the API's own /api/health, `deploy.health_interval` apart,
-    within `service.health_timeout`. docker exec, not Compose's: each check then costs a Python start, not two."""
-    interval = release.settings.deploy.health_interval
-    timeout = release.settings.service.health_timeout
-    check = f'docker exec "$c" python3 -c {sh(HEALTH_PROBE)}'
-    # Loops run in a subshell: their own `exit` must not skip what an `&&` before them guards.
-    return (
-        f"(c={release.container('api', api=True)}; ok=0; for i in $(seq {int(timeout / interval)}); do "
-        f"if {check} >/dev/null 2>&1; then ok=$((ok + 1)); [ $ok -ge {checks} ] && exit 0; else ok=0; fi; "
-        f"sleep {interval}; done; echo 'no {checks} healthy answers in a row within {timeout}s' >&2; exit 1)"
-    )
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,9 @@ from appliance.backup.errors import BackupError
 from appliance.backup.manifest import FULL, REDIS
 from appliance.backup.runner import Runner
 from appliance.backup.settings import HostSettings
+from appliance.host_paths import HostPaths
 
-DEFAULT_SETTINGS = "/opt/appliance/shared/backup.json"
+DEFAULT_SETTINGS = HostPaths("/opt/appliance").backup_settings
 
 
 def _parser() -> argparse.ArgumentParser:

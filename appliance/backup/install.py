@@ -16,7 +16,6 @@ from pathlib import Path
 
 import qcloud_cos
 
-from appliance.backup import wal
 from appliance.backup.cos import MB, CosTarget
 from appliance.backup.settings import HostSettings, Policy
 from appliance.config import Config
@@ -36,6 +35,7 @@ def bundle() -> bytes:
     sources: dict[str, bytes] = {
         "__main__.py": b"from appliance.backup.__main__ import main\n\nmain()\n",
         "appliance/__init__.py": b"",
+        "appliance/host_paths.py": (BACKUP_MODULES.parent / "host_paths.py").read_bytes(),
     }
     for path in sorted(BACKUP_MODULES.glob("*.py")):
         if path.name not in {"install.py", "operate.py"}:  # operator-side modules stay home
@@ -79,10 +79,6 @@ def host_settings(config: Config, secrets: Mapping[str, str]) -> HostSettings:
     )
 
 
-def settings_path(base_dir: str) -> str:
-    return f"{base_dir}/shared/backup.json"
-
-
 @dataclass(frozen=True)
 class UnshownFile:
     """A managed file `inv render` leaves out: binary (the zipapp) or holding secrets (the settings)."""
@@ -114,8 +110,8 @@ def backup_steps(config: Config) -> list[Step]:
     host = host_settings(config, secrets)
     return [
         Packages("backup tools", HOST_PACKAGES),
-        UnshownFile(f"{settings.base_dir}/lib/backup.pyz", bundle(), 0o644),
-        UnshownFile(settings_path(settings.base_dir), host.to_json().encode(), 0o600),
+        UnshownFile(settings.paths.backup_bundle, bundle(), 0o644),
+        UnshownFile(settings.paths.backup_settings, host.to_json().encode(), 0o600),
         *wal_push_steps(config),
     ]
 
@@ -135,7 +131,7 @@ def wal_push_steps(config: Config) -> list[Step]:
             )
         ]
     context = {"header": "Managed by cvm-appliance (inv bootstrap).", "name": name, "base_dir": base,
-               "spool": f"{base}/{wal.SPOOL}"}  # fmt: skip
+               "spool": settings.paths.wal_spool}  # fmt: skip
     files = tuple(
         ManagedFile(unit, render_template(f"systemd/wal-push.{kind}.j2", context).encode())
         for unit, kind in zip(units, ("path", "service"), strict=True)
@@ -143,7 +139,7 @@ def wal_push_steps(config: Config) -> list[Step]:
     path_unit = sh(f"{name}-wal-push.path")
     return [
         # The server (its own uid) must pass through to the subfolders it owns; nobody else may list it.
-        Directory(f"{base}/{wal.SPOOL}", 0o711),
+        Directory(settings.paths.wal_spool, 0o711),
         ConfigFiles("WAL push units", files, "systemctl daemon-reload", "reload systemd"),
         Converge(
             "WAL push watching",

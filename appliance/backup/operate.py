@@ -33,7 +33,7 @@ class Listed:
 
 
 def _command(config: Config, *args: str) -> str:
-    return sh(f"{config.settings.base_dir}/bin/backup.sh", *args)
+    return sh(config.settings.paths.script("backup.sh"), *args)
 
 
 def _enabled(config: Config) -> None:

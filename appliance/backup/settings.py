@@ -6,9 +6,9 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from appliance.backup import wal
 from appliance.backup.cos import CosTarget
 from appliance.backup.errors import BackupError
+from appliance.host_paths import HostPaths
 
 
 @dataclass(frozen=True)
@@ -38,15 +38,15 @@ class HostSettings:
 
     @property
     def backups_dir(self) -> Path:
-        return Path(self.base_dir) / "shared" / "backups"
+        return Path(HostPaths(self.base_dir).backups)
 
     @property
     def wal_spool(self) -> Path:
-        return Path(self.base_dir) / wal.SPOOL
+        return Path(HostPaths(self.base_dir).wal_spool)
 
     @property
     def metrics_file(self) -> Path:
-        return Path(self.base_dir) / "shared" / "metrics" / "backup.prom"
+        return Path(HostPaths(self.base_dir).metrics) / "backup.prom"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"

@@ -26,7 +26,6 @@ from appliance.backup import crypt
 from appliance.backup.cos import CosStore
 from appliance.backup.errors import BackupError
 
-SPOOL = "shared/wal"  # relative to BASE; compose mounts it into the postgres container
 SUFFIX = ".gz.age"
 _SEGMENT = re.compile(r"^[0-9A-F]{24}")
 _HISTORY = re.compile(r"^[0-9A-F]{8}\.history$")

@@ -76,7 +76,7 @@ def deploy_hook(settings: Settings) -> str:
 
 def ca_bundle(settings: Settings) -> str:
     """The CA bundle certbot trusts the ACME server with, when tls.acme_ca_file names one."""
-    return f"{settings.base_dir}/shared/acme-ca.pem"
+    return settings.paths.acme_ca
 
 
 def timer_drop_in(settings: Settings) -> str:
@@ -106,7 +106,7 @@ def certonly(settings: Settings, force: bool) -> str:
         "certonly",
         "--webroot",
         "--webroot-path",
-        f"{settings.base_dir}/shared/www",
+        settings.paths.www,
         "--cert-name",
         settings.domain,
         "--domains",

@@ -9,6 +9,7 @@ from appliance.bootstrap.docker_engine import compose_command
 from appliance.bootstrap.tls import cert_expiry_command, tls_steps
 from appliance.config import Config, Settings
 from appliance.facts import HostFacts
+from appliance.host_paths import HostPaths
 from appliance.render import BUNDLE_ROOT, render_host_template, render_template
 from appliance.shell import sh
 from appliance.steps import ConfigFiles, Converge, Directory, ManagedFile, Step
@@ -27,28 +28,28 @@ HOST_SCRIPTS = {
 }
 
 
-def directories(base: str) -> list[Step]:
+def directories(paths: HostPaths) -> list[Step]:
     return [
-        Directory(base, 0o755),
-        Directory(f"{base}/releases", 0o755),
-        Directory(f"{base}/bin", 0o755),
-        Directory(f"{base}/shared", 0o755),
-        Directory(f"{base}/shared/certs", 0o750),
-        Directory(f"{base}/shared/www", 0o755),
-        Directory(f"{base}/shared/data", 0o750),
-        Directory(f"{base}/shared/backups", 0o700),
-        Directory(f"{base}/shared/metrics", 0o755),
+        Directory(paths.base, 0o755),
+        Directory(paths.releases, 0o755),
+        Directory(paths.bin, 0o755),
+        Directory(paths.shared, 0o755),
+        Directory(paths.certs, 0o750),
+        Directory(paths.www, 0o755),
+        Directory(paths.data, 0o750),
+        Directory(paths.backups, 0o700),
+        Directory(paths.metrics, 0o755),
     ]
 
 
 def host_scripts(settings: Settings, facts: HostFacts) -> list[Step]:
     """The scripts in BASE/bin, and BASE/bin/compose: the host's compose command, which all of them call."""
-    base = settings.base_dir
+    paths = settings.paths
     compose = render_host_template("compose.sh.j2", command=compose_command(settings, facts))
     return [
-        ManagedFile(f"{base}/bin/compose", compose, 0o755),
+        ManagedFile(paths.compose, compose, 0o755),
         *(
-            ManagedFile(f"{base}/bin/{name}", (BUNDLE_ROOT / "scripts" / source).read_bytes(), 0o755)
+            ManagedFile(paths.script(name), (BUNDLE_ROOT / "scripts" / source).read_bytes(), 0o755)
             for source, name in HOST_SCRIPTS.items()
         ),
     ]
@@ -81,8 +82,8 @@ def boot_unit(settings: Settings) -> list[Step]:
 
 
 def cron_entries(settings: Settings) -> list[Step]:
-    metrics = f"{settings.base_dir}/shared/metrics"
-    containers = sh(f"{settings.base_dir}/bin/container-metrics.sh", settings.name, f"{metrics}/containers.prom")
+    metrics = settings.paths.metrics
+    containers = sh(settings.paths.script("container-metrics.sh"), settings.name, f"{metrics}/containers.prom")
     entries: list[Step] = [
         ManagedFile(
             f"/etc/cron.d/{settings.name}-cert-expiry",
@@ -125,14 +126,14 @@ def host_record(settings: Settings, facts: HostFacts) -> ManagedFile:
         "docker": facts.docker,
         "compose": facts.compose,
         "compose_command": compose_command(settings, facts),
-        "compose_wrapper": f"{settings.base_dir}/bin/compose",
+        "compose_wrapper": settings.paths.compose,
     }
-    return ManagedFile(f"{settings.base_dir}/shared/host.json", (json.dumps(record, indent=2) + "\n").encode())
+    return ManagedFile(settings.paths.host_record, (json.dumps(record, indent=2) + "\n").encode())
 
 
 def layout_steps(config: Config, facts: HostFacts) -> list[Step]:
     """The appliance's directories and host scripts (the Docker guard needs them first)."""
-    return [*directories(config.settings.base_dir), *host_scripts(config.settings, facts)]
+    return [*directories(config.settings.paths), *host_scripts(config.settings, facts)]
 
 
 def service_steps(config: Config) -> list[Step]:

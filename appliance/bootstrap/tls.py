@@ -13,6 +13,7 @@ from appliance.config import Config, Settings
 from appliance.errors import ConfigError
 from appliance.executor import Executor, StepResult
 from appliance.private_ca import LEAF_DAYS, IssuedFiles, OperatorCa, issued_file_names, operator_ca, renewal_reason
+from appliance.releases import compose_in
 from appliance.remote import open_host
 from appliance.secrets import load_secrets
 from appliance.shell import sh
@@ -23,12 +24,9 @@ OLD_CA_FILES = ("ca-key.pem", "ca.srl")  # where an older version kept its CA, o
 
 def reload_nginx(settings: Settings) -> str:
     """Reload the running stack's nginx, if a release is running; nothing otherwise."""
-    current = f"{settings.base_dir}/current"
-    compose = f"{settings.base_dir}/bin/compose --project-name {sh(settings.name)}"
-    return (
-        f"if [ -e {sh(current)}/docker-compose.yml ]; then "
-        f"cd {sh(current)} && {compose} exec -T nginx nginx -s reload || true; fi"
-    )
+    current = settings.paths.current
+    reload = compose_in(settings, current, settings.name, "exec", "-T", "nginx", "nginx", "-s", "reload")
+    return f"if [ -e {sh(current)}/docker-compose.yml ]; then {reload} || true; fi"
 
 
 def site_name(settings: Settings) -> str:
@@ -37,15 +35,15 @@ def site_name(settings: Settings) -> str:
 
 
 def certs_dir(settings: Settings) -> str:
-    return f"{settings.base_dir}/shared/certs"
+    return settings.paths.certs
 
 
 def cert_expiry_command(settings: Settings) -> str:
     """Refresh the TLS expiry metric (also run every 6 hours by cron)."""
     return sh(
-        f"{settings.base_dir}/bin/cert-expiry.sh",
+        settings.paths.script("cert-expiry.sh"),
         f"{certs_dir(settings)}/fullchain.pem",
-        f"{settings.base_dir}/shared/metrics/tls.prom",
+        f"{settings.paths.metrics}/tls.prom",
     )
 
 

@@ -83,7 +83,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     service = postgres_service(tmp_path_factory.mktemp("config"), recipient)
     command = [word.replace("$$", "$") for word in service["command"]]  # Compose's escape
     spool_mount = next(v for v in service["volumes"] if v.endswith(":/var/lib/postgresql/wal"))
-    assert spool_mount == f"/opt/appliance/{wal.SPOOL}:/var/lib/postgresql/wal"
+    assert spool_mount == "/opt/appliance/shared/wal:/var/lib/postgresql/wal"
     fake = FakeCos("127.0.0.1", free_port(), SECRET_ID, SECRET_KEY)
     fake.create_bucket(BUCKET)
     fake.start()

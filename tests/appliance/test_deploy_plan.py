@@ -12,20 +12,12 @@ from pathlib import Path
 import pytest
 
 from appliance.config import Config, load_config
-from appliance.deploy import (
-    build_pending,
-    deploy,
-    prepare_steps,
-    publish_web,
-    release_stack,
-    switch_steps,
-    switch_traffic,
-    wait_healthy,
-)
+from appliance.deploy import build_pending, deploy, prepare_steps, switch_steps
 from appliance.errors import ConfigError
 from appliance.images import ImagesOnHost, LocalImage
 from appliance.lock import acquire_lock, lock_holder_message
 from appliance.registry import ImagePulled, RegistryLogin
+from appliance.release_commands import publish_web, release_stack, switch_traffic, wait_healthy
 from appliance.releases import PruneReleases, Release, manifest, releases_to_prune, rollback_target
 from appliance.steps import Fact, Run, Stream
 from appliance.views import release_rows, releases_table
