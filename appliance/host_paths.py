@@ -14,6 +14,10 @@ class HostPaths:
 
     base: str
 
+    def below_base(self, path: str) -> str:
+        """`path` relative to `base`: how an archive of the host's state names it."""
+        return path.removeprefix(self.base + "/")
+
     @property
     def releases(self) -> str:
         return f"{self.base}/releases"

@@ -19,16 +19,21 @@ from pathlib import Path
 
 from appliance.backup import crypt, dump, wal
 from appliance.backup.cos import CosStore, new_crc64, parse_time
-from appliance.backup.errors import BackupError
+from appliance.backup.errors import BackupError, DeleteRefused
 from appliance.backup.manifest import FULL, MANIFEST, REDIS, VERIFIED, Manifest, Part, backup_id, id_time
-from appliance.backup.retention import Decision, Stored, decide
+from appliance.backup.retention import Decision, Stored, decide, horizon_days
 from appliance.backup.settings import HostSettings
+from appliance.host_paths import HostPaths
 
 STALE_UPLOAD_SECONDS = 24 * 3600
 RECOVERY_SECONDS = 1800  # replaying a day of WAL on a small CVM
 LATEST = "latest"  # the local copy of the newest backup
-# The appliance's own state worth keeping, relative to BASE (a release's files, certs, the history).
-STATE = ("releases", "current", "shared/certs", "shared/history", "shared/audit.jsonl", "shared/host.json")
+
+
+def host_state(paths: HostPaths) -> list[str]:
+    """What a full backup keeps of the host's own state (releases, certificates, history), relative to BASE."""
+    kept = (paths.releases, paths.current, paths.certs, paths.history, paths.audit_log, paths.host_record)
+    return [paths.below_base(path) for path in kept]
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,12 @@ def _encrypted_digest(path: Path) -> tuple[str, int, str]:
             crc.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size, str(crc.crcValue)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    decision: Decision
+    refused: str  # why nothing was deleted, when COS refused ("" otherwise)
 
 
 class Runner:
@@ -108,14 +119,15 @@ class Runner:
             if aof_on:
                 plain["redis-aof"] = work / "redis-aof.tar"
                 dump.tar_folder(dump.volume_path(f"{project}_redisdata"), plain["redis-aof"], [aof_dir])
-            base = Path(self.settings.base_dir)
+            paths = HostPaths(self.settings.base_dir)
+            base = Path(paths.base)
             if full:
                 artifacts = dump.volume_path(f"{project}_artifacts")
                 plain["files"] = work / "files.tar"
                 dump.tar_folder(artifacts, plain["files"])
                 files = dump.file_hashes(artifacts)
                 plain["state"] = work / "state.tar"
-                dump.tar_folder(base, plain["state"], [item for item in STATE if (base / item).exists()])
+                dump.tar_folder(base, plain["state"], [item for item in host_state(paths) if (base / item).exists()])
             parts = []
             for name, path in plain.items():
                 sha, size = dump.sha256_of(path)
@@ -136,7 +148,7 @@ class Runner:
                 host=self.settings.host or socket.gethostname(),
                 name=project,
                 reason=reason,
-                release=_current_release(base),
+                release=_current_release(paths),
                 versions={
                     "postgres": dump.psql(postgres, "SHOW server_version").strip(),
                     "redis": dump.redis_cli(redis, "INFO", "server").split("redis_version:")[1].split()[0],
@@ -162,7 +174,7 @@ class Runner:
                     self.store.delete(uploaded)
                     self.store.abort_stale_uploads(self._key(identifier, ""), 0, self.clock() + timedelta(minutes=1))
                 except BackupError as exc:
-                    self.log(f"warning: could not remove the failed backup's objects ({exc}); pruning will")
+                    self.log(f"warning: could not remove the failed backup's objects ({exc}); retention will")
             raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -216,22 +228,32 @@ class Runner:
                 listed.append(Listed(identifier, created, MANIFEST in names, VERIFIED in names, size, scope))
         return listed
 
-    def prune(self, dry_run: bool) -> Decision:
+    def prune(self, dry_run: bool) -> Pruned:
+        """The retention policy applied (not with `dry_run`). A key that may not delete (inv cos.setup's CAM
+        policy) is not a failure: the bucket's lifecycle rule expires old objects instead; the result says so."""
         listed = self.stored()
         decision = decide([Stored(b.id, b.created, b.complete, b.verified, b.scope) for b in listed], self.clock(),
                           self.settings.retention)  # fmt: skip
-        if not dry_run and decision.delete:
+        refused = ""
+        if not dry_run:
             doomed = set(decision.delete)
             keys = [
                 item.key
                 for item in self.store.objects(self.settings.key_prefix)
                 if item.key[len(self.settings.key_prefix) :].split("/")[0] in doomed
             ]
-            self.store.delete(keys)
-        if not dry_run:
+            try:
+                if keys:
+                    self.store.delete(keys)
+                self._prune_wal(listed, decision)
+            except DeleteRefused:
+                days = horizon_days(self.settings.retention)
+                refused = (
+                    "COS refused the deletes (AccessDenied: the host's key has no delete, as inv cos.setup's policy "
+                    f"says); the bucket's lifecycle rule expires them after {days} days"
+                )
             self.store.abort_stale_uploads(self.settings.key_prefix, STALE_UPLOAD_SECONDS, self.clock())
-            self._prune_wal(listed, decision)
-        return decision
+        return Pruned(decision, refused)
 
     def _prune_wal(self, listed: list[Listed], decision: Decision) -> int:
         """WAL no kept base backup can replay: of each cluster, the segments before its oldest kept base
@@ -451,7 +473,7 @@ class Runner:
                 problems.append("artifact files differ from the manifest")
             if problems:
                 raise BackupError(f"restore of {identifier} finished but does not match: {'; '.join(problems)}")
-            current = _current_release(Path(self.settings.base_dir))
+            current = _current_release(HostPaths(self.settings.base_dir))
             note = ""
             if manifest.release and current and manifest.release != current:
                 note = f" (taken under release {manifest.release}; {current} serves: the schema is now the older one's)"
@@ -464,6 +486,6 @@ class Runner:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _current_release(base: Path) -> str | None:
-    current = base / "current"
+def _current_release(paths: HostPaths) -> str | None:
+    current = Path(paths.current)
     return current.resolve().name if current.is_symlink() else None
