@@ -18,6 +18,8 @@ from qcloud_cos import CosS3Client
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
 from appliance.backup.cos import CosTarget
+from appliance.backup.retention import horizon_days
+from appliance.backup.settings import Policy
 from appliance.config import Config
 from appliance.errors import ConfigError
 from appliance.executor import StepResult
@@ -95,17 +97,26 @@ def wanted_state(config: Config) -> list[Wanted]:
     found: list[Wanted] = []
     if backup.cos_bucket:
         bucket = backup.cos_bucket
+        # The host's key may not delete (cam_policy): COS expires what the calendar retention no longer keeps.
+        horizon = horizon_days(Policy(backup.retention.daily, backup.retention.weekly, backup.retention.monthly))
         transitions = [{"Days": backup.infrequent_after_days, "StorageClass": "STANDARD_IA"}]
         if backup.archive_after_days is not None:
+            if backup.archive_after_days >= horizon:
+                raise ConfigError(
+                    f"{config.path}: backup.archive_after_days ({backup.archive_after_days}) is not below the "
+                    f"{horizon} days after which the lifecycle rule expires backups (backup.retention): lower it"
+                )
             transitions.append({"Days": backup.archive_after_days, "StorageClass": "ARCHIVE"})
         rule = {
             "ID": RULE_ID,
             "Status": "Enabled",
             "Filter": {"Prefix": backup_prefix(config)},
             "Transition": transitions,
+            "Expiration": {"Days": horizon},
             "NoncurrentVersionExpiration": {"NoncurrentDays": backup.noncurrent_days},
         }
         tiers = ", ".join(f"{t['StorageClass']} after {t['Days']} d" for t in transitions)
+        tiers += f", expire after {horizon} d"
         # Browsers always send a Referer; the host's SDK never does, so an empty one stays allowed.
         deny_all = {
             "Status": "Enabled",
@@ -154,7 +165,8 @@ def wanted_state(config: Config) -> list[Wanted]:
 
 
 def cam_policy(config: Config) -> dict[str, Any]:
-    """The host key's least-privilege CAM policy: objects under its prefix, put/get/list, no delete."""
+    """The host key's least-privilege CAM policy: objects under its prefix, put/get/list, no delete (the bucket's
+    lifecycle rule does the deleting, and versioning keeps what a stolen key overwrites)."""
     settings = config.settings
     backup, service = settings.backup, settings.service
     statements: list[dict[str, Any]] = []

@@ -114,8 +114,9 @@ def run(args: argparse.Namespace) -> int:
                 raise
             metrics.record(state, settings.metrics_file, _backup_metrics(scope, started, manifest.encrypted_size))
             try:
-                decision = runner.prune(dry_run=False)
-                kept = f"; retention kept {len(decision.keep)}, deleted {len(decision.delete)}"
+                pruned = runner.prune(dry_run=False)
+                gone = f"deleted none: {pruned.refused}" if pruned.refused else f"deleted {len(pruned.decision.delete)}"
+                kept = f"; retention kept {len(pruned.decision.keep)}, {gone}"
             except BackupError as exc:
                 kept = f"; retention not applied: {exc}"
             log(
@@ -155,9 +156,11 @@ def run(args: argparse.Namespace) -> int:
                 })  # fmt: skip
                 log(f"wal-push: archived {len(pushed)} file(s), {pushed[0]} … {pushed[-1]}")
         elif args.command == "prune":
-            decision = runner.prune(args.dry_run)
+            pruned = runner.prune(args.dry_run)
             verb = "would delete" if args.dry_run else "deleted"
-            log(f"retention: keep {', '.join(decision.keep) or 'none'}; {verb} {', '.join(decision.delete) or 'none'}")
+            doomed = ", ".join(pruned.decision.delete) or "none"
+            outcome = f"would have deleted {doomed}, but {pruned.refused}" if pruned.refused else f"{verb} {doomed}"
+            log(f"retention: keep {', '.join(pruned.decision.keep) or 'none'}; {outcome}")
     except BackupError as exc:
         log(f"{args.command} failed: {exc}", sys.stderr)
         return 1

@@ -23,7 +23,7 @@ import crcmod
 from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
-from appliance.backup.errors import BackupError
+from appliance.backup.errors import BackupError, DeleteRefused
 
 T = TypeVar("T")
 MB = 1024 * 1024
@@ -98,11 +98,14 @@ class CosStore:
         self.backoff = backoff
         self.retries = 0
 
-    def _call(self, what: str, call: Callable[[], T]) -> T:
+    def _call(self, what: str, call: Callable[[], T], denied: type[BackupError] = BackupError) -> T:
+        """`call` with retries; an AccessDenied raises `denied` (a refusal some callers expect)."""
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 return call()
             except (CosServiceError, CosClientError) as exc:
+                if isinstance(exc, CosServiceError) and exc.get_error_code() == "AccessDenied":
+                    raise denied(_describe(self.target, what, exc)) from None
                 if attempt == ATTEMPTS or not _retryable(exc):
                     raise BackupError(_describe(self.target, what, exc)) from None
                 self.retries += 1
@@ -273,16 +276,20 @@ class CosStore:
             marker = page.get("NextMarker") or contents[-1]["Key"]
 
     def delete(self, keys: list[str]) -> None:
-        """Delete `keys`, up to 1000 per request."""
+        """Delete `keys`, up to 1000 per request; DeleteRefused when the key may not delete (refused for the
+        whole request or object by object: either way nothing was deleted that COS did not say)."""
         for start in range(0, len(keys), 1000):
             batch = {"Object": [{"Key": key} for key in keys[start : start + 1000]], "Quiet": "true"}
             answer = self._call(
-                "delete objects", partial(self.client.delete_objects, Bucket=self.target.bucket, Delete=batch)
+                "delete objects",
+                partial(self.client.delete_objects, Bucket=self.target.bucket, Delete=batch),
+                denied=DeleteRefused,
             )
             errors = _as_list(answer.get("Error"))
             if errors:
                 first = errors[0]
-                raise BackupError(f"COS bucket {self.target.bucket}: delete {first.get('Key')}: {first.get('Code')}")
+                line = f"COS bucket {self.target.bucket}: delete {first.get('Key')}: {first.get('Code')}"
+                raise (DeleteRefused if first.get("Code") == "AccessDenied" else BackupError)(line)
 
 
 def _as_list(value: Any) -> list[Any]:

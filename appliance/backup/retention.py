@@ -46,6 +46,12 @@ def _same_month(month: tuple[int, int], day: date) -> bool:
     return (day.year, day.month) == month
 
 
+def horizon_days(policy: Policy) -> int:
+    """How old, in days, a backup the calendar keeps can be (plus a day): the bucket's lifecycle rule expires
+    objects after this, so it never takes what `decide` keeps, but the newest backups once none is younger."""
+    return max(policy.daily, 7 * policy.weekly, 31 * policy.monthly) + 1
+
+
 def decide(backups: Sequence[Stored], now: datetime, policy: Policy) -> Decision:
     """Keep every backup younger than a day, the newest complete full backup of each of the last `daily`
     days, `weekly` ISO weeks and `monthly` months (calendar, in UTC), the newest complete full backup, the

@@ -299,3 +299,33 @@ def test_a_redis_only_backup_restores_redis_alone_and_a_drill_still_proves_a_ful
     drilled = backup_cmd(stack, "drill", identity=stack.key)
     assert drilled.returncode == 0, drilled.stderr
     assert identifier not in drilled.stdout and " tables, " in drilled.stdout  # the newest full backup
+
+
+@pytest.mark.parametrize("refusal", ["request", "keys"])
+def test_under_the_no_delete_policy_the_backup_succeeds_and_says_cos_expires_instead(
+    stack: Stack, seeded: object, refusal: str
+) -> None:
+    """inv cos.setup's CAM policy gives the host no delete: COS refuses (the fake by a switch, whole request or
+    key by key) and the backup job still succeeds, its line saying who deletes instead; nothing is half-deleted."""
+    stale = f"backups/{stack.project}/20200101T000000Z/postgres.dump.age"  # incomplete and years old: due to go
+    stack.cos.put_bytes(stale, b"left by a run that died")
+    stack.fake.shim.faults.deny_delete = refusal
+    try:
+        done = backup_cmd(stack, "backup", "--reason", "no-delete")
+        pruned = backup_cmd(stack, "prune")
+    finally:
+        stack.fake.shim.faults.deny_delete = None
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip().splitlines()[-1]
+    assert line.startswith("backup ") and " ok: " in line, line
+    assert line.endswith(
+        "deleted none: COS refused the deletes (AccessDenied: the host's key has no delete, as inv cos.setup's "
+        "policy says); the bucket's lifecycle rule expires them after 187 days"
+    ), line
+    assert "appliance_backup_last_run_success 1" in (stack.base / "shared/metrics/backup.prom").read_text()
+    assert pruned.returncode == 0, pruned.stderr
+    assert "would have deleted 20200101T000000Z, but COS refused the deletes" in pruned.stdout
+    assert stale in objects(stack)
+    allowed = backup_cmd(stack, "prune")  # a key that may delete: the same prune removes it
+    assert "deleted 20200101T000000Z" in allowed.stdout, allowed.stdout + allowed.stderr
+    assert stale not in objects(stack)

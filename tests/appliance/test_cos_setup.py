@@ -28,7 +28,7 @@ def configured(folder: Path, endpoint: str = "cos.ap-shanghai.myqcloud.com", arc
     for old, new in {
         '# cos_bucket = "agents-backup-1250000000"': f'cos_bucket = "{BACKUPS}"',
         '# cos_endpoint = "cos.ap-shanghai.myqcloud.com"': f'cos_endpoint = "{endpoint}"',
-        "# archive_after_days = 400": "archive_after_days = 400" if archive else "",
+        "# archive_after_days = 150": "archive_after_days = 150" if archive else "",
         'artifact_storage = "local"': f'artifact_storage = "cos"\nartifact_cos_bucket = "{FILES}"',
     }.items():
         assert old in text, f"appliance.example.toml no longer has {old!r}"
@@ -54,7 +54,9 @@ def test_the_wanted_state_follows_the_config(tmp_path: Path) -> None:
     ]
     rule = wanted[f"{BACKUPS} lifecycle"].value["Rule"][0]
     assert rule["Filter"] == {"Prefix": "backups/agents/"}
-    assert rule["Transition"] == [{"Days": 30, "StorageClass": "STANDARD_IA"}, {"Days": 400, "StorageClass": "ARCHIVE"}]
+    assert rule["Transition"] == [{"Days": 30, "StorageClass": "STANDARD_IA"}, {"Days": 150, "StorageClass": "ARCHIVE"}]
+    # Retention by COS, as the host's key may not delete: 6 months of monthly backups, 31 days each, and a day.
+    assert rule["Expiration"] == {"Days": 187}
     assert rule["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30}
     assert wanted[f"{BACKUPS} cors"].value is None
     assert wanted[f"{BACKUPS} referer"].value["RefererType"] == "Black-List"
@@ -69,7 +71,7 @@ def test_the_diff_reads_cos_answers_and_keeps_other_lifecycle_rules(tmp_path: Pa
     lifecycle = next(item for item in wanted_state(production(tmp_path)) if item.resource == "lifecycle")
     ours = lifecycle.value["Rule"][0]
     # COS answers numbers as strings and may list transitions in another order: that is no change.
-    tiers = [{"Days": "400", "StorageClass": "ARCHIVE"}, {"Days": "30", "StorageClass": "STANDARD_IA"}]
+    tiers = [{"Days": "150", "StorageClass": "ARCHIVE"}, {"Days": "30", "StorageClass": "STANDARD_IA"}]
     as_read = {**ours, "Transition": tiers, "NoncurrentVersionExpiration": {"NoncurrentDays": "30"}}
     other = {"ID": "someone-else", "Status": "Enabled", "Filter": {"Prefix": "logs/"}, "Expiration": {"Days": "7"}}
     assert not differs(lifecycle, {"Rule": [as_read]})
@@ -84,9 +86,17 @@ def test_the_diff_reads_cos_answers_and_keeps_other_lifecycle_rules(tmp_path: Pa
 @pytest.mark.unit
 def test_archive_must_come_after_infrequent_access(tmp_path: Path) -> None:
     path = configured(tmp_path)
-    path.write_text(path.read_text().replace("archive_after_days = 400", "archive_after_days = 20"))
+    path.write_text(path.read_text().replace("archive_after_days = 150", "archive_after_days = 20"))
     with pytest.raises(ConfigError, match="archive_after_days must be later than infrequent_after_days"):
         load_config(path, "production")
+
+
+@pytest.mark.unit
+def test_archive_must_come_before_the_rule_expires_backups(tmp_path: Path) -> None:
+    path = configured(tmp_path)
+    path.write_text(path.read_text().replace("archive_after_days = 150", "archive_after_days = 187"))
+    with pytest.raises(ConfigError, match=r"archive_after_days \(187\) is not below the 187 days after which"):
+        wanted_state(load_config(path, "production"))
 
 
 @pytest.mark.unit
@@ -160,8 +170,9 @@ def test_setup_changes_then_converges_and_reads_back(fake: FakeCos, tmp_path: Pa
     assert rule["ID"] == RULE_ID and rule["Filter"] == {"Prefix": "backups/agents/"}
     assert rule["Transition"] == [
         {"Days": "30", "StorageClass": "STANDARD_IA"},
-        {"Days": "400", "StorageClass": "ARCHIVE"},
+        {"Days": "150", "StorageClass": "ARCHIVE"},
     ]
+    assert rule["Expiration"] == {"Days": "187"}
     assert rule["NoncurrentVersionExpiration"] == {"NoncurrentDays": "30"}
     assert cos.get_bucket_acl(Bucket=FILES)["CannedACL"] == "private"
     assert cos.get_bucket_cors(Bucket=FILES)["CORSRule"][0]["AllowedOrigin"] == ["https://agents.example.com"]

@@ -9,6 +9,7 @@ What the shim adds, because the real cos-python-sdk-v5 expects it and moto does 
   `x-cos-hash-crc64ecma` (CRC-64/ECMA-182 as COS computes it) to object and part responses;
 - faults on demand (`POST /_fake/faults`, JSON): `{"fail_part": {"2": 1}}` answers the next upload
   of part 2 with one 503; `{"bad_crc": ["KEY"]}` reports a wrong CRC64 for that object;
+  `{"deny_delete": "request" | "keys" | null}` refuses deletes with AccessDenied (a switch, not a policy);
 - a custom domain (the SDK's `Domain=ADDRESS:PORT`, as the service's artifact storage uses it) reaches
   the default bucket, whose objects `GET /_fake/objects` lists as JSON (key → size);
 - the COS-only `?referer` sub-resource (hotlink protection), stored by the shim itself (moto has none);
@@ -80,6 +81,10 @@ class Faults:
 
     fail_part: dict[int, int] = field(default_factory=dict)
     bad_crc: set[str] = field(default_factory=set)
+    # Deletes refused with AccessDenied, as COS refuses a key whose CAM policy has no DeleteObject: "request"
+    # (the whole multi-delete, and a single DELETE) or "keys" (200, each key an <Error>). Aborting an upload
+    # stays allowed (the printed policy has AbortMultipartUpload). No policy is evaluated: a switch.
+    deny_delete: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def take_part_failure(self, part: int) -> bool:
@@ -131,6 +136,7 @@ def handle(
         with shim.faults.lock:
             shim.faults.fail_part.update({int(k): int(v) for k, v in wanted.get("fail_part", {}).items()})
             shim.faults.bad_crc.update(wanted.get("bad_crc", []))
+            shim.faults.deny_delete = wanted.get("deny_delete", shim.faults.deny_delete)
         return 204, {}, b""
     lowered = {k.lower(): v for k, v in headers.items()}
     fields = dict(parse_qsl(lowered.get("authorization", ""), keep_blank_values=True))
@@ -150,6 +156,8 @@ def handle(
         return _error("ServiceUnavailable", 503, "Please reduce your request rate.")
     if "referer" in query and not key:
         return _referer(shim, method, bucket, body)
+    if shim.faults.deny_delete and _deletes(method, key, query):
+        return _denied_delete(shim.faults.deny_delete, body)
     forward = {
         _S3_HEADER.sub("x-amz-", k): v
         for k, v in headers.items()
@@ -178,6 +186,24 @@ def handle(
         if crc is not None:
             out["x-cos-hash-crc64ecma"] = "1" + crc if key in shim.faults.bad_crc and "partNumber" not in query else crc
     return response.status_code, out, content
+
+
+def _deletes(method: str, key: str, query: Mapping[str, str]) -> bool:
+    """A DeleteObject or a DeleteMultipleObjects (not the abort of a multipart upload, nor a bucket's sub-resource)."""
+    if method == "POST" and "delete" in query:
+        return True
+    return method == "DELETE" and bool(key) and "uploadId" not in query
+
+
+def _denied_delete(mode: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    if mode != "keys" or not body:
+        return _error("AccessDenied", 403, "Access Denied.")
+    errors = "".join(
+        f"<Error><Key>{k.decode()}</Key><Code>AccessDenied</Code><Message>Access Denied.</Message></Error>"
+        for k in re.findall(rb"<Key>([^<]*)</Key>", body)
+    )
+    xml = f"<?xml version='1.0' encoding='utf-8'?><DeleteResult>{errors}</DeleteResult>".encode()
+    return 200, {"Content-Type": "application/xml", "x-cos-request-id": "fake"}, xml
 
 
 def _referer(shim: Shim, method: str, bucket: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
