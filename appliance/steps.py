@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from appliance.errors import StepFailed
 from appliance.shell import sh
@@ -106,6 +106,16 @@ class Step(Protocol):
         ...
 
 
+@runtime_checkable
+class WritesFiles(Protocol):
+    """A step that writes whole files says which: `inv render` shows them (bootstrap_files), so a new kind of
+    file-writing step cannot drop out of it."""
+
+    def written_files(self) -> tuple[ManagedFile, ...]:
+        """The files as they land on the host (path, content, mode); () for one render must not show."""
+        ...
+
+
 def _stat_probe(path: str) -> str:
     return sh("stat", "-c", "%F %a %U %G", path)
 
@@ -143,6 +153,9 @@ class ManagedFile:
     @property
     def name(self) -> str:
         return f"file {self.path}"
+
+    def written_files(self) -> tuple[ManagedFile, ...]:
+        return (self,)
 
     def probes(self) -> Mapping[str, str]:
         return {"stat": _stat_probe(self.path), "sha256": sh("sha256sum", self.path)}
@@ -240,6 +253,9 @@ class ConfigFiles:
     files: tuple[ManagedFile, ...]
     on_change: str
     why: str
+
+    def written_files(self) -> tuple[ManagedFile, ...]:
+        return self.files
 
     def probes(self) -> Mapping[str, str]:
         return {

@@ -91,6 +91,9 @@ class UnshownFile:
     def name(self) -> str:
         return f"file {self.path}"
 
+    def written_files(self) -> tuple[ManagedFile, ...]:
+        return ()  # the bytes are binary or secret: render leaves them out
+
     def _file(self) -> ManagedFile:
         return ManagedFile(self.path, self.content, self.mode)
 

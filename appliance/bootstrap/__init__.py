@@ -12,12 +12,12 @@ from pathlib import Path
 
 import paramiko
 
-from appliance.bootstrap.access import SshdHardening, access_steps, docker_group_member
+from appliance.bootstrap.access import access_steps, docker_group_member
 from appliance.bootstrap.docker_engine import docker_steps
 from appliance.bootstrap.hardening import hardening_steps
 from appliance.bootstrap.layout import host_record, layout_steps, service_steps
 from appliance.bootstrap.preflight import preflight_problems
-from appliance.bootstrap.system import SYSCTL_FILE, KernelSettings, system_steps
+from appliance.bootstrap.system import system_steps
 from appliance.config import Config
 from appliance.errors import ConfigError, StepFailed
 from appliance.executor import Executor, StepResult
@@ -25,7 +25,7 @@ from appliance.facts import HostFacts, gather_facts
 from appliance.remote import open_host
 from appliance.render import HostFile
 from appliance.secrets import load_secrets
-from appliance.steps import ConfigFiles, ManagedFile, Step
+from appliance.steps import Step, WritesFiles
 
 
 def operator_public_key(config: Config) -> str | None:
@@ -82,20 +82,13 @@ ASSUMED_FACTS = HostFacts(
 
 def bootstrap_files(config: Config, facts: HostFacts = ASSUMED_FACTS) -> list[HostFile]:
     """The files bootstrap manages, taken from its own steps so the two cannot drift apart."""
-    files: list[HostFile] = []
-    for step in bootstrap_steps(config, facts, operator_public_key(config)):
-        if isinstance(step, ManagedFile):
-            managed: tuple[ManagedFile, ...] = (step,)
-        elif isinstance(step, ConfigFiles):
-            managed = step.files
-        elif isinstance(step, SshdHardening):
-            managed = (ManagedFile(step.path, step.content, 0o600),)
-        elif isinstance(step, KernelSettings):
-            managed = (ManagedFile(SYSCTL_FILE, step.content()),)
-        else:
-            continue
-        files += [HostFile(item.path, item.content.decode(), item.mode) for item in managed]
-    return files
+    steps = bootstrap_steps(config, facts, operator_public_key(config))
+    return [
+        HostFile(item.path, item.content.decode(), item.mode)
+        for step in steps
+        if isinstance(step, WritesFiles)
+        for item in step.written_files()
+    ]
 
 
 def bootstrap(

@@ -92,6 +92,9 @@ class SshdHardening:
     def name(self) -> str:
         return "sshd hardening"
 
+    def written_files(self) -> tuple[ManagedFile, ...]:
+        return (ManagedFile(self.path, self.content, 0o600),)
+
     def probes(self) -> Mapping[str, str]:
         return ManagedFile(self.path, self.content, 0o600).probes()
 

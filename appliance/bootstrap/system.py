@@ -190,6 +190,9 @@ class KernelSettings:
     def content(self) -> bytes:
         return render_host_template("sysctl.conf.j2", settings=dict(self.values))
 
+    def written_files(self) -> tuple[ManagedFile, ...]:
+        return (ManagedFile(SYSCTL_FILE, self.content()),)
+
     def probes(self) -> Mapping[str, str]:
         return {
             **ManagedFile(SYSCTL_FILE, self.content()).probes(),

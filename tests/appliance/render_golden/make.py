@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 CASES = (
     ("example-production", HERE / "example.toml", "production"),
     ("example-staging", HERE / "example.toml", "staging"),
-    ("sandbox", HERE / "sandbox.toml", "sandbox"),
+    ("sandbox", HERE / "sandbox-config.toml", "sandbox"),
 )
 # Fixed generated secrets: render masks them, but the files must not depend on a random draw.
 SECRETS = "POSTGRES_PASSWORD=p\nREDIS_PASSWORD=r\nJWT_SECRET=j\n"
