@@ -11,9 +11,8 @@ from pathlib import Path
 
 from invoke.collection import Collection
 from invoke.context import Context
-from invoke.tasks import task
 
-from appliance import cos_setup, drill_schedule, views
+from appliance import cos_setup, log_lines, views
 from appliance import llm_check as llm_keys
 from appliance import render as rendering
 from appliance import sandbox as sandboxes
@@ -21,13 +20,14 @@ from appliance import users as accounts
 from appliance.backup import operate as backups_edge
 from appliance.bootstrap import bootstrap, bootstrap_files, tls
 from appliance.build import build_api_image, default_version
-from appliance.cli import COMMON_HELP, load, one_line_errors, print_outcome
+from appliance.cli import COMMON_HELP, VERBOSE_HELP, load, one_line_errors, print_outcome, task
 from appliance.console_login import console_login
 from appliance.deploy import deploy as deploy_release
 from appliance.deploy import deploy_secrets
 from appliance.deploy import rollback as rollback_release
 from appliance.errors import ConfigError, StepFailed
 from appliance.facts import gather_facts
+from appliance.live import console, step_lines
 from appliance.procedure import break_lock
 from appliance.releases import current_release
 from appliance.remote import open_host
@@ -92,6 +92,7 @@ def facts(c: Context, config: str | None = None, env: str | None = None, host: s
         **COMMON_HELP,
         "check": "show what would change; change nothing",
         "diff": "show a unified diff of each managed file that would change (secrets masked)",
+        "verbose": VERBOSE_HELP,
     },
 )
 @one_line_errors
@@ -99,6 +100,7 @@ def bootstrap_host(
     c: Context,
     check: bool = False,
     diff: bool = False,
+    verbose: bool = False,
     config: str | None = None,
     env: str | None = None,
     host: str | None = None,
@@ -108,7 +110,8 @@ def bootstrap_host(
     target = loaded.settings.hosts[0].target
     if loaded.settings.host.ssh_open_to_all:
         print(f"warning: SSH on {target} stays open to any address: set host.ssh_allow_from to your networks")
-    facts, results = bootstrap(loaded, check=check, diff=print if diff else None)
+    with step_lines(verbose):
+        facts, results = bootstrap(loaded, check=check, diff=print if diff else None)
     print_outcome(results, f"{target}: {facts.summary()}", target)
 
 
@@ -125,6 +128,7 @@ def show_progress(what: str, sent: int, total: int) -> None:
         "image": "an API image already in the local engine, instead of building one",
         "check": "show what would change; change nothing (builds nothing)",
         "wait": WAIT_HELP,
+        "verbose": VERBOSE_HELP,
     }
 )
 @one_line_errors
@@ -134,6 +138,7 @@ def deploy(
     image: str | None = None,
     check: bool = False,
     wait: bool = False,
+    verbose: bool = False,
     config: str | None = None,
     env: str | None = None,
     host: str | None = None,
@@ -146,7 +151,10 @@ def deploy(
         print(f"building {api_image(loaded.settings, version)}")
         image = build_api_image(loaded, version)
     target = loaded.settings.hosts[0].target
-    results = deploy_release(loaded, image or api_image(loaded.settings, version), version, check, show_progress, wait)
+    with step_lines(verbose):
+        results = deploy_release(
+            loaded, image or api_image(loaded.settings, version), version, check, show_progress, wait
+        )
     print_outcome(results, f"{target}: release {version}", target)
     if not check:
         print(f"{target}: release {version} is serving: {site_origin(loaded)}/")
@@ -158,6 +166,7 @@ def deploy(
         "to": "a kept release to serve (default: the one that served before the current one)",
         "check": "show what would change; change nothing",
         "wait": WAIT_HELP,
+        "verbose": VERBOSE_HELP,
     }
 )
 @one_line_errors
@@ -166,6 +175,7 @@ def rollback(
     to: str | None = None,
     check: bool = False,
     wait: bool = False,
+    verbose: bool = False,
     config: str | None = None,
     env: str | None = None,
     host: str | None = None,
@@ -173,7 +183,8 @@ def rollback(
     """Serve an earlier release again through the same health-gated switch (no image build, no migration)."""
     loaded = load(config, env, host)
     target = loaded.settings.hosts[0].target
-    results = rollback_release(loaded, to, check, wait)
+    with step_lines(verbose):
+        results = rollback_release(loaded, to, check, wait)
     print_outcome(results, f"{target}: rollback", target)
 
 
@@ -222,8 +233,11 @@ def watch_screen(screen: Callable[[], str], seconds: int) -> None:
     help={
         **COMMON_HELP,
         "service": f"one of: {', '.join(views.SERVICES)}",
-        "follow": "keep printing new lines until Ctrl-C",
-        "lines": "how many recent lines to show first",
+        "follow": "keep printing new lines until Ctrl-C; moves to the new API container after a deploy or rollback",
+        "lines": f"how many recent lines to show first (default: {log_lines.DEFAULT_LINES}, or all since --since)",
+        "json": "the lines as the service wrote them (JSON for the API), without Docker's time",
+        "grep": "only the lines matching this regular expression (as shown, e.g. ERROR)",
+        "since": "only lines from this long ago (10m, 2h, 1h30m) or this time (2026-12-01T10:00, your zone)",
     }
 )
 @one_line_errors
@@ -231,21 +245,29 @@ def logs(
     c: Context,
     service: str = "api",
     follow: bool = False,
-    lines: int = 200,
+    lines: int = 0,
+    json: bool = False,
+    grep: str | None = None,
+    since: str | None = None,
     config: str | None = None,
     env: str | None = None,
     host: str | None = None,
 ) -> None:
-    """Show a service's recent log lines from the host (secret values masked)."""
+    """Show a service's log lines from the host: time, level, request id, message (secret values masked)."""
     loaded = load(config, env, host)
     if service not in views.SERVICES:
         raise ConfigError(f"--service: {service!r} is not one of {', '.join(views.SERVICES)}")
+    command = log_lines.logs_command(
+        loaded.settings, service, follow, lines, log_lines.docker_since(since) if since else None
+    )
     secrets = load_secrets(loaded.secrets_path)
+    printer = log_lines.LogPrinter(console(), secrets.redact, raw=json, grep=grep)
+    target = loaded.settings.hosts[0].target
     with open_host(loaded) as remote:
-        current = current_release(remote, loaded.settings)
-        if current is None:
-            raise StepFailed(f"{loaded.settings.hosts[0].target}: nothing deployed yet: run inv deploy")
-        remote.follow(views.logs_command(loaded.settings, current, service, follow, lines), secrets.redact)
+        status = remote.follow(command, str, printer)  # the printer masks whole lines
+        printer.end()
+    if status == log_lines.NO_CONTAINER:
+        raise StepFailed(f"{target}: no {service} container: deploy first (inv deploy), or enable the service")
 
 
 @task(name="break", help={**COMMON_HELP})
@@ -262,6 +284,7 @@ def lock_break(c: Context, config: str | None = None, env: str | None = None, ho
         **COMMON_HELP,
         "force": "renew now even if the certificate is not due (ACME: certbot --force-renewal)",
         "check": "show whether a certificate would be issued; change nothing",
+        "verbose": VERBOSE_HELP,
     },
 )
 @one_line_errors
@@ -269,6 +292,7 @@ def tls_renew(
     c: Context,
     force: bool = False,
     check: bool = False,
+    verbose: bool = False,
     config: str | None = None,
     env: str | None = None,
     host: str | None = None,
@@ -277,7 +301,9 @@ def tls_renew(
     loaded = load(config, env, host)
     target = loaded.settings.hosts[0].target
     name = tls.site_name(loaded.settings)
-    print_outcome(tls.renew(loaded, force=force, check=check), f"{target}: TLS certificate for {name}", target)
+    with step_lines(verbose):
+        results = tls.renew(loaded, force=force, check=check)
+    print_outcome(results, f"{target}: TLS certificate for {name}", target)
 
 
 SANDBOX_HELP = {
@@ -419,39 +445,13 @@ def restore_backup(
     print(restored)
 
 
-@task(
-    name="drill",
-    help={
-        **COMMON_HELP,
-        "backup": "backup id (default: the newest complete one; with --to-time, the newest base backup before it)",
-        "to_time": 'also replay its base backup and the WAL to this moment (backup.pitr), "2026-12-01 10:15:00+08:00"',
-        "schedule": "install a weekly drill on this machine (a systemd --user timer, else a crontab line)",
-        "unschedule": "remove what --schedule installed",
-    },
-)
+@task(name="drill", help={**COMMON_HELP, "backup": "backup id (default: the newest complete one)"})
 @one_line_errors
 def restore_drill(
-    c: Context,
-    backup: str | None = None,
-    to_time: str | None = None,
-    schedule: bool = False,
-    unschedule: bool = False,
-    config: str | None = None,
-    env: str | None = None,
-    host: str | None = None,
+    c: Context, backup: str | None = None, config: str | None = None, env: str | None = None, host: str | None = None
 ) -> None:
     """Restore a backup into throwaway containers on the host, compare with its manifest, mark it verified."""
-    loaded = load(config, env, host)
-    if schedule or unschedule:
-        if schedule:
-            backups_edge.identity(loaded)  # the scheduled drill needs the key here: refuse now, not next Monday
-        job = drill_schedule.drill_job(loaded, Path(__file__).parent, host)
-        change = drill_schedule.schedule if schedule else drill_schedule.unschedule
-        done = change(job, Path.home(), drill_schedule.local_run())
-        print(f"{job.name}: {'changed' if done.changed else 'ok'} ({done.how})")
-        print("\n".join(done.lines))
-        return
-    print(backups_edge.drill(loaded, backup, to_time))
+    print(backups_edge.drill(load(config, env, host), backup))
 
 
 EMAIL_HELP = {**COMMON_HELP, "email": "the account's email address"}

@@ -5,14 +5,17 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable, Sequence
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from invoke.exceptions import Exit
+from invoke.tasks import Task
+from invoke.tasks import task as invoke_task
 
 from appliance.config import Config, config_path, load_config
 from appliance.errors import ApplianceError, StepFailed
 from appliance.executor import StepResult
-from appliance.report import summary_table
+from appliance.live import console
+from appliance.report import summary_text
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -24,6 +27,30 @@ COMMON_HELP = {
 }
 
 
+VERBOSE_HELP = "also show each command as it runs (-v; secret values masked)"
+
+# The only short flags: Invoke's automatic ones gave `-h` to --host, so `inv deploy -h` was no help.
+SHORT_FLAGS = {"verbose": "v"}
+
+
+class OperatorTask(Task[Any]):
+    """An Invoke task with long flags only (and SHORT_FLAGS), so `-h` is help on every task."""
+
+    def __init__(self, body: Callable[..., Any], **options: Any) -> None:
+        super().__init__(body, **{**options, "auto_shortflags": False})
+
+    def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
+        opts = super().arg_opts(name, default, taken_names)
+        opts["names"] = [*opts["names"], *SHORT_FLAGS.get(name, "")]
+        return opts
+
+
+def task(**options: Any) -> Callable[[Callable[..., Any]], OperatorTask]:
+    """`@task(...)` for tasks.py: Invoke's decorator making an OperatorTask."""
+    made: Callable[[Callable[..., Any]], OperatorTask] = invoke_task(klass=OperatorTask, **options)
+    return made
+
+
 def load(config: str | None, env: str | None, host: str | None = None) -> Config:
     """The validated config for a task, aimed at `host` when given."""
     loaded = load_config(config_path(config), env)
@@ -32,7 +59,7 @@ def load(config: str | None, env: str | None, host: str | None = None) -> Config
 
 def print_outcome(results: Sequence[StepResult], heading: str, target: str) -> None:
     """The summary table; then, if a step failed, exit non-zero with its reason on one line."""
-    print(summary_table(results, heading))
+    console().print(summary_text(results, heading))
     failed = next((result for result in results if result.status == "failed"), None)
     if failed is not None:
         raise StepFailed(f"{target}: {failed.step}: {failed.error}")

@@ -8,15 +8,17 @@ acts on a host that an earlier step left half-configured.
 from __future__ import annotations
 
 import base64
+import contextlib
 import difflib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from appliance.errors import ApplianceError
 from appliance.shell import sh
-from appliance.steps import Action, Fact, Forward, Note, Run, Step, Stream, Transfer, Upload, VerifyLogin
+from appliance.steps import Action, Fact, Note, Run, Step, Stream, Upload, VerifyLogin
 
 Status = Literal["ok", "changed", "pending", "failed"]
 
@@ -29,8 +31,6 @@ class Host(Protocol):
     def upload(self, path: str, content: bytes, mode: int, owner: str, group: str) -> _Result: ...
 
     def stream(self, command: str, chunks: Iterable[bytes], progress: Callable[[int], None]) -> _Result: ...
-
-    def forward(self, port: int, transfer: Transfer) -> _Result: ...
 
 
 class _Result(Protocol):
@@ -55,13 +55,47 @@ class StepResult:
     error: str = ""
 
 
+class StepWatcher(Protocol):
+    """Told of each step as it starts and ends, and of each command (appliance.live: the operator's terminal)."""
+
+    def started(self, step: str) -> None: ...
+
+    def command(self, verb: str, text: str) -> None: ...
+
+    def finished(self, result: StepResult) -> None: ...
+
+
+# A context variable rather than an Executor argument: the tasks' procedures (bootstrap, deploy, ...) make
+# their executors deep inside, and the terminal is the task's, not the procedure's.
+_watcher: ContextVar[StepWatcher | None] = ContextVar("step_watcher", default=None)
+
+
+@contextlib.contextmanager
+def watching(watcher: StepWatcher) -> Iterator[StepWatcher]:
+    """Tell `watcher` about every step that any Executor applies inside this block."""
+    token = _watcher.set(watcher)
+    try:
+        yield watcher
+    finally:
+        _watcher.reset(token)
+
+
+def current_watcher() -> StepWatcher | None:
+    return _watcher.get()
+
+
 def describe(action: Action) -> str:
     """A one-line account of an action for plans and summaries."""
     if isinstance(action, Upload):
         return f"write {action.path} ({action.why or 'update'}, mode {action.mode:o})"
-    if isinstance(action, Forward):
-        return action.transfer.summary()
     return action.why
+
+
+def command_of(action: Action) -> str:
+    """What an action runs, for `-v`: its command, or its account when it is not one ("" for a Note)."""
+    if isinstance(action, (Run, Stream)):
+        return action.command
+    return "" if isinstance(action, Note) else describe(action)
 
 
 def unified_diff(path: str, old: str | None, new: str) -> str:
@@ -131,8 +165,13 @@ class Executor:
     def apply(self, step: Step) -> StepResult:
         """Bring the host to what `step` wants (or, in check mode, say what that would take)."""
         started = time.monotonic()
+        watcher = _watcher.get()
+        if watcher is not None:
+            watcher.started(step.name)
+        probes = step.probes()
+        self._tell("probe", probes.values())
         try:
-            actions = step.plan(read_facts(self.host, step.probes()))
+            actions = step.plan(read_facts(self.host, probes))
         except ApplianceError as exc:
             return self._record(step, "failed", started, [], self.redact(str(exc)))
         described = [describe(action) for action in actions]
@@ -141,13 +180,14 @@ class Executor:
         if self.diff is not None:
             self._show_diffs(actions)
         if self.check:
+            self._tell("would run", map(command_of, actions))
             return self._record(step, "pending", started, described)
         for action, text in zip(actions, described, strict=True):
+            self._tell("run", [command_of(action)])
             error = self._act(action)
             if error:
                 return self._record(step, "failed", started, described, self.redact(f"{text}: {error}"))
-        # Described again: a transfer's line says what travelled only once it ran.
-        return self._record(step, "changed", started, [describe(action) for action in actions])
+        return self._record(step, "changed", started, described)
 
     def apply_all(self, steps: Iterable[Step]) -> list[StepResult]:
         """Apply steps in order, stopping after the first failure."""
@@ -166,8 +206,6 @@ class Executor:
             outcome = self.host.run(action.command)
         elif isinstance(action, Stream):
             outcome = self.host.stream(action.command, action.source.chunks(), self._progress_of(action))
-        elif isinstance(action, Forward):
-            outcome = self.host.forward(action.port, action.transfer)
         else:
             outcome = self.host.upload(action.path, action.content, action.mode, action.owner, action.group)
         if outcome.exit_code == 0:
@@ -206,7 +244,17 @@ class Executor:
                 if text:
                     self.diff(self.redact(text))
 
+    def _tell(self, verb: str, commands: Iterable[str]) -> None:
+        watcher = _watcher.get()
+        if watcher is not None:
+            for text in commands:
+                if text:
+                    watcher.command(verb, self.redact(text))
+
     def _record(self, step: Step, status: Status, started: float, actions: list[str], error: str = "") -> StepResult:
         result = StepResult(step.name, status, time.monotonic() - started, actions, error)
         self.results.append(result)
+        watcher = _watcher.get()
+        if watcher is not None:
+            watcher.finished(result)
         return result

@@ -14,16 +14,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol
 
 import paramiko
 from fabric import Connection
 
-from appliance import tunnel
 from appliance.config import Config, Host
-from appliance.errors import ApplianceError, SshError
+from appliance.errors import SshError
 from appliance.shell import as_root, sh
-from appliance.steps import Transfer
 
 CONNECT_TIMEOUT = 10
 
@@ -48,10 +46,18 @@ class _RememberNewHostKey(paramiko.MissingHostKeyPolicy):
             handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
+class TextSink(Protocol):
+    """Where a followed command's output goes: standard output, or a stream of one's own (appliance.log_lines)."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class _RedactingWriter:
     """A text stream that masks secret values before they reach the terminal."""
 
-    def __init__(self, target: TextIO, redact: Callable[[str], str]) -> None:
+    def __init__(self, target: TextSink, redact: Callable[[str], str]) -> None:
         self.target, self.redact = target, redact
 
     def write(self, text: str) -> int:
@@ -77,9 +83,10 @@ class RemoteHost:
             raise SshError(f"{self.host.target}: connection lost while running a command: {exc}") from None
         return CommandResult(result.stdout, result.stderr, result.exited)
 
-    def follow(self, command: str, redact: Callable[[str], str]) -> int:
-        """Run `command`, printing its output as it comes (redacted); its exit status. Ctrl-C stops it."""
-        out = _RedactingWriter(sys.stdout, redact)
+    def follow(self, command: str, redact: Callable[[str], str], target: TextSink | None = None) -> int:
+        """Run `command`, printing its output as it comes (redacted) to `target` (standard output); its exit
+        status. Ctrl-C stops it."""
+        out = _RedactingWriter(target or sys.stdout, redact)
         try:
             result = self.connection.run(
                 as_root(command, self.host.user), out_stream=out, err_stream=out, warn=True, in_stream=False
@@ -120,18 +127,6 @@ class RemoteHost:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SshError(f"{self.host.target}: connection lost while streaming to {command!r}: {exc}") from None
         return CommandResult(stdout, stderr, status)
-
-    def forward(self, port: int, transfer: Transfer) -> CommandResult:
-        """Run `transfer` with a local port that leads to the host's 127.0.0.1:`port` over this connection."""
-        self.connection.open()
-        transport = self.connection.client.get_transport()
-        assert transport is not None, "connected"
-        try:
-            with tunnel.forward(transport, port) as end:
-                transfer.send(end)
-        except ApplianceError as exc:
-            return CommandResult("", str(exc), 1)
-        return CommandResult("", "", 0)
 
     def close(self) -> None:
         self.connection.close()

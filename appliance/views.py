@@ -36,14 +36,15 @@ class ReleaseRow:
     version: str
     role: str  # "current", "rollback" or ""
     result: str  # the last deploy/rollback outcome for it in the audit log, "-" when none
-    at: str
+    action: str  # that last one: "deploy", "rollback from V2", "-" when the audit log has none
+    at: str  # when and by whom: that action's, else the manifest's (when the release was made)
     who: str
     commit: str
 
 
 def release_rows(probe_output: str) -> list[ReleaseRow]:
     """Releases on the host, most recently served first (never-served ones last)."""
-    current, history, manifests, results = "", [], {}, {}
+    current, history, manifests, last = "", [], {}, {}
     for line in probe_output.splitlines():
         word, _, rest = line.partition(" ")
         if word == "@current":
@@ -56,21 +57,29 @@ def release_rows(probe_output: str) -> list[ReleaseRow]:
         elif line.startswith("{"):
             entry = _json_or_empty(line)
             if entry.get("command") in ("deploy", "rollback") and entry.get("version"):
-                results[str(entry["version"])] = str(entry.get("result", "-"))
+                last[str(entry["version"])] = entry
     target = rollback_target(history, current) if current else None
     recency = {version: index for index, version in enumerate(history)}
     rows = [
         ReleaseRow(
             version,
             "current" if version == current else "rollback" if version == target else "",
-            results.get(version, "-"),
-            str(body.get("at", "-")),
-            str(body.get("who", "-")),
+            str(last.get(version, {}).get("result", "-")),
+            _action(last.get(version, {})),
+            str(last.get(version, {}).get("at") or body.get("at", "-")),
+            str(last.get(version, {}).get("who") or body.get("who", "-")),
             str(body.get("commit", "-")),
         )
         for version, body in manifests.items()
     ]
     return sorted(rows, key=lambda row: recency.get(row.version, -1), reverse=True)
+
+
+def _action(entry: dict[str, object]) -> str:
+    command, previous = entry.get("command"), entry.get("previous")
+    if command == "rollback":
+        return f"rollback from {previous}" if previous else "rollback"
+    return str(command or "-")
 
 
 def _json_or_empty(text: str) -> dict[str, object]:
@@ -85,9 +94,13 @@ def releases_table(rows: list[ReleaseRow]) -> str:
     if not rows:
         return "no releases on the host yet: run inv deploy"
     width = max(len("VERSION"), *(len(row.version) for row in rows))
-    lines = [f"{'VERSION':<{width}}  {'ROLE':<8}  {'RESULT':<6}  {'DEPLOYED AT':<25}  {'BY':<24}  COMMIT"]
+    action = max(len("LAST ACTION"), *(len(row.action) for row in rows))
+    lines = [
+        f"{'VERSION':<{width}}  {'ROLE':<8}  {'RESULT':<11}  {'LAST ACTION':<{action}}  {'AT':<25}  {'BY':<24}  COMMIT"
+    ]
     lines += [
-        f"{row.version:<{width}}  {row.role:<8}  {row.result:<6}  {row.at:<25}  {row.who:<24}  {row.commit}"
+        f"{row.version:<{width}}  {row.role:<8}  {row.result:<11}  {row.action:<{action}}  {row.at:<25}  "
+        f"{row.who:<24}  {row.commit}"
         for row in rows
     ]
     return "\n".join(lines)
@@ -115,4 +128,3 @@ def monitor_command(base_dir: str) -> str:
     Run from here it is not in BASE/bin, so it is told where the appliance lives."""
     script = (BUNDLE_ROOT / "scripts" / "monitor.sh").read_text(encoding="utf-8")
     return f"APPLIANCE_BASE={sh(base_dir)} bash -c {sh(script)} monitor.sh 2>&1"
-

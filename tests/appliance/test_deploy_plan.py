@@ -196,17 +196,31 @@ def test_release_listing_reads_manifests_history_and_audit() -> None:
             '{"command": "deploy", "version": "broken", "result": "failed"}',
             '{"command": "deploy", "version": "v2", "result": "ok"}',
             '{"command": "lock.break", "holder": "x", "result": "ok"}',
+            '{"command": "rollback", "version": "v1", "previous": "v2", "result": "ok", "who": "cat@ops", '
+            '"at": "2026-11-24T09:00:00+00:00"}',
         ]
     )
     rows = release_rows(probe)
-    assert [(row.version, row.role, row.result) for row in rows] == [
-        ("v2", "current", "ok"),
-        ("v1", "rollback", "-"),
-        ("broken", "", "failed"),
+    assert [(row.version, row.role, row.result, row.action) for row in rows] == [
+        ("v2", "current", "ok", "deploy"),
+        ("v1", "rollback", "ok", "rollback from v2"),
+        ("broken", "", "failed", "deploy"),
     ]
     table = releases_table(rows).splitlines()
-    assert table[0].split() == ["VERSION", "ROLE", "RESULT", "DEPLOYED", "AT", "BY", "COMMIT"]
-    assert table[1].split() == ["v2", "current", "ok", "2026-11-23T10:00:00+00:00", "bob@ci", "bbb2222"]
+    assert table[0].split() == ["VERSION", "ROLE", "RESULT", "LAST", "ACTION", "AT", "BY", "COMMIT"]
+    # Who rolled back and when comes from the audit log; a release without audit entries shows its manifest's.
+    assert table[2].split() == [
+        "v1",
+        "rollback",
+        "ok",
+        "rollback",
+        "from",
+        "v2",
+        "2026-11-24T09:00:00+00:00",
+        "cat@ops",
+        "aaa1111",
+    ]
+    assert table[1].split() == ["v2", "current", "ok", "deploy", "2026-11-23T10:00:00+00:00", "bob@ci", "bbb2222"]
 
 
 def test_the_switch_touches_only_nginx_and_the_rest_of_the_release_follows_it(config: Config) -> None:
