@@ -12,7 +12,7 @@ from pathlib import Path
 from invoke.collection import Collection
 from invoke.context import Context
 
-from appliance import cos_setup, log_lines, views
+from appliance import cos_setup, drill_schedule, log_lines, views
 from appliance import llm_check as llm_keys
 from appliance import render as rendering
 from appliance import sandbox as sandboxes
@@ -445,13 +445,39 @@ def restore_backup(
     print(restored)
 
 
-@task(name="drill", help={**COMMON_HELP, "backup": "backup id (default: the newest complete one)"})
+@task(
+    name="drill",
+    help={
+        **COMMON_HELP,
+        "backup": "backup id (default: the newest complete one; with --to-time, the newest base backup before it)",
+        "to_time": 'also replay its base backup and the WAL to this moment (backup.pitr), "2026-12-01 10:15:00+08:00"',
+        "schedule": "install a weekly drill on this machine (a systemd --user timer, else a crontab line)",
+        "unschedule": "remove what --schedule installed",
+    },
+)
 @one_line_errors
 def restore_drill(
-    c: Context, backup: str | None = None, config: str | None = None, env: str | None = None, host: str | None = None
+    c: Context,
+    backup: str | None = None,
+    to_time: str | None = None,
+    schedule: bool = False,
+    unschedule: bool = False,
+    config: str | None = None,
+    env: str | None = None,
+    host: str | None = None,
 ) -> None:
     """Restore a backup into throwaway containers on the host, compare with its manifest, mark it verified."""
-    print(backups_edge.drill(load(config, env, host), backup))
+    loaded = load(config, env, host)
+    if schedule or unschedule:
+        if schedule:
+            backups_edge.identity(loaded)  # the scheduled drill needs the key here: refuse now, not next Monday
+        job = drill_schedule.drill_job(loaded, Path(__file__).parent, host)
+        change = drill_schedule.schedule if schedule else drill_schedule.unschedule
+        done = change(job, Path.home(), drill_schedule.local_run())
+        print(f"{job.name}: {'changed' if done.changed else 'ok'} ({done.how})")
+        print("\n".join(done.lines))
+        return
+    print(backups_edge.drill(loaded, backup, to_time))
 
 
 EMAIL_HELP = {**COMMON_HELP, "email": "the account's email address"}

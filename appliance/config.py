@@ -121,7 +121,9 @@ class Tls(_Section):
 class Images(_Section):
     """Which images run and how they reach the host."""
 
-    transport: Literal["ssh", "registry"] = "ssh"
+    # ssh: only missing layers, through the host's loopback registry; archive: whole `docker save` streams;
+    # registry: TCR/CCR or any registry both sides reach (docs/deploy.md, "How images travel").
+    transport: Literal["ssh", "archive", "registry"] = "ssh"
     # The host's CPU architecture: the API image and its wheels are built for it, whatever the operator runs.
     platform: Literal["linux/amd64", "linux/arm64"] = "linux/amd64"
     registry: str | None = None

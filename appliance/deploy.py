@@ -25,15 +25,15 @@ from appliance.config import Config, Settings
 from appliance.errors import StepFailed
 from appliance.executor import Executor, StepResult
 from appliance.facts import gather_facts
-from appliance.images import ImagesOnHost, LocalImage, images_on_host, local_image
+from appliance.images import LocalImage, images_on_host, local_image
 from appliance.llm_check import LlmKeysWarning
 from appliance.lock import audit_entry, operator
-from appliance.registry import ImagePulled, RegistryLogin, push
 from appliance.releases import PruneReleases, Release, current_release, manifest, rollback_target
 from appliance.remote import RemoteHost, open_host
 from appliance.render import api_image, check_artifact_key, monitoring_images, release_files
 from appliance.secrets import Secrets, ensure_generated, load_secrets
 from appliance.steps import Action, Facts, ManagedFile, Run, Step
+from appliance.transport import transport_for, transport_secrets
 from appliance.warm import ApiUp, KeepWarm
 
 
@@ -148,9 +148,9 @@ def sent_api_image(engine: docker.DockerClient, image: str, release_image: str, 
     return LocalImage(release_image, found.image_id, found.size)
 
 
-def release_images(engine: docker.DockerClient, refs: list[str], api: LocalImage) -> ImagesOnHost:
-    """The images step of a release: the API image as given, the others as the local engine has them."""
-    return ImagesOnHost((api, *images_on_host(engine, [ref for ref in refs if ref != api.ref]).images))
+def other_images(engine: docker.DockerClient, refs: list[str], api: LocalImage) -> tuple[LocalImage, ...]:
+    """A release's images but the API's, as the local engine has them."""
+    return images_on_host(engine, [ref for ref in refs if ref != api.ref]).images
 
 
 def build_pending(ref: str, settings: Settings) -> StepResult:
@@ -162,8 +162,7 @@ def deploy_secrets(config: Config) -> Secrets:
     """The secrets a deploy needs, generated ones made first; a missing one is one line, before any build or host."""
     ensure_generated(config.secrets_path)
     secrets = load_secrets(config.secrets_path)
-    through_registry = config.settings.images.transport == "registry"
-    secrets.require(["AI_API_KEY", *(["REGISTRY_PASSWORD"] if through_registry else [])])
+    secrets.require(["AI_API_KEY", *transport_secrets(config.settings)])
     check_artifact_key(config, secrets)
     return secrets
 
@@ -178,7 +177,6 @@ def deploy(
 ) -> list[StepResult]:
     """Put release `version` (API image `image`, already built locally) on the config's host."""
     settings = config.settings
-    through_registry = settings.images.transport == "registry"
     secrets = deploy_secrets(config)
     release = Release(settings, version)
     with open_host(config) as remote:
@@ -205,20 +203,16 @@ def deploy(
             env_file = next(item.content for item in rendered if item.path.endswith("/api.env")).encode()
             body = manifest(version, ids, env_file, bundle_commit(), operator())
             files.append(ManagedFile(f"{release.directory}/manifest.json", body))
-        if through_registry:
-            password = secrets.require(["REGISTRY_PASSWORD"])["REGISTRY_PASSWORD"].reveal()
-            registry, user = settings.images.registry or "", settings.images.registry_user or ""
-            if not check:
-                push(engine, release_image, user, password)
-            image_steps: list[Step] = [RegistryLogin(registry, user, password), *map(ImagePulled, roles.values())]
-        else:
-            image_steps = [release_images(engine, list(roles.values()), api)]
+        others = other_images(engine, list(roles.values()), api)
+        transport = transport_for(settings, engine, secrets)
+        image_steps = transport.steps(api, others, check)
         steps = [
             *image_steps,
             *prepare_steps(config, release, files, first=previous is None),
             LlmKeysWarning(release),  # the new keys tried upstream before traffic moves; a warning, never a stop
             *switch_steps(release, previous),
             PruneReleases(settings, settings.keep_releases),
+            *transport.prune_steps(),
             # Last: nginx now serves the ACME challenge folder, and a failed request leaves the release serving.
             *certificate_steps(config),
         ]

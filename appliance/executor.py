@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 
 from appliance.errors import ApplianceError
 from appliance.shell import sh
-from appliance.steps import Action, Fact, Note, Run, Step, Stream, Upload, VerifyLogin
+from appliance.steps import Action, Fact, Forward, Note, Run, Step, Stream, Transfer, Upload, VerifyLogin
 
 Status = Literal["ok", "changed", "pending", "failed"]
 
@@ -31,6 +31,8 @@ class Host(Protocol):
     def upload(self, path: str, content: bytes, mode: int, owner: str, group: str) -> _Result: ...
 
     def stream(self, command: str, chunks: Iterable[bytes], progress: Callable[[int], None]) -> _Result: ...
+
+    def forward(self, port: int, transfer: Transfer) -> _Result: ...
 
 
 class _Result(Protocol):
@@ -88,6 +90,8 @@ def describe(action: Action) -> str:
     """A one-line account of an action for plans and summaries."""
     if isinstance(action, Upload):
         return f"write {action.path} ({action.why or 'update'}, mode {action.mode:o})"
+    if isinstance(action, Forward):
+        return action.transfer.summary()
     return action.why
 
 
@@ -187,7 +191,8 @@ class Executor:
             error = self._act(action)
             if error:
                 return self._record(step, "failed", started, described, self.redact(f"{text}: {error}"))
-        return self._record(step, "changed", started, described)
+        # Described again: a transfer's line says what travelled only once it ran.
+        return self._record(step, "changed", started, [describe(action) for action in actions])
 
     def apply_all(self, steps: Iterable[Step]) -> list[StepResult]:
         """Apply steps in order, stopping after the first failure."""
@@ -206,6 +211,8 @@ class Executor:
             outcome = self.host.run(action.command)
         elif isinstance(action, Stream):
             outcome = self.host.stream(action.command, action.source.chunks(), self._progress_of(action))
+        elif isinstance(action, Forward):
+            outcome = self.host.forward(action.port, action.transfer)
         else:
             outcome = self.host.upload(action.path, action.content, action.mode, action.owner, action.group)
         if outcome.exit_code == 0:

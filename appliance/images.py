@@ -1,4 +1,5 @@
-"""Images to a host over SSH: `docker save`, gzip, the SSH channel, `docker load`; skipped when present.
+"""Whole images to a host over SSH (`images.transport = "archive"`): `docker save`, gzip, the SSH channel,
+`docker load`; skipped when present. Also what every transport asks first: which images the host lacks.
 
 A host that reaches no registry (mainland China, a locked-down VPC) still gets every image, the
 third-party ones (postgres, redis, nginx) included, the same way as the service's own.
@@ -16,7 +17,7 @@ import docker.errors
 
 from appliance.errors import ApplianceError
 from appliance.shell import sh
-from appliance.steps import Action, Facts, Run, Stream
+from appliance.steps import Action, Facts, Run, Step, Stream
 
 LOAD = "gzip -dc | docker load --quiet"
 CHUNK = 1 << 20
@@ -63,36 +64,46 @@ class SavedImages:
         yield compressor.flush()
 
 
+def image_probes(images: tuple[LocalImage, ...]) -> dict[str, str]:
+    """Per image: the ID the host has under its name, and whether it has that ID at all."""
+    inspect = ("docker", "image", "inspect", "--format", "{{.Id}}")
+    probes = {}
+    for index, image in enumerate(images):
+        probes[f"{index}:id"] = sh(*inspect, image.ref)
+        probes[f"{index}:by_id"] = sh(*inspect, image.image_id)
+    return probes
+
+
+def missing_images(images: tuple[LocalImage, ...], facts: Facts) -> tuple[list[Action], list[LocalImage]]:
+    """(a `docker tag` for each image the host has under another name, the images it lacks)."""
+    tags: list[Action] = []
+    missing: list[LocalImage] = []
+    for index, image in enumerate(images):
+        present, by_id = facts[f"{index}:id"], facts[f"{index}:by_id"]
+        if present.ok and present.stdout.strip() == image.image_id:
+            continue
+        if by_id.ok:
+            # The host has these very layers under another name (a rollback, a re-tagged build).
+            tags.append(Run(sh("docker", "tag", image.image_id, image.ref), f"tag the host's copy as {image.ref}"))
+        else:
+            missing.append(image)
+    return tags, missing
+
+
 @dataclass(frozen=True)
 class ImagesOnHost:
     """The host's Docker engine has each image (same ID) under its name: the missing ones are sent in one
-    archive, those whose layers the host has under another name are only tagged."""
+    archive, those whose layers the host has under another name are only tagged (`images.transport = "archive"`)."""
 
     images: tuple[LocalImage, ...]
 
     name = "images"
 
     def probes(self) -> Mapping[str, str]:
-        inspect = ("docker", "image", "inspect", "--format", "{{.Id}}")
-        probes = {}
-        for index, image in enumerate(self.images):
-            probes[f"{index}:id"] = sh(*inspect, image.ref)
-            probes[f"{index}:by_id"] = sh(*inspect, image.image_id)
-        return probes
+        return image_probes(self.images)
 
     def plan(self, facts: Facts) -> list[Action]:
-        actions: list[Action] = []
-        missing: list[LocalImage] = []
-        for index, image in enumerate(self.images):
-            present, by_id = facts[f"{index}:id"], facts[f"{index}:by_id"]
-            if present.ok and present.stdout.strip() == image.image_id:
-                continue
-            if by_id.ok:
-                # The host has these very layers under another name (a rollback, a re-tagged build).
-                why = f"tag the host's copy as {image.ref}"
-                actions.append(Run(sh("docker", "tag", image.image_id, image.ref), why))
-            else:
-                missing.append(image)
+        actions, missing = missing_images(self.images, facts)
         if missing:
             size = sum(image.size for image in missing)
             names = ", ".join(image.ref for image in missing)
@@ -104,3 +115,14 @@ class ImagesOnHost:
 def images_on_host(client: docker.DockerClient, refs: list[str]) -> ImagesOnHost:
     """One step for all the images; an image missing locally is an error before anything is sent."""
     return ImagesOnHost(tuple(local_image(client, ref) for ref in dict.fromkeys(refs)))
+
+
+@dataclass(frozen=True)
+class ArchiveTransport:
+    """`images.transport = "archive"`: whole images in one `docker save` stream (ImagesOnHost)."""
+
+    def steps(self, api: LocalImage, others: tuple[LocalImage, ...], check: bool) -> list[Step]:
+        return [ImagesOnHost((api, *others))]
+
+    def prune_steps(self) -> list[Step]:
+        return []

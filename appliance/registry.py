@@ -13,8 +13,9 @@ import docker
 import docker.errors
 
 from appliance.errors import ApplianceError
+from appliance.images import LocalImage
 from appliance.shell import sh
-from appliance.steps import Action, Facts, Run, Stream
+from appliance.steps import Action, Facts, Run, Step, Stream
 
 
 def registry_host(registry: str) -> str:
@@ -90,3 +91,23 @@ class ImagePulled:
         if facts["present"].ok:
             return []
         return [Run(f"{sh('docker', 'pull', '--quiet', self.ref)} >/dev/null", f"pull {self.ref}")]
+
+
+@dataclass(frozen=True)
+class RegistryTransport:
+    """`images.transport = "registry"`: the API image pushed from the operator's engine (not in check mode), the
+    host logged in; the host pulls every image it lacks (the others must be in the registry already)."""
+
+    engine: docker.DockerClient
+    registry: str
+    user: str
+    password: str
+
+    def steps(self, api: LocalImage, others: tuple[LocalImage, ...], check: bool) -> list[Step]:
+        if not check:
+            push(self.engine, api.ref, self.user, self.password)
+        pulls = [ImagePulled(image.ref) for image in (api, *others)]
+        return [RegistryLogin(self.registry, self.user, self.password), *pulls]
+
+    def prune_steps(self) -> list[Step]:
+        return []  # the registry is the operator's to keep

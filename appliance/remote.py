@@ -19,9 +19,11 @@ from typing import Any, Protocol
 import paramiko
 from fabric import Connection
 
+from appliance import tunnel
 from appliance.config import Config, Host
-from appliance.errors import SshError
+from appliance.errors import ApplianceError, SshError
 from appliance.shell import as_root, sh
+from appliance.steps import Transfer
 
 CONNECT_TIMEOUT = 10
 
@@ -127,6 +129,18 @@ class RemoteHost:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SshError(f"{self.host.target}: connection lost while streaming to {command!r}: {exc}") from None
         return CommandResult(stdout, stderr, status)
+
+    def forward(self, port: int, transfer: Transfer) -> CommandResult:
+        """Run `transfer` with a local port that leads to the host's 127.0.0.1:`port` over this connection."""
+        self.connection.open()
+        transport = self.connection.client.get_transport()
+        assert transport is not None, "connected"
+        try:
+            with tunnel.forward(transport, port) as end:
+                transfer.send(end)
+        except ApplianceError as exc:
+            return CommandResult("", str(exc), 1)
+        return CommandResult("", "", 0)
 
     def close(self) -> None:
         self.connection.close()

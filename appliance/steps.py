@@ -80,6 +80,40 @@ class Stream:
     why: str
 
 
+class TunnelEnd(Protocol):
+    """The operator's end of a port forward to the host: a local port, the bytes sent through it so far, and
+    whether the SSH connection under it is gone."""
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def sent(self) -> int: ...
+
+    @property
+    def broken(self) -> bool: ...
+
+
+class Transfer(Protocol):
+    """Operator-side work through a `Forward`, e.g. a push into the host's own registry."""
+
+    def send(self, tunnel: TunnelEnd) -> None:
+        """Do the work through `tunnel`; raise ApplianceError with the reason when it fails."""
+        ...
+
+    def summary(self) -> str:
+        """Its line in plans and summaries (after `send`: what travelled)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Run `transfer` on the operator's side while a local port leads to the host's 127.0.0.1:`port` over SSH."""
+
+    port: int
+    transfer: Transfer
+
+
 @dataclass(frozen=True)
 class Note:
     """Nothing to do, for a reason worth showing (e.g. a setting a container host cannot apply)."""
@@ -87,7 +121,7 @@ class Note:
     why: str
 
 
-Action = Run | Upload | Stream | VerifyLogin | Note
+Action = Run | Upload | Stream | Forward | VerifyLogin | Note
 Facts = Mapping[str, Fact]
 
 

@@ -51,7 +51,14 @@ def main() -> None:
     url = os.environ.get("DATABASE_URL")
     if not url:
         sys.exit("DATABASE_URL is not set; export DATABASE_URL=postgresql://... and rerun")
-    applied = asyncio.run(apply_migrations(url))
+    try:
+        applied = asyncio.run(apply_migrations(url))
+    except asyncpg.InvalidPasswordError as exc:
+        # The usual cause on a host: secrets.env was lost or regenerated after the database volume was made.
+        sys.exit(
+            f"migrations: the database refused the password ({exc}): POSTGRES_PASSWORD in secrets.env is not the "
+            "one the database was created with; put the original secrets.env back"
+        )
     print(f"applied migrations: {applied or 'none (schema up to date)'}")
 
 

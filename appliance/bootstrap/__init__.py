@@ -15,6 +15,7 @@ import paramiko
 from appliance.bootstrap.access import access_steps, docker_group_member
 from appliance.bootstrap.docker_engine import docker_steps
 from appliance.bootstrap.hardening import hardening_steps
+from appliance.bootstrap.host_registry import host_registry_steps
 from appliance.bootstrap.layout import host_record, layout_steps, service_steps
 from appliance.bootstrap.preflight import preflight_problems
 from appliance.bootstrap.system import system_steps
@@ -57,6 +58,7 @@ def bootstrap_steps(config: Config, facts: HostFacts, operator_key: str | None) 
         *access_steps(settings, facts, operator_key),
         *hardening_steps(facts),
         *docker_steps(settings, facts),
+        *host_registry_steps(settings),
         *docker_group_member(settings.host.operator_user),
         *service_steps(config),
     ]

@@ -11,6 +11,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from appliance.bootstrap.host_registry import forwarded_address
 from appliance.bootstrap.system import service_running
 from appliance.config import Settings
 from appliance.facts import HostFacts
@@ -67,7 +68,8 @@ def supported(preferred: Sequence[str], available: frozenset[str]) -> list[str]:
     return [name for name in preferred if not available or name in available]
 
 
-def sshd_drop_in(facts: HostFacts) -> bytes:
+def sshd_drop_in(facts: HostFacts, forward_to: str | None = None) -> bytes:
+    """The hardening drop-in; `forward_to`: the one address local port forwarding may reach (else none)."""
     algorithms = facts.ssh_algorithms
     kex = supported(KEX, algorithms.get("kex", frozenset()))
     if not PARAMIKO_KEX & set(kex):
@@ -78,6 +80,7 @@ def sshd_drop_in(facts: HostFacts) -> bytes:
         ciphers=supported(CIPHERS, algorithms.get("cipher", frozenset())),
         macs=supported(MACS, algorithms.get("mac", frozenset())),
         host_key_algorithms=HOST_KEY_ALGORITHMS,
+        forward_to=forward_to,
     )
 
 
@@ -238,7 +241,7 @@ def access_steps(settings: Settings, facts: HostFacts, operator_key: str | None)
     return [
         *operator_account(settings, operator_key),
         weak_moduli_removed(),
-        SshdHardening(sshd_drop_in(facts)),
+        SshdHardening(sshd_drop_in(facts, forwarded_address(settings))),
         firewall(settings, facts),
         *fail2ban(settings, facts),
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from appliance.errors import ApplianceError
 from appliance.executor import Executor
 from appliance.report import summary_table
-from appliance.steps import Action, Directory, Facts, ManagedFile, Step, Stream
+from appliance.steps import Action, Directory, Facts, Forward, ManagedFile, Step, Stream, Transfer, TunnelEnd
 
 pytestmark = pytest.mark.unit
 
@@ -40,6 +42,21 @@ class LocalHost:
         Path(path).write_bytes(content)
         Path(path).chmod(mode)
         return Outcome("", "", 0)
+
+    def forward(self, port: int, transfer: Transfer) -> Outcome:
+        """No SSH here: the transfer reaches the local port itself (the tunnel is e2e's)."""
+        try:
+            transfer.send(Direct(port))
+        except ApplianceError as exc:
+            return Outcome("", str(exc), 1)
+        return Outcome("", "", 0)
+
+
+@dataclass
+class Direct:
+    port: int
+    sent: int = 0
+    broken: bool = False
 
 
 def test_changed_then_ok_and_check_changes_nothing(tmp_path: Path) -> None:
@@ -112,3 +129,48 @@ def test_stream_feeds_the_command_and_reports_progress(tmp_path: Path) -> None:
     assert target.read_bytes() == b"abcdef"
     assert seen == [("copy", 6, 6)]
     assert Executor(LocalHost()).apply(StreamInto(str(target))).status == "ok"
+
+
+@dataclass(eq=False)
+class Delivery:
+    """A transfer that writes `payload` to the forwarded port, or fails when `refuse` is set."""
+
+    payload: bytes
+    refuse: str = ""
+    sent: int | None = None
+
+    def send(self, tunnel: TunnelEnd) -> None:
+        if self.refuse:
+            raise ApplianceError(self.refuse)
+        with socket.create_connection(("127.0.0.1", tunnel.port)) as connection:
+            connection.sendall(self.payload)
+        self.sent = len(self.payload)
+
+    def summary(self) -> str:
+        return "deliver" if self.sent is None else f"deliver ({self.sent} bytes sent)"
+
+
+@dataclass(frozen=True)
+class Deliver:
+    port: int
+    transfer: Delivery
+    name: str = "deliver"
+
+    def probes(self) -> dict[str, str]:
+        return {}
+
+    def plan(self, facts: Facts) -> list[Action]:
+        return [Forward(self.port, self.transfer)]
+
+
+def test_a_forward_says_what_travelled_once_it_ran() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        assert Executor(LocalHost(), check=True).apply(Deliver(port, Delivery(b"x" * 10))).actions == ["deliver"]
+        result = Executor(LocalHost()).apply(Deliver(port, Delivery(b"x" * 10)))
+        received, _ = server.accept()
+        with received:
+            assert received.recv(100) == b"x" * 10
+    assert (result.status, result.actions) == ("changed", ["deliver (10 bytes sent)"])
+    refused = Executor(LocalHost()).apply(Deliver(port, Delivery(b"", refuse="registry refused the blob")))
+    assert (refused.status, refused.error) == ("failed", "deliver: registry refused the blob")

@@ -52,3 +52,14 @@ def test_cli_without_database_url_says_what_to_set() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     result = subprocess.run([PYTHON, "-m", "service.migrate"], cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 1 and result.stderr.strip().startswith("DATABASE_URL is not set")
+
+
+def test_cli_with_a_refused_password_says_which_secret_differs(empty_database: str) -> None:
+    """A lost or regenerated secrets.env against an existing database volume: one line naming the secret."""
+    user, rest = empty_database.split("://", 1)[1].split("@", 1)
+    wrong = f"postgresql://{user.split(':')[0]}:not-the-password@{rest}"
+    env = {**os.environ, "DATABASE_URL": wrong}
+    result = subprocess.run([PYTHON, "-m", "service.migrate"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("migrations: the database refused the password")
+    assert "POSTGRES_PASSWORD in secrets.env" in result.stderr
