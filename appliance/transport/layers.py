@@ -22,7 +22,7 @@ from appliance.errors import ApplianceError
 from appliance.images import LocalImage, image_probes, missing_images
 from appliance.progress import TransferProgress
 from appliance.shell import sh
-from appliance.steps import Action, Facts, Forward, Run, Step, TunnelEnd
+from appliance.steps import Action, Facts, Forward, Note, Run, Step, TunnelEnd
 
 HOST_REGISTRY_PORT = 5000
 HOST_REGISTRY = f"127.0.0.1:{HOST_REGISTRY_PORT}"
@@ -115,8 +115,8 @@ def pushed_bytes(layers: dict[str, tuple[int, int]], event: Mapping[str, object]
 
 @dataclass(frozen=True)
 class LayersOnHost:
-    """The host's engine has each image (same ID) under its name: images it has under another name are tagged,
-    the others pushed into its registry (only the layers it lacks) and pulled from there."""
+    """The images the host's engine lacks (by ID) are pushed into its registry: only the layers it lacks travel.
+    The detail ends with what that cost, `(N MB sent)`."""
 
     images: tuple[LocalImage, ...]
     engine: docker.DockerClient
@@ -128,14 +128,32 @@ class LayersOnHost:
         return {**image_probes(self.images), "registry": answers}
 
     def plan(self, facts: Facts) -> list[Action]:
-        actions, missing = missing_images(self.images, facts)
+        _, missing = missing_images(self.images, facts)
         if not missing:
-            return actions
+            return [Note("the host has every image (0 MB sent)")]
         if not facts["registry"].ok:
             raise ApplianceError(NO_REGISTRY)
-        names = ", ".join(image.ref for image in missing)
-        push = Forward(HOST_REGISTRY_PORT, Push(self.engine, tuple(missing)))
-        return [*actions, push, Run(pull_command(missing), f"pull {names} from the host's registry")]
+        return [Forward(HOST_REGISTRY_PORT, Push(self.engine, tuple(missing)))]
+
+
+@dataclass(frozen=True)
+class ImagesFromHostRegistry:
+    """Each image under its name in the host's engine: tagged when it has the layers under another name, else
+    pulled from its own registry (after LayersOnHost), verified by digest as dockerd pulls."""
+
+    images: tuple[LocalImage, ...]
+
+    name = "images pulled"
+
+    def probes(self) -> Mapping[str, str]:
+        return image_probes(self.images)
+
+    def plan(self, facts: Facts) -> list[Action]:
+        actions, missing = missing_images(self.images, facts)
+        if missing:
+            names = ", ".join(image.ref for image in missing)
+            actions.append(Run(pull_command(missing), f"pull {names} from the host's registry"))
+        return actions
 
 
 REPOSITORIES = f"{REGISTRY_STORAGE}/docker/registry/v2/repositories"
@@ -178,12 +196,13 @@ class PruneHostRegistry:
 
 @dataclass(frozen=True)
 class LayerTransport:
-    """`images.transport = "ssh"`: LayersOnHost; after pruning, PruneHostRegistry."""
+    """`images.transport = "ssh"`: LayersOnHost, ImagesFromHostRegistry; after pruning, PruneHostRegistry."""
 
     engine: docker.DockerClient
 
     def steps(self, api: LocalImage, others: tuple[LocalImage, ...], check: bool) -> list[Step]:
-        return [LayersOnHost((api, *others), self.engine)]
+        images = (api, *others)
+        return [LayersOnHost(images, self.engine), ImagesFromHostRegistry(images)]
 
     def prune_steps(self) -> list[Step]:
         return [PruneHostRegistry()]

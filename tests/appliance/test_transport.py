@@ -18,11 +18,12 @@ from appliance.images import ArchiveTransport, LocalImage
 from appliance.progress import TransferProgress, line
 from appliance.registry import RegistryTransport
 from appliance.secrets import Secret, Secrets
-from appliance.steps import Fact, Forward, Run
+from appliance.steps import Fact, Forward, Note, Run
 from appliance.transport import transport_for, transport_secrets
 from appliance.transport.layers import (
     NO_REGISTRY,
     REPOSITORIES,
+    ImagesFromHostRegistry,
     LayersOnHost,
     LayerTransport,
     PruneHostRegistry,
@@ -60,16 +61,18 @@ def test_names_in_the_host_registry_drop_a_registry_host_and_keep_the_tag() -> N
 
 
 def test_images_the_host_has_need_neither_a_push_nor_its_registry() -> None:
-    assert STEP.plan(facts(DOWN, *PRESENT)) == []
+    assert STEP.plan(facts(DOWN, *PRESENT)) == [Note("the host has every image (0 MB sent)")]
+    assert ImagesFromHostRegistry(STEP.images).plan(facts(DOWN, *PRESENT)) == []
 
 
 def test_missing_images_are_pushed_through_the_forward_then_pulled_and_named() -> None:
     tagged = (Fact("", 1), Fact(API.image_id, 0))
-    tag, push, pull = STEP.plan(facts(UP, tagged, ABSENT))
-    assert tag == Run(f"docker tag {API.image_id} cvm-appliance/api:v3", "tag the host's copy as cvm-appliance/api:v3")
+    (push,) = STEP.plan(facts(UP, tagged, ABSENT))
     assert isinstance(push, Forward) and push.port == 5000
     assert isinstance(push.transfer, Push) and push.transfer.images == (PG,)
     assert push.transfer.summary() == "push postgres:16-bookworm into the host's registry (only the layers it lacks)"
+    tag, pull = ImagesFromHostRegistry(STEP.images).plan(facts(UP, tagged, ABSENT))
+    assert tag == Run(f"docker tag {API.image_id} cvm-appliance/api:v3", "tag the host's copy as cvm-appliance/api:v3")
     assert pull == Run(pull_command([PG]), "pull postgres:16-bookworm from the host's registry")
     assert pull.command == (
         "docker pull --quiet 127.0.0.1:5000/postgres:16-bookworm >/dev/null "
