@@ -23,7 +23,7 @@ from appliance.build import build_api_image, default_version
 from appliance.cli import COMMON_HELP, VERBOSE_HELP, load, one_line_errors, print_outcome, task
 from appliance.console_login import console_login
 from appliance.deploy import deploy as deploy_release
-from appliance.deploy import deploy_secrets
+from appliance.deploy import deploy_secrets, required_secrets
 from appliance.deploy import rollback as rollback_release
 from appliance.errors import ConfigError, StepFailed
 from appliance.facts import gather_facts
@@ -48,6 +48,12 @@ def config(c: Context, config: str | None = None, env: str | None = None, host: 
     print(loaded.settings.model_dump_json(indent=2))
     known = ", ".join(f"{name}={value}" for name, value in sorted(secrets.values.items())) or "none"
     print(f"secrets from {secrets.source} and the environment: {known}")
+    missing = [name for name in required_secrets(loaded.settings) if not secrets.get(name)]
+    if missing:
+        print(
+            f"warning: the next inv deploy will refuse to start without {', '.join(missing)}: "
+            f"set them in {secrets.source} (mode 0600) or in the environment"
+        )
 
 
 @task(
@@ -70,7 +76,9 @@ def render(
 ) -> None:
     """Write every file that would land on a host for this config, to read before deploying."""
     loaded = load(config, env, host)
-    ensure_generated(loaded.secrets_path)
+    generated = ensure_generated(loaded.secrets_path)
+    if generated:
+        print(f"generated {', '.join(generated)} into {loaded.secrets_path} (mode 0600): keep it, deploys use it")
     secrets = load_secrets(loaded.secrets_path)
     files = rendering.release_files(loaded, secrets, version, reveal=reveal) + bootstrap_files(loaded)
     for path in rendering.write_tree(files, Path(out)):

@@ -158,11 +158,16 @@ def build_pending(ref: str, settings: Settings) -> StepResult:
     return StepResult("build API image", "pending", 0.0, [f"build {ref} for {settings.images.platform} ({LOCK})"])
 
 
+def required_secrets(settings: Settings) -> list[str]:
+    """The secrets a deploy refuses to start without (the generated ones it makes itself); `inv config` warns."""
+    return ["AI_API_KEY", *transport_secrets(settings)]
+
+
 def deploy_secrets(config: Config) -> Secrets:
     """The secrets a deploy needs, generated ones made first; a missing one is one line, before any build or host."""
     ensure_generated(config.secrets_path)
     secrets = load_secrets(config.secrets_path)
-    secrets.require(["AI_API_KEY", *transport_secrets(config.settings)])
+    secrets.require(required_secrets(config.settings))
     check_artifact_key(config, secrets)
     return secrets
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TextIO
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -22,6 +21,8 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+
+from appliance import live
 
 
 @dataclass
@@ -50,7 +51,7 @@ class TransferProgress:
                 DownloadColumn(),
                 TransferSpeedColumn(),
                 TimeRemainingColumn(),
-                console=Console(file=self.stream),
+                console=live.console(),  # the step lines' own: rich shows the bars under the running step
                 transient=False,
             )
             self._bar.start()

@@ -6,13 +6,16 @@ import os
 import pty
 import re
 import select
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 import tasks
+from appliance.secrets import KNOWN
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit
@@ -130,3 +133,38 @@ def test_dash_h_is_help_on_every_task() -> None:
     assert shown.returncode == 0, shown.stderr
     assert "Usage: inv[oke] [--core-opts] deploy" in shown.stdout and "--host=STRING" in shown.stdout
     assert "-v, --verbose" in shown.stdout
+
+
+def inv_in(folder: Path, *words: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`inv WORDS --config folder/appliance.toml` with no secret in the environment but `env`'s."""
+    clean = {name: value for name, value in os.environ.items() if name not in KNOWN}
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *words, "--config", str(folder / "appliance.toml")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**clean, **env},
+        timeout=120,
+    )
+
+
+def test_config_warns_of_the_secret_the_next_deploy_needs_and_render_says_what_it_generated(tmp_path: Path) -> None:
+    shutil.copy(REPO / "appliance.example.toml", tmp_path / "appliance.toml")
+    checked = inv_in(tmp_path, "config")
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.splitlines()[-1] == (
+        f"warning: the next inv deploy will refuse to start without AI_API_KEY: set them in {tmp_path / 'secrets.env'} "
+        "(mode 0600) or in the environment"
+    )
+    assert "warning" not in inv_in(tmp_path, "config", AI_API_KEY="sk-test").stdout
+
+    rendered = inv_in(tmp_path, "render", "--out", str(tmp_path / "out"))
+    assert rendered.returncode == 0, rendered.stderr
+    secrets = (tmp_path / "secrets.env").read_text()
+    assert rendered.stdout.splitlines()[0] == (
+        f"generated POSTGRES_PASSWORD, REDIS_PASSWORD, JWT_SECRET into {tmp_path / 'secrets.env'} (mode 0600): "
+        "keep it, deploys use it"
+    )
+    assert all(line.split("=", 1)[1] not in rendered.stdout for line in secrets.splitlines())
+    again = inv_in(tmp_path, "render", "--out", str(tmp_path / "out"))
+    assert "generated" not in again.stdout and (tmp_path / "secrets.env").read_text() == secrets
