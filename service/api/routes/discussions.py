@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import datetime
 import json
-import secrets
 import uuid
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from pydantic import BaseModel, Field, field_validator
 
-from service import discussions, quota
+from service import discussions, quota, tickets
 from service.agents.presets import DEFAULT_PANEL, ROLES
 from service.api.deps import Res, UserId, not_found
 
 router = APIRouter(prefix="/api", tags=["discussions"])
-WS_TICKET_TTL_SECONDS = 30
 # Far beyond any real list, far below PostgreSQL's bigint: a larger offset is a 422, not a database error.
 MAX_OFFSET = 1_000_000
 
@@ -185,7 +183,5 @@ async def ws_ticket(body: TicketIn, user_id: UserId, res: Res) -> TicketOut:
     """A single-use ticket for /ws/discussions/{id}: browsers cannot send headers on a WebSocket."""
     if not await discussions.owns(res.pool, user_id, body.discussion_id):
         raise not_found("discussion")
-    ticket = secrets.token_urlsafe(24)
-    key = f"{res.settings.redis_key_prefix}ws-ticket:{ticket}"
-    await res.redis.set(key, f"{user_id}:{body.discussion_id}", ex=WS_TICKET_TTL_SECONDS)
-    return TicketOut(ticket=ticket, expires_in=WS_TICKET_TTL_SECONDS)
+    ticket = await tickets.issue(res.redis, res.settings.redis_key_prefix, user_id, body.discussion_id)
+    return TicketOut(ticket=ticket, expires_in=tickets.TTL_SECONDS)

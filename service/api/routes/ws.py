@@ -9,7 +9,7 @@ from contextlib import suppress
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect, status
 from fastapi.exceptions import WebSocketRequestValidationError
 
-from service import discussions, security
+from service import discussions, security, tickets
 from service.api.deps import Resources
 from service.drain import CLOSE_CODE, CLOSE_REASON, Drain
 from service.metrics import WEBSOCKET_CONNECTIONS
@@ -43,16 +43,6 @@ async def _first_message_user(websocket: WebSocket, res: Resources) -> uuid.UUID
         return None
 
 
-async def _ticket_user(res: Resources, ticket: str, discussion_id: uuid.UUID) -> uuid.UUID | None:
-    """Consume a single-use ticket; the user id if it was issued for this discussion."""
-    value = await res.redis.getdel(f"{res.settings.redis_key_prefix}ws-ticket:{ticket}")
-    if value is None:
-        return None
-    text = value.decode() if isinstance(value, bytes) else value
-    user, _, discussion = text.partition(":")
-    return uuid.UUID(user) if discussion == str(discussion_id) else None
-
-
 @router.websocket("/ws/discussions/{discussion_id}")
 async def discussion_events(
     websocket: WebSocket,
@@ -69,7 +59,7 @@ async def discussion_events(
         await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason="origin not allowed")
         return
     if ticket is not None:
-        user_id = await _ticket_user(res, ticket, discussion_id)
+        user_id = await tickets.consume(res.redis, res.settings.redis_key_prefix, ticket, discussion_id)
     else:
         await websocket.accept()
         user_id = await _first_message_user(websocket, res)
