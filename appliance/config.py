@@ -59,6 +59,17 @@ def is_origin(value: str) -> bool:
     return True
 
 
+def _networks(values: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Each address or CIDR as a network; one that is neither is an error naming it."""
+    networks = []
+    for cidr in values:
+        try:
+            networks.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            raise ValueError(f"{cidr!r} is not an address or CIDR such as 203.0.113.7/32") from None
+    return networks
+
+
 def _valid_cos_endpoint(value: str | None) -> str | None:
     """A COS endpoint domain, or http(s)://ADDRESS[:PORT] for a COS-compatible server reached by address."""
     if value is not None and not re.fullmatch(r"(https?://[^\s/:]+(:\d{1,5})?|[a-z0-9.-]+\.[a-z]{2,})", value):
@@ -309,12 +320,8 @@ class Monitoring(_Section):
 
     @field_validator("metrics_allow_from")
     @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for cidr in value:
-            try:
-                network = ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ValueError(f"{cidr!r} is not an address or CIDR such as 203.0.113.7/32") from None
+    def _metrics_networks(cls, value: list[str]) -> list[str]:
+        for cidr, network in zip(value, _networks(value), strict=True):
             if network.prefixlen == 0:
                 raise ValueError(f"{cidr!r} opens /metrics to everyone: name your Prometheus's addresses")
         return value
@@ -382,11 +389,7 @@ class HostSetup(_Section):
     @field_validator("ssh_allow_from")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
-        for cidr in value:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ValueError(f"{cidr!r} is not an address or CIDR such as 203.0.113.7/32") from None
+        _networks(value)
         if not value:
             raise ValueError("must allow SSH from somewhere, or the next bootstrap cannot connect")
         return value
