@@ -1,7 +1,8 @@
 """Live progress of a transfer, per item (an image): bytes done/total, rate, ETA.
 
-On a terminal a `rich.progress` bar per item; elsewhere (CI logs, a pipe) a plain line per item every
-`interval` seconds and one when it ends, so a log shows a slow link without a line per chunk.
+On a terminal a `rich.progress` bar per item, on the task's console (`live.console()`: rich nests the bars under
+the running step's line); elsewhere (CI logs, a pipe) a plain line per item every `interval` seconds and one
+when it ends, so a log shows a slow link without a line per chunk.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TextIO
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -37,21 +39,23 @@ class _Item:
 class TransferProgress:
     """`update(name, done, total)` as bytes move; `finish(name)` when an item is complete."""
 
-    stream: TextIO = field(default_factory=lambda: sys.stderr)
+    stream: TextIO = field(default_factory=lambda: sys.stderr)  # for the plain lines
     interval: float = 10.0
+    console: Console | None = None  # for the bars: the task's console unless given
     _items: dict[str, _Item] = field(default_factory=dict)
     _bar: Progress | None = None
     _tasks: dict[str, TaskID] = field(default_factory=dict)
 
     def __enter__(self) -> TransferProgress:
-        if self.stream.isatty():
+        console = self.console or live.console()
+        if console.is_terminal:
             self._bar = Progress(
                 TextColumn("  {task.description}"),
                 BarColumn(),
                 DownloadColumn(),
                 TransferSpeedColumn(),
                 TimeRemainingColumn(),
-                console=live.console(),  # the step lines' own: rich shows the bars under the running step
+                console=console,
                 transient=False,
             )
             self._bar.start()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import docker
 import pytest
+from rich.console import Console
 
 from appliance.bootstrap import ASSUMED_FACTS
 from appliance.bootstrap.access import sshd_drop_in
@@ -108,11 +109,6 @@ def test_progress_counts_only_the_layers_that_are_pushed() -> None:
     assert layers == {"l1": (10, 10), "l2": (1, 30)}
 
 
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
 def test_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one() -> None:
     plain = io.StringIO()
     with TransferProgress(plain, interval=0) as shown:
@@ -122,8 +118,8 @@ def test_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one() -> None:
     assert first.startswith("  api:v3: 45/120 MB, ") and "MB/s, ETA" in first
     assert last == "  api:v3: 12 MB sent"
     assert line(45_000_000, 120_000_000, 10) == "45/120 MB, 4.5 MB/s, ETA 17 s"
-    terminal = Terminal()
-    with TransferProgress(terminal, interval=0) as shown:
+    terminal = io.StringIO()
+    with TransferProgress(interval=0, console=Console(file=terminal, force_terminal=True)) as shown:
         shown.update("api:v3", 45_000_000, 120_000_000)
         shown.finish("api:v3", "12 MB sent")
     assert "api:v3: 12 MB sent" in terminal.getvalue() and "\x1b[" in terminal.getvalue()
