@@ -55,7 +55,7 @@ def main() -> None:
         work = Path(scratch)
         plain, sealed, back, opened = (work / n for n in ("db.dump", "db.dump.age", "back.age", "back.dump"))
         with dump.throwaway("bench-backup-source", image, PG_ENV, ["postgres"]) as source:
-            _wait(source)
+            dump.wait_ready(source, "bench: PostgreSQL")
             started = time.monotonic()
             for _ in range(args.mb // 50 or 1):
                 dump.psql(source, "CREATE TABLE IF NOT EXISTS bench (id bigserial PRIMARY KEY, body text NOT NULL)")
@@ -75,7 +75,7 @@ def main() -> None:
               lambda: cos.get_file("bench/db.dump.age", back))  # fmt: skip
         timed("age decrypt", rows, lambda: opened.stat().st_size, lambda: crypt.decrypt(back, opened, key))
         with dump.throwaway("bench-backup-target", image, PG_ENV, ["postgres"]) as target:
-            _wait(target)
+            dump.wait_ready(target, "bench: PostgreSQL")
             timed("pg_restore (docker exec)", rows, lambda: opened.stat().st_size,
                   lambda: dump.restore_postgres(target, opened, clean=False))  # fmt: skip
     fake.stop()
@@ -93,15 +93,6 @@ def main() -> None:
 
 def plain_size(rows: list[tuple[str, float, int]]) -> str:
     return f"{rows[0][2] / MB:.0f}"
-
-
-def _wait(container: str) -> None:
-    deadline = time.monotonic() + 120
-    probe = ["docker", "exec", container, "pg_isready", "-q", "-h", "127.0.0.1"]
-    while subprocess.run(probe, capture_output=True, check=False).returncode != 0:
-        if time.monotonic() > deadline:
-            raise SystemExit("bench: PostgreSQL did not start")
-        time.sleep(0.5)
 
 
 if __name__ == "__main__":

@@ -282,18 +282,23 @@ def throwaway(name: str, image: str, options: list[str], command: list[str]) -> 
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
 
 
+def wait_ready(container: str, what: str, seconds: int = 120) -> None:
+    """Until the container's PostgreSQL answers over TCP, which it does only once initialisation is over (the
+    init-time server listens on its socket alone)."""
+    deadline = time.monotonic() + seconds
+    probe = ["docker", "exec", container, "pg_isready", "-q", "-h", "127.0.0.1"]
+    while subprocess.run(probe, capture_output=True, check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise BackupError(f"{what} did not start within {seconds}s")
+        time.sleep(0.5)
+
+
 def drill_postgres(project: str, image: str, dump: Path, tables: list[str]) -> dict[str, int]:
     """Restore `dump` into a fresh server of `image`; every table's rows counted there."""
     env = [f"POSTGRES_USER={PG_USER}", f"POSTGRES_DB={PG_DB}", f"POSTGRES_PASSWORD={secrets.token_hex(16)}"]
     options = [item for setting in env for item in ("-e", setting)]
     with throwaway(f"{project}-drill-postgres", image, options, ["postgres"]) as container:
-        deadline = time.monotonic() + 120
-        # TCP answers only once initialisation is over (the init-time server listens on its socket alone).
-        probe = ["docker", "exec", container, "pg_isready", "-q", "-h", "127.0.0.1"]
-        while subprocess.run(probe, capture_output=True, check=False).returncode != 0:
-            if time.monotonic() > deadline:
-                raise BackupError("the drill's PostgreSQL did not start within 120s")
-            time.sleep(0.5)
+        wait_ready(container, "the drill's PostgreSQL")
         restore_postgres(container, dump, clean=False)
         return table_counts(container, tables)
 

@@ -21,14 +21,12 @@ import yaml
 
 from appliance import sandbox
 from appliance.backup import wal
-from appliance.backup.cos import MB, CosStore, CosTarget
-from appliance.backup.install import bundle
-from appliance.backup.settings import HostSettings, Policy
+from appliance.backup.cos import CosStore
 from appliance.config import load_config
 from appliance.render import release_files
 from appliance.secrets import ensure_generated, load_secrets
-from tests.conftest import REPO, free_port
-from tests.cosfake import FakeCos
+from tests.appliance.backup_host import backup_side, running, sh, start_redis
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -45,12 +43,6 @@ class Stack:
     key: str
     cos: CosStore
     postgres: str
-
-
-def sh(command: str) -> str:
-    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, f"{command}: {done.stderr}"
-    return done.stdout
 
 
 def postgres_service(tmp_path: Path, recipient: str) -> dict[str, list[str]]:
@@ -78,42 +70,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("base")
     for folder in ("shared/backups", "shared/metrics", "shared/certs", "shared/wal"):
         (base / folder).mkdir(parents=True)
-    key = sh("age-keygen 2>/dev/null")
-    recipient = next(line.split(": ")[1] for line in key.splitlines() if line.startswith("# public key: "))
-    service = postgres_service(tmp_path_factory.mktemp("config"), recipient)
-    command = [word.replace("$$", "$") for word in service["command"]]  # Compose's escape
-    spool_mount = next(v for v in service["volumes"] if v.endswith(":/var/lib/postgresql/wal"))
-    assert spool_mount == "/opt/appliance/shared/wal:/var/lib/postgresql/wal"
-    fake = FakeCos("127.0.0.1", free_port(), SECRET_ID, SECRET_KEY)
-    fake.create_bucket(BUCKET)
-    fake.start()
-    target = CosTarget(BUCKET, "ap-shanghai", SECRET_ID, SECRET_KEY, f"http://127.0.0.1:{fake.port}", 1 * MB)
-    settings = HostSettings(project, str(base), "test-host", "backups/", recipient, target, Policy(), pitr=True)
-    settings_file = base / "shared/backup.json"
-    settings_file.write_text(settings.to_json())
-    pyz = base / "backup.pyz"
-    pyz.write_bytes(bundle())
-    labels = ["--label", f"com.docker.compose.project={project}"]
-    postgres = subprocess.run(
-        ["docker", "run", "-d", "--name", f"{project}-postgres", *labels, "--restart", "unless-stopped",
-         "--label", "com.docker.compose.service=postgres", "--network", "none",
-         "-e", "POSTGRES_USER=appliance", "-e", "POSTGRES_DB=appliance", "-e", "POSTGRES_PASSWORD=pw",
-         "-v", f"{project}_pgdata:/var/lib/postgresql/data", "-v", f"{base}/shared/wal:/var/lib/postgresql/wal",
-         postgres_image, *command],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    redis = sh(
-        f"docker run -d --name {project}-redis {' '.join(labels)} --label com.docker.compose.service=redis "
-        f"--network none -e REDIS_PASSWORD=pw -v {project}_redisdata:/data {redis_image} "
-        "redis-server --requirepass pw --appendonly yes"
-    ).strip()
-    sh(f"docker volume create {project}_artifacts")
-    sh(f"for _ in $(seq 120); do docker exec {postgres} pg_isready -q -h 127.0.0.1 && exit 0; sleep 0.5; done; exit 1")
-    yield Stack(project, settings_file, pyz, key, CosStore(target), postgres)
-    sh(f"docker rm -f {postgres} {redis} >/dev/null")
-    sh(f"docker volume rm {project}_pgdata {project}_redisdata {project}_artifacts >/dev/null")
-    shutil.rmtree(base / "shared/wal", ignore_errors=True)
-    fake.stop()
+    with backup_side(base, project, BUCKET, (SECRET_ID, SECRET_KEY), pitr=True) as side:
+        service = postgres_service(tmp_path_factory.mktemp("config"), side.recipient)
+        command = [word.replace("$$", "$") for word in service["command"]]  # Compose's escape
+        spool_mount = next(v for v in service["volumes"] if v.endswith(":/var/lib/postgresql/wal"))
+        assert spool_mount == "/opt/appliance/shared/wal:/var/lib/postgresql/wal"
+        postgres = subprocess.run(
+            ["docker", "run", "-d", "--name", f"{project}-postgres", "--restart", "unless-stopped",
+             "--label", f"com.docker.compose.project={project}", "--label", "com.docker.compose.service=postgres",
+             "--network", "none", "-e", "POSTGRES_USER=appliance", "-e", "POSTGRES_DB=appliance",
+             "-e", "POSTGRES_PASSWORD=pw", "-v", f"{project}_pgdata:/var/lib/postgresql/data",
+             "-v", f"{base}/shared/wal:/var/lib/postgresql/wal", postgres_image, *command],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        redis = start_redis(project, redis_image)
+        with running(project, postgres, redis, ("pgdata", "redisdata")):
+            yield Stack(project, side.settings_file, side.pyz, side.key, side.cos, postgres)
+        shutil.rmtree(base / "shared/wal", ignore_errors=True)
 
 
 def backup_cmd(stack: Stack, *args: str, identity: str = "") -> subprocess.CompletedProcess[str]:

@@ -17,10 +17,8 @@ import docker
 import pytest
 
 from appliance import sandbox
-from appliance.backup.cos import MB, CosStore, CosTarget
-from appliance.backup.install import bundle
-from appliance.backup.settings import HostSettings, Policy
-from tests.conftest import free_port
+from appliance.backup.cos import CosStore
+from tests.appliance.backup_host import backup_side, running, sh, start_redis
 from tests.cosfake import FakeCos
 
 pytestmark = pytest.mark.integration
@@ -42,16 +40,6 @@ class Stack:
     redis: str
 
 
-def sh(command: str) -> str:
-    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, f"{command}: {done.stderr}"
-    return done.stdout
-
-
-def labels(project: str, service: str) -> str:
-    return f"--label com.docker.compose.project={project} --label com.docker.compose.service={service}"
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     client = docker.from_env()
@@ -62,32 +50,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         (base / folder).mkdir(parents=True)
     (base / "releases/v1/slug").write_text("v1\n")
     (base / "current").symlink_to(base / "releases/v1")
-    key = sh("age-keygen 2>/dev/null")
-    recipient = next(line.split(": ")[1] for line in key.splitlines() if line.startswith("# public key: "))
-    fake = FakeCos("127.0.0.1", free_port(), SECRET_ID, SECRET_KEY)
-    fake.create_bucket(BUCKET)
-    fake.start()
-    target = CosTarget(BUCKET, "ap-shanghai", SECRET_ID, SECRET_KEY, f"http://127.0.0.1:{fake.port}", 1 * MB)
-    settings = HostSettings(project, str(base), "test-host", "backups/", recipient, target, Policy())
-    settings_file = base / "shared/backup.json"
-    settings_file.write_text(settings.to_json())
-    pyz = base / "backup.pyz"
-    pyz.write_bytes(bundle())
-    postgres = sh(
-        f"docker run -d --name {project}-postgres {labels(project, 'postgres')} --network none "
-        f"-e POSTGRES_USER=appliance -e POSTGRES_DB=appliance -e POSTGRES_PASSWORD=pw {postgres_image} postgres"
-    ).strip()
-    redis = sh(
-        f"docker run -d --name {project}-redis {labels(project, 'redis')} --network none -e REDIS_PASSWORD=pw "
-        f"-v {project}_redisdata:/data {redis_image} redis-server --requirepass pw --appendonly yes"
-    ).strip()
-    sh(f"docker volume create {project}_artifacts")
-    sh(f"for _ in $(seq 120); do docker exec {postgres} pg_isready -q -h 127.0.0.1 && exit 0; sleep 0.5; done; exit 1")
-    cos = CosStore(target)
-    yield Stack(project, base, settings_file, pyz, key, fake, cos, postgres, redis)
-    sh(f"docker rm -f {postgres} {redis} >/dev/null")
-    sh(f"docker volume rm {project}_redisdata {project}_artifacts >/dev/null")
-    fake.stop()
+    labels = f"--label com.docker.compose.project={project} --label com.docker.compose.service=postgres"
+    with backup_side(base, project, BUCKET, (SECRET_ID, SECRET_KEY)) as side:
+        postgres = sh(
+            f"docker run -d --name {project}-postgres {labels} --network none -e POSTGRES_USER=appliance "
+            f"-e POSTGRES_DB=appliance -e POSTGRES_PASSWORD=pw {postgres_image} postgres"
+        ).strip()
+        redis = start_redis(project, redis_image)
+        with running(project, postgres, redis, ("redisdata",)):
+            yield Stack(project, base, side.settings_file, side.pyz, side.key, side.fake, side.cos, postgres, redis)
 
 
 def backup_cmd(stack: Stack, *args: str, identity: str = "") -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,81 @@
+"""What the backup integration tests share: a host's backup side in a folder (the zipapp and its settings, against
+the local COS, with a real age key) and the stack's containers' start, wait and removal."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.backup.cos import MB, CosStore, CosTarget
+from appliance.backup.dump import wait_ready
+from appliance.backup.install import bundle
+from appliance.backup.settings import HostSettings, Policy
+from tests.conftest import free_port
+from tests.cosfake import FakeCos
+
+
+def sh(command: str) -> str:
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"{command}: {done.stderr}"
+    return done.stdout
+
+
+@dataclass(frozen=True)
+class BackupSide:
+    """BASE/shared/backup.json and the zipapp in `base`, the age identity, and the local COS they point at."""
+
+    settings_file: Path
+    pyz: Path
+    key: str
+    recipient: str
+    fake: FakeCos
+    cos: CosStore
+
+
+@contextmanager
+def backup_side(
+    base: Path, project: str, bucket: str, secret: tuple[str, str], pitr: bool = False
+) -> Iterator[BackupSide]:
+    """A fresh age key, the local COS with `bucket` and the COS key `secret` (stopped afterwards), the settings
+    and the zipapp."""
+    key = sh("age-keygen 2>/dev/null")
+    recipient = next(line.split(": ")[1] for line in key.splitlines() if line.startswith("# public key: "))
+    secret_id, secret_key = secret
+    fake = FakeCos("127.0.0.1", free_port(), secret_id, secret_key)
+    fake.create_bucket(bucket)
+    fake.start()
+    try:
+        target = CosTarget(bucket, "ap-shanghai", secret_id, secret_key, f"http://127.0.0.1:{fake.port}", 1 * MB)
+        settings = HostSettings(project, str(base), "test-host", "backups/", recipient, target, Policy(), pitr=pitr)
+        settings_file = base / "shared/backup.json"
+        settings_file.write_text(settings.to_json())
+        pyz = base / "backup.pyz"
+        pyz.write_bytes(bundle())
+        yield BackupSide(settings_file, pyz, key, recipient, fake, CosStore(target))
+    finally:
+        fake.stop()
+
+
+def start_redis(project: str, image: str) -> str:
+    """The stack's Redis as Compose would label it, with an append-only file on its volume."""
+    labels = f"--label com.docker.compose.project={project} --label com.docker.compose.service=redis"
+    return sh(
+        f"docker run -d --name {project}-redis {labels} --network none -e REDIS_PASSWORD=pw "
+        f"-v {project}_redisdata:/data {image} redis-server --requirepass pw --appendonly yes"
+    ).strip()
+
+
+@contextmanager
+def running(project: str, postgres: str, redis: str, volumes: tuple[str, ...]) -> Iterator[None]:
+    """The stack's artifacts volume made and PostgreSQL ready; then the containers and volumes removed."""
+    try:
+        sh(f"docker volume create {project}_artifacts")
+        wait_ready(postgres, "the test's PostgreSQL")
+        yield
+    finally:
+        sh(f"docker rm -f {postgres} {redis} >/dev/null")
+        names = " ".join(f"{project}_{volume}" for volume in (*volumes, "artifacts"))
+        sh(f"docker volume rm {names} >/dev/null")
