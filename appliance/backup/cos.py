@@ -24,6 +24,7 @@ from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
 from appliance.backup.errors import BackupError, DeleteRefused
+from appliance.backup.store import StoredObject
 
 T = TypeVar("T")
 MB = 1024 * 1024
@@ -65,13 +66,6 @@ class CosTarget:
         else:
             options["Scheme"] = "https"
         return CosConfig(Timeout=60, **options)
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    key: str
-    size: int
-    modified: str
 
 
 def _describe(target: CosTarget, what: str, exc: Exception) -> str:

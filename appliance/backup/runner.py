@@ -23,6 +23,7 @@ from appliance.backup.errors import BackupError, DeleteRefused
 from appliance.backup.manifest import FULL, MANIFEST, REDIS, VERIFIED, Manifest, Part, backup_id, id_time
 from appliance.backup.retention import Decision, Stored, decide, horizon_days
 from appliance.backup.settings import HostSettings
+from appliance.backup.store import BackupStore
 from appliance.host_paths import HostPaths
 
 STALE_UPLOAD_SECONDS = 24 * 3600
@@ -72,7 +73,7 @@ class Runner:
         self.settings = settings
         self.log = log
         self.clock = clock
-        self.store = CosStore(settings.cos, log=log)
+        self.store: BackupStore = CosStore(settings.cos, log=log)
         self.archive = wal.Archive(self.store, settings.key_prefix)
 
     def _key(self, identifier: str, name: str) -> str:

@@ -23,8 +23,8 @@ from datetime import datetime
 from pathlib import Path
 
 from appliance.backup import crypt
-from appliance.backup.cos import CosStore
 from appliance.backup.errors import BackupError
+from appliance.backup.store import BackupStore
 
 SUFFIX = ".gz.age"
 _SEGMENT = re.compile(r"^[0-9A-F]{24}")
@@ -86,7 +86,7 @@ class Archive:
     """The WAL objects of one appliance in COS: `PREFIX/NAME/wal/SYSTEM-ID/FILE.gz.age`. The system id keeps
     a freshly initialised cluster (a wiped host before its restore) from overwriting the old one's segments."""
 
-    def __init__(self, store: CosStore, key_prefix: str) -> None:
+    def __init__(self, store: BackupStore, key_prefix: str) -> None:
         self.store = store
         self.prefix = f"{key_prefix}wal/"
 
