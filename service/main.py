@@ -14,6 +14,9 @@ from fastapi import FastAPI
 from fastapi.exceptions import WebSocketRequestValidationError
 from fastapi.telemetry import TelemetryConfig
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry as SyncRetry
 
 from service.agents.orchestration import Orchestrator
 from service.agents.slots import AgentSlots
@@ -34,6 +37,11 @@ from service.storage import ArtifactStore, blobs_for
 from service.streaming import EventHub, EventLog
 
 REDIS_POOL_SIZE = 100  # per worker
+# A Redis restart breaks every pooled connection, and redis-py's asyncio client retries nothing by default: the
+# next command on each stale connection failed, and with it the turn and its discussion (tests/e2e/test_faults.py).
+# A ConnectionError is retried on a new connection for up to ~4 s (0.2 s doubling, capped at 1 s), which spans
+# a restart; a command that reached a Redis that then died unanswered may run twice (docs/reliability.md).
+REDIS_BACKOFF, REDIS_RETRIES = ExponentialBackoff(cap=1.0, base=0.1), 6
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,7 +55,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Blocking pool: a burst of WebSocket handshakes waits for a connection instead of failing
         # (redis-py's default pool raises "Too many connections" past 100).
         client = Redis.from_pool(
-            BlockingConnectionPool.from_url(settings.redis_url, max_connections=REDIS_POOL_SIZE, timeout=10)
+            BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=REDIS_POOL_SIZE,
+                timeout=10,
+                retry=Retry(REDIS_BACKOFF, REDIS_RETRIES),
+                retry_on_error=[redis.ConnectionError],
+            )
         )
         events = EventLog(client, settings.redis_key_prefix)
         slots = AgentSlots(
@@ -59,7 +73,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         llm = LlmClient(settings, client)
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         orchestrator = Orchestrator(pool, client, settings, llm, slots, events, worker_id)
-        sync_client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
+        sync_client = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=2,
+            retry=SyncRetry(REDIS_BACKOFF, REDIS_RETRIES),
+            retry_on_error=[redis.ConnectionError],
+        )
         app.state.redis_collectors = (
             AgentSlotsCollector(sync_client, slots.holders_key, slots.queue_key),
             RedisMemory(sync_client),
