@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import subprocess
+import time
 from pathlib import Path
 
 import docker
@@ -75,11 +76,29 @@ def test_missing_images_are_pushed_through_the_forward_then_pulled_and_named() -
     tag, pull = ImagesFromHostRegistry(STEP.images).plan(facts(UP, tagged, ABSENT))
     assert tag == Run(f"docker tag {API.image_id} cvm-appliance/api:v3", "tag the host's copy as cvm-appliance/api:v3")
     assert pull == Run(pull_command([PG]), "pull postgres:16-bookworm from the host's registry")
-    assert pull.command == (
-        "docker pull --quiet 127.0.0.1:5000/postgres:16-bookworm >/dev/null "
-        "&& docker tag 127.0.0.1:5000/postgres:16-bookworm postgres:16-bookworm "
-        "&& docker image rm 127.0.0.1:5000/postgres:16-bookworm >/dev/null"
-    )
+    assert "docker pull --quiet 127.0.0.1:5000/postgres:16-bookworm >/dev/null " in pull.command
+    assert "&& docker tag 127.0.0.1:5000/postgres:16-bookworm postgres:16-bookworm " in pull.command
+
+
+def test_pulls_run_side_by_side_and_one_failure_fails_them_all(tmp_path: Path) -> None:
+    images = [LocalImage(f"img{index}:1", f"sha256:{index}", 1) for index in range(3)]
+    log = tmp_path / "log"
+    for failing in ("", "img1"):
+        (tmp_path / "docker").write_text(
+            f'#!/bin/sh\necho "$*" >> {log}\n[ "$1 $3" = "pull 127.0.0.1:5000/{failing}:1" ] && exit 1\n'
+            'case "$1" in pull) sleep 0.3;; esac\nexit 0\n'
+        )
+        (tmp_path / "docker").chmod(0o755)
+        started = time.monotonic()
+        done = subprocess.run(["/bin/bash", "-c", pull_command(images)], env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+        assert done.returncode == (1 if failing else 0)
+        if not failing:
+            assert time.monotonic() - started < 0.8  # three pulls of 0.3 s each, side by side
+            calls = log.read_text().splitlines()
+            assert sorted(call for call in calls if call.startswith("tag")) == [
+                f"tag 127.0.0.1:5000/img{index}:1 img{index}:1" for index in range(3)
+            ]
+        log.unlink()
 
 
 def test_a_host_without_its_registry_gets_one_line_naming_the_fix() -> None:

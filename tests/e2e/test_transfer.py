@@ -26,7 +26,8 @@ from appliance.transport.layers import REGISTRY_CONFIG, REPOSITORIES, registry_n
 from tests.conftest import REPO, SandboxFactory, bootstrap_sandbox, deploy_sandbox, inv
 from tests.e2e.test_deploy import https_get
 
-pytestmark = pytest.mark.e2e
+# Its first test sets up a sandbox of its own (bootstrap, first deploy): longer than the default per-test limit.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 SENT = re.compile(r"^  images\s+\S+\s+\S+\s+.*\((\d+) MB sent\)$", re.MULTILINE)
 SMALL, BIG = 8_000_000, 40_000_000  # the cut push's two layers, random bytes (gzip cannot shrink them)
 
