@@ -125,6 +125,29 @@ def moment(stack: Stack) -> str:
     return moment
 
 
+def test_a_drill_to_a_time_replays_the_archive_to_it_and_not_past_its_end(stack: Stack, moment: str) -> None:
+    """Before any restore changes the server: the base backup and the WAL replay to T in a throwaway server (the
+    live one untouched), the backup is marked verified with that time; a time past the archive's end fails."""
+    drilled = backup_cmd(stack, "drill", "--to-time", moment, identity=stack.key)
+    assert drilled.returncode == 0, drilled.stderr
+    line = drilled.stdout.strip().splitlines()[-1]
+    at = datetime.fromisoformat(moment).isoformat()
+    assert f"archived WAL files replayed to {at} (last commit " in line and line.endswith("; marked verified"), line
+    (verified,) = [
+        item.key for item in stack.cos.objects(f"backups/{stack.project}/") if item.key.endswith("verified.json")
+    ]
+    assert json.loads(stack.cos.get_bytes(verified))["to_time"] == at
+    assert psql(stack, "SELECT string_agg(body, ',' ORDER BY body) FROM notes") == "A,B"  # the live server as it was
+    assert sh(f"docker ps -aq --filter name={stack.project}-drill-").strip() == ""
+
+    later = datetime.now(timezone.utc).astimezone().isoformat(sep=" ")
+    short = backup_cmd(stack, "drill", "--to-time", later, identity=stack.key)
+    assert short.returncode == 1
+    assert short.stderr.strip().endswith(
+        f"the archived WAL ends before {datetime.fromisoformat(later).isoformat()}: a recovery cannot reach that moment"
+    ), short.stderr
+
+
 def test_restore_to_a_time_brings_back_a_and_not_b(stack: Stack, moment: str) -> None:
     system = psql(stack, "SELECT system_identifier FROM pg_control_system()")
     archived = stack.cos.objects(f"backups/{stack.project}/wal/{system}/")
