@@ -72,9 +72,10 @@ class Run:
     agents_completed: int = 0  # agent turns (not the moderator's) that completed
     agent_failures: list[TurnFailure] = field(default_factory=list)
     deadline: float = 0.0  # event-loop time at which WORKFLOW_TIMEOUT ends the discussion
-    # "stop" (user: ends the speaking turn, keeps its partial message) or "release" (shutdown / lease
-    # lost: cancels the whole run, which another worker resumes from the persisted messages).
-    cancel_reason: str | None = None
+    # The user's stop ends the speaking turn (its partial message is kept) and then the run. Independent of a
+    # release (shutdown, lease lost), which cancels the whole run: a stop must reach a run whatever it was told.
+    stop_requested: bool = False
+    released: bool = False
     task: asyncio.Task[None] | None = None
     speaking: asyncio.Task[Usage] | None = None
 
@@ -124,7 +125,9 @@ class Orchestrator:
         self._slots = slots
         self._events = events
         self.worker_id = worker_id
-        self._runs: dict[uuid.UUID, Run] = {}
+        self._runs: dict[uuid.UUID, Run] = {}  # this worker's live runs (a released one is gone from here)
+        # Launched, still loading (held here until they are in _runs): the reaper must not launch them twice.
+        self._starting: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._reaper: asyncio.Task[None] | None = None
         self._standby = False  # service/standby.py: a warm API's workers run nothing
@@ -156,7 +159,7 @@ class Orchestrator:
             task.cancel()
         runs = list(self._runs.values())
         for run in runs:
-            self._cancel(run, "release")
+            self._release(run)
         # Bounded wait: a cancel swallowed inside a Redis read must not stall the worker's shutdown.
         pending = [r.task for r in runs if r.task] + background
         if pending:
@@ -175,28 +178,36 @@ class Orchestrator:
 
     def launch(self, discussion_id: uuid.UUID) -> None:
         """Start running a discussion whose lease this worker holds."""
-        task = asyncio.create_task(self._run(discussion_id))
-        task.add_done_callback(lambda _: self._runs.pop(discussion_id, None))
+        self._starting[discussion_id] = asyncio.create_task(self._run(discussion_id))
 
     async def request_stop(self, discussion_id: uuid.UUID) -> None:
         """Tell whichever worker runs the discussion to stop it (it may be this one)."""
         await self._redis.publish(self._stop_channel, str(discussion_id))
 
-    def _cancel(self, run: Run, reason: str) -> None:
-        if run.cancel_reason is not None:
+    def _stop(self, run: Run) -> None:
+        """The user's stop. Only the speaking part is cancelled, so a message being persisted is never cut short;
+        between turns the flag ends the run at the next check."""
+        if run.stop_requested:
             return
-        run.cancel_reason = reason
-        if reason == "stop":
-            # Only the speaking part is cancelled, so a message being persisted is never cut short;
-            # between turns the flag ends the run at the next check.
-            if run.speaking:
-                _cancel_until_done(run.speaking)
-        elif run.task:
-            run.task.cancel()
+        run.stop_requested = True
+        if run.speaking:
+            _cancel_until_done(run.speaking)
+
+    def _release(self, run: Run) -> None:
+        """Cancel the whole run; another worker, or this one's reaper, resumes it from the persisted messages. It
+        leaves `_runs` at once, so a reclaim starts a fresh run here instead of counting on the one going away."""
+        if self._runs.get(run.id) is run:
+            del self._runs[run.id]
+        if not run.released and run.task:
+            run.released = True
+            _cancel_until_done(run.task)
 
     # --- running ------------------------------------------------------------------------------
     async def _run(self, discussion_id: uuid.UUID) -> None:
-        run = await self._load(discussion_id)
+        try:
+            run = await self._load(discussion_id)
+        finally:
+            self._starting.pop(discussion_id, None)
         if run is None:
             return
         if self._standby:  # created through a request that reached a standby API: another release runs it
@@ -204,6 +215,13 @@ class Orchestrator:
             return
         run.task = asyncio.current_task()
         self._runs[run.id] = run
+        try:
+            await self._run_to_the_end(run)
+        finally:
+            if self._runs.get(run.id) is run:  # else released, perhaps replaced by a newer run of the discussion
+                del self._runs[run.id]
+
+    async def _run_to_the_end(self, run: Run) -> None:
         heartbeat = asyncio.create_task(self._renew_lease(run))
         status = "failed"
         verdict: dict[str, Any] | None = None
@@ -263,8 +281,7 @@ class Orchestrator:
                 run.transcript.extend(_turn_messages(role, m["content"]))
             if role is not MODERATOR:
                 run.count_agent_turn(dict(m), None)
-        if row["status"] == "stopping":
-            run.cancel_reason = "stop"
+        run.stop_requested = row["status"] == "stopping"
         return run
 
     async def _announce_missing(self, run: Run, messages: list[asyncpg.Record]) -> None:
@@ -310,9 +327,10 @@ class Orchestrator:
         """Before each turn: raise _Stopped, _OutOfTime or _OverQuota if the discussion must end now."""
         if asyncio.get_running_loop().time() >= run.deadline:
             raise _OutOfTime
-        # The status backs up the pub/sub stop signal, which a worker misses while loading the run.
+        # The status backs up the pub/sub stop signal, which a worker misses while loading the run. Any status but
+        # running ends the run too: a run that outlived its release must not go on with a finished discussion.
         status = await self._pool.fetchval("SELECT status FROM discussions WHERE id = $1", run.id)
-        if run.cancel_reason == "stop" or status == "stopping":
+        if run.stop_requested or status != "running":
             raise _Stopped
         if (await quota.day_usage(self._pool, self._settings, run.user_id, quota.local_now())).reached:
             raise _OverQuota
@@ -383,7 +401,7 @@ class Orchestrator:
         ending: Exception | None = None
         # A stop that came after the last check, while there was no turn to cancel, only set the flag. No await
         # lies between this check and run.speaking being set, so every stop is seen here or cancels the turn.
-        if run.cancel_reason == "stop":
+        if run.stop_requested:
             raise _Stopped
         run.speaking = asyncio.create_task(speak())
         try:
@@ -464,6 +482,8 @@ class Orchestrator:
         await self._events.append(run.id, kind, message=public)
 
     async def _finish(self, run: Run, status: str, verdict: dict[str, Any] | None, error: str | None) -> None:
+        if run.released:
+            return  # its cancel was swallowed; the run that resumed the discussion finishes it
         finished = await self._pool.fetchval(
             "UPDATE discussions SET status = $3, verdict = $4, error = $5, finished_at = now(), lease_owner = NULL"
             " WHERE id = $1 AND lease_owner = $2 RETURNING finished_at",
@@ -496,7 +516,7 @@ class Orchestrator:
                 continue
             if not held:
                 log.warning("lost the lease on discussion %s; another worker resumes it", run.id)
-                self._cancel(run, "release")
+                self._release(run)
                 return
 
     async def _reap_forever(self) -> None:
@@ -516,7 +536,7 @@ class Orchestrator:
                 log.warning("reaper query failed: %s", exc)
                 continue
             for row in claimed:
-                if row["id"] in self._runs:
+                if row["id"] in self._runs or row["id"] in self._starting:
                     continue  # our own run outlived a renewal outage; the claim just renewed its lease
                 log.info("resuming discussion %s after its owner's lease expired", row["id"])
                 self.launch(row["id"])
@@ -531,7 +551,7 @@ class Orchestrator:
                         continue
                     run = self._runs.get(uuid.UUID(message["data"].decode()))
                     if run is not None:
-                        self._cancel(run, "stop")
+                        self._stop(run)
             except RedisError as exc:
                 # Stops missed meanwhile are still caught by the status check before each turn.
                 log.warning("stop-signal subscription failed, resubscribing: %s", exc)
@@ -541,9 +561,9 @@ class Orchestrator:
 
 
 def _cancel_until_done(task: asyncio.Task[Any]) -> None:
-    """Cancel a speaking turn, and again every STOP_RECANCEL_SECONDS while it still runs: a cancel that lands
-    in the first Redis or HTTP calls of a turn can be lost inside a library (CI saw 12 of 200 stops then wait
-    for AGENT_TIMEOUT), and one more reaches the turn at its next await."""
+    """Cancel a task (a speaking turn, a released run), and again every STOP_RECANCEL_SECONDS while it still runs:
+    a cancel that lands in a Redis or HTTP call can be lost inside a library (CI saw 12 of 200 stops then wait for
+    AGENT_TIMEOUT), and one more reaches the task at its next await."""
     if not task.done():
         task.cancel()
         asyncio.get_running_loop().call_later(STOP_RECANCEL_SECONDS, _cancel_until_done, task)
