@@ -87,11 +87,12 @@ class RemoteHost:
 
     def follow(self, command: str, redact: Callable[[str], str], target: TextSink | None = None) -> int:
         """Run `command`, printing its output as it comes (redacted) to `target` (standard output); its exit
-        status. Ctrl-C stops it."""
+        status. Ctrl-C stops it: on a pseudo-terminal, because Invoke passes Ctrl-C on as the terminal's interrupt
+        there, and without one it would wait forever for a command that never ends (`inv logs --follow`)."""
         out = _RedactingWriter(target or sys.stdout, redact)
         try:
             result = self.connection.run(
-                as_root(command, self.host.user), out_stream=out, err_stream=out, warn=True, in_stream=False
+                as_root(command, self.host.user), out_stream=out, err_stream=out, warn=True, in_stream=False, pty=True
             )
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SshError(f"{self.host.target}: connection lost while running a command: {exc}") from None
