@@ -29,6 +29,7 @@ from appliance.errors import ConfigError, StepFailed
 from appliance.facts import gather_facts
 from appliance.live import console, step_lines
 from appliance.procedure import break_lock
+from appliance.progress import TransferProgress
 from appliance.releases import current_release
 from appliance.remote import open_host
 from appliance.render import api_image, site_origin
@@ -123,12 +124,6 @@ def bootstrap_host(
     print_outcome(results, f"{target}: {facts.summary()}", target)
 
 
-def show_progress(what: str, sent: int, total: int) -> None:
-    """One status line per image while it streams: compressed bytes sent, image size (0: not an image)."""
-    if sys.stderr.isatty() and total:
-        sys.stderr.write(f"\r  {what}: {sent / 1e6:.0f} MB sent (image {total / 1e6:.0f} MB)  ")
-
-
 @task(
     help={
         **COMMON_HELP,
@@ -159,9 +154,10 @@ def deploy(
         print(f"building {api_image(loaded.settings, version)}")
         image = build_api_image(loaded, version)
     target = loaded.settings.hosts[0].target
-    with step_lines(verbose):
+    # The archive transport's stream reports through the executor's progress callback: bars like the layers'.
+    with step_lines(verbose), TransferProgress() as streamed:
         results = deploy_release(
-            loaded, image or api_image(loaded.settings, version), version, check, show_progress, wait
+            loaded, image or api_image(loaded.settings, version), version, check, streamed.update, wait
         )
     print_outcome(results, f"{target}: release {version}", target)
     if not check:
