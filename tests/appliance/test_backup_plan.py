@@ -15,7 +15,7 @@ from appliance.backup import metrics
 from appliance.backup.__main__ import _backup_metrics
 from appliance.backup.install import bundle, host_settings
 from appliance.backup.manifest import Manifest, Part, backup_id, count_copy_rows, id_time
-from appliance.backup.retention import Stored, decide
+from appliance.backup.retention import Stored, decide, horizon_days
 from appliance.backup.settings import HostSettings, Policy
 from appliance.config import load_config
 from appliance.errors import ConfigError
@@ -46,6 +46,23 @@ def test_retention_keeps_7_daily_4_weekly_6_monthly_by_the_calendar() -> None:
     monthlies = ["20260630T033000Z", "20260731T033000Z", "20260831T033000Z", "20260930T033000Z", "20261031T033000Z"]
     assert kept == sorted({*dailies, *weeklies, *monthlies})
     assert len(decision.keep) + len(decision.delete) == 400
+
+
+def test_the_lifecycle_horizon_never_takes_what_the_calendar_keeps() -> None:
+    """inv cos.setup expires objects after horizon_days: on every day of a year (months of 28 to 31 days), with a
+    backup a day or only one on each month's first day, every backup the calendar keeps is younger than that."""
+    for policy in (Policy(), Policy(daily=7, weekly=8, monthly=0), Policy(daily=30, weekly=0, monthly=0)):
+        oldest_kept = 0.0
+        for day in range(0, 365, 3):
+            now = NOW + timedelta(days=day)
+            times = [(now - timedelta(days=back)).replace(hour=3, minute=30) for back in range(400)]
+            for schedule in (times, [when for when in times if when.day == 1]):
+                backups = [Stored(backup_id(when), when, complete=True, verified=False) for when in schedule]
+                keep = set(decide(backups, now, policy).keep)
+                ages = [(now - b.created).total_seconds() / 86400 for b in backups if b.id in keep]
+                oldest_kept = max(oldest_kept, *ages)
+        assert oldest_kept < horizon_days(policy), (policy, oldest_kept)
+    assert horizon_days(Policy()) == 187
 
 
 def test_retention_never_deletes_the_newest_verified_backup() -> None:
