@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
@@ -37,12 +38,23 @@ class OperatorTask(Task[Any]):
     """An Invoke task with long flags only (and SHORT_FLAGS), so `-h` is help on every task."""
 
     def __init__(self, body: Callable[..., Any], **options: Any) -> None:
-        super().__init__(body, **{**options, "auto_shortflags": False})
+        # positional: none, so `-h` after a task with a required flag (users.add --email) is help, not its value.
+        super().__init__(body, **{"positional": [], **options, "auto_shortflags": False})
 
     def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
         opts = super().arg_opts(name, default, taken_names)
         opts["names"] = [*opts["names"], *SHORT_FLAGS.get(name, "")]
         return opts
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Refuse in one line a call without a flag that has no default (Invoke would hand it over as None)."""
+        parameters = list(inspect.signature(self.body).parameters.values())[1:]  # after the Context
+        missing = [item.name for item in parameters if item.default is item.empty and kwargs.get(item.name) is None]
+        if missing:
+            flags = " and ".join("--" + name.replace("_", "-") for name in missing)
+            sys.stderr.write(f"error: missing {flags}: this task needs a value for it (-h lists its flags)\n")
+            raise Exit(code=2)
+        return super().__call__(*args, **kwargs)
 
 
 def task(**options: Any) -> Callable[[Callable[..., Any]], OperatorTask]:

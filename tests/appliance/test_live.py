@@ -133,6 +133,14 @@ def test_dash_h_is_help_on_every_task() -> None:
     assert shown.returncode == 0, shown.stderr
     assert "Usage: inv[oke] [--core-opts] deploy" in shown.stdout and "--host=STRING" in shown.stdout
     assert "-v, --verbose" in shown.stdout
+    # A task whose flag has no default: -h is still help, not that flag's value; without the flag, one line.
+    helped = subprocess.run([str(REPO / ".venv/bin/inv"), "users.add", "-h"], capture_output=True, text=True, cwd=REPO)
+    assert helped.returncode == 0 and "--email=STRING" in helped.stdout, helped.stderr
+    bare = subprocess.run([str(REPO / ".venv/bin/inv"), "users.disable"], capture_output=True, text=True, cwd=REPO)
+    assert (bare.returncode, bare.stderr) == (
+        2,
+        "error: missing --email: this task needs a value for it (-h lists its flags)\n",
+    )
 
 
 def inv_in(folder: Path, *words: str, **env: str) -> subprocess.CompletedProcess[str]:
