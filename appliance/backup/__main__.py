@@ -10,6 +10,7 @@ BASE/shared/backups/backup.log.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -165,7 +166,10 @@ def run(args: argparse.Namespace) -> int:
         log(f"{args.command} failed: {exc}", sys.stderr)
         return 1
     except OSError as exc:  # a full disk, a missing tool: still one line, still a failure
-        log(f"{args.command} failed: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), sys.stderr)
+        line = f"{args.command} failed: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a dump's pipe names no file: say where and what to do
+            line += f" (in {settings.backups_dir}): free space on that disk (docs/runbook.md#diskfull)"
+        log(line, sys.stderr)
         return 1
     return 0
 
