@@ -64,30 +64,36 @@ def bridge_gateway() -> str:
 @pytest.fixture(scope="session")
 def rig(sandbox_factory: SandboxFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     """A sandbox of its own with backups to the local COS, bootstrapped and with v1 deployed."""
-    folder = tmp_path_factory.mktemp("backup")
-    subprocess.run(["age-keygen", "-o", str(folder / "key.txt")], check=True, capture_output=True)
-    recipient = subprocess.run(
-        ["age-keygen", "-y", str(folder / "key.txt")], check=True, capture_output=True, text=True
-    ).stdout.strip()
     fake = FakeCos(bridge_gateway(), free_port(), SECRET_ID, SECRET_KEY)
     fake.create_bucket(BUCKET)
     fake.start()
     sandbox = sandbox_factory("destructive")
+    extra = f'redis_schedule = "{REDIS_SCHEDULE}"\npitr = true\narchive_timeout = {ARCHIVE_TIMEOUT}\n'
+    config = with_backups(sandbox, tmp_path_factory.mktemp("backup"), fake, extra)
+    bootstrap_sandbox(sandbox)
+    deploy_sandbox(sandbox)
     endpoint = f"http://{fake.address}:{fake.port}"
+    cos = CosStore(CosTarget(BUCKET, "ap-shanghai", SECRET_ID, SECRET_KEY, endpoint, 1 * MB))
+    yield Rig(sandbox, config, sandbox.config_file, fake, cos)
+    fake.stop()
+
+
+def with_backups(sandbox: sandboxes.Sandbox, folder: Path, fake: FakeCos, extra: str = "") -> Config:
+    """The sandbox's config with backups on, to `fake`'s BUCKET, under a fresh age key in `folder` (`extra`: more
+    lines of the [backup] table); the COS keys go to its secrets file."""
+    subprocess.run(["age-keygen", "-o", str(folder / "key.txt")], check=True, capture_output=True)
+    recipient = subprocess.run(
+        ["age-keygen", "-y", str(folder / "key.txt")], check=True, capture_output=True, text=True
+    ).stdout.strip()
     with sandbox.config_file.open("a", encoding="utf-8") as toml:
         toml.write(
-            f'\n[backup]\nenabled = true\ncos_bucket = "{BUCKET}"\ncos_endpoint = "{endpoint}"\n'
-            f'age_recipient = "{recipient}"\nage_identity_file = "{folder / "key.txt"}"\npart_size_mb = 1\n'
-            f'redis_schedule = "{REDIS_SCHEDULE}"\npitr = true\narchive_timeout = {ARCHIVE_TIMEOUT}\n'
+            f'\n[backup]\nenabled = true\ncos_bucket = "{BUCKET}"\ncos_endpoint = "http://{fake.address}:{fake.port}"\n'
+            f'age_recipient = "{recipient}"\nage_identity_file = "{folder / "key.txt"}"\npart_size_mb = 1\n{extra}'
         )
     config = load_config(sandbox.config_file)
     with config.secrets_path.open("a", encoding="utf-8") as secrets:
         secrets.write(f"COS_SECRET_ID={SECRET_ID}\nCOS_SECRET_KEY={SECRET_KEY}\n")
-    bootstrap_sandbox(sandbox)
-    deploy_sandbox(sandbox)
-    cos = CosStore(CosTarget(BUCKET, "ap-shanghai", SECRET_ID, SECRET_KEY, endpoint, 1 * MB))
-    yield Rig(sandbox, config, sandbox.config_file, fake, cos)
-    fake.stop()
+    return config
 
 
 ARTIFACT_BUCKET = "artifacts-1250000000"
