@@ -48,8 +48,9 @@ function navigate(path) {
   render();
 }
 
+/** A moment as a <time>, in the page's language. */
 function when(iso) {
-  return new Date(iso).toLocaleString(lang === "zh" ? "zh-CN" : "en");
+  return h("time", { datetime: iso }, new Date(iso).toLocaleString(lang === "zh" ? "zh-CN" : "en"));
 }
 
 function statusBadge(status) {
@@ -262,7 +263,10 @@ async function discussionView(id) {
     entry.el.dataset.messageId = message.id;
     if (message.status === "failed") {
       entry.el.append(h("p", { class: "turn-error" }, t(message.role === "moderator" ? "turn.moderatorFailed" : "turn.failed")));
-      if (message.error) entry.el.append(h("details", { class: "meta" }, h("summary", {}, t("turn.why")), message.error));
+      if (message.error) {
+        const reason = h("span", { class: "turn-reason" }, message.error); // the service's words, as it gave them
+        entry.el.append(h("details", { class: "meta" }, h("summary", {}, t("turn.why")), reason));
+      }
     }
     setAgent(message.role, { completed: "done", failed: "failed", stopped: "stopped" }[message.status] || "done");
   }
@@ -423,7 +427,17 @@ async function download(file) {
 
 async function filesView() {
   const files = await api.getJson("/api/files");
-  const picker = h("input", { type: "file", name: "file", required: true, id: "file-input" });
+  // The native picker's button and "no file chosen" speak the browser's language, not the page's: ours instead.
+  const chosen = h("span", { class: "chosen muted", id: "file-chosen" }, t("files.none"));
+  const picker = h("input", {
+    type: "file",
+    name: "file",
+    required: true,
+    id: "file-input",
+    onchange: () => {
+      chosen.textContent = picker.files[0]?.name ?? t("files.none");
+    },
+  });
   const upload = h(
     "form",
     {
@@ -445,7 +459,7 @@ async function filesView() {
       },
     },
     h("h2", {}, t("files.title")),
-    picker,
+    h("label", { class: "picker" }, picker, h("span", { class: "button" }, t("files.choose")), chosen),
     h("button", { type: "submit" }, t("files.upload")),
   );
   const act = (fn) => () => fn().catch((error) => notify(error.message));
@@ -454,7 +468,7 @@ async function filesView() {
       "li",
       { dataset: { file: f.id } },
       h("span", { class: "name" }, f.filename),
-      h("span", { class: "meta" }, `${size(f.size_bytes)} · ${when(f.created_at)}`),
+      h("span", { class: "meta" }, `${size(f.size_bytes)} · `, when(f.created_at)),
       h("span", { class: "actions" },
         h("button", { type: "button", class: "link", onclick: act(() => download(f)) }, t("files.download")),
         h("button", {

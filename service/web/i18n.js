@@ -1,6 +1,7 @@
 // UI text in English and Simplified Chinese, chosen once from the browser's preferred languages.
 
-const TEXT = {
+// Exported for the browser test, which reads the expected words from here.
+export const TEXT = {
   en: {
     brand: "Multi-agent console",
     loading: "Loading…",
@@ -24,7 +25,7 @@ const TEXT = {
     "auth.toLogin": "Already have an account? Log in",
     "auth.registered": "Account created. You are logged in.",
     "list.title": "Your discussions",
-    "list.empty": "No discussions yet. Start one below.",
+    "list.empty": "No discussions yet. Start one above.",
     "list.more": "Show more",
     "new.title": "Start a discussion",
     "new.topic": "Topic or question",
@@ -69,6 +70,8 @@ const TEXT = {
     "stance.neutral": "Neutral",
     "files.title": "Your files",
     "files.empty": "No files yet.",
+    "files.choose": "Choose a file",
+    "files.none": "No file chosen",
     "files.upload": "Upload",
     "files.download": "Download",
     "files.delete": "Delete",
@@ -112,7 +115,7 @@ const TEXT = {
     "auth.toLogin": "已有账号？去登录",
     "auth.registered": "账号已创建，已为您登录。",
     "list.title": "我的讨论",
-    "list.empty": "还没有讨论，在下方发起一个吧。",
+    "list.empty": "还没有讨论，在上方发起一个吧。",
     "list.more": "加载更多",
     "new.title": "发起讨论",
     "new.topic": "话题或问题",
@@ -157,6 +160,8 @@ const TEXT = {
     "stance.neutral": "中性",
     "files.title": "我的文件",
     "files.empty": "还没有文件。",
+    "files.choose": "选择文件",
+    "files.none": "未选择文件",
     "files.upload": "上传",
     "files.download": "下载",
     "files.delete": "删除",
