@@ -141,12 +141,11 @@ def thin_link(host: Host) -> Iterator[None]:
     subprocess.run(["tc", "qdisc", "del", "dev", veth, "root"], check=True)
 
 
-def _blob_sizes(remote: RemoteHost) -> tuple[list[int], int]:
-    """(sizes of the blobs the registry has, bytes of uploads under way)."""
+def _blobs(remote: RemoteHost) -> dict[str, int]:
+    """The registry's blobs (path: size)."""
     storage = REPOSITORIES.rsplit("/", 1)[0]
-    blobs = remote.run(f"find {storage}/blobs -name data -size +1M -printf '%s\\n'").stdout.split()
-    uploads = remote.run(f"du -sb --apparent-size $(find {REPOSITORIES} -type d -name _uploads) | cut -f1").stdout
-    return [int(size) for size in blobs], sum(int(size) for size in uploads.split())
+    listing = remote.run(f"find {storage}/blobs -name data -printf '%p %s\\n'").stdout.split("\n")
+    return {path: int(size) for path, size in (line.split() for line in listing if line)}
 
 
 def test_a_push_cut_by_a_killed_ssh_connection_resumes_without_what_arrived(
@@ -157,12 +156,13 @@ def test_a_push_cut_by_a_killed_ssh_connection_resumes_without_what_arrived(
         [*command, "--config", str(host.config)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     with host.remote() as remote:
-        deadline = time.monotonic() + 120
+        before = _blobs(remote)
+        deadline = time.monotonic() + 300
         while True:
-            blobs, uploading = _blob_sizes(remote)
-            if any(SMALL <= size < BIG for size in blobs) and uploading > 2_000_000:
-                break  # the small layer arrived, the big one is on its way
-            assert time.monotonic() < deadline and deploying.poll() is None, "the push never got halfway"
+            arrived = {path: size for path, size in _blobs(remote).items() if path not in before}
+            if any(SMALL <= size < SMALL + 1_000_000 for size in arrived.values()):
+                break  # the small layer arrived; the big one, pushed beside it, is on its way
+            assert time.monotonic() < deadline and deploying.poll() is None, "the small layer never arrived"
             time.sleep(0.3)
         sockets = remote.run("ss -Htnp state established '( dport = :5000 )'").stdout
         pids = set(re.findall(r'"sshd",pid=(\d+)', sockets))
