@@ -1,8 +1,10 @@
-"""Discussion and message rows. Every query is scoped by user_id: another user's id reads as absent."""
+"""Discussion and message rows. The API's queries are scoped by user_id (another user's id reads as absent); the
+worker's (the end of this module) take the id of a discussion whose lease it holds (agents/leases.py)."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -146,3 +148,76 @@ async def usage_for_user(pool: asyncpg.Pool, user_id: uuid.UUID) -> dict[str, in
     )
     assert row is not None  # an aggregate always returns one row
     return {k: int(v) for k, v in row.items()}
+
+
+# --- the worker's side: a discussion it runs -------------------------------------------------------------------
+@dataclass(frozen=True)
+class StoredTurn:
+    """One ended turn as it is persisted: its message and what it cost."""
+
+    discussion_id: uuid.UUID
+    user_id: uuid.UUID
+    turn_index: int
+    round: int
+    role: str
+    status: str
+    content: str
+    reasoning: str | None
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cache_hit_tokens: int
+
+
+async def status(pool: asyncpg.Pool, discussion_id: uuid.UUID) -> str | None:
+    return await pool.fetchval("SELECT status FROM discussions WHERE id = $1", discussion_id)  # type: ignore[no-any-return]
+
+
+async def messages(pool: asyncpg.Pool, discussion_id: uuid.UUID) -> list[asyncpg.Record]:
+    """Every stored message of the discussion, in turn order."""
+    return await pool.fetch("SELECT * FROM messages WHERE discussion_id = $1 ORDER BY turn_index", discussion_id)
+
+
+async def message(pool: asyncpg.Pool, discussion_id: uuid.UUID, turn_index: int) -> dict[str, Any]:
+    row = await pool.fetchrow(
+        "SELECT * FROM messages WHERE discussion_id = $1 AND turn_index = $2", discussion_id, turn_index
+    )
+    assert row is not None, "callers only ask for stored turns"
+    return dict(row)
+
+
+async def store_turn(pool: asyncpg.Pool, turn: StoredTurn) -> dict[str, Any] | None:
+    """Persist the message, its token usage and the discussion's tokens_used together; None (and nothing written)
+    when the turn is stored already: another owner stored it first, and the first one stays."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "INSERT INTO messages (discussion_id, user_id, turn_index, round, role, status, content,"
+            " reasoning, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            " ON CONFLICT (discussion_id, turn_index) DO NOTHING RETURNING *",
+            turn.discussion_id,
+            turn.user_id,
+            turn.turn_index,
+            turn.round,
+            turn.role,
+            turn.status,
+            turn.content,
+            turn.reasoning,
+            turn.error,
+        )
+        if row is None:
+            return None
+        await conn.execute(
+            "INSERT INTO token_usage (user_id, discussion_id, prompt_tokens, completion_tokens,"
+            " cache_hit_tokens) VALUES ($1, $2, $3, $4, $5)",
+            turn.user_id,
+            turn.discussion_id,
+            turn.prompt_tokens,
+            turn.completion_tokens,
+            turn.cache_hit_tokens,
+        )
+        await conn.execute(
+            "UPDATE discussions SET tokens_used = tokens_used + $2 WHERE id = $1",
+            turn.discussion_id,
+            turn.prompt_tokens + turn.completion_tokens,
+        )
+    return dict(row)

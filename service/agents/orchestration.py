@@ -20,9 +20,11 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service import quota
+from service import discussions, quota
+from service.agents import leases
 from service.agents.presets import MODERATOR, ROLES, Role, speaker_cue, system_prompt
 from service.agents.slots import AgentSlots
+from service.agents.turn_events import TurnEvents, announce_message
 from service.db import DATABASE_ERRORS
 from service.llm import FailureCategory, LlmClient, LlmError, Usage
 from service.metrics import AGENT_TURN_DURATION, DISCUSSION_DURATION
@@ -31,7 +33,6 @@ from service.streaming import FINISHED, EventLog
 
 log = logging.getLogger(__name__)
 
-TOKEN_BATCH_SECONDS = 0.05
 STOP_RECANCEL_SECONDS = 0.5
 # Which failure explains a discussion whose every agent turn failed, most telling first: the pool's own state
 # (the operator must act) before passing conditions, before faults of one turn.
@@ -164,17 +165,8 @@ class Orchestrator:
         pending = [r.task for r in runs if r.task] + background
         if pending:
             await asyncio.wait(pending, timeout=5)
-        await self._expire_leases()
+        await leases.expire(self._pool, self.worker_id)
         return len(runs)
-
-    async def _expire_leases(self, discussion_id: uuid.UUID | None = None) -> None:
-        """This worker's leases (or one of them) end now, so another worker's reaper resumes the discussions."""
-        await self._pool.execute(
-            "UPDATE discussions SET lease_expires_at = now()"
-            " WHERE lease_owner = $1 AND status IN ('running', 'stopping') AND ($2::uuid IS NULL OR id = $2)",
-            self.worker_id,
-            discussion_id,
-        )
 
     def launch(self, discussion_id: uuid.UUID) -> None:
         """Start running a discussion whose lease this worker holds."""
@@ -211,7 +203,7 @@ class Orchestrator:
         if run is None:
             return
         if self._standby:  # created through a request that reached a standby API: another release runs it
-            await self._expire_leases(discussion_id)
+            await leases.expire(self._pool, self.worker_id, discussion_id)
             return
         run.task = asyncio.current_task()
         self._runs[run.id] = run
@@ -249,13 +241,7 @@ class Orchestrator:
         await self._finish(run, status, verdict, error)
 
     async def _load(self, discussion_id: uuid.UUID) -> Run | None:
-        row = await self._pool.fetchrow(
-            "SELECT id, user_id, topic, panel, max_rounds, token_budget, tokens_used, status,"
-            " extract(epoch FROM created_at)::float8 AS created"
-            " FROM discussions WHERE id = $1 AND lease_owner = $2",
-            discussion_id,
-            self.worker_id,
-        )
+        row = await leases.leased_discussion(self._pool, discussion_id, self.worker_id)
         if row is None:
             return None
         run = Run(
@@ -268,10 +254,7 @@ class Orchestrator:
             tokens_used=row["tokens_used"],
             created_at=row["created"],
         )
-        messages = await self._pool.fetch(
-            "SELECT * FROM messages WHERE discussion_id = $1 ORDER BY turn_index",
-            discussion_id,
-        )
+        messages = await discussions.messages(self._pool, discussion_id)
         if messages:
             await self._announce_missing(run, messages)
         for m in messages:
@@ -293,7 +276,7 @@ class Orchestrator:
         }
         for m in messages:
             if m["turn_index"] not in announced:
-                await self._announce_message(run, dict(m))
+                await announce_message(self._events, run.id, dict(m))
 
     async def _run_turns(self, run: Run) -> dict[str, Any] | None:
         turn_index = 0
@@ -313,15 +296,8 @@ class Orchestrator:
             await self._check_may_continue(run)
             message = await self._turn(run, moderator_index, run.max_rounds, MODERATOR)
         else:
-            message = await self._message(run.id, moderator_index)
+            message = await discussions.message(self._pool, run.id, moderator_index)
         return _parse_verdict(message["content"]) if message["status"] == "completed" else None
-
-    async def _message(self, discussion_id: uuid.UUID, turn_index: int) -> dict[str, Any]:
-        row = await self._pool.fetchrow(
-            "SELECT * FROM messages WHERE discussion_id = $1 AND turn_index = $2", discussion_id, turn_index
-        )
-        assert row is not None, "callers only ask for stored turns"
-        return dict(row)
 
     async def _check_may_continue(self, run: Run) -> None:
         """Before each turn: raise _Stopped, _OutOfTime or _OverQuota if the discussion must end now."""
@@ -329,71 +305,24 @@ class Orchestrator:
             raise _OutOfTime
         # The status backs up the pub/sub stop signal, which a worker misses while loading the run. Any status but
         # running ends the run too: a run that outlived its release must not go on with a finished discussion.
-        status = await self._pool.fetchval("SELECT status FROM discussions WHERE id = $1", run.id)
-        if run.stop_requested or status != "running":
+        if run.stop_requested or await discussions.status(self._pool, run.id) != "running":
             raise _Stopped
         if (await quota.day_usage(self._pool, self._settings, run.user_id, quota.local_now())).reached:
             raise _OverQuota
 
-    def _prompt(self, run: Run, role: Role) -> list[dict[str, str]]:
-        # Append-only: each prompt is the previous one plus that turn's answer plus this cue, so the whole
-        # previous prompt is the upstream cache's prefix. Roles alternate (cue, answer, cue...), which models
-        # that reject successive same-role messages (deepseek-reasoner) require.
-        return [
-            {"role": "system", "content": system_prompt(run.topic, run.panel)},
-            *run.transcript,
-            {"role": "user", "content": speaker_cue(role)},
-        ]
-
     async def _turn(self, run: Run, turn_index: int, round_no: int, role: Role) -> dict[str, Any]:
-        base: dict[str, Any] = {"turn_index": turn_index, "role": role.key}
-
-        async def on_queued(position: int) -> None:
-            await self._events.append(run.id, "queued", position=position, **base)
-
-        content: list[str] = []
-        reasoning: list[str] = []
-        pending: list[tuple[str, str]] = []  # (event type, text) in arrival order; consecutive deltas of a type joined
-        last_flush = 0.0  # the first delta goes out at once: time to first token is what users feel
-        announced: asyncio.Task[int] | None = None  # agent_started, appended while the upstream request starts
-
-        async def flush() -> None:
-            nonlocal last_flush
-            if pending:
-                assert announced is not None  # deltas only arrive inside speak(), after it is created
-                await announced  # agent_started keeps the seq before the first token's
-                for kind, text in pending:
-                    await self._events.append(run.id, kind, text=text, **base)
-                pending.clear()
-            last_flush = time.monotonic()
-
-        async def on_delta(text: str, thought: str) -> None:
-            content.append(text)
-            reasoning.append(thought)
-            for kind, piece in (("reasoning", thought), ("token", text)):  # a model reasons before it answers
-                if not piece:
-                    continue  # never an empty event: a reasoning delta has no content and vice versa
-                if pending and pending[-1][0] == kind:
-                    pending[-1] = (kind, pending[-1][1] + piece)
-                else:
-                    pending.append((kind, piece))
-            if time.monotonic() - last_flush >= TOKEN_BATCH_SECONDS:
-                await flush()
-
+        stream = TurnEvents(self._events, run.id, turn_index, role.key)
         started = time.monotonic()
 
         async def speak() -> Usage:
             nonlocal started
-            nonlocal announced
-            async with self._slots.slot(on_queued):
-                # Not awaited before the upstream request: the Redis round trip would add to time to first token.
-                announced = asyncio.create_task(self._events.append(run.id, "agent_started", at=time.time(), **base))
+            async with self._slots.slot(stream.queued):
+                stream.started()
                 started = time.monotonic()
                 try:
-                    return await self._llm.stream_turn(self._prompt(run, role), on_delta, json_mode=role is MODERATOR)
+                    return await self._llm.stream_turn(_prompt(run, role), stream.delta, json_mode=role is MODERATOR)
                 finally:
-                    await announced  # before any later event of this turn; its failure fails the turn as before
-                    await flush()
+                    await stream.ended()
 
         usage = Usage()
         status, error = "completed", None
@@ -419,7 +348,7 @@ class Orchestrator:
             run.speaking = None
         AGENT_TURN_DURATION.labels(outcome=status).observe(time.monotonic() - started)
         # Stop and timeout only ever cancel speak(): persisting the (partial) message is never cut short.
-        message = await self._store(run, turn_index, round_no, role, status, content, reasoning, error, usage)
+        message = await self._store(run, turn_index, round_no, role, status, stream, error, usage)
         if role is not MODERATOR:
             run.count_agent_turn(message, category)
         if ending is not None:
@@ -433,67 +362,40 @@ class Orchestrator:
         round_no: int,
         role: Role,
         status: str,
-        content: list[str],
-        reasoning: list[str],
+        stream: TurnEvents,
         error: str | None,
         usage: Usage,
     ) -> dict[str, Any]:
         """Persist the message and its token usage, then announce it: persisted before announced."""
-        text = "".join(content)
-        async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "INSERT INTO messages (discussion_id, user_id, turn_index, round, role, status, content,"
-                " reasoning, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-                " ON CONFLICT (discussion_id, turn_index) DO NOTHING RETURNING *",
-                run.id,
-                run.user_id,
-                turn_index,
-                round_no,
-                role.key,
-                status,
-                text,
-                "".join(reasoning) or None,
-                error,
-            )
-            if row is None:  # another owner stored this turn already: keep the first, announce nothing
-                return await self._message(run.id, turn_index)
-            spent = usage.prompt_tokens + usage.completion_tokens
-            await conn.execute(
-                "INSERT INTO token_usage (user_id, discussion_id, prompt_tokens, completion_tokens,"
-                " cache_hit_tokens) VALUES ($1, $2, $3, $4, $5)",
-                run.user_id,
-                run.id,
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                usage.cache_hit_tokens,
-            )
-            await conn.execute("UPDATE discussions SET tokens_used = tokens_used + $2 WHERE id = $1", run.id, spent)
-        run.tokens_used += spent
+        text = "".join(stream.content)
+        turn = discussions.StoredTurn(
+            run.id,
+            run.user_id,
+            turn_index,
+            round_no,
+            role.key,
+            status,
+            text,
+            "".join(stream.reasoning) or None,
+            error,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cache_hit_tokens,
+        )
+        message = await discussions.store_turn(self._pool, turn)
+        if message is None:  # another owner stored this turn already: keep the first, announce nothing
+            return await discussions.message(self._pool, run.id, turn_index)
+        run.tokens_used += usage.prompt_tokens + usage.completion_tokens
         run.done_turns.add(turn_index)
         if status == "completed":
             run.transcript.extend(_turn_messages(role, text))
-        message = dict(row)
-        await self._announce_message(run, message)
+        await announce_message(self._events, run.id, message)
         return message
-
-    async def _announce_message(self, run: Run, message: dict[str, Any]) -> None:
-        kind = "message_completed" if message["status"] != "failed" else "agent_failed"
-        public = {k: message[k] for k in ("id", "turn_index", "round", "role", "status", "content", "error")}
-        await self._events.append(run.id, kind, message=public)
 
     async def _finish(self, run: Run, status: str, verdict: dict[str, Any] | None, error: str | None) -> None:
         if run.released:
             return  # its cancel was swallowed; the run that resumed the discussion finishes it
-        finished = await self._pool.fetchval(
-            "UPDATE discussions SET status = $3, verdict = $4, error = $5, finished_at = now(), lease_owner = NULL"
-            " WHERE id = $1 AND lease_owner = $2 RETURNING finished_at",
-            run.id,
-            self.worker_id,
-            status,
-            verdict,
-            error,
-        )
-        if finished is None:
+        if not await leases.finish(self._pool, run.id, self.worker_id, status, verdict, error):
             return  # the lease moved to another worker, which will finish the discussion
         DISCUSSION_DURATION.labels(status=status).observe(max(time.time() - run.created_at, 0))
         await self._events.append(run.id, FINISHED, status=status, verdict=verdict, error=error)
@@ -504,13 +406,7 @@ class Orchestrator:
         while True:
             await asyncio.sleep(lease / 3)
             try:
-                held = await self._pool.fetchval(
-                    "UPDATE discussions SET lease_expires_at = now() + make_interval(secs => $3)"
-                    " WHERE id = $1 AND lease_owner = $2 RETURNING true",
-                    run.id,
-                    self.worker_id,
-                    lease,
-                )
+                held = await leases.renew(self._pool, run.id, self.worker_id, lease)
             except DATABASE_ERRORS as exc:
                 log.warning("lease renewal for discussion %s failed: %s", run.id, exc)
                 continue
@@ -521,25 +417,19 @@ class Orchestrator:
 
     async def _reap_forever(self) -> None:
         """Claim discussions whose owner stopped renewing (crashed worker) and resume them here."""
+        lease = self._settings.discussion_lease_seconds
         while True:
-            await asyncio.sleep(self._settings.discussion_lease_seconds / 2)
+            await asyncio.sleep(lease / 2)
             try:
-                claimed = await self._pool.fetch(
-                    "UPDATE discussions SET lease_owner = $1,"
-                    " lease_expires_at = now() + make_interval(secs => $2)"
-                    " WHERE id IN (SELECT id FROM discussions WHERE status IN ('running', 'stopping')"
-                    " AND lease_expires_at < now() FOR UPDATE SKIP LOCKED LIMIT 10) RETURNING id",
-                    self.worker_id,
-                    self._settings.discussion_lease_seconds,
-                )
+                claimed = await leases.claim_expired(self._pool, self.worker_id, lease)
             except DATABASE_ERRORS as exc:
                 log.warning("reaper query failed: %s", exc)
                 continue
-            for row in claimed:
-                if row["id"] in self._runs or row["id"] in self._starting:
+            for discussion_id in claimed:
+                if discussion_id in self._runs or discussion_id in self._starting:
                     continue  # our own run outlived a renewal outage; the claim just renewed its lease
-                log.info("resuming discussion %s after its owner's lease expired", row["id"])
-                self.launch(row["id"])
+                log.info("resuming discussion %s after its owner's lease expired", discussion_id)
+                self.launch(discussion_id)
 
     async def _listen_stops(self) -> None:
         while True:
@@ -567,6 +457,17 @@ def _cancel_until_done(task: asyncio.Task[Any]) -> None:
     if not task.done():
         task.cancel()
         asyncio.get_running_loop().call_later(STOP_RECANCEL_SECONDS, _cancel_until_done, task)
+
+
+def _prompt(run: Run, role: Role) -> list[dict[str, str]]:
+    # Append-only: each prompt is the previous one plus that turn's answer plus this cue, so the whole
+    # previous prompt is the upstream cache's prefix. Roles alternate (cue, answer, cue...), which models
+    # that reject successive same-role messages (deepseek-reasoner) require.
+    return [
+        {"role": "system", "content": system_prompt(run.topic, run.panel)},
+        *run.transcript,
+        {"role": "user", "content": speaker_cue(role)},
+    ]
 
 
 def _role(key: str) -> Role:
