@@ -6,16 +6,19 @@ moment between two commits gives the first row and not the second."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
+from appliance import drill_schedule
 from appliance.backup import wal
 from appliance.remote import RemoteHost, open_host
 from appliance.shell import sh
-from tests.conftest import inv
+from tests.conftest import REPO, inv
 from tests.e2e.conftest import ARCHIVE_TIMEOUT, Rig
 from tests.e2e.test_backup import BASE, PROJECT, PSQL, exec_in, run, wipe
 
@@ -68,6 +71,40 @@ def test_restore_to_a_time_and_the_rpo_of_a_wiped_host(rig: Rig, host: RemoteHos
     assert sql(host, "SELECT pg_is_in_recovery()") == "f"
     sql(host, "INSERT INTO pitr_notes VALUES ('writable')")
     print(f"PITR e2e: {time.monotonic() - started:.0f}s")  # the CI-time figure the issue asks for
+
+
+def test_the_scheduled_drill_to_a_time_runs_headless_and_reaches_the_host(rig: Rig, host: RemoteHost) -> None:
+    """The command `inv restore.drill --schedule` installs, run as cron or a timer runs it (no terminal, no SSH
+    agent, stdin closed, a bare environment), with --to-time: the base backup and the archived WAL replay to
+    that moment in a throwaway server, and the host's metrics record the drill."""
+    base = inv("backup", "--reason", "drill-base", "--config", str(rig.config_file))
+    assert base.returncode == 0, base.stderr
+    drilled_backup = base.stdout.split()[1]
+    sql(host, "INSERT INTO pitr_notes VALUES ('C')")
+    time.sleep(1)
+    moment = datetime.now(SHANGHAI).isoformat(sep=" ", timespec="seconds")
+    time.sleep(1.5)
+    sql(host, "INSERT INTO pitr_notes VALUES ('D')")  # a commit after the moment, in a segment archive_timeout closes
+    time.sleep(ARCHIVE_TIMEOUT + 10)
+
+    job = drill_schedule.drill_job(rig.config, REPO)
+    done = subprocess.run(
+        ["setsid", *job.argv, "--to-time", moment], cwd=job.directory, stdin=subprocess.DEVNULL,
+        env={"HOME": str(Path.home()), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = done.stdout.strip().splitlines()[-1]
+    assert line.startswith(f"drill of {drilled_backup} passed"), line
+    assert f"replayed to {datetime.fromisoformat(moment).isoformat()}" in line, line
+    assert "marked verified" in line
+    verified = json.loads(rig.cos.get_bytes(f"backups/{PROJECT}/{drilled_backup}/verified.json"))
+    assert verified["to_time"] == datetime.fromisoformat(moment).isoformat()
+    metrics = run(host, f"cat {BASE}/shared/metrics/backup.prom")
+    assert "appliance_backup_drill_last_success 1" in metrics
+    taken = datetime.strptime(drilled_backup, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
+    assert f"appliance_backup_last_verified_timestamp_seconds {taken:.0f}\n" in metrics, metrics
+    assert run(host, f"docker ps -aq --filter name={PROJECT}-drill-").strip() == ""  # the throwaway servers are gone
 
 
 def archived_wal(rig: Rig) -> dict[str, set[str]]:
