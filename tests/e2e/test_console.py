@@ -1,6 +1,7 @@
 """The web console in headless Debian Chromium, through nginx's TLS on the deployed sandbox.
 
-Screenshots of the main screens go to build/artifacts/console/ (the path is printed).
+Screenshots go to build/artifacts/console/ (the path is printed): every screen and state as `STATE-LANGUAGE.png`
+(en-US and zh-CN), and a few more (a phone, Markdown, a failed discussion).
 """
 
 from __future__ import annotations
@@ -8,10 +9,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -147,11 +150,21 @@ def refresh_cookies(driver: WebDriver) -> list[dict[str, Any]]:
 
 
 def stored_discussion(site: Site, email: str, password: str, discussion: str) -> dict[str, Any]:
-    headers = site.log_in(email, password)
+    return stored_discussion_as(site, site.log_in(email, password), discussion)
+
+
+def stored_discussion_as(site: Site, headers: dict[str, str], discussion: str) -> dict[str, Any]:
     with site.client() as client:
         answer = client.get(f"/api/discussions/{discussion}", headers=headers)
     answer.raise_for_status()
     return dict(answer.json())
+
+
+def wait_until_completed(site: Site, headers: dict[str, str], discussion: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while (status := stored_discussion_as(site, headers, discussion)["status"]) != "completed":
+        assert status == "running" and time.monotonic() < deadline, f"discussion {discussion}: {status}"
+        time.sleep(0.5)
 
 
 def stored_messages(site: Site, email: str, password: str, discussion: str) -> list[dict[str, Any]]:
@@ -178,7 +191,6 @@ def test_a_user_watches_three_agents_stream_across_a_reload_reads_the_verdict_an
     email, password = f"c{secrets.token_hex(5)}@example.test", secrets.token_urlsafe(12)
     browser.get(site.origin + "/")
     wait_for(browser, visible("#login-form"))
-    browser.save_screenshot(SHOTS / "login.png")
     browser.find_element(By.ID, "auth-switch").click()
     fill(browser, "register-form", email, password)
     wait_for(browser, visible("#new-discussion"))
@@ -221,7 +233,6 @@ def test_a_user_watches_three_agents_stream_across_a_reload_reads_the_verdict_an
     # Reload while the second agent is in the middle of its speech.
     before = watch(lambda ts: any(t["turn"] == 1 and t["state"] == "streaming" and len(t["text"]) > 40 for t in ts), 60)
     assert browser.find_element(By.CSS_SELECTOR, "[data-agent=bear]").get_attribute("data-state") == "speaking"
-    browser.save_screenshot(SHOTS / "streaming.png")
     browser.refresh()
     after = watch(lambda ts: len(ts) >= 2, 20)
     for old in before:  # the text on screen before the reload is there again, from its start
@@ -230,7 +241,6 @@ def test_a_user_watches_three_agents_stream_across_a_reload_reads_the_verdict_an
     final = watch(lambda ts: len(ts) == 4 and all(t["state"] == "completed" for t in ts), 120)
     wait_for(browser, visible("#verdict"))
     assert browser.find_element(By.ID, "discussion-status").get_attribute("data-status") == "completed"
-    browser.save_screenshot(SHOTS / "finished.png")
 
     # Streamed live: the three agents were each seen part-way through their speech; the moderator's JSON, never.
     assert set(seen_streaming) >= {0, 1, 2}, seen_streaming
@@ -245,7 +255,6 @@ def test_a_user_watches_three_agents_stream_across_a_reload_reads_the_verdict_an
 
     browser.find_element(By.ID, "nav-discussions").click()
     wait_for(browser, visible(f"a[href='/d/{discussion}']"))
-    browser.save_screenshot(SHOTS / "discussions.png")
     browser.set_window_size(390, 844)  # a phone
     browser.get(f"{site.origin}/d/{discussion}")
     wait_for(browser, visible("#verdict"))
@@ -351,102 +360,10 @@ def test_a_discussion_in_which_every_agent_failed_says_why_in_chinese(site: Site
     assert shown.text == f"本次讨论失败：{error}"
     assert browser.find_element(By.CSS_SELECTOR, "[data-agent=moderator]").get_attribute("data-state") == "skipped"
     assert not browser.find_element(By.ID, "verdict").is_displayed()
-    browser.save_screenshot(SHOTS / "failed-discussion-zh.png")
+    browser.save_screenshot(SHOTS / "failed-discussion-zh-CN.png")
     browser.refresh()  # drawn from the stored discussion: the same reason
     wait_for(browser, visible("#discussion-error"))
     assert browser.find_element(By.ID, "discussion-error").text == f"本次讨论失败：{error}"
-
-
-def test_another_user_opening_a_discussion_url_sees_not_found_in_chinese(site: Site, open_browser: OpenBrowser) -> None:
-    owner = site.new_user()
-    topic = f"Private plans {secrets.token_hex(4)}"
-    discussion = site.create_discussion(owner, topic, ["bull", "bear", "risk"])
-    email, password = site.register()
-    browser = open_browser("zh-CN")
-    browser.get(f"{site.origin}/d/{discussion}")
-    wait_for(browser, visible("#login-form"))
-    assert browser.find_element(By.ID, "auth-submit").text == "登录"
-    fill(browser, "login-form", email, password)
-    wait_for(browser, visible("#not-found"))
-    assert "该讨论不存在" in browser.find_element(By.ID, "not-found").text
-    page = browser.find_element(By.TAG_NAME, "body").text
-    assert topic not in page
-    assert browser.execute_script("return document.querySelectorAll('.turn').length") == 0
-    browser.save_screenshot(SHOTS / "not-found-zh.png")
-
-
-def test_a_user_uploads_downloads_and_deletes_a_file(site: Site, open_browser: OpenBrowser, tmp_path: Path) -> None:
-    email, password = site.register()
-    upload = tmp_path / "notes.txt"
-    upload.write_text("quarterly notes\n")
-    browser = open_browser("en-US", tmp_path / "downloads")
-    log_in(browser, f"{site.origin}/files", email, password)
-    wait_for(browser, visible("#upload"))
-    browser.find_element(By.ID, "file-input").send_keys(str(upload))
-    browser.find_element(By.CSS_SELECTOR, "#upload button[type=submit]").click()
-    wait_for(browser, lambda d: "notes.txt" in d.find_element(By.ID, "files").text)
-    browser.save_screenshot(SHOTS / "files.png")
-    browser.find_element(By.XPATH, "//li[contains(., 'notes.txt')]//button[1]").click()
-    saved = tmp_path / "downloads" / "notes.txt"
-    wait_for(browser, lambda d: saved.exists() and saved.read_text() == "quarterly notes\n")
-    browser.find_element(By.XPATH, "//li[contains(., 'notes.txt')]//button[2]").click()
-    wait_for(browser, lambda d: "No files yet." in d.find_element(By.ID, "files").text)
-
-
-def test_a_failed_turn_is_shown_in_words_and_the_user_stops_the_discussion(
-    site: Site, open_browser: OpenBrowser
-) -> None:
-    email, password = site.register()
-    browser = open_browser("en-US")
-    log_in(browser, site.origin + "/", email, password)
-    wait_for(browser, visible("#new-discussion"))
-    # The stand-in LLM refuses the Bear Researcher's request outright (400: no retry).
-    # 600 words at 0.05 s: a 30 s turn, so the stop lands inside it even on a loaded machine.
-    topic = "Sell ACME? [[fake:delay=0.05,words=600,status=400,only=Bear]]"
-    browser.find_element(By.CSS_SELECTOR, "#new-discussion [name=topic]").send_keys(topic)
-    browser.find_element(By.ID, "start").click()
-
-    wait_for(browser, visible("[data-turn='1'][data-state=failed] .turn-error"), 60)
-    assert "could not finish its turn" in browser.find_element(By.CSS_SELECTOR, "[data-turn='1'] .turn-error").text
-    assert browser.find_element(By.CSS_SELECTOR, "[data-agent=bear]").get_attribute("data-state") == "failed"
-    wait_for(browser, visible("[data-turn='2'][data-state=streaming]"), 30)
-    browser.save_screenshot(SHOTS / "failed-turn.png")
-    # The stop request's answer ("stopping") is held back until the stream's discussion_finished is in: the
-    # order a loaded host produced in CI, where that late answer then overwrote the final status for good.
-    browser.execute_script(HOLD_BACK_STOP_ANSWER)
-    browser.find_element(By.ID, "stop").click()
-    wait_for(browser, visible("#discussion-status[data-status=stopped]"), 30)
-    wait_for(browser, lambda driver: driver.execute_script("return window.stopAnswered === true"), 30)
-    assert browser.find_element(By.ID, "discussion-status").get_attribute("data-status") == "stopped"
-    assert browser.find_element(By.CSS_SELECTOR, "[data-turn='2']").get_attribute("data-state") == "stopped"
-    assert browser.find_element(By.CSS_SELECTOR, "[data-agent=risk]").get_attribute("data-state") == "stopped"
-    assert browser.find_element(By.CSS_SELECTOR, "[data-agent=moderator]").get_attribute("data-state") == "skipped"
-    assert not browser.find_element(By.ID, "stop").is_displayed()
-    assert not browser.find_element(By.ID, "verdict").is_displayed()
-    browser.save_screenshot(SHOTS / "stopped.png")
-
-
-def test_a_discussion_waiting_for_an_agent_slot_shows_its_place_in_the_queue(
-    site: Site, deployed: Deployed, open_browser: OpenBrowser
-) -> None:
-    cap = load_config(deployed.sandbox.config_file).settings.service.agent_cap
-    blocker = site.new_user()
-    # Every agent slot held by someone else's slow single-agent discussion (~20 s each, stopped below).
-    busy = [site.create_discussion(blocker, "Hold? [[fake:delay=0.05,words=400]]", ["bull"]) for _ in range(cap)]
-    try:
-        email, password = site.register()
-        browser = open_browser("en-US")
-        log_in(browser, site.origin + "/", email, password)
-        wait_for(browser, visible("#new-discussion"))
-        browser.find_element(By.CSS_SELECTOR, "#new-discussion [name=topic]").send_keys("Buy ACME now?")
-        browser.find_element(By.ID, "start").click()
-        wait_for(browser, visible("[data-agent=bull][data-state=queued]"))
-        assert browser.find_element(By.CSS_SELECTOR, "[data-agent=bull]").text == "Bull Researcher queued, position 1"
-        browser.save_screenshot(SHOTS / "queued.png")
-    finally:
-        for discussion in busy:
-            site.stop_discussion(blocker, discussion)
-    wait_for(browser, visible("#discussion-status[data-status=completed]"), 60)  # a slot came free: it ran
 
 
 def test_the_page_reconnects_when_the_api_restarts_and_the_text_goes_on(
@@ -488,9 +405,253 @@ def test_a_user_deletes_their_account_in_chinese_and_can_no_longer_log_in(
     browser.find_element(By.CSS_SELECTOR, "#account [name=password]").send_keys("not-the-password")
     browser.find_element(By.ID, "delete-account").click()
     wait_for(browser, lambda d: "不允许" in d.find_element(By.ID, "banner").text)  # a wrong password deletes nothing
+    assert_banner_within_the_cards(browser)  # over the narrow account card, as narrow
     field = browser.find_element(By.CSS_SELECTOR, "#account [name=password]")
     field.clear()
     field.send_keys(password)
     browser.find_element(By.ID, "delete-account").click()
     wait_for(browser, lambda d: "已删除" in d.find_element(By.ID, "banner").text and visible("#login-form")(d))
     assert site.attempt_login(email, password).status_code == 401
+
+
+# What holds the user's, the API's or the model's words rather than the console's: left out of the language check.
+DATA = (
+    ".topic, #discussions a, .turn-text, .turn-reason, .reasoning-text, .summary, .files :is(.name, .meta), .chosen,"
+    " time"
+)
+# Every text node on screen outside DATA, trimmed: what the console itself says.
+LABELS = """const data = arguments[0], shown = [];
+const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+for (let node = walk.nextNode(); node; node = walk.nextNode()) {
+  const range = document.createRange();
+  range.selectNodeContents(node);
+  const text = node.data.trim();
+  if (text && !node.parentElement.closest(data) && range.getClientRects().length) shown.push(text);
+}
+return shown;"""
+# i18n.js's tables, from the module the page loaded (under its hashed name), and the language the page chose.
+LOAD_TEXT = """const done = arguments[arguments.length - 1];
+const url = performance.getEntriesByType("resource").map((e) => e.name)
+  .find((name) => /\\/assets\\/i18n\\.\\w+\\.js$/.test(name));
+import(url).then((m) => done({ lang: m.lang, text: m.TEXT }), (error) => done({ error: String(error) }));"""
+# A node's vertical centre: of its text (a Range), not of its box, which flex may stretch around the text.
+TEXT_MIDDLE = """const range = document.createRange();
+range.selectNodeContents(arguments[0]);
+const box = range.getBoundingClientRect();
+return (box.top + box.bottom) / 2;"""
+# Where the empty list's hint may say the new-discussion form is, by language.
+ABOVE, BELOW = {"en": "above", "zh": "上方"}, {"en": "below", "zh": "下方"}
+
+
+@dataclass(frozen=True)
+class Words:
+    """The console's words in the page's language, as service/web/i18n.js holds them (never English as a fallback)."""
+
+    lang: str
+    table: dict[str, str]
+    roles: dict[str, str]  # role key -> the name the console shows for it
+
+    def __call__(self, key: str, **values: object) -> str:
+        return re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]), self.table[key])
+
+    def said(self, text: str) -> bool:
+        """Whether `text` (a text node) is one of these words, placeholders filled, or has no letters at all."""
+        if not re.search(r"[^\W\d_]", text):
+            return True
+        for template in [*self.table.values(), *self.roles.values()]:
+            pattern = "(.+?)".join(re.escape(part) for part in re.split(r"\{\w+\}", template))
+            if re.fullmatch(rf"\W*{pattern}\W*", text):  # "← " before a link, "…" after
+                return True
+        return False
+
+
+def console_words(browser: WebDriver, site: Site, language: str) -> Words:
+    loaded = browser.execute_async_script(LOAD_TEXT)
+    assert "error" not in loaded, loaded
+    tables: dict[str, dict[str, str]] = loaded["text"]
+    lang = loaded["lang"]
+    assert lang == language.split("-")[0], loaded["lang"]
+    assert set(tables["en"]) - set(tables[lang]) == set(), f"i18n.js: {lang} lacks these, so they show in English"
+    with site.client() as client:
+        roles = {r["key"]: r["name"] for r in client.get("/api/roles").raise_for_status().json()}
+    if lang != "en":  # English takes the API's names; every other language must name each role itself
+        assert {f"role.{key}" for key in roles} <= set(tables[lang]), roles
+    table = tables[lang]
+    named = {key.removeprefix("role."): name for key, name in table.items() if key.startswith("role.")}
+    return Words(lang, table, named | {key: table.get(f"role.{key}", name) for key, name in roles.items()})
+
+
+def shows(browser: WebDriver, words: Words, state: str, language: str) -> None:
+    """The screen speaks only the page's language, in the console's own words; its screenshot is kept."""
+    assert browser.execute_script("return document.documentElement.lang").split("-")[0] == words.lang
+    assert (browser.title, browser.find_element(By.ID, "brand").text) == (words("brand"), words("brand"))
+    strangers = [text for text in browser.execute_script(LABELS, DATA) if not words.said(text)]
+    assert strangers == [], f"{state}: not from i18n.js's {words.lang} table: {strangers}"
+    browser.save_screenshot(SHOTS / f"{state}-{language}.png")
+
+
+def box(browser: WebDriver, css: str) -> dict[str, float]:
+    return dict(browser.execute_script("return arguments[0].getBoundingClientRect().toJSON()", find(browser, css)))
+
+
+def find(browser: WebDriver, css: str) -> Any:
+    return browser.find_element(By.CSS_SELECTOR, css)
+
+
+def assert_banner_within_the_cards(browser: WebDriver) -> None:
+    """The banner is no wider than the cards under it and lines up with them."""
+    banner = box(browser, "#banner")
+    cards = [
+        dict(c)
+        for c in browser.execute_script(
+            "return [...document.querySelectorAll('#view .card')].map(c => c.getBoundingClientRect().toJSON())"
+        )
+    ]
+    left, right = min(c["left"] for c in cards), max(c["right"] for c in cards)
+    assert left - 0.5 <= banner["left"] and banner["right"] <= right + 0.5, (banner, cards)
+
+
+def chip(browser: WebDriver, agent: str) -> str:
+    return str(find(browser, f"[data-agent={agent}]").text)
+
+
+@pytest.mark.parametrize("language", ["en-US", "zh-CN"])
+def test_every_screen_and_state_speaks_the_browser_s_language(
+    site: Site, deployed: Deployed, open_browser: OpenBrowser, tmp_path: Path, language: str
+) -> None:
+    """Login, not found, new discussion, files, queued, streaming, failed turn, stopped, list, finished: each in the
+    console's words of one language, laid out right, with a screenshot."""
+    cap = load_config(deployed.sandbox.config_file).settings.service.agent_cap
+    other = site.new_user()
+    private_topic = f"Private plans {secrets.token_hex(4)}"
+    private = site.create_discussion(other, private_topic, ["bull"])
+    email, password = site.register()
+    browser = open_browser(language, tmp_path / "downloads")
+
+    # Another user's discussion URL: the login form, then not found, none of its data.
+    browser.get(f"{site.origin}/d/{private}")
+    wait_for(browser, visible("#login-form"))
+    words = console_words(browser, site, language)
+    assert (find(browser, "#login-form h1").text, find(browser, "#auth-submit").text) == (words("auth.login"),) * 2
+    assert find(browser, "#auth-switch").text == words("auth.toRegister")
+    shows(browser, words, "login", language)
+    fill(browser, "login-form", email, password)
+    wait_for(browser, visible("#not-found"))
+    assert find(browser, "#not-found h1").text == words("d.notFound")
+    assert private_topic not in browser.find_element(By.TAG_NAME, "body").text
+    assert browser.find_elements(By.CSS_SELECTOR, ".turn") == []
+    shows(browser, words, "not-found", language)
+
+    # New discussion, over an empty list whose hint says where the form is.
+    find(browser, "#view a[href='/']").click()
+    wait_for(browser, visible("#new-discussion"))
+    hint = find(browser, "#discussions li.muted")
+    assert hint.text == words("list.empty")
+    form, hinted = box(browser, "#new-discussion"), box(browser, "#discussions li.muted")
+    assert (ABOVE[words.lang] in hint.text, BELOW[words.lang] in hint.text) == (
+        form["bottom"] <= hinted["top"],
+        form["top"] >= hinted["bottom"],
+    ), (hint.text, form, hinted)
+    assert (find(browser, "#new-discussion h2").text, find(browser, "#start").text) == (
+        words("new.title"),
+        words("new.start"),
+    )
+    assert find(browser, "#new-discussion legend").text == words("new.panel")
+    shows(browser, words, "new-discussion", language)
+    headers = site.log_in(email, password)
+    finished = site.create_discussion(headers, f"Hold ACME? {secrets.token_hex(4)}", ["bull", "bear"])  # ~2 s
+
+    # Files: the upload's banner as wide as the cards, a row's buttons level with its text.
+    upload = tmp_path / "notes.txt"
+    upload.write_text("quarterly notes\n")
+    find(browser, "#nav-files").click()
+    wait_for(browser, visible("#upload"))
+    assert (find(browser, ".picker .button").text, find(browser, "#file-chosen").text) == (
+        words("files.choose"),
+        words("files.none"),
+    )
+    find(browser, "#file-input").send_keys(str(upload))
+    assert find(browser, "#file-chosen").text == "notes.txt"
+    find(browser, "#upload button[type=submit]").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "banner").text == words("files.uploaded", name="notes.txt"))
+    assert_banner_within_the_cards(browser)
+    row = "#files li[data-file]"
+    download, delete = browser.find_elements(By.CSS_SELECTOR, f"{row} button")
+    assert (download.text, delete.text) == (words("files.download"), words("files.delete"))
+    middle = browser.execute_script(TEXT_MIDDLE, find(browser, f"{row} .name"))
+    for button in (download, delete):
+        assert abs(browser.execute_script(TEXT_MIDDLE, button) - middle) <= 1, (button.text, middle)
+    assert find(browser, "#file-chosen").text == words("files.none")
+    shows(browser, words, "files", language)
+    download.click()
+    saved = tmp_path / "downloads" / "notes.txt"
+    wait_for(browser, lambda d: saved.exists() and saved.read_text() == "quarterly notes\n")
+    delete.click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "files").text == words("files.empty"))
+
+    # Queued behind every agent slot, then streaming beside a failed turn, then stopped.
+    wait_until_completed(site, other, private)  # neither may hold an agent slot below
+    wait_until_completed(site, headers, finished)
+    busy = [site.create_discussion(other, "Hold? [[fake:delay=0.05,words=400]]", ["bull"]) for _ in range(cap)]
+    try:
+        find(browser, "#nav-discussions").click()
+        wait_for(browser, visible("#new-discussion"))
+        find(browser, "[name=panel][value=bull]").click()  # the panel: bear, risk
+        # The stand-in refuses Bear outright (400: no retry); Risk's turn lasts 30 s, so the stop lands inside it.
+        topic = "Sell ACME? [[fake:delay=0.05,words=600,status=400,only=Bear]]"
+        find(browser, "#new-discussion [name=topic]").send_keys(topic)
+        find(browser, "#start").click()
+        wait_for(browser, visible("[data-agent=bear][data-state=queued]"))
+        queued = chip(browser, "bear")
+        assert queued == f"{words.roles['bear']} {words('agent.queued', position=1)}", queued
+        assert chip(browser, "risk") == f"{words.roles['risk']} {words('agent.waiting')}"
+        assert find(browser, "#discussion-status").text == words("status.running")
+        shows(browser, words, "queued", language)
+    finally:
+        for discussion in busy:
+            site.stop_discussion(other, discussion)
+    wait_for(browser, visible("[data-turn='0'][data-state=failed] .turn-error"), 60)
+    wait_for(
+        browser,
+        lambda d: len(d.find_element(By.CSS_SELECTOR, "[data-turn='1'][data-state=streaming] .turn-text").text) > 40,
+        30,
+    )
+    assert find(browser, "[data-turn='0'] .turn-error").text == words("turn.failed")
+    assert find(browser, "[data-turn='0'] details summary").text == words("turn.why")
+    assert chip(browser, "bear") == f"{words.roles['bear']} {words('agent.failed')}"
+    assert chip(browser, "risk") == f"{words.roles['risk']} {words('agent.speaking')}"
+    assert (find(browser, "#conn").text, find(browser, "#stop").text) == (words("conn.live"), words("d.stop"))
+    shows(browser, words, "streaming", language)
+    shows(browser, words, "failed-turn", language)
+    # The stop request's answer ("stopping") is held back until the stream's discussion_finished is in: the
+    # order a loaded host produced in CI, where that late answer then overwrote the final status for good.
+    browser.execute_script(HOLD_BACK_STOP_ANSWER)
+    find(browser, "#stop").click()
+    wait_for(browser, visible("#discussion-status[data-status=stopped]"), 30)
+    wait_for(browser, lambda d: d.execute_script("return window.stopAnswered === true"), 30)
+    assert find(browser, "#discussion-status").text == words("status.stopped")
+    assert find(browser, "[data-turn='1']").get_attribute("data-state") == "stopped"
+    assert chip(browser, "risk") == f"{words.roles['risk']} {words('agent.stopped')}"
+    assert chip(browser, "moderator") == f"{words.roles['moderator']} {words('agent.skipped')}"
+    assert not find(browser, "#stop").is_displayed() and not find(browser, "#verdict").is_displayed()
+    shows(browser, words, "stopped", language)
+
+    # The list, then the finished discussion with its verdict.
+    find(browser, "#nav-discussions").click()
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#discussions a")) == 2)
+    assert find(browser, "#view section.card h2").text == words("list.title")
+    badges = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#discussions .badge")]
+    assert badges == [words("status.stopped"), words("status.completed")]  # newest first
+    shows(browser, words, "list", language)
+    find(browser, f"#discussions a[href='/d/{finished}']").click()
+    wait_for(browser, visible("#verdict"))
+    verdict = json.loads(stored_discussion_as(site, headers, finished)["messages"][-1]["content"])
+    assert find(browser, "#verdict h2").text == words("d.verdict")
+    assert find(browser, "#verdict .badge").text == words(f"stance.{verdict['stance']}")
+    confidence = f"{round(verdict['confidence'] * 100)}%"
+    assert words("d.confidence", value=confidence) in find(browser, "#verdict").text
+    assert find(browser, "#discussion-status").text == words("status.completed")
+    assert [chip(browser, a) for a in ("bull", "bear")] == [
+        f"{words.roles[a]} {words('agent.done')}" for a in ("bull", "bear")
+    ]
+    shows(browser, words, "finished", language)
