@@ -238,8 +238,10 @@ def test_a_user_watches_three_agents_stream_across_a_reload_reads_the_verdict_an
     for old in before:  # the text on screen before the reload is there again, from its start
         assert next(t for t in after if t["turn"] == old["turn"])["text"].startswith(old["text"]), (old, after)
     assert after[1]["state"] == "streaming"  # and the speech goes on live after the reload
-    final = watch(lambda ts: len(ts) == 4 and all(t["state"] == "completed" for t in ts), 120)
+    watch(lambda ts: len(ts) == 4 and all(t["state"] == "completed" for t in ts), 120)
+    # The verdict comes with discussion_finished, after the moderator's message_completed: the screen is final then.
     wait_for(browser, visible("#verdict"))
+    final = browser.execute_script(TURNS)
     assert browser.find_element(By.ID, "discussion-status").get_attribute("data-status") == "completed"
 
     # Streamed live: the three agents were each seen part-way through their speech; the moderator's JSON, never.
