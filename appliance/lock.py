@@ -37,6 +37,14 @@ def release_lock(settings: Settings) -> str:
     return f"rm -rf {sh(lock_dir(settings))}"
 
 
+def taken_before_boot(settings: Settings) -> str:
+    """Succeeds when the lock was taken before the host last started: its holder's SSH session died with the
+    boot, so no deploy holds it. Both times are the host's own clock (PID 1's age marks the boot; in a
+    container, the container's start)."""
+    boot = "$(( $(date +%s) - $(ps -o etimes= -p 1) ))"
+    return f'[ "$(stat -c %Y {sh(lock_dir(settings))})" -lt "{boot}" ]'
+
+
 def lock_holder(holder_text: str, now: float) -> tuple[str, int] | None:
     """('alice@laptop (deploy v9)', age in seconds) from the lock's holder.json, None when unreadable."""
     try:
@@ -46,12 +54,17 @@ def lock_holder(holder_text: str, now: float) -> tuple[str, int] | None:
         return None
 
 
-def lock_holder_message(holder_text: str, now: float) -> str:
+def lock_holder_message(holder_text: str, now: float, before_boot: bool = False) -> str:
     """One line naming who holds the deploy lock, for what, and for how long (and whether it looks stale)."""
     holder = lock_holder(holder_text, now)
     if holder is None:
         return "deploy lock held (holder unreadable): if no deploy runs, break it with `inv lock.break`"
     who, age = holder
+    if before_boot:
+        return (
+            f"deploy lock held by {who} for {age}s: it looks stale, it was taken before the host last booted "
+            "and no deploy survives that; `inv lock.break`"
+        )
     if age > STALE_AFTER_SECONDS:
         return f"deploy lock held by {who} for {age}s: it looks stale; if that deploy is gone, `inv lock.break`"
     return f"deploy lock held by {who} for {age}s (or wait for it with --wait)"

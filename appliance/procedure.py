@@ -14,7 +14,15 @@ from collections.abc import Mapping
 from appliance import notify, release_commands
 from appliance.config import Config, Settings
 from appliance.errors import StepFailed
-from appliance.lock import acquire_lock, audit_entry, audit_line, holder_file, lock_holder, lock_holder_message
+from appliance.lock import (
+    acquire_lock,
+    audit_entry,
+    audit_line,
+    holder_file,
+    lock_holder,
+    lock_holder_message,
+    taken_before_boot,
+)
 from appliance.lock import release_lock as unlock
 from appliance.releases import Release
 from appliance.remote import RemoteHost, open_host
@@ -44,7 +52,9 @@ def take_lock(remote: RemoteHost, settings: Settings, holder: Mapping[str, objec
     """The deploy lock, or one line naming its holder; with `wait`, poll until it is free (up to 30 min)."""
     deadline = time.monotonic() + (LOCK_WAIT_SECONDS if wait else 0)
     while remote.run(acquire_lock(settings, holder)).exit_code != 0:
-        held = lock_holder_message(remote.run(f"cat {sh(holder_file(settings))}").stdout, time.time())
+        holder = remote.run(f"cat {sh(holder_file(settings))}").stdout
+        before_boot = remote.run(taken_before_boot(settings)).exit_code == 0
+        held = lock_holder_message(holder, time.time(), before_boot)
         if time.monotonic() >= deadline:
             raise StepFailed(f"{settings.hosts[0].target}: {held}")
         time.sleep(2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -15,10 +16,11 @@ from appliance.config import Config, load_config
 from appliance.deploy import build_pending, deploy, prepare_steps, switch_steps
 from appliance.errors import ConfigError
 from appliance.images import ImagesOnHost, LocalImage
-from appliance.lock import acquire_lock, lock_holder_message
+from appliance.lock import acquire_lock, lock_holder_message, taken_before_boot
 from appliance.registry import ImagePulled, RegistryLogin
 from appliance.release_commands import publish_web, release_stack, switch_traffic, wait_healthy
 from appliance.releases import PruneReleases, Release, manifest, releases_to_prune, rollback_target
+from appliance.shell import sh
 from appliance.steps import Fact, Run, Stream
 from appliance.views import release_rows, releases_table
 from tests.conftest import REPO
@@ -38,6 +40,21 @@ def test_lock_holder_is_named_with_its_age() -> None:
     assert "holder unreadable" in lock_holder_message("garbage", 0)
     stale = lock_holder_message(json.dumps(holder), 1000 + 2 * 3600)
     assert stale.endswith("for 7200s: it looks stale; if that deploy is gone, `inv lock.break`")
+    rebooted = lock_holder_message(json.dumps(holder), 1040, before_boot=True)
+    assert rebooted == (
+        "deploy lock held by alice@laptop (rollback v7) for 40s: it looks stale, it was taken before the host last "
+        "booted and no deploy survives that; `inv lock.break`"
+    )
+
+
+def test_a_lock_is_stale_when_taken_before_the_host_booted(config: Config, tmp_path: Path) -> None:
+    """The boot test, run by a real shell here: this machine's PID 1 started before a folder made now, not after."""
+    lock = tmp_path / "deploy.lock"
+    lock.mkdir()
+    command = taken_before_boot(config.settings).replace(sh(config.settings.paths.deploy_lock), sh(str(lock)))
+    assert subprocess.run(["sh", "-c", command]).returncode == 1  # made after the boot: a live lock
+    os.utime(lock, (1, 1))  # 1970: before any boot
+    assert subprocess.run(["sh", "-c", command]).returncode == 0
 
 
 def test_lock_is_a_mkdir(config: Config) -> None:

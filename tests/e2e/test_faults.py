@@ -406,15 +406,6 @@ def test_reboot_mid_deploy_serves_one_consistent_release(faults: Faults) -> None
         assert_stack_runs_release(after, version)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a deploy lock left by a reboot is named as an ordinary held lock ('for 40s (or wait for it with --wait)'): "
-        "appliance/lock.py calls a lock stale only after STALE_AFTER_SECONDS (1 h) and deploy.py's _take_lock never "
-        "compares the holder's `since` with the host's boot time; no deploy survives a reboot, so a lock older "
-        "than the boot is stale at once"
-    ),
-)
 def test_the_lock_left_by_the_reboot_is_named_stale(faults: Faults, host: RemoteHost) -> None:
     assert host.run(f"test -d {BASE}/shared/deploy.lock").exit_code == 0, "the reboot test left no lock behind"
     try:
