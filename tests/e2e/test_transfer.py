@@ -164,6 +164,9 @@ def test_a_push_cut_by_a_killed_ssh_connection_resumes_without_what_arrived(
                 break  # the small layer arrived; the big one, pushed beside it, is on its way
             assert time.monotonic() < deadline and deploying.poll() is None, "the small layer never arrived"
             time.sleep(0.3)
+        # The registry stores a blob before its answer reaches dockerd, which notes the layer as pushed only then
+        # (a cut in between sends it again: seen here); the big layer needs 15 s more at 16 Mbit/s.
+        time.sleep(2)
         sockets = remote.run("ss -Htnp state established '( dport = :5000 )'").stdout
         pids = set(re.findall(r'"sshd",pid=(\d+)', sockets))
         assert pids, sockets
