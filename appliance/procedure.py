@@ -52,9 +52,9 @@ def take_lock(remote: RemoteHost, settings: Settings, holder: Mapping[str, objec
     """The deploy lock, or one line naming its holder; with `wait`, poll until it is free (up to 30 min)."""
     deadline = time.monotonic() + (LOCK_WAIT_SECONDS if wait else 0)
     while remote.run(acquire_lock(settings, holder)).exit_code != 0:
-        holder = remote.run(f"cat {sh(holder_file(settings))}").stdout
+        holder_text = remote.run(f"cat {sh(holder_file(settings))}").stdout
         before_boot = remote.run(taken_before_boot(settings)).exit_code == 0
-        held = lock_holder_message(holder, time.time(), before_boot)
+        held = lock_holder_message(holder_text, time.time(), before_boot)
         if time.monotonic() >= deadline:
             raise StepFailed(f"{settings.hosts[0].target}: {held}")
         time.sleep(2)
