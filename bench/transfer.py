@@ -106,8 +106,8 @@ def measure(transport: str, rate: str, root: Path) -> dict[str, tuple[float, flo
         box = sandboxes.up(spec, log=lambda line: None)
         config = box.config_file
         text = config.read_text()
-        config.write_text(text.replace("[images]\n", f'[images]\ntransport = "{transport}"\n', 1))
-        assert config.read_text() != text, "the sandbox config has no [images] table"
+        config.write_text(text.replace('transport = "archive"\n', f'transport = "{transport}"\n', 1))
+        assert f'transport = "{transport}"' in config.read_text(), "the sandbox config names no transport"
         run([sys.executable, "-m", "invoke", "bootstrap", "--config", str(config)])
         throttle(name, rate)
         trees = {"d": REPO, "a": REPO, "b": bundle_copy(root / name, "b"), "c": bundle_copy(root / name, "c")}

@@ -78,9 +78,9 @@ def registry(deployed: Deployed, tmp_path_factory: pytest.TempPathFactory) -> It
     (Path(trust) / "ca.crt").write_text(ca)
     with open_host(config) as host:
         host.run(f"install -d {sh(trust)} && printf %s {sh(ca)} > {sh(trust + '/ca.crt')}")
-    transport = f'[images]\ntransport = "registry"\nregistry = "{address}/cvm"\nregistry_user = "{USER}"\n'
+    transport = f'transport = "registry"\nregistry = "{address}/cvm"\nregistry_user = "{USER}"\n'
     variant = folder / "registry.toml"
-    variant.write_text(deployed.sandbox.config_file.read_text().replace("[images]\n", transport, 1))
+    variant.write_text(deployed.sandbox.config_file.read_text().replace('transport = "archive"\n', transport, 1))
     try:
         deadline = time.monotonic() + 20
         while socket.socket().connect_ex((gateway, int(address.rsplit(":", 1)[1]))) != 0:
