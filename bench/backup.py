@@ -80,15 +80,19 @@ def main() -> None:
                   lambda: dump.restore_postgres(target, opened, clean=False))  # fmt: skip
     fake.stop()
     print(f"database: {db_size / MB:.0f} MB on disk (generated in {generated:.0f}s); dump {plain_size(rows)} MB\n")
+    backup = ("backup total (dump + encrypt + upload)", ("pg_dump", "age encrypt", "upload"))
+    restore = ("restore total (download + decrypt + restore)", ("download", "age decrypt", "pg_restore"))
+    print_steps(rows, db_size, backup, restore)
+
+
+def print_steps(rows: list[tuple[str, float, int]], db_size: int, *totals: tuple[str, tuple[str, ...]]) -> None:
+    """The steps as a Markdown table, then each total: (its label, the steps it sums, by their names' start)."""
     print("| step | seconds | MB | MB/s |\n|---|---|---|---|")
     for what, seconds, size in rows:
         print(f"| {what} | {seconds:.1f} | {size / MB:.0f} | {size / MB / seconds:.0f} |")
-    backup = sum(s for w, s, _ in rows if w.startswith(("pg_dump", "age encrypt", "upload")))
-    restore = sum(s for w, s, _ in rows if w.startswith(("download", "age decrypt", "pg_restore")))
-    print(f"| backup total (dump + encrypt + upload) | {backup:.1f} | {db_size / MB:.0f} (database) | "
-          f"{db_size / MB / backup:.0f} |")  # fmt: skip
-    print(f"| restore total (download + decrypt + restore) | {restore:.1f} | {db_size / MB:.0f} (database) | "
-          f"{db_size / MB / restore:.0f} |")  # fmt: skip
+    for label, steps in totals:
+        total = sum(s for w, s, _ in rows if w.startswith(steps))
+        print(f"| {label} | {total:.1f} | {db_size / MB:.0f} (database) | {db_size / MB / total:.0f} |")
 
 
 def plain_size(rows: list[tuple[str, float, int]]) -> str:

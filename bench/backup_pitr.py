@@ -28,7 +28,7 @@ import docker
 from appliance import sandbox
 from appliance.backup import crypt, dump, wal
 from appliance.backup.cos import MB, CosStore, CosTarget
-from bench.backup import timed
+from bench.backup import print_steps, timed
 from tests.appliance.test_backup_pitr import postgres_service
 from tests.conftest import free_port
 from tests.cosfake import FakeCos
@@ -156,15 +156,9 @@ def main() -> None:
           f"{', '.join(f'{r[1]:.0f}' for r in rounds)} |")  # fmt: skip
     print(f"\non/off per pair: {', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}\n")
     print(f"database: {db_size / MB:.0f} MB (pgbench -i -s {args.scale}, {generated:.0f}s)\n")
-    print("| step | seconds | MB | MB/s |\n|---|---|---|---|")
-    for what, seconds, size in rows:
-        print(f"| {what} | {seconds:.1f} | {size / MB:.0f} | {size / MB / seconds:.0f} |")
-    backup = sum(s for w, s, _ in rows if w.startswith(("pg_basebackup", "age encrypt", "upload")))
-    restore = sum(s for w, s, _ in rows if w.startswith(("download", "age decrypt", "recovery")))
-    print(f"| base backup total (backup + encrypt + upload) | {backup:.1f} | {db_size / MB:.0f} (database) | "
-          f"{db_size / MB / backup:.0f} |")  # fmt: skip
-    print(f"| restore total (download + decrypt + recovery) | {restore:.1f} | {db_size / MB:.0f} (database) | "
-          f"{db_size / MB / restore:.0f} |")  # fmt: skip
+    backup = ("base backup total (backup + encrypt + upload)", ("pg_basebackup", "age encrypt", "upload"))
+    restore = ("restore total (download + decrypt + recovery)", ("download", "age decrypt", "recovery"))
+    print_steps(rows, db_size, backup, restore)
 
 
 if __name__ == "__main__":
