@@ -38,18 +38,24 @@ def timed(what: str, rows: list[tuple[str, float, int]], size: Callable[[], int]
     rows.append((what, time.monotonic() - started, size()))
 
 
+def bench_cos(bucket: str) -> tuple[str, str, FakeCos, CosStore]:
+    """A fresh age identity (its text and recipient) and a started local COS with `bucket`."""
+    key = subprocess.run(["age-keygen"], capture_output=True, text=True, check=True).stdout
+    recipient = next(line.split(": ")[1] for line in key.splitlines() if line.startswith("# public key: "))
+    fake = FakeCos("127.0.0.1", free_port(), "bench", "bench-key")
+    fake.create_bucket(bucket)
+    fake.start()
+    cos = CosStore(CosTarget(bucket, "ap-shanghai", "bench", "bench-key", f"http://127.0.0.1:{fake.port}", 16 * MB))
+    return key, recipient, fake, cos
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mb", type=int, default=1024, help="size of the generated table (MB)")
     args = parser.parse_args()
     client = docker.from_env()
     image = sandbox.standin_image(client, "postgres")
-    key = subprocess.run(["age-keygen"], capture_output=True, text=True, check=True).stdout
-    recipient = next(line.split(": ")[1] for line in key.splitlines() if line.startswith("# public key: "))
-    fake = FakeCos("127.0.0.1", free_port(), "bench", "bench-key")
-    fake.create_bucket(BUCKET)
-    fake.start()
-    cos = CosStore(CosTarget(BUCKET, "ap-shanghai", "bench", "bench-key", f"http://127.0.0.1:{fake.port}", 16 * MB))
+    key, recipient, fake, cos = bench_cos(BUCKET)
     rows: list[tuple[str, float, int]] = []
     with tempfile.TemporaryDirectory(prefix="bench-backup-", dir="/var/tmp") as scratch:
         work = Path(scratch)

@@ -27,11 +27,9 @@ import docker
 
 from appliance import sandbox
 from appliance.backup import crypt, dump, wal
-from appliance.backup.cos import MB, CosStore, CosTarget
-from bench.backup import print_steps, timed
+from appliance.backup.cos import MB
+from bench.backup import bench_cos, print_steps, timed
 from tests.appliance.test_backup_pitr import postgres_service
-from tests.conftest import free_port
-from tests.cosfake import FakeCos
 
 BUCKET = "bench-pitr-1250000000"
 NAME = "bench-pitr"
@@ -89,12 +87,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="off/on pairs")
     args = parser.parse_args()
     image = sandbox.standin_image(docker.from_env(), "postgres")
-    key = subprocess.run(["age-keygen"], capture_output=True, text=True, check=True).stdout
-    recipient = next(line.split(": ")[1] for line in key.splitlines() if line.startswith("# public key: "))
-    fake = FakeCos("127.0.0.1", free_port(), "bench", "bench-key")
-    fake.create_bucket(BUCKET)
-    fake.start()
-    cos = CosStore(CosTarget(BUCKET, "ap-shanghai", "bench", "bench-key", f"http://127.0.0.1:{fake.port}", 16 * MB))
+    key, recipient, fake, cos = bench_cos(BUCKET)
     volume = f"{NAME}-data"
     with tempfile.TemporaryDirectory(prefix="bench-pitr-", dir="/var/tmp") as scratch:
         work = Path(scratch)

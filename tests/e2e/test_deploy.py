@@ -22,7 +22,7 @@ import pytest
 from appliance.config import load_config
 from appliance.remote import RemoteHost
 from tests.conftest import REPO, Bootstrapped, Deployed, inv
-from tests.e2e.traffic import Followed, Site, events, follow_discussion, steady_load
+from tests.e2e.traffic import Followed, Site, follow_discussion, steady_load
 
 pytestmark = pytest.mark.e2e
 
@@ -87,12 +87,7 @@ def served_version(bootstrapped: Bootstrapped, host: RemoteHost) -> object:
 def test_websocket_through_nginx_streams_a_discussion(first_release: str, site: Site) -> None:
     user = site.new_user()
     discussion = site.create_discussion(user, "Buy ACME? [[fake:delay=0.01,words=8]]", ["bull", "bear", "risk"])
-    with site.websocket(user, discussion) as ws:
-        seen = []
-        for event in events(ws, timeout=60):
-            seen.append(event)
-            if event["type"] == "discussion_finished":
-                break
+    seen = site.read_to_end(user, discussion, timeout=60)
     assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
     assert [e["role"] for e in seen if e["type"] == "agent_started"] == ["bull", "bear", "risk", "moderator"]
     assert seen[-1]["status"] == "completed"

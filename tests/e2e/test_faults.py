@@ -142,12 +142,7 @@ def first_completed(site: Site, user: dict[str, str], discussion_id: str) -> dic
 def assert_stream_whole(site: Site, user: dict[str, str], discussion_id: str, status: str) -> list[dict[str, Any]]:
     """The discussion's events read again from the start: seq 1..N with no gap, each turn announced exactly once,
     ending with `status`."""
-    with site.websocket(user, discussion_id) as ws:
-        seen = []
-        for event in events(ws, timeout=20):
-            seen.append(event)
-            if event["type"] == "discussion_finished":
-                break
+    seen = site.read_to_end(user, discussion_id, timeout=20)
     assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
     announced = [e["message"]["turn_index"] for e in seen if e["type"] in ("message_completed", "agent_failed")]
     assert sorted(announced) == list(range(TURNS if status == "completed" else len(PANEL))), announced

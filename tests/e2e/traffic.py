@@ -109,6 +109,16 @@ class Site:
         url = f"wss://127.0.0.1:{self.port}/ws/discussions/{discussion}?ticket={ticket}&after={after}"
         return connect(url, ssl=self.tls(), origin=Origin(self.origin), proxy=None, open_timeout=10)
 
+    def read_to_end(self, headers: dict[str, str], discussion: str, timeout: float) -> list[dict[str, Any]]:
+        """The discussion's events from the start, through `discussion_finished` (`timeout`: the longest gap)."""
+        seen = []
+        with self.websocket(headers, discussion) as ws:
+            for event in events(ws, timeout=timeout):
+                seen.append(event)
+                if event["type"] == "discussion_finished":
+                    break
+        return seen
+
 
 def events(ws: ClientConnection, timeout: float) -> Iterator[dict[str, Any]]:
     """Messages from a WebSocket until it closes or `timeout` passes without one."""
