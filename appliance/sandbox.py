@@ -7,6 +7,8 @@ Everything created is named after the sandbox, and `down` removes exactly those 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import os
@@ -16,7 +18,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,8 +171,29 @@ def docker_client() -> docker.DockerClient:
     return client
 
 
+# Held while the base and stand-in images are looked up or built: two `inv sandbox.up` (or two test workers) at
+# once would each build and re-tag them, and a sandbox started from the first build would then differ from the tag.
+IMAGES_LOCK = Path("/var/tmp/cvm-sandbox-images.lock")  # noqa: S108 - machine-wide on purpose
+
+
+@contextlib.contextmanager
+def images_lock() -> Iterator[None]:
+    """This machine's sandbox image builds, one at a time across processes."""
+    with IMAGES_LOCK.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def ensure_base_image(client: docker.DockerClient, release: str = DEFAULT_RELEASE, log: TextLog = print) -> bool:
     """Build a release's base image with debootstrap unless it exists; True if it was built."""
+    with images_lock():
+        return _ensure_base_image(client, release, log)
+
+
+def _ensure_base_image(client: docker.DockerClient, release: str, log: TextLog) -> bool:
     image = base_image(release)
     try:
         client.images.get(image)
@@ -316,6 +339,9 @@ def _start_container(client: docker.DockerClient, spec: SandboxSpec) -> Containe
         return client.containers.run(
             spec.image,
             command="/sbin/init",
+            # systemd's own shutdown signal: it ignores docker's default SIGTERM, so a stop or restart waited out
+            # its 10 s (or the caller's) timeout and then killed the "host" instead of shutting it down.
+            stop_signal="SIGRTMIN+3",
             name=spec.name,
             hostname=spec.name,
             detach=True,
@@ -392,10 +418,11 @@ def _published_port(container: Container, port: str) -> int:
 def up(spec: SandboxSpec, log: TextLog = print) -> Sandbox:
     """Create (or find running) the sandbox, install a fresh key, write its config; return its address."""
     client = docker_client()
-    ensure_base_image(client, spec.release, log)
-    ensure_base_image(client, DEFAULT_RELEASE, log)  # what the stand-ins and the API image build on
-    log("building the postgres, redis, nginx and monitoring stand-in images (once; no registry is needed)")
-    standins = {name: standin_image(client, name) for name in STANDINS}
+    with images_lock():
+        _ensure_base_image(client, spec.release, log)
+        _ensure_base_image(client, DEFAULT_RELEASE, log)  # what the stand-ins and the API image build on
+        log("building the postgres, redis, nginx and monitoring stand-in images (once; no registry is needed)")
+        standins = {name: standin_image(client, name) for name in STANDINS}
     container = _existing(client, spec.name)
     if container is not None and container.status != "running":
         container.start()

@@ -24,6 +24,25 @@ REPO = Path(__file__).resolve().parent.parent
 RUN_ID = os.environ.get("APPLIANCE_TEST_RUN") or f"cvmt-{secrets.token_hex(3)}"
 
 
+# The session's sandboxes by the fixture that makes each: under pytest-xdist (scripts/test.sh runs two workers with
+# --dist loadgroup) every test on one of them runs on one worker, so no sandbox is made twice.
+SESSION_SANDBOXES = {"shared_sandbox": "shared", "rig": "rig", "day_one": "day-one"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test's xdist group: its session sandbox, else its module (a module's own sandbox or servers are then made
+    once). Under xdist the groups start longest first: the shared sandbox's (most e2e modules), the other e2e ones
+    (each a sandbox to make), then the rest fill in; a stable sort keeps the order within each."""
+    groups = {}
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        group = next((group for fixture, group in SESSION_SANDBOXES.items() if fixture in names), None)
+        groups[item.nodeid] = group or item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
+    if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", None):
+        items.sort(key=lambda item: (groups[item.nodeid] != "shared", not item.nodeid.startswith("tests/e2e/")))
+
+
 class SandboxFactory(Protocol):
     def __call__(self, suffix: str, release: str = sandboxes.DEFAULT_RELEASE) -> sandboxes.Sandbox: ...
 
