@@ -20,7 +20,7 @@ from appliance import users as accounts
 from appliance.backup import operate as backups_edge
 from appliance.bootstrap import bootstrap, bootstrap_files, tls
 from appliance.build import build_api_image, default_version
-from appliance.cli import COMMON_HELP, VERBOSE_HELP, load, one_line_errors, print_outcome, task
+from appliance.cli import COMMON_HELP, VERBOSE_HELP, OperatorTask, load, one_line_errors, print_outcome, task
 from appliance.console_login import console_login
 from appliance.deploy import deploy as deploy_release
 from appliance.deploy import deploy_secrets, required_secrets
@@ -509,31 +509,22 @@ def users_list(c: Context, config: str | None = None, env: str | None = None, ho
     print(accounts.run_users(load(config, env, host), "list"))
 
 
-@task(name="disable", help=EMAIL_HELP)
-@one_line_errors
-def users_disable(
-    c: Context, email: str, config: str | None = None, env: str | None = None, host: str | None = None
-) -> None:
-    """Disable an account: no more logins or discussions; its running discussions stop."""
-    print(accounts.run_users(load(config, env, host), "disable", email))
+def account_task(verb: str, doc: str) -> OperatorTask:
+    """`inv users.VERB --email ADDRESS`: the service's `users VERB` on one account; `doc` is its help."""
+
+    def run(c: Context, email: str, config: str | None = None, env: str | None = None, host: str | None = None) -> None:
+        print(accounts.run_users(load(config, env, host), verb, email))
+
+    run.__doc__ = doc
+    run.__name__ = run.__qualname__ = f"users_{verb}"
+    return task(name=verb, help=EMAIL_HELP)(one_line_errors(run))
 
 
-@task(name="enable", help=EMAIL_HELP)
-@one_line_errors
-def users_enable(
-    c: Context, email: str, config: str | None = None, env: str | None = None, host: str | None = None
-) -> None:
-    """Enable a disabled account again."""
-    print(accounts.run_users(load(config, env, host), "enable", email))
-
-
-@task(name="admin", help=EMAIL_HELP)
-@one_line_errors
-def users_admin(
-    c: Context, email: str, config: str | None = None, env: str | None = None, host: str | None = None
-) -> None:
-    """Make an account an admin (exempt from the per-user daily token quota)."""
-    print(accounts.run_users(load(config, env, host), "admin", email))
+users_disable = account_task(
+    "disable", "Disable an account: no more logins or discussions; its running discussions stop."
+)
+users_enable = account_task("enable", "Enable a disabled account again.")
+users_admin = account_task("admin", "Make an account an admin (exempt from the per-user daily token quota).")
 
 
 @task(name="delete", help={**EMAIL_HELP, "yes": "do not ask for confirmation"})
