@@ -7,7 +7,8 @@ source files (quoted, or in CSS `url(...)`, optionally with `./`) are rewritten:
 `/assets/<hashed name>` (absolute, so deep links such as /d/<id> that nginx answers with index.html
 still load them), assets point at each other by `./<hashed name>`. A file's hash covers its rewritten
 text, so changing a module changes the names of the modules that import it too; nginx can then cache
-`/assets/` forever and only revalidate `index.html`.
+`/assets/` forever and only revalidate `index.html`. Files in SRC's `vendor/` folder (third-party code as
+published, e.g. `./vendor/markdown-it.esm.min.js`) get hashed names too but ship byte for byte: never rewritten.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from pathlib import Path
 
 ENTRY = "index.html"
 ASSETS = "assets"
-# A quoted name or a CSS url(): ("app.js"), ('./i18n.js'), url(style.css).
+VENDOR = "vendor"
+# A quoted name or a CSS url(): ("app.js"), ('./i18n.js'), url(style.css), ("./vendor/markdown-it.esm.min.js").
 REFERENCE = re.compile(
-    r"""(?P<open>["'(])(?:\./)?(?P<name>[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.(?:js|css|svg|png|ico|json|webmanifest|txt))(?=["')])"""
+    rf"""(?P<open>["'(])(?:\./)?(?P<name>(?:{VENDOR}/)?[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.(?:js|css|svg|png|ico|json|webmanifest|txt))(?=["')])"""
 )
 TEXT_SUFFIXES = {".html", ".js", ".css", ".svg", ".json", ".webmanifest"}
 
@@ -51,6 +53,25 @@ def rewrite(text: str, names: dict[str, str], prefix: str) -> str:
     return REFERENCE.sub(replace, text)
 
 
+def rewritten(name: str) -> bool:
+    """Whether the source `name` is the project's own text, whose references are rewritten (vendored files are not)."""
+    return Path(name).suffix in TEXT_SUFFIXES and not name.startswith(f"{VENDOR}/")
+
+
+def source_files(src: Path) -> dict[str, bytes]:
+    """SRC's files by their names relative to it: its own, flat, and those in its `vendor/` folder, flat too."""
+    vendored = src / VENDOR
+    files = [*src.iterdir(), *(vendored.iterdir() if vendored.is_dir() else [])]
+    nested = [p for p in files if p.is_dir() and p != vendored]
+    if nested:
+        raise WebBuildError(f"{nested[0]} is a folder; keep the console's source flat (third-party files: {VENDOR}/)")
+    return {
+        p.relative_to(src).as_posix(): p.read_bytes()
+        for p in sorted(files)
+        if p.is_file() and not p.name.startswith(".")
+    }
+
+
 def hashed_name(name: str, content: bytes) -> str:
     path = Path(name)
     return f"{path.stem}.{hashlib.sha256(content).hexdigest()[:8]}{path.suffix}"
@@ -59,10 +80,7 @@ def hashed_name(name: str, content: bytes) -> str:
 def _build_order(sources: dict[str, bytes]) -> list[str]:
     """Asset names, each after every asset it refers to (its hash depends on theirs)."""
     known = set(sources)
-    deps = {
-        name: references(content.decode(), known) if Path(name).suffix in TEXT_SUFFIXES else []
-        for name, content in sources.items()
-    }
+    deps = {name: references(content.decode(), known) if rewritten(name) else [] for name, content in sources.items()}
     order: list[str] = []
     visiting: set[str] = set()
 
@@ -88,15 +106,12 @@ def build(src: Path, out: Path) -> dict[str, str]:
     """Build `src` into `out` (replaced); return the map of source names to their paths under `out`."""
     if not (src / ENTRY).is_file():
         raise WebBuildError(f"{src / ENTRY} is missing; the console's source folder needs its {ENTRY}")
-    nested = [p for p in src.iterdir() if p.is_dir()]
-    if nested:
-        raise WebBuildError(f"{nested[0]} is a folder; keep the console's source flat")
-    sources = {p.name: p.read_bytes() for p in sorted(src.iterdir()) if not p.name.startswith(".")}
+    sources = source_files(src)
     names: dict[str, str] = {}
     outputs: dict[str, bytes] = {}
     for name in _build_order(sources):
         content = sources[name]
-        if Path(name).suffix in TEXT_SUFFIXES:
+        if rewritten(name):
             content = rewrite(content.decode(), names, "./").encode()
         names[name] = hashed_name(name, content)
         outputs[names[name]] = content

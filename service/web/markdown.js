@@ -1,8 +1,8 @@
 // Agents' answers as sanitised Markdown, by markdown-it (vendored unchanged; version, source and licence in
-// "./markdown-it.LICENSE.txt"). With html: false, raw HTML in an answer is escaped and shown as text, and
+// "./vendor/markdown-it.LICENSE.txt"). With html: false, raw HTML in an answer is escaped and shown as text, and
 // markdown-it's own link check drops javascript:, vbscript:, file: and non-image data: URLs.
 
-import markdownit from "./markdown-it.esm.min.js";
+import markdownit from "./vendor/markdown-it.esm.min.js";
 
 const md = markdownit({ html: false, linkify: true });
 // An image would be fetched from wherever the model points; the page's CSP would block it anyway, so show

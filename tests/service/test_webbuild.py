@@ -86,16 +86,16 @@ def test_the_console_builds_from_the_command_line_with_nothing_dangling(tmp_path
 
 def test_the_vendored_markdown_library_ships_unchanged_under_its_hashed_name_with_its_licence(tmp_path: Path) -> None:
     built = webbuild.build(CONSOLE, tmp_path / "web")
-    library = CONSOLE / "markdown-it.esm.min.js"
-    licence = (CONSOLE / "markdown-it.LICENSE.txt").read_text()
+    library = CONSOLE / "vendor/markdown-it.esm.min.js"
+    licence = (CONSOLE / "vendor/markdown-it.LICENSE.txt").read_text()
     # Byte for byte what was vendored: nothing in its 120 KB looked like a reference to the rewriter.
-    assert (tmp_path / "web" / built["markdown-it.esm.min.js"]).read_bytes() == library.read_bytes()
+    assert (tmp_path / "web" / built["vendor/markdown-it.esm.min.js"]).read_bytes() == library.read_bytes()
     # The file is the one the licence file names, and the version it names is the one inside the file.
     assert hashlib.sha256(library.read_bytes()).hexdigest() in licence
     version = re.match(r"markdown-it (\S+) ", licence)
     assert version is not None
     assert library.read_text().startswith(f"/*! markdown-it {version[1]} ")
     wrapper = (tmp_path / "web" / built["markdown.js"]).read_text()
-    assert f'from "./{Path(built["markdown-it.esm.min.js"]).name}"' in wrapper
-    assert f'"./{Path(built["markdown-it.LICENSE.txt"]).name}"' in wrapper
+    assert f'from "./{Path(built["vendor/markdown-it.esm.min.js"]).name}"' in wrapper
+    assert f'"./{Path(built["vendor/markdown-it.LICENSE.txt"]).name}"' in wrapper
     assert f'from "./{Path(built["markdown.js"]).name}"' in (tmp_path / "web" / built["app.js"]).read_text()
