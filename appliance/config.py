@@ -15,9 +15,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from appliance.errors import ConfigError
 from appliance.host_paths import HostPaths
@@ -30,7 +30,6 @@ else:  # pragma: no cover - Ubuntu 22.04's python3
 DEFAULT_CONFIG = "appliance.toml"
 CONFIG_ENV_VAR = "APPLIANCE_CONFIG"
 
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _CRON_FIELD = r"(\*|[0-9,\-*/]+)"
 _CRON = re.compile(rf"^{_CRON_FIELD}(\s+{_CRON_FIELD}){{4}}$")
 
@@ -70,11 +69,28 @@ def _networks(values: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6N
     return networks
 
 
-def _valid_cos_endpoint(value: str | None) -> str | None:
-    """A COS endpoint domain, or http(s)://ADDRESS[:PORT] for a COS-compatible server reached by address."""
-    if value is not None and not re.fullmatch(r"(https?://[^\s/:]+(:\d{1,5})?|[a-z0-9.-]+\.[a-z]{2,})", value):
-        raise ValueError("must be a COS endpoint domain or http(s)://ADDRESS[:PORT]")
-    return value
+def _matching(pattern: str, message: str) -> AfterValidator:
+    """A field's check that its whole value (when set) matches `pattern`; `message` says what it must be."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(pattern, value):
+            raise ValueError(message)
+        return value
+
+    return AfterValidator(check)
+
+
+# A COS endpoint domain, or http(s)://ADDRESS[:PORT] for a COS-compatible server reached by address.
+CosEndpoint = Annotated[
+    str | None,
+    _matching(
+        r"(https?://[^\s/:]+(:\d{1,5})?|[a-z0-9.-]+\.[a-z]{2,})",
+        "must be a COS endpoint domain or http(s)://ADDRESS[:PORT]",
+    ),
+]
+PrometheusDuration = Annotated[
+    str, _matching(r"[1-9][0-9]*(ms|s|m|h|d|w|y)", "must be a Prometheus duration such as 15s, 5m or 15d")
+]
 
 
 class _Section(BaseModel):
@@ -107,18 +123,13 @@ class Tls(_Section):
     acme_email: str | None = None
     # mode "acme": the ACME server's directory URL (Let's Encrypt by default; a staging CA, or Pebble in tests),
     # and a CA bundle to trust it with when it is not publicly trusted (relative to this file).
-    acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    acme_directory: Annotated[
+        str, _matching(r"https://[^\s/]+(/\S*)?", "must be an https:// URL of an ACME directory")
+    ] = "https://acme-v02.api.letsencrypt.org/directory"
     acme_ca_file: str | None = None
     # mode "self-signed": the appliance's private CA lives here on the operator's machine, never on the host
     # (relative to this file; default .appliance-ca/NAME-ENV).
     ca_dir: str | None = None
-
-    @field_validator("acme_directory")
-    @classmethod
-    def _directory_url(cls, value: str) -> str:
-        if not re.fullmatch(r"https://[^\s/]+(/\S*)?", value):
-            raise ValueError("must be an https:// URL of an ACME directory")
-        return value
 
     @model_validator(mode="after")
     def _mode_needs(self) -> Tls:
@@ -162,7 +173,9 @@ class Service(_Section):
     """Settings of the multi-agent service; they become its environment variables."""
 
     model_name: str = "deepseek-chat"
-    base_url: str = "https://api.deepseek.com"
+    base_url: Annotated[str, _matching(r"https?://[^\s/]+.*", "must be an http:// or https:// URL")] = (
+        "https://api.deepseek.com"
+    )
     agent_cap: int = Field(default=10, ge=1, le=1000)
     agent_timeout: int = Field(default=300, ge=1)
     workflow_timeout: int = Field(default=1800, ge=1)
@@ -178,7 +191,7 @@ class Service(_Section):
     # the COS_SECRET_ID / COS_SECRET_KEY secrets.
     artifact_cos_bucket: str | None = None
     artifact_cos_region: str | None = None
-    artifact_cos_endpoint: str | None = None
+    artifact_cos_endpoint: CosEndpoint = None
     # Who may sign up: "closed" (only `inv users.add`), "invite" (`inv users.invite` codes) or "open" (anyone:
     # every visitor can spend the LLM account's money).
     registration: Literal["open", "invite", "closed"] = "closed"
@@ -187,18 +200,6 @@ class Service(_Section):
     daily_token_ceiling: int = Field(default=5_000_000, ge=1)
     # Run the project's local OpenAI-compatible stand-in next to the API (a sandbox; never production).
     llm_stub: bool = False
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError("must be an http:// or https:// URL")
-        return value
-
-    @field_validator("artifact_cos_endpoint")
-    @classmethod
-    def _artifact_endpoint(cls, value: str | None) -> str | None:
-        return _valid_cos_endpoint(value)
 
     @model_validator(mode="after")
     def _timeouts_nest(self) -> Service:
@@ -236,8 +237,10 @@ class Backup(_Section):
     cos_region: str = "ap-shanghai"
     # A COS endpoint domain (e.g. cos-internal.ap-shanghai.tencentcos.cn from inside Tencent Cloud), or
     # http://IP:PORT for a COS-compatible server reached by address (the test rig's local COS).
-    cos_endpoint: str | None = None
-    prefix: str = "backups/"
+    cos_endpoint: CosEndpoint = None
+    prefix: Annotated[
+        str, _matching(r"([A-Za-z0-9._-]+/)*", "must be empty or folder names each ending in '/', such as 'backups/'")
+    ] = "backups/"
     age_recipient: str | None = None
     # The operator's age private key file (never sent to the host's disk): inv restore and restore.drill.
     age_identity_file: str | None = None
@@ -256,18 +259,6 @@ class Backup(_Section):
     infrequent_after_days: int = Field(default=30, ge=1)
     archive_after_days: int | None = Field(default=None, ge=1)
     noncurrent_days: int = Field(default=30, ge=1)
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        if not re.fullmatch(r"([A-Za-z0-9._-]+/)*", value):
-            raise ValueError("must be empty or folder names each ending in '/', such as 'backups/'")
-        return value
-
-    @field_validator("cos_endpoint")
-    @classmethod
-    def _endpoint(cls, value: str | None) -> str | None:
-        return _valid_cos_endpoint(value)
 
     @field_validator("schedule", "redis_schedule")
     @classmethod
@@ -289,18 +280,15 @@ class Backup(_Section):
         return self
 
 
-_DURATION = re.compile(r"^[1-9][0-9]*(ms|s|m|h|d|w|y)$")
-
-
 class Monitoring(_Section):
     """The Prometheus/Alertmanager profile of the stack, and the thresholds its alerts use."""
 
     enabled: bool = True
-    retention_time: str = "15d"
+    retention_time: PrometheusDuration = "15d"
     retention_size: str = Field(default="2GB", pattern=r"^[1-9][0-9]*(B|KB|MB|GB|TB)$")
-    scrape_interval: str = "15s"
+    scrape_interval: PrometheusDuration = "15s"
     # How long every agent slot must stay busy before AgentsSaturated fires.
-    saturation_for: str = "5m"
+    saturation_for: PrometheusDuration = "5m"
     # Alert when the P95 of an agent turn / of the LLM's time to first token stays above these (seconds).
     # Below the histograms' top bucket edges (600 s, 10 s): a P95 is never estimated above those.
     turn_p95_seconds: int = Field(default=120, ge=1, lt=600)
@@ -310,13 +298,6 @@ class Monitoring(_Section):
     # An external Prometheus may scrape https://SITE/metrics from these networks, with basic auth (user
     # "metrics", password: the METRICS_PASSWORD secret). Empty: nginx does not serve /metrics.
     metrics_allow_from: list[str] = Field(default_factory=list)
-
-    @field_validator("retention_time", "scrape_interval", "saturation_for")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        if not _DURATION.match(value):
-            raise ValueError("must be a Prometheus duration such as 15s, 5m or 15d")
-        return value
 
     @field_validator("metrics_allow_from")
     @classmethod
@@ -416,12 +397,16 @@ class HostSetup(_Section):
 class Settings(_Section):
     """One environment's complete, validated settings."""
 
-    name: str = "appliance"
+    name: Annotated[
+        str, _matching(r"[a-z][a-z0-9-]{0,30}", "must be lower-case letters, digits and '-', starting with a letter")
+    ] = "appliance"
     base_dir: str = "/opt/appliance"
     domain: str = ""
     # The address browsers use when it is not https://DOMAIN (a port forward, a load balancer).
     public_url: str = ""
-    timezone: str = "Asia/Shanghai"
+    timezone: Annotated[
+        str, _matching(r"[A-Za-z_]+(/[A-Za-z0-9_+\-]+)*", "must be a tz database name such as Asia/Shanghai or UTC")
+    ] = "Asia/Shanghai"
     secrets_file: str = "secrets.env"
     # Releases (and their API images) kept on the host; the current one and the rollback target always stay.
     keep_releases: int = Field(default=5, ge=2, le=100)
@@ -435,13 +420,6 @@ class Settings(_Section):
     monitoring: Monitoring = Field(default_factory=Monitoring)
     notify: Notify = Field(default_factory=Notify)
     deploy: Deploy = Field(default_factory=Deploy)
-
-    @field_validator("name")
-    @classmethod
-    def _project_name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError("must be lower-case letters, digits and '-', starting with a letter")
-        return value
 
     @field_validator("domain")
     @classmethod
@@ -458,13 +436,6 @@ class Settings(_Section):
     def _public_url(cls, value: str) -> str:
         if value and not is_origin(value):
             raise ValueError("must be an origin such as https://agents.example.com or https://203.0.113.10:8443")
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _tz_name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z_]+(/[A-Za-z0-9_+\-]+)*", value):
-            raise ValueError("must be a tz database name such as Asia/Shanghai or UTC")
         return value
 
     @field_validator("base_dir")
