@@ -29,18 +29,26 @@ RUN_ID = os.environ.get("APPLIANCE_TEST_RUN") or f"cvmt-{secrets.token_hex(3)}"
 SESSION_SANDBOXES = {"shared_sandbox": "shared", "rig": "rig", "day_one": "day-one"}
 
 
+def xdist_group(item: pytest.Item) -> str:
+    """A test's xdist group: its session sandbox, else its module (a module's own sandbox or servers are then made
+    once)."""
+    names = getattr(item, "fixturenames", ())
+    group = next((group for fixture, group in SESSION_SANDBOXES.items() if fixture in names), None)
+    return group or item.nodeid.split("::")[0]
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Under --dist loadgroup, each test carries its group (marked here, before any collection_modifyitems: xdist's
+    own reads the marks into the test ids)."""
+    if getattr(item.config.option, "loadgroup", False):  # what an xdist worker of --dist loadgroup is told
+        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Each test's xdist group: its session sandbox, else its module (a module's own sandbox or servers are then made
-    once). Under xdist the groups start longest first: the shared sandbox's (most e2e modules), the other e2e ones
-    (each a sandbox to make), then the rest fill in; a stable sort keeps the order within each."""
-    groups = {}
-    for item in items:
-        names = getattr(item, "fixturenames", ())
-        group = next((group for fixture, group in SESSION_SANDBOXES.items() if fixture in names), None)
-        groups[item.nodeid] = group or item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
-    if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", None):
-        items.sort(key=lambda item: (groups[item.nodeid] != "shared", not item.nodeid.startswith("tests/e2e/")))
+    """Under xdist the groups start longest first: the shared sandbox's (most e2e modules), the other e2e ones (each a
+    sandbox to make), then the rest fill in; a stable sort keeps the order within each."""
+    if getattr(config.option, "loadgroup", False):
+        items.sort(key=lambda item: (xdist_group(item) != "shared", not item.nodeid.startswith("tests/e2e/")))
 
 
 class SandboxFactory(Protocol):
