@@ -20,7 +20,8 @@ from appliance import users as accounts
 from appliance.backup import operate as backups_edge
 from appliance.bootstrap import bootstrap, bootstrap_files, tls
 from appliance.build import build_api_image, default_version
-from appliance.cli import COMMON_HELP, VERBOSE_HELP, OperatorTask, load, one_line_errors, print_outcome, task
+from appliance.cli import COMMON_HELP, VERBOSE_HELP, OperatorTask, host_task, load, one_line_errors, print_outcome, task
+from appliance.config import Config
 from appliance.console_login import console_login
 from appliance.deploy import deploy as deploy_release
 from appliance.deploy import deploy_secrets, required_secrets
@@ -38,11 +39,9 @@ from appliance.secrets import ensure_generated, load_secrets
 WAIT_HELP = "if another deploy or rollback holds the host's lock, wait for it (up to 30 min)"
 
 
-@task(help={**COMMON_HELP})
-@one_line_errors
-def config(c: Context, config: str | None = None, env: str | None = None, host: str | None = None) -> None:
+@host_task()
+def config(c: Context, loaded: Config) -> None:
     """Validate the config file and show the chosen environment's settings (secrets masked)."""
-    loaded = load(config, env, host)
     secrets = load_secrets(loaded.secrets_path)
     rendering.check_artifact_key(loaded, secrets)
     print(f"{loaded.path}: valid; environments: {', '.join(loaded.environments)}; using {loaded.env}")
@@ -57,26 +56,15 @@ def config(c: Context, config: str | None = None, env: str | None = None, host: 
         )
 
 
-@task(
+@host_task(
     help={
-        **COMMON_HELP,
         "out": "folder to write into; files land at their host paths below it",
         "version": "release name used in paths and image tags",
         "reveal": "write secret values instead of masks (the files are then sensitive)",
     }
 )
-@one_line_errors
-def render(
-    c: Context,
-    out: str,
-    version: str = "preview",
-    reveal: bool = False,
-    config: str | None = None,
-    env: str | None = None,
-    host: str | None = None,
-) -> None:
+def render(c: Context, loaded: Config, out: str, version: str = "preview", reveal: bool = False) -> None:
     """Write every file that would land on a host for this config, to read before deploying."""
-    loaded = load(config, env, host)
     generated = ensure_generated(loaded.secrets_path)
     if generated:
         print(f"generated {', '.join(generated)} into {loaded.secrets_path} (mode 0600): keep it, deploys use it")
@@ -86,36 +74,23 @@ def render(
         print(path)
 
 
-@task(help={**COMMON_HELP})
-@one_line_errors
-def facts(c: Context, config: str | None = None, env: str | None = None, host: str | None = None) -> None:
+@host_task()
+def facts(c: Context, loaded: Config) -> None:
     """Connect to the host and show what it is: OS, CPU, memory, disk, Docker and Compose."""
-    loaded = load(config, env, host)
     with open_host(loaded) as remote:
         print(f"{loaded.settings.hosts[0].target}: {gather_facts(remote, loaded.settings.base_dir).summary()}")
 
 
-@task(
+@host_task(
     name="bootstrap",
     help={
-        **COMMON_HELP,
         "check": "show what would change; change nothing",
         "diff": "show a unified diff of each managed file that would change (secrets masked)",
         "verbose": VERBOSE_HELP,
     },
 )
-@one_line_errors
-def bootstrap_host(
-    c: Context,
-    check: bool = False,
-    diff: bool = False,
-    verbose: bool = False,
-    config: str | None = None,
-    env: str | None = None,
-    host: str | None = None,
-) -> None:
+def bootstrap_host(c: Context, loaded: Config, check: bool = False, diff: bool = False, verbose: bool = False) -> None:
     """Turn a fresh Ubuntu/Debian CVM into a hardened Docker host; run again after config changes."""
-    loaded = load(config, env, host)
     target = loaded.settings.hosts[0].target
     if loaded.settings.host.ssh_open_to_all:
         print(f"warning: SSH on {target} stays open to any address: set host.ssh_allow_from to your networks")
@@ -124,9 +99,8 @@ def bootstrap_host(
     print_outcome(results, f"{target}: {facts.summary()}", target)
 
 
-@task(
+@host_task(
     help={
-        **COMMON_HELP,
         "version": "release name (default: UTC time and git commit, e.g. 20261123-170102-3f9c2ab)",
         "image": "an API image already in the local engine, instead of building one",
         "check": "show what would change; change nothing (builds nothing)",
@@ -134,20 +108,16 @@ def bootstrap_host(
         "verbose": VERBOSE_HELP,
     }
 )
-@one_line_errors
 def deploy(
     c: Context,
+    loaded: Config,
     version: str | None = None,
     image: str | None = None,
     check: bool = False,
     wait: bool = False,
     verbose: bool = False,
-    config: str | None = None,
-    env: str | None = None,
-    host: str | None = None,
 ) -> None:
     """Build the API image and put a release on the host; the old one serves until the new one is healthy."""
-    loaded = load(config, env, host)
     version = version or default_version()
     deploy_secrets(loaded)  # a missing secret is one line now, not after a build of minutes
     if image is None and not check:
@@ -164,50 +134,34 @@ def deploy(
         print(f"{target}: release {version} is serving: {site_origin(loaded)}/")
 
 
-@task(
+@host_task(
     help={
-        **COMMON_HELP,
         "to": "a kept release to serve (default: the one that served before the current one)",
         "check": "show what would change; change nothing",
         "wait": WAIT_HELP,
         "verbose": VERBOSE_HELP,
     }
 )
-@one_line_errors
 def rollback(
-    c: Context,
-    to: str | None = None,
-    check: bool = False,
-    wait: bool = False,
-    verbose: bool = False,
-    config: str | None = None,
-    env: str | None = None,
-    host: str | None = None,
+    c: Context, loaded: Config, to: str | None = None, check: bool = False, wait: bool = False, verbose: bool = False
 ) -> None:
     """Serve an earlier release again through the same health-gated switch (no image build, no migration)."""
-    loaded = load(config, env, host)
     target = loaded.settings.hosts[0].target
     with step_lines(verbose):
         results = rollback_release(loaded, to, check, wait)
     print_outcome(results, f"{target}: rollback", target)
 
 
-@task(help={**COMMON_HELP})
-@one_line_errors
-def releases(c: Context, config: str | None = None, env: str | None = None, host: str | None = None) -> None:
+@host_task()
+def releases(c: Context, loaded: Config) -> None:
     """List the releases on the host, most recently served first, with their last deploy/rollback result."""
-    loaded = load(config, env, host)
     with open_host(loaded) as remote:
         print(views.releases_table(views.release_rows(remote.run(views.releases_probe(loaded.settings)).stdout)))
 
 
-@task(help={**COMMON_HELP, "watch": "redraw the monitoring screen (scripts/monitor.sh) every N seconds until Ctrl-C"})
-@one_line_errors
-def status(
-    c: Context, watch: int = 0, config: str | None = None, env: str | None = None, host: str | None = None
-) -> None:
+@host_task(help={"watch": "redraw the monitoring screen (scripts/monitor.sh) every N seconds until Ctrl-C"})
+def status(c: Context, loaded: Config, watch: int = 0) -> None:
     """Show the stack's containers, the current release's health, disk, memory and the monitoring screen."""
-    loaded = load(config, env, host)
     with open_host(loaded) as remote:
         if watch > 0:
             if not loaded.settings.monitoring.enabled:
@@ -233,9 +187,8 @@ def watch_screen(screen: Callable[[], str], seconds: int) -> None:
         print()
 
 
-@task(
+@host_task(
     help={
-        **COMMON_HELP,
         "service": f"one of: {', '.join(views.SERVICES)}",
         "follow": "keep printing new lines until Ctrl-C; moves to the new API container after a deploy or rollback",
         "lines": f"how many recent lines to show first (default: {log_lines.DEFAULT_LINES}, or all since --since)",
@@ -244,21 +197,17 @@ def watch_screen(screen: Callable[[], str], seconds: int) -> None:
         "since": "only lines from this long ago (10m, 2h, 1h30m) or this time (2026-12-01T10:00, your zone)",
     }
 )
-@one_line_errors
 def logs(
     c: Context,
+    loaded: Config,
     service: str = "api",
     follow: bool = False,
     lines: int = 0,
     json: bool = False,
     grep: str | None = None,
     since: str | None = None,
-    config: str | None = None,
-    env: str | None = None,
-    host: str | None = None,
 ) -> None:
     """Show a service's log lines from the host: time, level, request id, message (secret values masked)."""
-    loaded = load(config, env, host)
     if service not in views.SERVICES:
         raise ConfigError(f"--service: {service!r} is not one of {', '.join(views.SERVICES)}")
     command = log_lines.logs_command(
@@ -274,35 +223,22 @@ def logs(
         raise StepFailed(f"{target}: no {service} container: deploy first (inv deploy), or enable the service")
 
 
-@task(name="break", help={**COMMON_HELP})
-@one_line_errors
-def lock_break(c: Context, config: str | None = None, env: str | None = None, host: str | None = None) -> None:
+@host_task(name="break")
+def lock_break(c: Context, loaded: Config) -> None:
     """Remove a deploy lock left by a deploy that died; the audit log records who broke whose lock."""
-    loaded = load(config, env, host)
     print(break_lock(loaded))
 
 
-@task(
+@host_task(
     name="renew",
     help={
-        **COMMON_HELP,
         "force": "renew now even if the certificate is not due (ACME: certbot --force-renewal)",
         "check": "show whether a certificate would be issued; change nothing",
         "verbose": VERBOSE_HELP,
     },
 )
-@one_line_errors
-def tls_renew(
-    c: Context,
-    force: bool = False,
-    check: bool = False,
-    verbose: bool = False,
-    config: str | None = None,
-    env: str | None = None,
-    host: str | None = None,
-) -> None:
+def tls_renew(c: Context, loaded: Config, force: bool = False, check: bool = False, verbose: bool = False) -> None:
     """The site's certificate, issued or renewed when due (30 days) or forced: ACME, or the private CA."""
-    loaded = load(config, env, host)
     target = loaded.settings.hosts[0].target
     name = tls.site_name(loaded.settings)
     with step_lines(verbose):
@@ -371,75 +307,51 @@ def sandbox_down(
     print("removed: " + (", ".join(removed) or f"nothing (no sandbox {spec.name})"))
 
 
-@task(
+@host_task(
     name="login",
     help={
-        **COMMON_HELP,
         "saved": "where the login is kept (0600), so a re-run prints the same one",
         "ca_out": "where to write the appliance's CA, for a browser to trust",
     },
 )
-@one_line_errors
 def sandbox_login(
-    c: Context,
-    config: str | None = None,
-    env: str | None = None,
-    host: str | None = None,
-    saved: str = ".sandbox/console-login.json",
-    ca_out: str = ".sandbox/ca.pem",
+    c: Context, loaded: Config, saved: str = ".sandbox/console-login.json", ca_out: str = ".sandbox/ca.pem"
 ) -> None:
     """A working login for the deployed web console (made once through the API), and the CA to trust it."""
-    login = console_login(load(config, env, host), Path(saved), Path(ca_out))
+    login = console_login(loaded, Path(saved), Path(ca_out))
     print(f"console CA (import it into a browser to trust the console): {ca_out}")
     print(f"console: {login.url}  login: {login.email} / {login.password}")
 
 
-@task(name="backup", help={**COMMON_HELP, "reason": "recorded in the backup's manifest"})
-@one_line_errors
-def backup_now(
-    c: Context, reason: str = "manual", config: str | None = None, env: str | None = None, host: str | None = None
-) -> None:
+@host_task(name="backup", help={"reason": "recorded in the backup's manifest"})
+def backup_now(c: Context, loaded: Config, reason: str = "manual") -> None:
     """Take a backup now (PostgreSQL, Redis, files; age-encrypted, to COS) and print its line."""
-    loaded = load(config, env, host)
     with open_host(loaded) as remote:
         print(backups_edge.run_backup(loaded, remote, reason))
 
 
-@task(help={**COMMON_HELP, "retention": "also show what the retention policy would delete now (a dry run)"})
-@one_line_errors
-def backups(
-    c: Context, retention: bool = False, config: str | None = None, env: str | None = None, host: str | None = None
-) -> None:
+@host_task(help={"retention": "also show what the retention policy would delete now (a dry run)"})
+def backups(c: Context, loaded: Config, retention: bool = False) -> None:
     """List the backups in COS: complete or not, verified by a drill or not, size."""
-    loaded = load(config, env, host)
     with open_host(loaded) as remote:
         print(backups_edge.table(backups_edge.list_backups(loaded, remote)))
         if retention:
             print(backups_edge.retention_preview(loaded, remote))
 
 
-@task(
+@host_task(
     name="restore",
     default=True,
     help={
-        **COMMON_HELP,
         "backup": "backup id (see inv backups); with --to-time, the base backup to replay from",
         "to_time": 'point-in-time recovery (backup.pitr): PostgreSQL as it was then, "2026-12-01 10:15:00+08:00"',
         "yes": "do not ask for confirmation",
     },
 )
-@one_line_errors
 def restore_backup(
-    c: Context,
-    backup: str | None = None,
-    to_time: str | None = None,
-    yes: bool = False,
-    config: str | None = None,
-    env: str | None = None,
-    host: str | None = None,
+    c: Context, loaded: Config, backup: str | None = None, to_time: str | None = None, yes: bool = False
 ) -> None:
     """Restore a backup (or PostgreSQL to a moment) into the running stack, after a backup of what is there now."""
-    loaded = load(config, env, host)
     target = loaded.settings.hosts[0].target
     what = f"the data as of {to_time}" if to_time else f"backup {backup}"
     if not yes and input(f"replace the data on {target} with {what}? type yes: ").strip() != "yes":
@@ -502,22 +414,21 @@ def users_add(
     print(accounts.run_users(load(config, env, host), *accounts.add_words(email, admin), password=password))
 
 
-@task(name="list", help=COMMON_HELP)
-@one_line_errors
-def users_list(c: Context, config: str | None = None, env: str | None = None, host: str | None = None) -> None:
+@host_task(name="list")
+def users_list(c: Context, loaded: Config) -> None:
     """List the accounts: role, active or disabled, created, discussions, tokens spent today."""
-    print(accounts.run_users(load(config, env, host), "list"))
+    print(accounts.run_users(loaded, "list"))
 
 
 def account_task(verb: str, doc: str) -> OperatorTask:
     """`inv users.VERB --email ADDRESS`: the service's `users VERB` on one account; `doc` is its help."""
 
-    def run(c: Context, email: str, config: str | None = None, env: str | None = None, host: str | None = None) -> None:
-        print(accounts.run_users(load(config, env, host), verb, email))
+    def run(c: Context, loaded: Config, email: str) -> None:
+        print(accounts.run_users(loaded, verb, email))
 
     run.__doc__ = doc
     run.__name__ = run.__qualname__ = f"users_{verb}"
-    return task(name=verb, help=EMAIL_HELP)(one_line_errors(run))
+    return host_task(name=verb, help=EMAIL_HELP)(run)
 
 
 users_disable = account_task(
@@ -543,28 +454,19 @@ def users_delete(
     print(accounts.run_users(load(config, env, host), "delete", email))
 
 
-@task(
+@host_task(
     name="invite",
-    help={**COMMON_HELP, "days": "how long the code stays valid (1-365)", "note": "who it is for (kept with it)"},
+    help={"days": "how long the code stays valid (1-365)", "note": "who it is for (kept with it)"},
 )
-@one_line_errors
-def users_invite(
-    c: Context,
-    days: int = 7,
-    note: str = "",
-    config: str | None = None,
-    env: str | None = None,
-    host: str | None = None,
-) -> None:
+def users_invite(c: Context, loaded: Config, days: int = 7, note: str = "") -> None:
     """Print a single-use sign-up code, for service.registration = "invite"."""
-    print(accounts.run_users(load(config, env, host), *accounts.invite_words(days, note)))
+    print(accounts.run_users(loaded, *accounts.invite_words(days, note)))
 
 
-@task(name="check", help={**COMMON_HELP})
-@one_line_errors
-def llm_check(c: Context, config: str | None = None, env: str | None = None, host: str | None = None) -> None:
+@host_task(name="check")
+def llm_check(c: Context, loaded: Config) -> None:
     """Try each LLM key from the host (one tiny request each): ok, revoked, no balance, rate limited, unreachable."""
-    verdicts, usable = llm_keys.run_check(load(config, env, host))
+    verdicts, usable = llm_keys.run_check(loaded)
     print(verdicts)
     if not usable:
         raise StepFailed("no usable LLM key: top up the account or put a valid key in AI_API_KEY, then inv deploy")

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
+from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import Task
 from invoke.tasks import task as invoke_task
@@ -67,6 +68,30 @@ def load(config: str | None, env: str | None, host: str | None = None) -> Config
     """The validated config for a task, aimed at `host` when given."""
     loaded = load_config(config_path(config), env)
     return loaded.with_host(host) if host else loaded
+
+
+# The flags of a task on one environment's host, after its own: what `load` takes.
+HOST_FLAGS = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in COMMON_HELP]
+
+
+def host_task(**options: Any) -> Callable[[Callable[..., None]], OperatorTask]:
+    """`@host_task(...)` for a task on one environment's host: its body takes the loaded Config after the
+    Context; the task takes --config, --env and --host (COMMON_HELP) besides its own flags, and fails in one line."""
+
+    def make(body: Callable[..., None]) -> OperatorTask:
+        context, _config, *flags = inspect.signature(body).parameters.values()
+
+        @functools.wraps(body)
+        def run(
+            c: Context, config: str | None = None, env: str | None = None, host: str | None = None, **given: Any
+        ) -> None:
+            body(c, load(config, env, host), **given)
+
+        # Invoke reads a task's flags (and OperatorTask the required ones) from this signature.
+        run.__signature__ = inspect.Signature([context, *flags, *HOST_FLAGS])  # type: ignore[attr-defined]
+        return task(**{**options, "help": {**COMMON_HELP, **options.get("help", {})}})(one_line_errors(run))
+
+    return make
 
 
 def print_outcome(results: Sequence[StepResult], heading: str, target: str) -> None:
