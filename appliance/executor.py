@@ -146,25 +146,17 @@ def read_facts(host: Host, probes: Mapping[str, str]) -> dict[str, Fact]:
     return parse_probe_output(probes, result.stdout)
 
 
+@dataclass(eq=False)
 class Executor:
     """Applies steps to one host and keeps their results."""
 
-    def __init__(
-        self,
-        host: Host,
-        check: bool = False,
-        redact: Callable[[str], str] = str,
-        diff: Callable[[str], None] | None = None,
-        login_check: Callable[[], None] | None = None,
-        progress: Callable[[str, int, int], None] | None = None,
-    ) -> None:
-        self.host = host
-        self.check = check
-        self.redact = redact
-        self.diff = diff
-        self.login_check = login_check
-        self.progress = progress
-        self.results: list[StepResult] = []
+    host: Host
+    check: bool = False
+    redact: Callable[[str], str] = str
+    diff: Callable[[str], None] | None = None
+    login_check: Callable[[], None] | None = None
+    progress: Callable[[str, int, int], None] | None = None
+    results: list[StepResult] = field(default_factory=list, init=False)
 
     def apply(self, step: Step) -> StepResult:
         """Bring the host to what `step` wants (or, in check mode, say what that would take)."""
