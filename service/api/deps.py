@@ -11,7 +11,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 
-from service import security
+from service import auth, quota, security
 from service.agents.orchestration import Orchestrator
 from service.settings import Settings
 from service.storage import ArtifactStore
@@ -57,3 +57,10 @@ UserId = Annotated[uuid.UUID, Depends(current_user)]
 
 def not_found(what: str) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"{what} not found")
+
+
+def too_many_requests(refusal: auth.RateLimitedError | quota.QuotaExceededError) -> HTTPException:
+    """429 with the refusal's reason, and its Retry-After: the seconds until logins or the token quota allow again."""
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS, str(refusal), headers={"Retry-After": str(refusal.retry_after)}
+    )

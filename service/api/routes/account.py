@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
 
 from service import auth, users
-from service.api.deps import Res, UserId, not_found
+from service.api.deps import Res, UserId, not_found, too_many_requests
 from service.api.routes.auth import COOKIE_PATH, REFRESH_COOKIE
 from service.storage import StorageError
 
@@ -42,9 +42,7 @@ async def delete_account(body: DeletionIn, request: Request, user_id: UserId, re
     try:
         await auth.confirm_password(res.pool, res.redis, res.settings, user_id, body.password, ip)
     except auth.RateLimitedError as exc:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(exc.retry_after)}
-        ) from None
+        raise too_many_requests(exc) from None
     except auth.AuthError as exc:
         raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from None
     backends = users.Backends(res.settings, res.pool, res.redis, res.events, res.store)

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Cookie, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
 
 from service import auth
-from service.api.deps import Res
+from service.api.deps import Res, too_many_requests
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 REFRESH_COOKIE = "refresh_token"
@@ -88,9 +88,7 @@ async def login(body: Credentials, request: Request, response: Response, res: Re
     try:
         pair = await auth.login(res.pool, res.redis, res.settings, body.email, body.password, ip)
     except auth.RateLimitedError as exc:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(exc.retry_after)}
-        ) from None
+        raise too_many_requests(exc) from None
     except auth.AuthError as exc:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
     return _keep_refresh_cookie(response, pair, res)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from service import discussions, quota, tickets
 from service.agents.presets import DEFAULT_PANEL, ROLES
-from service.api.deps import Res, UserId, not_found
+from service.api.deps import Res, UserId, not_found, too_many_requests
 
 router = APIRouter(prefix="/api", tags=["discussions"])
 # Far beyond any real list, far below PostgreSQL's bigint: a larger offset is a 422, not a database error.
@@ -115,9 +115,7 @@ async def create_discussion(body: DiscussionIn, user_id: UserId, res: Res) -> Di
             res.orchestrator.worker_id,
         )
     except quota.QuotaExceededError as exc:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(exc.retry_after)}
-        ) from None
+        raise too_many_requests(exc) from None
     except quota.AccountDisabledError as exc:
         raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from None
     # Runs here, in the worker that received the request, under a lease any worker can take over.
