@@ -24,13 +24,8 @@ import httpx
 from bench.run import bench_stack
 from service.agents.presets import DEFAULT_PANEL, MODERATOR, ROLES, speaker_cue
 from service.fakellm import count_tokens
-from tests.service.conftest import (
-    create_discussion,
-    new_user,
-    start_service,
-    stop_process,
-    wait_finished,
-)
+from tests.service.api import create_discussion, new_user, wait_finished
+from tests.service.stack import running_service
 
 TARGET_POINTS = 3.0  # issue 15: within 3 points of the best append-only layout
 
@@ -73,15 +68,14 @@ async def usage_rows(database_url: str, discussion_id: str) -> list[asyncpg.Reco
 def run_discussion(rounds: int, words: int) -> list[Request]:
     with bench_stack() as (env, tmp, _):  # a fresh fake LLM process: its cache has seen nothing yet
         database_url = env["DATABASE_URL"]
-        service = start_service(env, tmp / "service.log")
-        try:
-            with httpx.Client(base_url=service.url, timeout=60) as client:
-                user = new_user(client)
-                topic = f"Should we buy ACME this quarter? [[fake:words={words},delay=0.001]]"
-                discussion = create_discussion(client, user, topic, list(DEFAULT_PANEL), rounds=rounds)
-                detail = wait_finished(client, user, discussion, timeout=300)
-        finally:
-            stop_process(service.proc, timeout=40)
+        with (
+            running_service(env, tmp / "service.log") as service,
+            httpx.Client(base_url=service.url, timeout=60) as client,
+        ):
+            user = new_user(client)
+            topic = f"Should we buy ACME this quarter? [[fake:words={words},delay=0.001]]"
+            discussion = create_discussion(client, user, topic, list(DEFAULT_PANEL), rounds=rounds)
+            detail = wait_finished(client, user, discussion, timeout=300)
         messages = detail["messages"]
         if detail["status"] != "completed" or any(m["status"] != "completed" for m in messages):
             sys.exit(f"the discussion did not complete every turn: {detail['status']}, {detail.get('error')}")

@@ -32,26 +32,21 @@ import websockets
 from openai import AsyncOpenAI
 
 from service.migrate import apply_migrations
-from tests.service.conftest import (
+from tests.service.api import User, create_discussion, new_user, wait_finished, ws_ticket, ws_url
+from tests.service.stack import (
     ORIGIN,
     PYTHON,
     REPO,
     FakeLlm,
     Service,
-    User,
-    create_discussion,
     free_port,
-    new_user,
     running_fake_llm,
+    running_service,
     scratch_database,
     scratch_redis_prefix,
     service_env,
-    start_service,
     stop_process,
-    wait_finished,
     wait_until,
-    ws_ticket,
-    ws_url,
 )
 
 WORKER_CLASS = "service.worker.DrainingUvicornWorker"
@@ -239,8 +234,7 @@ def bench_metrics(env: dict[str, str], tmp: Path, restarts: int, scrapes: int) -
     """/metrics with 4 workers: fresh, then after `restarts` workers were SIGTERMed one by one and replaced."""
     folder = tmp / "metrics-4"
     env = {**env, "WEB_CONCURRENCY": "4", "PROMETHEUS_MULTIPROC_DIR": str(folder)}
-    service = start_service(env, tmp / "service-4.log")
-    try:
+    with running_service(env, tmp / "service-4.log") as service:
         some_traffic(service)
         fresh, fresh_files = scrape_seconds(service, scrapes), len(list(folder.glob("*.db")))
         for _ in range(restarts):
@@ -253,8 +247,6 @@ def bench_metrics(env: dict[str, str], tmp: Path, restarts: int, scrapes: int) -
             )
             some_traffic(service)
         after, after_files = scrape_seconds(service, scrapes), len(list(folder.glob("*.db")))
-    finally:
-        stop_process(service.proc, timeout=40)
     return [
         ("GET /metrics, 4 workers, fresh", f"{summary_ms(fresh)}; {fresh_files} metric files"),
         (
@@ -299,25 +291,24 @@ def main() -> None:
     restarts = 3 if args.quick else 50
     rows: list[tuple[str, str]] = []
     with bench_stack() as (env, tmp, fake):
-        service = start_service(env, tmp / "service.log")
-        try:
-            with httpx.Client(base_url=service.url, timeout=60) as client:
-                user = new_user(client)
-                if "http" in sections:
-                    rows += bench_http(service, user, seconds, rounds)
-                if "ttft" in sections:
-                    direct, through = asyncio.run(bench_ttft(fake, service, client, user, samples))
-                    added = statistics.median(through) - statistics.median(direct)
-                    rows.append(("TTFT straight from the fake LLM (openai SDK), 0.3 s stall", summary_ms(direct)))
-                    rows.append(("TTFT through the service: upstream request -> token on WS", summary_ms(through)))
-                    rows.append(("added TTFT (difference of the medians)", f"{added * 1000:.1f} ms"))
-                for n in fanouts if "fanout" in sections else ():
-                    result = asyncio.run(fanout(service, client, user, n))
-                    name = f"WS fan-out, {n} clients, {result['events']} events each"
-                    spread = summary_ms(result["spread"])
-                    rows.append((name, f"all delivered in order: {result['complete']}; per-event spread {spread}"))
-        finally:
-            stop_process(service.proc, timeout=40)
+        with (
+            running_service(env, tmp / "service.log") as service,
+            httpx.Client(base_url=service.url, timeout=60) as client,
+        ):
+            user = new_user(client)
+            if "http" in sections:
+                rows += bench_http(service, user, seconds, rounds)
+            if "ttft" in sections:
+                direct, through = asyncio.run(bench_ttft(fake, service, client, user, samples))
+                added = statistics.median(through) - statistics.median(direct)
+                rows.append(("TTFT straight from the fake LLM (openai SDK), 0.3 s stall", summary_ms(direct)))
+                rows.append(("TTFT through the service: upstream request -> token on WS", summary_ms(through)))
+                rows.append(("added TTFT (difference of the medians)", f"{added * 1000:.1f} ms"))
+            for n in fanouts if "fanout" in sections else ():
+                result = asyncio.run(fanout(service, client, user, n))
+                name = f"WS fan-out, {n} clients, {result['events']} events each"
+                spread = summary_ms(result["spread"])
+                rows.append((name, f"all delivered in order: {result['complete']}; per-event spread {spread}"))
         if "metrics" in sections:
             rows += bench_metrics(env, tmp, restarts, scrapes=5 if args.quick else 30)
     print("| measurement | result |\n|---|---|")

@@ -24,7 +24,8 @@ import redis.asyncio as aioredis
 import websockets
 
 from bench.run import bench_stack, percentile
-from tests.service.conftest import ORIGIN, TEST_REDIS_URL, Service, User, new_user, start_service, stop_process
+from tests.service.api import User, new_user
+from tests.service.stack import ORIGIN, TEST_REDIS_URL, Service, running_service
 
 TOPIC = "Soak [[fake:delay=0.02,words=40]]"
 PANEL = ["bull", "bear", "risk"]
@@ -211,14 +212,10 @@ def main() -> None:
     parser.add_argument("--discussions", type=int, default=10, help="discussions running at once")
     args = parser.parse_args()
     overrides = {"MAX_CONCURRENT_AGENTS": str(args.discussions), "DAILY_TOKEN_QUOTA": "1000000000"}
-    with bench_stack(**overrides) as (env, tmp, _):
-        service = start_service(env, tmp / "service.log")
-        try:
-            with httpx.Client(base_url=service.url, timeout=60) as client:
-                users = [new_user(client) for _ in range(args.discussions)]
-            soak = asyncio.run(soak_run(service, env["DATABASE_URL"], users, args))
-        finally:
-            stop_process(service.proc, timeout=40)
+    with bench_stack(**overrides) as (env, tmp, _), running_service(env, tmp / "service.log") as service:
+        with httpx.Client(base_url=service.url, timeout=60) as client:
+            users = [new_user(client) for _ in range(args.discussions)]
+        soak = asyncio.run(soak_run(service, env["DATABASE_URL"], users, args))
     print("| measurement | result |\n|---|---|")
     for name, value in report(soak, args):
         print(f"| {name} | {value} |")

@@ -17,22 +17,17 @@ import redis
 
 from service.migrate import apply_migrations
 from service.quota import DayUsage
-from tests.service.conftest import (
+from tests.service.api import User, create_discussion, new_user, read_events, wait_finished
+from tests.service.stack import (
     PYTHON,
     REPO,
     TEST_REDIS_URL,
     FakeLlm,
     Service,
-    User,
-    create_discussion,
-    new_user,
-    read_events,
+    running_service,
     scratch_database,
     scratch_redis_prefix,
     service_env,
-    start_service,
-    stop_process,
-    wait_finished,
 )
 
 pytestmark = pytest.mark.integration
@@ -46,11 +41,8 @@ def limited(fake_llm: FakeLlm, tmp_path_factory: pytest.TempPathFactory) -> Iter
     with scratch_database("svc_limited") as url, scratch_redis_prefix("limited") as prefix:
         asyncio.run(apply_migrations(url))
         overrides = {"REGISTRATION_MODE": "invite", "DAILY_TOKEN_QUOTA": str(QUOTA), "WEB_CONCURRENCY": "1"}
-        svc = start_service(service_env(url, prefix, fake_llm, tmp, **overrides), tmp / "service.log")
-        try:
+        with running_service(service_env(url, prefix, fake_llm, tmp, **overrides), tmp / "service.log") as svc:
             yield svc
-        finally:
-            stop_process(svc.proc, timeout=40)
 
 
 def users_cli(service: Service, *args: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -85,14 +77,10 @@ def test_closed_registration_answers_403(
 ) -> None:
     env = service_env(database_url, redis_prefix, fake_llm, tmp_path, WEB_CONCURRENCY="1")
     del env["REGISTRATION_MODE"]  # the default: closed
-    svc = start_service(env, tmp_path / "service.log")
-    try:
-        with httpx.Client(base_url=svc.url, timeout=30) as client:
-            refused = sign_up(client, f"c{secrets.token_hex(4)}@example.test")
-            assert refused.status_code == 403 and "sign-up is closed" in refused.json()["detail"]
-            operator_adds(svc, client)  # the operator still can
-    finally:
-        stop_process(svc.proc, timeout=40)
+    with running_service(env, tmp_path / "service.log") as svc, httpx.Client(base_url=svc.url, timeout=30) as client:
+        refused = sign_up(client, f"c{secrets.token_hex(4)}@example.test")
+        assert refused.status_code == 403 and "sign-up is closed" in refused.json()["detail"]
+        operator_adds(svc, client)  # the operator still can
 
 
 def test_invite_mode_accepts_a_valid_invitation_once(limited: Service) -> None:

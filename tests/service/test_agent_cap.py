@@ -14,16 +14,8 @@ import httpx
 import pytest
 import redis
 
-from tests.service.conftest import (
-    TEST_REDIS_URL,
-    FakeLlm,
-    Service,
-    create_discussion,
-    new_user,
-    read_events,
-    wait_finished,
-    wait_until,
-)
+from tests.service.api import create_discussion, new_user, read_events, wait_finished
+from tests.service.stack import TEST_REDIS_URL, FakeLlm, Service, wait_until
 
 pytestmark = pytest.mark.integration
 CAP = 3  # MAX_CONCURRENT_AGENTS of the session service

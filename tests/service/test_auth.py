@@ -14,7 +14,8 @@ from redis.asyncio import Redis
 from service import auth
 from service.db import create_pool
 from service.settings import load_settings
-from tests.service.conftest import TEST_REDIS_URL, Service, new_user, wait_until
+from tests.service.api import new_user
+from tests.service.stack import TEST_REDIS_URL, Service, wait_until
 
 pytestmark = pytest.mark.integration
 

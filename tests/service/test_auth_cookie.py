@@ -7,7 +7,7 @@ from http.cookies import SimpleCookie
 import httpx
 import pytest
 
-from tests.service.conftest import new_user
+from tests.service.api import new_user
 
 pytestmark = pytest.mark.integration
 

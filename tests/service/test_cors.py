@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.service.conftest import ORIGIN
+from tests.service.stack import ORIGIN
 
 pytestmark = pytest.mark.integration
 

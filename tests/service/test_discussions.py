@@ -14,21 +14,14 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
-from tests.service.conftest import (
+from tests.service.api import User, create_discussion, new_user, read_events, wait_finished, ws_ticket, ws_url
+from tests.service.stack import (
     ORIGIN,
     FakeLlm,
     Service,
-    User,
-    create_discussion,
-    new_user,
-    read_events,
+    running_service,
     service_env,
-    start_service,
-    stop_process,
-    wait_finished,
     wait_until,
-    ws_ticket,
-    ws_url,
 )
 
 pytestmark = pytest.mark.integration
@@ -122,11 +115,10 @@ def short_workflow_service(
     database_url: str, redis_prefix: str, fake_llm: FakeLlm, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
     tmp = tmp_path_factory.mktemp("wf")
-    svc = start_service(service_env(database_url, redis_prefix, fake_llm, tmp, WORKFLOW_TIMEOUT="2"), tmp / "log")
-    try:
+    with running_service(
+        service_env(database_url, redis_prefix, fake_llm, tmp, WORKFLOW_TIMEOUT="2"), tmp / "log"
+    ) as svc:
         yield svc
-    finally:
-        stop_process(svc.proc, timeout=40)
 
 
 def test_workflow_timeout_ends_the_discussion(short_workflow_service: Service) -> None:

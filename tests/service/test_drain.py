@@ -15,18 +15,8 @@ from websockets.sync.client import connect
 from websockets.typing import Origin
 
 from service.drain import CLOSE_CODE, CLOSE_REASON, RECONNECT_AFTER_MS
-from tests.service.conftest import (
-    ORIGIN,
-    FakeLlm,
-    create_discussion,
-    new_user,
-    read_events,
-    service_env,
-    start_service,
-    stop_process,
-    ws_ticket,
-    ws_url,
-)
+from tests.service.api import create_discussion, new_user, read_events, ws_ticket, ws_url
+from tests.service.stack import ORIGIN, FakeLlm, running_service, service_env, start_service, stop_process
 
 pytestmark = pytest.mark.integration
 GRACE = 1.5
@@ -64,12 +54,9 @@ def test_sigterm_sends_reconnect_hint_and_1012_then_a_fresh_server_resumes(
     finally:
         stop_process(old.proc)
 
-    fresh = start_service(env, tmp_path / "fresh.log")  # same database and Redis: the next release
-    try:
-        with httpx.Client(base_url=fresh.url, timeout=30) as client:
-            rest = read_events(fresh, client, user, discussion, after=events[-1]["seq"])
-    finally:
-        stop_process(fresh.proc, timeout=40)
+    # Same database and Redis: the next release.
+    with running_service(env, tmp_path / "fresh.log") as fresh, httpx.Client(base_url=fresh.url, timeout=30) as client:
+        rest = read_events(fresh, client, user, discussion, after=events[-1]["seq"])
     seqs = [e["seq"] for e in events + rest]
     assert seqs == list(range(1, len(seqs) + 1))  # nothing lost, nothing doubled across the restart
     assert rest[-1]["type"] == "discussion_finished" and rest[-1]["status"] == "completed"

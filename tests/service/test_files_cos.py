@@ -11,15 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.conftest import (
+from tests.service.api import new_user
+from tests.service.stack import (
     PYTHON,
     REPO,
     FakeLlm,
     Service,
     free_port,
-    new_user,
+    running_service,
     service_env,
-    start_service,
     stop_process,
     wait_until,
 )
@@ -58,11 +58,8 @@ def running_cos_service(
         "COS_DOMAIN": domain,
     }
     env = service_env(database_url, f"{redis_prefix}cos:", fake_llm, tmp, **{**cos, **overrides})
-    svc = start_service(env, tmp / "log")
-    try:
+    with running_service(env, tmp / "log") as svc:
         yield svc
-    finally:
-        stop_process(svc.proc, timeout=40)
 
 
 @pytest.fixture(scope="module")

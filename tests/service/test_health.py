@@ -14,14 +14,13 @@ import httpx
 import pytest
 
 from service.migrate import apply_migrations
-from tests.service.conftest import (
-    PYTHON,
-    REPO,
+from tests.service.stack import (
     FakeLlm,
     Service,
     free_port,
+    running_service,
     service_env,
-    start_service,
+    spawn_service,
     stop_process,
     wait_until,
 )
@@ -76,11 +75,8 @@ def pg_service(
 ) -> Iterator[Service]:
     asyncio.run(apply_migrations(throwaway_pg.url))
     tmp = tmp_path_factory.mktemp("health")
-    svc = start_service(service_env(throwaway_pg.url, f"{redis_prefix}health:", fake_llm, tmp), tmp / "log")
-    try:
+    with running_service(service_env(throwaway_pg.url, f"{redis_prefix}health:", fake_llm, tmp), tmp / "log") as svc:
         yield svc
-    finally:
-        stop_process(svc.proc, timeout=40)
 
 
 def health(service: Service) -> httpx.Response:
@@ -111,15 +107,12 @@ def test_service_boots_while_postgres_is_down_and_recovers(
 ) -> None:
     throwaway_pg.stop()
     env = service_env(throwaway_pg.url, f"{redis_prefix}health-boot:", fake_llm, tmp_path)
-    port = free_port()
-    command = [PYTHON, "-m", "gunicorn", "-c", str(REPO / "service" / "gunicorn_conf.py")]
-    with (tmp_path / "log").open("ab") as log:
-        proc = subprocess.Popen(command, cwd=REPO, env={**env, "BIND": f"127.0.0.1:{port}"}, stderr=log)
-    url = f"http://127.0.0.1:{port}/api/health"
+    service = spawn_service(env, tmp_path / "log")
+    url = f"{service.url}/api/health"
     try:
         wait_until(lambda: httpx.get(url).status_code == 503, 60, "a booted worker answering 503")
         throwaway_pg.start()
         wait_until(lambda: all(httpx.get(url).status_code == 200 for _ in range(6)), 45, "health to recover")
-        assert proc.poll() is None
+        assert service.proc.poll() is None
     finally:
-        stop_process(proc, timeout=40)
+        stop_process(service.proc, timeout=40)

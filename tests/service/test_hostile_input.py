@@ -11,16 +11,8 @@ from websockets.sync.client import connect
 from websockets.typing import Origin
 
 from service.api.routes.ws import MAX_SEQ
-from tests.service.conftest import (
-    ORIGIN,
-    Service,
-    User,
-    create_discussion,
-    read_events,
-    wait_finished,
-    ws_ticket,
-    ws_url,
-)
+from tests.service.api import User, create_discussion, read_events, wait_finished, ws_ticket, ws_url
+from tests.service.stack import ORIGIN, Service
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from appliance.build import build_api_image
 from appliance.config import load_config
 from service.migrate import apply_migrations
 from tests.conftest import build_config_file
-from tests.service.conftest import REPO, TEST_REDIS_URL, FakeLlm, free_port, wait_until
+from tests.service.stack import REPO, TEST_REDIS_URL, FakeLlm, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 

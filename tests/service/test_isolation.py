@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.service.conftest import create_discussion, new_user, wait_finished
+from tests.service.api import create_discussion, new_user, wait_finished
 
 pytestmark = pytest.mark.integration
 

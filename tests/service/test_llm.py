@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from service.llm import Failure, KeyHealth, LlmClient, LlmError, LlmTimeoutError, Usage
 from service.settings import Settings, load_settings
-from tests.service.conftest import REJECTED_KEY, TEST_REDIS_URL, FakeLlm, scratch_redis_prefix
+from tests.service.stack import REJECTED_KEY, TEST_REDIS_URL, FakeLlm, scratch_redis_prefix
 
 pytestmark = pytest.mark.integration
 

@@ -10,18 +10,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.conftest import (
+from tests.service.api import User, create_discussion, new_user, wait_finished
+from tests.service.stack import (
     REJECTED_KEY,
     FakeLlm,
     Service,
-    User,
-    create_discussion,
-    new_user,
+    running_service,
     scratch_redis_prefix,
     service_env,
-    start_service,
-    stop_process,
-    wait_finished,
 )
 from tests.service.test_metrics import sample, scrape
 
@@ -40,11 +36,10 @@ def pool_service(database_url: str, fake_llm: FakeLlm, tmp_path_factory: pytest.
     tmp = tmp_path_factory.mktemp("pool")
     with scratch_redis_prefix("pool") as prefix:
         env = service_env(database_url, prefix, fake_llm, tmp, AI_API_KEY=f"{EMPTY},{GOOD}")
-        svc = start_service(env, tmp / "service.log")
         try:
-            yield svc
+            with running_service(env, tmp / "service.log") as svc:
+                yield svc
         finally:
-            stop_process(svc.proc, timeout=40)
             set_keys(fake_llm, empty_balance=[])
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from service.llm import Failure
 from service.llm_check import usable, verdict, verdict_line
-from tests.service.conftest import PYTHON, REJECTED_KEY, REPO, FakeLlm
+from tests.service.stack import PYTHON, REJECTED_KEY, REPO, FakeLlm
 
 
 @pytest.mark.unit

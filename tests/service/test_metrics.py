@@ -9,7 +9,8 @@ import httpx
 import pytest
 import redis
 
-from tests.service.conftest import TEST_REDIS_URL, Service, create_discussion, new_user, read_events
+from tests.service.api import create_discussion, new_user, read_events
+from tests.service.stack import TEST_REDIS_URL, Service
 
 pytestmark = pytest.mark.integration
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

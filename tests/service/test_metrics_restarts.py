@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from service.metric_files import ARCHIVED_KINDS
-from tests.service.conftest import FakeLlm, Service, service_env, start_service, stop_process, wait_until
+from tests.service.stack import FakeLlm, Service, running_service, service_env, wait_until
 from tests.service.test_metrics import sample, scrape
 
 pytestmark = pytest.mark.integration
@@ -37,10 +37,9 @@ def test_metric_files_stay_bounded_and_totals_survive_restarts(
     database_url: str, redis_prefix: str, fake_llm: FakeLlm, tmp_path: Path
 ) -> None:
     env = service_env(database_url, redis_prefix, fake_llm, tmp_path, WEB_CONCURRENCY=str(WORKERS))
-    service = start_service(env, tmp_path / "service.log")
     folder = Path(env["PROMETHEUS_MULTIPROC_DIR"])
     sent = 0
-    try:
+    with running_service(env, tmp_path / "service.log") as service:
         for _ in range(RESTART_ROUNDS):
             for _ in range(20):  # new connections, so both workers serve some
                 with httpx.Client(base_url=service.url) as client:
@@ -58,5 +57,3 @@ def test_metric_files_stay_bounded_and_totals_survive_restarts(
         )
         assert counted == sent  # every request counted exactly once, though every worker that served it is gone
         assert (folder / "histogram_archive.db").exists()  # where the exited workers' counts live now
-    finally:
-        stop_process(service.proc, timeout=40)

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from service.migrate import apply_migrations, migration_files
-from tests.service.conftest import PYTHON, REPO, scratch_database
+from tests.service.stack import PYTHON, REPO, scratch_database
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.conftest import Service, new_user
+from tests.service.api import new_user
+from tests.service.stack import Service
 
 pytestmark = pytest.mark.integration
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")

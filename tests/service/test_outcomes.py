@@ -10,18 +10,13 @@ import httpx
 import pytest
 
 from service.agents.orchestration import TurnFailure, failure_reason
-from tests.service.conftest import (
+from tests.service.api import User, create_discussion, new_user, read_events, wait_finished
+from tests.service.stack import (
     FakeLlm,
     Service,
-    User,
-    create_discussion,
-    new_user,
-    read_events,
+    running_service,
     scratch_redis_prefix,
     service_env,
-    start_service,
-    stop_process,
-    wait_finished,
 )
 
 PANEL = ["fundamentals", "bull", "bear"]
@@ -57,11 +52,8 @@ def broke_service(database_url: str, fake_llm: FakeLlm, tmp_path_factory: pytest
     tmp = tmp_path_factory.mktemp("broke")
     with scratch_redis_prefix("broke") as prefix:
         env = service_env(database_url, prefix, fake_llm, tmp, AI_API_KEY="sk-broke-aaaa,sk-broke-bbbb")
-        svc = start_service(env, tmp / "service.log")
-        try:
+        with running_service(env, tmp / "service.log") as svc:
             yield svc
-        finally:
-            stop_process(svc.proc, timeout=40)
 
 
 @pytest.mark.integration

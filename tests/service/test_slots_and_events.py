@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from service.agents.slots import AgentSlots
 from service.streaming import SUBSCRIBER_QUEUE_LIMIT, EventHub, EventLog, SlowConsumerError
-from tests.service.conftest import TEST_REDIS_URL
+from tests.service.stack import TEST_REDIS_URL
 
 pytestmark = pytest.mark.integration
 

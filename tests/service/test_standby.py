@@ -16,19 +16,8 @@ from websockets.sync.client import connect
 from websockets.typing import Origin
 
 from service.drain import CLOSE_CODE, CLOSE_REASON
-from tests.service.conftest import (
-    ORIGIN,
-    FakeLlm,
-    create_discussion,
-    new_user,
-    read_events,
-    service_env,
-    start_service,
-    stop_process,
-    wait_until,
-    ws_ticket,
-    ws_url,
-)
+from tests.service.api import create_discussion, new_user, read_events, ws_ticket, ws_url
+from tests.service.stack import ORIGIN, FakeLlm, running_service, service_env, wait_until
 
 pytestmark = pytest.mark.integration
 GRACE = 1.0
@@ -47,13 +36,9 @@ def test_standby_hands_a_running_discussion_to_another_api_and_stays_up(
     flag = tmp_path / "old-standby"
     env = service_env(database_url, redis_prefix, fake_llm, tmp_path, WS_DRAIN_SECONDS=str(GRACE))
     env["STANDBY_FILE"] = str(flag)
-    old = start_service(env, tmp_path / "old.log")
     (tmp_path / "new").mkdir()
-    new = start_service(
-        service_env(database_url, redis_prefix, fake_llm, tmp_path / "new", STANDBY_FILE=str(tmp_path / "unused")),
-        tmp_path / "new.log",
-    )
-    try:
+    new_env = service_env(database_url, redis_prefix, fake_llm, tmp_path / "new", STANDBY_FILE=str(tmp_path / "unused"))
+    with running_service(env, tmp_path / "old.log") as old, running_service(new_env, tmp_path / "new.log") as new:
         with httpx.Client(base_url=old.url, timeout=30) as client:
             user = new_user(client)
             discussion = create_discussion(client, user, "Warm [[fake:delay=0.05,words=40]]", ["bull", "bear"])
@@ -99,6 +84,3 @@ def test_standby_hands_a_running_discussion_to_another_api_and_stays_up(
             again = create_discussion(client, user, "Awake [[fake:delay=0.01,words=5]]", ["bull"])
             assert read_events(old, client, user, again)[-1]["status"] == "completed"
         assert "standby over: running discussions again" in old.log_path.read_text()
-    finally:
-        stop_process(old.proc, timeout=40)
-        stop_process(new.proc, timeout=40)

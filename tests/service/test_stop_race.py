@@ -33,7 +33,7 @@ from service.db import create_pool
 from service.llm import LlmClient
 from service.settings import load_settings
 from service.streaming import EventLog
-from tests.service.conftest import TEST_REDIS_URL, FakeLlm, service_env
+from tests.service.stack import TEST_REDIS_URL, FakeLlm, service_env
 
 pytestmark = pytest.mark.integration
 ROUNDS = 200

@@ -19,17 +19,8 @@ from websockets.sync.client import connect
 from websockets.typing import Origin
 
 from service.streaming import FINISHED, SUBSCRIBER_QUEUE_LIMIT, EventLog
-from tests.service.conftest import (
-    ORIGIN,
-    TEST_REDIS_URL,
-    Service,
-    User,
-    create_discussion,
-    new_user,
-    wait_finished,
-    ws_ticket,
-    ws_url,
-)
+from tests.service.api import User, create_discussion, new_user, wait_finished, ws_ticket, ws_url
+from tests.service.stack import ORIGIN, TEST_REDIS_URL, Service
 
 pytestmark = pytest.mark.integration
 
