@@ -23,7 +23,7 @@ import pytest
 from appliance import sandbox as sandboxes
 from appliance.backup.cos import MB, CosStore, CosTarget
 from appliance.config import Config, load_config
-from appliance.remote import open_host
+from appliance.remote import RemoteHost, open_host
 from tests.certificates import Chain, issue_chain
 from tests.conftest import RUN_ID, Deployed, SandboxFactory, bootstrap_sandbox, deploy_sandbox, free_port
 from tests.cosfake import FakeCos
@@ -54,6 +54,20 @@ def site(deployed: Deployed) -> Site:
         return Site(deployed.sandbox.https_port, host.run("cat /opt/appliance/shared/certs/ca.pem").stdout)
 
 
+@pytest.fixture(scope="module")
+def config(deployed: Deployed) -> Config:
+    """The shared deployed sandbox's config."""
+    return load_config(deployed.sandbox.config_file)
+
+
+@pytest.fixture(scope="module")
+def host(config: Config) -> Iterator[RemoteHost]:
+    """An SSH session to the shared deployed sandbox, one a module; a module with a sandbox of its own defines its
+    own `host`."""
+    with open_host(config) as remote:
+        yield remote
+
+
 def bridge_gateway() -> str:
     """The host's address on Docker's default bridge: the engine names it, or (engines that leave it out of
     IPAM) the subnet's first address, which is the one Docker gives the bridge."""
@@ -61,12 +75,17 @@ def bridge_gateway() -> str:
     return str(ipam.get("Gateway") or next(ipaddress.ip_network(ipam["Subnet"]).hosts()))
 
 
+def bridge_cos(secret_id: str, secret_key: str, bucket: str, default_bucket: str = "") -> FakeCos:
+    """A started local COS with `bucket`, on the Docker bridge's gateway where the sandbox reaches it."""
+    fake = FakeCos(bridge_gateway(), free_port(), secret_id, secret_key, default_bucket)
+    fake.create_bucket(bucket)
+    return fake.start()
+
+
 @pytest.fixture(scope="session")
 def rig(sandbox_factory: SandboxFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     """A sandbox of its own with backups to the local COS, bootstrapped and with v1 deployed."""
-    fake = FakeCos(bridge_gateway(), free_port(), SECRET_ID, SECRET_KEY)
-    fake.create_bucket(BUCKET)
-    fake.start()
+    fake = bridge_cos(SECRET_ID, SECRET_KEY, BUCKET)
     sandbox = sandbox_factory("destructive")
     extra = f'redis_schedule = "{REDIS_SCHEDULE}"\npitr = true\narchive_timeout = {ARCHIVE_TIMEOUT}\n'
     config = with_backups(sandbox, tmp_path_factory.mktemp("backup"), fake, extra)
@@ -125,9 +144,7 @@ def day_one(sandbox_factory: SandboxFactory, tmp_path_factory: pytest.TempPathFa
     cert_file, key_file = folder / f"{domain}_bundle.crt", folder / f"{domain}.key"
     cert_file.write_bytes(chain.bundle.replace("\n", "\r\n").encode())
     key_file.write_bytes(chain.key.replace("\n", "\r\n").encode())
-    fake = FakeCos(bridge_gateway(), free_port(), ARTIFACT_SECRET_ID, ARTIFACT_SECRET_KEY, ARTIFACT_BUCKET)
-    fake.create_bucket(ARTIFACT_BUCKET)
-    fake.start()
+    fake = bridge_cos(ARTIFACT_SECRET_ID, ARTIFACT_SECRET_KEY, ARTIFACT_BUCKET, default_bucket=ARTIFACT_BUCKET)
     sandbox = sandbox_factory("day-one")
     text = sandbox.config_file.read_text(encoding="utf-8")
     # Top-level keys go before the first table; per-environment tables after the file's last one.

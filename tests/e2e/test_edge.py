@@ -6,24 +6,16 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from appliance.config import load_config
-from appliance.remote import RemoteHost, open_host
+from appliance.remote import RemoteHost
 from tests.conftest import Deployed
 from tests.e2e.traffic import Site
 
 pytestmark = pytest.mark.e2e
 WWW = "/opt/appliance/shared/www"
-
-
-@pytest.fixture(scope="module")
-def host(deployed: Deployed) -> Iterator[RemoteHost]:
-    with open_host(load_config(deployed.sandbox.config_file)) as remote:
-        yield remote
 
 
 def test_plain_http_redirects_to_https_except_acme_challenges(deployed: Deployed) -> None:

@@ -26,9 +26,8 @@ import pytest
 from appliance import sandbox as sandboxes
 from appliance.config import load_config
 from appliance.remote import RemoteHost, open_host
-from tests.conftest import REPO, SandboxFactory, bootstrap_sandbox, deploy_sandbox, free_port, inv
-from tests.cosfake import FakeCos
-from tests.e2e.conftest import BUCKET, SECRET_ID, SECRET_KEY, bridge_gateway, with_backups
+from tests.conftest import REPO, SandboxFactory, bootstrap_sandbox, deploy_sandbox, inv
+from tests.e2e.conftest import BUCKET, SECRET_ID, SECRET_KEY, bridge_cos, with_backups
 from tests.e2e.test_deploy import assert_stack_runs_release
 from tests.e2e.test_reboot import serving_within
 from tests.e2e.traffic import Site, events
@@ -58,9 +57,7 @@ class Faults:
 @pytest.fixture(scope="module")
 def faults(sandbox_factory: SandboxFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Faults]:
     """The module's own sandbox: backups on, AGENT_TIMEOUT short, v1 deployed."""
-    fake = FakeCos(bridge_gateway(), free_port(), SECRET_ID, SECRET_KEY)
-    fake.create_bucket(BUCKET)
-    fake.start()
+    fake = bridge_cos(SECRET_ID, SECRET_KEY, BUCKET)
     sandbox = sandbox_factory("faults")
     text = sandbox.config_file.read_text(encoding="utf-8")
     shorter = text.replace("[service]\n", f"[service]\nagent_timeout = {AGENT_TIMEOUT}\n", 1)

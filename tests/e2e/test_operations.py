@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from appliance.config import Config, load_config
+from appliance.config import Config
 from appliance.remote import RemoteHost, open_host
 from appliance.secrets import load_secrets
 from tests.conftest import Deployed, inv
@@ -20,17 +19,6 @@ from tests.monitoring.test_notify import WecomRobot, robot  # noqa: F401 - the r
 pytestmark = pytest.mark.e2e
 BIN = "/opt/appliance/bin"
 LOCK = "/opt/appliance/shared/deploy.lock"
-
-
-@pytest.fixture(scope="module")
-def config(deployed: Deployed) -> Config:
-    return load_config(deployed.sandbox.config_file)
-
-
-@pytest.fixture(scope="module")
-def host(config: Config) -> Iterator[RemoteHost]:
-    with open_host(config) as remote:
-        yield remote
 
 
 @pytest.fixture(scope="module")

@@ -14,30 +14,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from appliance.config import Config, load_config
-from appliance.remote import RemoteHost, open_host
-from tests.conftest import REPO, RUN_ID, Deployed, inv
+from appliance.config import Config
+from appliance.remote import RemoteHost
+from tests.conftest import REPO, RUN_ID, inv
 
 # The first test may pay for the shared sandbox's bootstrap and deploy (the session fixtures), slow on a busy machine.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 STEP_LINE = re.compile(r"^\s+(ok|changed|pending|failed)\s+\S.*\s[0-9]+\.[0-9]s\b")
 TOTALS = re.compile(r"\d+ ok, \d+ changed, \d+ pending, \d+ failed in ")
-
-
-@pytest.fixture(scope="module")
-def config(deployed: Deployed) -> Config:
-    return load_config(deployed.sandbox.config_file)
-
-
-@pytest.fixture(scope="module")
-def host(config: Config) -> Iterator[RemoteHost]:
-    with open_host(config) as remote:
-        yield remote
 
 
 def tmux(*words: str) -> str:
