@@ -13,6 +13,7 @@ from appliance.backup.cos import MB, CosStore, CosTarget
 from appliance.backup.dump import wait_ready
 from appliance.backup.install import bundle
 from appliance.backup.settings import HostSettings, Policy
+from appliance.host_paths import HostPaths
 from tests.conftest import free_port
 from tests.cosfake import FakeCos
 
@@ -21,6 +22,16 @@ def sh(command: str) -> str:
     done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=False)
     assert done.returncode == 0, f"{command}: {done.stderr}"
     return done.stdout
+
+
+def flip_a_byte(cos: CosStore, key: str, scratch: Path) -> None:
+    """Corrupt the object `key` in the bucket as a bad disk or a bad copy would: one bit of its middle byte, through
+    `scratch` (a file path)."""
+    cos.get_file(key, scratch)
+    data = bytearray(scratch.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    scratch.write_bytes(bytes(data))
+    cos.put_file(key, scratch)
 
 
 @dataclass(frozen=True)
@@ -39,8 +50,11 @@ class BackupSide:
 def backup_side(
     base: Path, project: str, bucket: str, secret: tuple[str, str], pitr: bool = False
 ) -> Iterator[BackupSide]:
-    """A fresh age key, the local COS with `bucket` and the COS key `secret` (stopped afterwards), the settings
-    and the zipapp."""
+    """The host folders a backup writes (shared/backups, metrics, certs), a fresh age key, the local COS with
+    `bucket` and the COS key `secret` (stopped afterwards), the settings and the zipapp."""
+    paths = HostPaths(str(base))
+    for folder in (paths.backups, paths.metrics, paths.certs):
+        Path(folder).mkdir(parents=True)
     key = sh("age-keygen 2>/dev/null")
     recipient = next(line.split(": ")[1] for line in key.splitlines() if line.startswith("# public key: "))
     secret_id, secret_key = secret
@@ -50,7 +64,7 @@ def backup_side(
     try:
         target = CosTarget(bucket, "ap-shanghai", secret_id, secret_key, f"http://127.0.0.1:{fake.port}", 1 * MB)
         settings = HostSettings(project, str(base), "test-host", "backups/", recipient, target, Policy(), pitr=pitr)
-        settings_file = base / "shared/backup.json"
+        settings_file = Path(paths.backup_settings)
         settings_file.write_text(settings.to_json())
         pyz = base / "backup.pyz"
         pyz.write_bytes(bundle())

@@ -25,7 +25,7 @@ from appliance.backup.cos import CosStore
 from appliance.config import load_config
 from appliance.render import release_files
 from appliance.secrets import ensure_generated, load_secrets
-from tests.appliance.backup_host import backup_side, running, sh, start_redis
+from tests.appliance.backup_host import backup_side, flip_a_byte, running, sh, start_redis
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -68,8 +68,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     postgres_image, redis_image = (sandbox.standin_image(client, name) for name in ("postgres", "redis"))
     project = f"pitr{secrets.token_hex(3)}"
     base = tmp_path_factory.mktemp("base")
-    for folder in ("shared/backups", "shared/metrics", "shared/certs", "shared/wal"):
-        (base / folder).mkdir(parents=True)
+    (base / "shared/wal").mkdir(parents=True)
     with backup_side(base, project, BUCKET, (SECRET_ID, SECRET_KEY), pitr=True) as side:
         service = postgres_service(tmp_path_factory.mktemp("config"), side.recipient)
         command = [word.replace("$$", "$") for word in service["command"]]  # Compose's escape
@@ -179,12 +178,7 @@ def test_a_flipped_byte_in_a_segment_fails_the_restore_naming_it(stack: Stack, m
     system = psql(stack, "SELECT system_identifier FROM pg_control_system()")  # a recovery keeps the cluster's
     names = sorted(item.key for item in stack.cos.objects(f"backups/{stack.project}/wal/{system}/"))
     segment = next(key for key in reversed(names) if wal.position(key.rsplit("/", 1)[1]) is not None)
-    blob = tmp_path / "segment"
-    stack.cos.get_file(segment, blob)
-    data = bytearray(blob.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    blob.write_bytes(bytes(data))
-    stack.cos.put_file(segment, blob)
+    flip_a_byte(stack.cos, segment, tmp_path / "segment")
     before = psql(stack, "SELECT string_agg(body, ',' ORDER BY body) FROM notes")
 
     failed = backup_cmd(stack, "restore", "--to-time", moment, identity=stack.key)

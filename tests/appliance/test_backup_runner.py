@@ -46,8 +46,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     postgres_image, redis_image = (sandbox.standin_image(client, name) for name in ("postgres", "redis"))
     project = f"bkit{secrets.token_hex(3)}"
     base = tmp_path_factory.mktemp("base")
-    for folder in ("shared/backups", "shared/metrics", "shared/certs", "releases/v1"):
-        (base / folder).mkdir(parents=True)
+    (base / "releases/v1").mkdir(parents=True)
     (base / "releases/v1/slug").write_text("v1\n")
     (base / "current").symlink_to(base / "releases/v1")
     labels = f"--label com.docker.compose.project={project} --label com.docker.compose.service=postgres"

@@ -15,6 +15,7 @@ import pytest
 from appliance.backup.cos import MB
 from appliance.remote import RemoteHost, open_host
 from appliance.shell import sh
+from tests.appliance.backup_host import flip_a_byte
 from tests.conftest import inv
 from tests.e2e.conftest import BUCKET, REDIS_SCHEDULE, SECRET_KEY, Rig
 
@@ -192,12 +193,7 @@ def test_drill_marks_verified_and_a_flipped_byte_fails_it(rig: Rig, cron_backup:
     assert rows[other][1:4] == ["full", "complete", "no"]
 
     key = f"backups/{PROJECT}/{other}/files.tar.age"
-    blob = tmp_path / "blob"
-    rig.cos.get_file(key, blob)
-    data = bytearray(blob.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    blob.write_bytes(bytes(data))
-    rig.cos.put_file(key, blob)
+    flip_a_byte(rig.cos, key, tmp_path / "blob")
     run(host, f"rm -rf {BASE}/shared/backups/latest")  # else the intact local copy would be used
     failed = inv("restore.drill", "--backup", other, "--config", str(rig.config_file))
     assert failed.returncode == 4

@@ -84,13 +84,19 @@ def served_version(bootstrapped: Bootstrapped, host: RemoteHost) -> object:
     return body["version"]
 
 
-def test_websocket_through_nginx_streams_a_discussion(first_release: str, site: Site) -> None:
+def assert_streams_a_discussion(site: Site) -> None:
+    """A discussion of three agents and the moderator runs to its end over the site's WebSocket, every event in
+    order."""
     user = site.new_user()
     discussion = site.create_discussion(user, "Buy ACME? [[fake:delay=0.01,words=8]]", ["bull", "bear", "risk"])
     seen = site.read_to_end(user, discussion, timeout=60)
     assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
     assert [e["role"] for e in seen if e["type"] == "agent_started"] == ["bull", "bear", "risk", "moderator"]
     assert seen[-1]["status"] == "completed"
+
+
+def test_websocket_through_nginx_streams_a_discussion(first_release: str, site: Site) -> None:
+    assert_streams_a_discussion(site)
 
 
 def first_served(site: Site, version: str, deadline: float) -> float:

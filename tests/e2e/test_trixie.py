@@ -18,6 +18,7 @@ from appliance.config import Config, load_config
 from appliance.remote import RemoteHost, open_host
 from tests.conftest import Bootstrapped, SandboxFactory, bootstrap_sandbox, deploy_sandbox, inv
 from tests.e2e.test_bootstrap import ssh_audit
+from tests.e2e.test_deploy import assert_streams_a_discussion
 from tests.e2e.test_reboot import serving_within
 from tests.e2e.traffic import Site
 
@@ -124,12 +125,7 @@ def test_openssh_10_is_graded_without_failures_and_paramiko_speaks_post_quantum(
 
 
 def test_websocket_discussion_through_nginx(trixie: Trixie) -> None:
-    user = trixie.site.new_user()
-    discussion = trixie.site.create_discussion(user, "Buy ACME? [[fake:delay=0.01,words=8]]", ["bull", "bear", "risk"])
-    seen = trixie.site.read_to_end(user, discussion, timeout=60)
-    assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
-    assert [e["role"] for e in seen if e["type"] == "agent_started"] == ["bull", "bear", "risk", "moderator"]
-    assert seen[-1]["status"] == "completed"
+    assert_streams_a_discussion(trixie.site)
 
 
 def served_version(site: Site) -> object:
