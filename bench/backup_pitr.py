@@ -26,9 +26,9 @@ from pathlib import Path
 import docker
 
 from appliance import sandbox
-from appliance.backup import crypt, dump, wal
+from appliance.backup import dump, wal
 from appliance.backup.cos import MB
-from bench.backup import bench_cos, print_steps, timed
+from bench.backup import bench_cos, print_steps, timed, timed_cos_round_trip
 from tests.appliance.test_backup_pitr import postgres_service
 
 BUCKET = "bench-pitr-1250000000"
@@ -120,17 +120,12 @@ def main() -> None:
             pgbench(NAME, "-i", "-q", "-s", str(args.scale))
             generated = time.monotonic() - started
             db_size = int(dump.psql(NAME, "SELECT pg_database_size('appliance')").strip())
-            base, sealed, back, opened = (work / n for n in ("base.tar.gz", "base.age", "back.age", "back.tar.gz"))
+            base = work / "base.tar.gz"
             timed("pg_basebackup -Ft -X fetch -Z 1 (docker exec)", rows, lambda: base.stat().st_size,
                   lambda: dump.base_backup(NAME, base))  # fmt: skip
             stat = Path(dump.volume_path(volume)).stat()
             subprocess.run(["docker", "rm", "-f", NAME], capture_output=True, check=False)
-            timed("age encrypt", rows, lambda: sealed.stat().st_size, lambda: crypt.encrypt(base, sealed, recipient))
-            timed("upload to local COS (16 MB parts, CRC64)", rows, lambda: sealed.stat().st_size,
-                  lambda: cos.put_file("bench/base.tar.gz.age", sealed))  # fmt: skip
-            timed("download from local COS (CRC64)", rows, lambda: back.stat().st_size,
-                  lambda: cos.get_file("bench/base.tar.gz.age", back))  # fmt: skip
-            timed("age decrypt", rows, lambda: opened.stat().st_size, lambda: crypt.decrypt(back, opened, key))
+            opened = timed_cos_round_trip(rows, base, key, recipient, cos)
             (work / "wal").mkdir()
             recovery = work / "recovery"
             recovery.mkdir()

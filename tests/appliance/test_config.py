@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -11,7 +9,7 @@ import pytest
 
 from appliance.config import load_config
 from appliance.errors import ConfigError
-from tests.conftest import REPO
+from tests.conftest import REPO, inv
 
 pytestmark = pytest.mark.unit
 
@@ -132,13 +130,7 @@ def test_cli_exits_2_with_one_line_and_never_connects(tmp_path: Path) -> None:
     listener.settimeout(0.5)
     port = listener.getsockname()[1]
     path = write(tmp_path, MINIMAL.replace("203.0.113.10", "127.0.0.1") + f"port = {port}\nbogus = 1\n")
-    run = subprocess.run(
-        [sys.executable, "-m", "invoke", "facts", "--config", str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    run = inv("facts", "--config", str(path))
     assert run.returncode == 2
     assert run.stderr.strip() == f"error: {path}: environments.production.hosts.0.bogus: unknown key"
     with pytest.raises(TimeoutError):
@@ -151,13 +143,7 @@ def test_cli_exits_2_with_one_line_and_never_connects(tmp_path: Path) -> None:
 )
 def test_a_domain_that_is_not_a_host_name_exits_2_naming_the_field(tmp_path: Path, domain: str) -> None:
     path = write(tmp_path, f'domain = "{domain}"\n' + MINIMAL)
-    run = subprocess.run(
-        [sys.executable, "-m", "invoke", "config", "--config", str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    run = inv("config", "--config", str(path))
     assert run.returncode == 2, run.stdout + run.stderr
     (line,) = run.stderr.strip().splitlines()
     assert line.startswith(f"error: {path}: domain: {domain!r} is not a host name: write it as agents.example.com")
