@@ -36,6 +36,8 @@ def test_access_token_round_trip() -> None:
         jwt.encode({"sub": str(uuid.uuid4()), "iat": 0, "exp": 2**40}, SECRET, algorithm="HS512"),  # alg swap
         jwt.encode({"sub": str(uuid.uuid4()), "iat": 0, "exp": 2**40}, "", algorithm="none"),  # unsigned
     ],
+    # Fixed names: the tokens differ per process, and xdist's workers must collect the same test ids.
+    ids=["expired", "no-exp", "no-iat", "forged", "alg-swap", "unsigned"],
 )
 def test_rejected_access_tokens(token: str) -> None:
     with pytest.raises(security.InvalidTokenError):
