@@ -25,7 +25,7 @@ from appliance.config import Config, Settings
 from appliance.errors import StepFailed
 from appliance.executor import Executor, StepResult
 from appliance.facts import gather_facts
-from appliance.images import LocalImage, images_on_host, local_image
+from appliance.images import LocalImage, images_on_host, local_image, operator_engine
 from appliance.llm_check import LlmKeysWarning
 from appliance.lock import audit_entry, operator
 from appliance.releases import PruneReleases, Release, current_release, manifest, rollback_target
@@ -192,7 +192,7 @@ def deploy(
         files = [ManagedFile(item.path, item.content.encode(), item.mode) for item in rendered]
         files.append(ManagedFile(f"{release.directory}/slug", f"{release.slug}\n".encode()))
         executor = Executor(remote, check=check, redact=secrets.redact, progress=progress)
-        engine = docker.from_env()
+        engine = operator_engine()
         release_image = api_image(settings, version)
         if image != release_image and not check:
             # Releases always run `api:VERSION`, so a given image is tagged with the release's name.

@@ -21,6 +21,22 @@ from appliance.steps import Action, Facts, Run, Step, Stream
 
 LOAD = "gzip -dc | docker load --quiet"
 CHUNK = 1 << 20
+# How long a call to the operator's engine may stay silent. A push's event stream can: a big layer compressed on
+# a busy machine, or a registry checking a blob that came over a thin link (the SDK's default, 60 s, ended such a
+# deploy in a traceback).
+ENGINE_TIMEOUT = 1800
+
+
+def operator_engine() -> docker.DockerClient:
+    """The operator's Docker engine, or one line saying how to start it."""
+    try:
+        engine = docker.from_env(timeout=ENGINE_TIMEOUT)
+        engine.ping()
+    except docker.errors.DockerException as exc:
+        raise ApplianceError(
+            f"the local Docker engine does not answer ({exc}): start it (systemctl start docker)"
+        ) from None
+    return engine
 
 
 @dataclass(frozen=True)

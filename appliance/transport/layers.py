@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import docker
 import docker.errors
+import urllib3.exceptions
 from docker.utils import parse_repository_tag
 
 from appliance.errors import ApplianceError
@@ -114,6 +115,11 @@ class Push:
         except docker.errors.APIError as exc:
             reason = exc.explanation or exc
             raise ApplianceError(f"push of {image.ref} into the host's registry failed: {reason}") from None
+        except (OSError, urllib3.exceptions.HTTPError) as exc:  # requests' errors are OSErrors; a stalled read is not
+            raise ApplianceError(
+                f"push of {image.ref} into the host's registry stalled or broke ({type(exc).__name__}): "
+                "deploy again (layers that arrived stay)"
+            ) from None
         finally:
             with contextlib.suppress(docker.errors.APIError):
                 self.engine.api.remove_image(f"{repository}:{tag}", noprune=True)

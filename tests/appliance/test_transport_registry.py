@@ -20,6 +20,7 @@ import docker
 import pytest
 import yaml
 
+from appliance.errors import ApplianceError
 from appliance.images import LocalImage, local_image
 from appliance.progress import TransferProgress
 from appliance.transport.layers import Push
@@ -150,3 +151,19 @@ def test_a_blob_damaged_on_the_way_is_refused_and_sent_again_and_a_present_one_n
     second.send(again)
     assert second.sent is not None and second.sent < 50_000, f"{second.sent} bytes for a blob the registry has"
     assert second.summary().endswith("(0 MB sent)")
+
+
+def test_a_push_that_goes_silent_ends_in_one_line_not_a_traceback(
+    image: tuple[docker.DockerClient, LocalImage],
+) -> None:
+    """A registry end that takes the connection and never answers: the engine's event stream goes quiet, and the
+    client's read timeout (the deploy's is images.ENGINE_TIMEOUT; 3 s here) becomes the step's one line."""
+    _, pushed = image
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts; nobody reads or answers
+        quiet_end = TamperingProxy(0, port=silent.getsockname()[1])
+        push = Push(docker.from_env(timeout=3), (pushed,), progress=_quiet)
+        started = time.monotonic()
+        with pytest.raises(ApplianceError, match=r"stalled or broke \(\w+\): deploy again") as refused:
+            push.send(quiet_end)
+    assert time.monotonic() - started < 30
+    assert "\n" not in str(refused.value)
