@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -74,10 +75,9 @@ def _spec(tmp_root: Path, suffix: str, release: str) -> sandboxes.SandboxSpec:
     )
 
 
-@pytest.fixture(scope="session")
-def sandbox_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxFactory]:
-    """Start sandboxes by name for this run; all are removed at the end of the session."""
-    root = tmp_path_factory.mktemp("sandboxes")
+@contextmanager
+def started_sandboxes(root: Path) -> Iterator[SandboxFactory]:
+    """A factory of sandboxes by name (their state under `root`); all it started are removed on exit."""
     specs: list[sandboxes.SandboxSpec] = []
 
     def start(suffix: str, release: str = sandboxes.DEFAULT_RELEASE) -> sandboxes.Sandbox:
@@ -85,9 +85,26 @@ def sandbox_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbo
         specs.append(spec)
         return sandboxes.up(spec, log=lambda line: None)
 
-    yield start
-    for spec in specs:
-        sandboxes.down(spec)
+    try:
+        yield start
+    finally:
+        for spec in specs:
+            sandboxes.down(spec)
+
+
+@pytest.fixture(scope="session")
+def sandbox_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxFactory]:
+    """Sandboxes for the session's shared fixtures; removed at the end of the session."""
+    with started_sandboxes(tmp_path_factory.mktemp("sandboxes")) as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def module_sandbox_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxFactory]:
+    """Sandboxes for one module's own fixture; removed when the module is done: an idle sandbox's stack (its
+    Prometheus, health checks, cron) takes CPU from the tests still running."""
+    with started_sandboxes(tmp_path_factory.mktemp("sandboxes")) as start:
+        yield start
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,8 @@ UNTOUCHED = (
 
 
 @pytest.fixture(scope="module")
-def refusing(sandbox_factory: SandboxFactory) -> Sandbox:
-    return sandbox_factory("refuse")
+def refusing(module_sandbox_factory: SandboxFactory) -> Sandbox:
+    return module_sandbox_factory("refuse")
 
 
 @pytest.fixture()

@@ -55,10 +55,10 @@ class Faults:
 
 
 @pytest.fixture(scope="module")
-def faults(sandbox_factory: SandboxFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Faults]:
+def faults(module_sandbox_factory: SandboxFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Faults]:
     """The module's own sandbox: backups on, AGENT_TIMEOUT short, v1 deployed."""
     fake = bridge_cos(SECRET_ID, SECRET_KEY, BUCKET)
-    sandbox = sandbox_factory("faults")
+    sandbox = module_sandbox_factory("faults")
     text = sandbox.config_file.read_text(encoding="utf-8")
     shorter = text.replace("[service]\n", f"[service]\nagent_timeout = {AGENT_TIMEOUT}\n", 1)
     assert shorter != text, "the sandbox's config has no [service] table any more"

@@ -64,10 +64,10 @@ class PebbleSite(Site):
 
 
 @pytest.fixture(scope="module")
-def acme(sandbox_factory: SandboxFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AcmeRig]:
+def acme(module_sandbox_factory: SandboxFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AcmeRig]:
     """A sandbox with domain and tls.mode "acme" at Pebble, bootstrapped, with v1 deployed while the domain's A
     record points where nothing answers."""
-    sandbox = sandbox_factory("acme")
+    sandbox = module_sandbox_factory("acme")
     pebble = Pebble(tmp_path_factory.mktemp("pebble"), bridge_gateway(), sandbox.http_port)
     try:
         pebble.start()

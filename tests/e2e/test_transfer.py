@@ -54,8 +54,8 @@ class Host:
 
 
 @pytest.fixture(scope="module")
-def host(sandbox_factory: SandboxFactory) -> Host:
-    sandbox = sandbox_factory("transfer")
+def host(module_sandbox_factory: SandboxFactory) -> Host:
+    sandbox = module_sandbox_factory("transfer")
     text = sandbox.config_file.read_text()
     # The product's default transport, which the sandbox's own config turns off for its loopback link.
     sandbox.config_file.write_text(text.replace('transport = "archive"\n', 'transport = "ssh"\n', 1))

@@ -40,10 +40,10 @@ class Trixie:
 
 
 @pytest.fixture(scope="module")
-def trixie(sandbox_factory: SandboxFactory) -> Trixie:
+def trixie(module_sandbox_factory: SandboxFactory) -> Trixie:
     """A trixie sandbox after its first bootstrap and its first deploy (v1)."""
     started = time.monotonic()
-    box = sandbox_factory("trixie", "trixie")
+    box = module_sandbox_factory("trixie", "trixie")
     bootstrapped = bootstrap_sandbox(box)
     deploy_sandbox(box)
     config = load_config(box.config_file)
