@@ -26,6 +26,8 @@ from appliance.shell import as_root, sh
 from appliance.steps import Transfer
 
 CONNECT_TIMEOUT = 10
+# After Ctrl-C, how long a followed command's output may go on before the channel is closed under it.
+INTERRUPT_GRACE_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,18 @@ class TextSink(Protocol):
     def write(self, text: str, /) -> int: ...
 
     def flush(self) -> None: ...
+
+
+def _interrupt(channel: paramiko.Channel) -> None:
+    """Ctrl-C to a command on the host's pseudo-terminal, then its channel closed once its output has ended or
+    INTERRUPT_GRACE_SECONDS have passed. Invoke alone would wait for the end of output, and a child of the command
+    that outlives it (`docker logs` in the background) can hold the host's terminal open: the operator's Ctrl-C
+    then never came back. Closing the channel hangs up the host's terminal, which ends what is left there."""
+    channel.send(b"\x03")
+    deadline = time.monotonic() + INTERRUPT_GRACE_SECONDS
+    while not channel.eof_received and time.monotonic() < deadline:
+        time.sleep(0.1)
+    channel.close()
 
 
 class _RedactingWriter:
@@ -87,13 +101,26 @@ class RemoteHost:
 
     def follow(self, command: str, redact: Callable[[str], str], target: TextSink | None = None) -> int:
         """Run `command`, printing its output as it comes (redacted) to `target` (standard output); its exit
-        status. Ctrl-C stops it: on a pseudo-terminal, because Invoke passes Ctrl-C on as the terminal's interrupt
-        there, and without one it would wait forever for a command that never ends (`inv logs --follow`)."""
+        status. It runs on a pseudo-terminal, so that Ctrl-C reaches it as the terminal's interrupt (without one
+        it would wait forever for a command that never ends: `inv logs --follow`); see `_interrupt`."""
         out = _RedactingWriter(target or sys.stdout, redact)
         try:
-            result = self.connection.run(
-                as_root(command, self.host.user), out_stream=out, err_stream=out, warn=True, in_stream=False, pty=True
+            running = self.connection.run(
+                as_root(command, self.host.user),
+                out_stream=out,
+                err_stream=out,
+                warn=True,
+                in_stream=False,
+                pty=True,
+                asynchronous=True,
             )
+            try:
+                while not running.runner.process_is_finished:
+                    time.sleep(0.1)
+            except KeyboardInterrupt:
+                _interrupt(running.runner.channel)
+                raise
+            result = running.join()
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SshError(f"{self.host.target}: connection lost while running a command: {exc}") from None
         return int(result.exited)
