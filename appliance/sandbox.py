@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from docker.models.containers import Container
 
-from appliance.errors import SandboxError
+from appliance.errors import ApplianceError, SandboxError
+from appliance.images import operator_engine
 from appliance.remote import host_key_line
 from appliance.render import BUNDLE_ROOT, render_template
 
@@ -161,14 +162,11 @@ def local_mirror() -> DebianMirror:
 
 
 def docker_client() -> docker.DockerClient:
+    """The machine's Docker engine, where sandboxes run; a sandbox error (exit 5) if it does not answer."""
     try:
-        client = docker.from_env(timeout=300)
-        client.ping()
-    except docker.errors.DockerException as exc:
-        raise SandboxError(
-            f"Docker engine not reachable ({exc}): run scripts/dev-prereqs.sh or start dockerd"
-        ) from None
-    return client
+        return operator_engine()
+    except ApplianceError as exc:
+        raise SandboxError(f"{exc}, or run scripts/dev-prereqs.sh") from None
 
 
 # Held while the base and stand-in images are looked up or built: two `inv sandbox.up` (or two test workers) at
