@@ -18,7 +18,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -302,6 +302,16 @@ def standin_image(client: docker.DockerClient, name: str) -> str:
     return ref
 
 
+def prepare_images(client: docker.DockerClient, releases: Iterable[str], log: TextLog = print) -> dict[str, str]:
+    """The releases' base images, the default one (what the stand-ins and the API image build on) and the
+    stand-ins, each built once; returns the stand-ins' references by name."""
+    with images_lock():
+        for release in dict.fromkeys((*releases, DEFAULT_RELEASE)):
+            _ensure_base_image(client, release, log)
+        log("building the postgres, redis, nginx and monitoring stand-in images (once; no registry is needed)")
+        return {name: standin_image(client, name) for name in STANDINS}
+
+
 def generate_key(directory: Path) -> tuple[Path, str]:
     """A fresh ed25519 key pair in `directory` (0600 private key); returns (key path, public line)."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -416,11 +426,7 @@ def _published_port(container: Container, port: str) -> int:
 def up(spec: SandboxSpec, log: TextLog = print) -> Sandbox:
     """Create (or find running) the sandbox, install a fresh key, write its config; return its address."""
     client = docker_client()
-    with images_lock():
-        _ensure_base_image(client, spec.release, log)
-        _ensure_base_image(client, DEFAULT_RELEASE, log)  # what the stand-ins and the API image build on
-        log("building the postgres, redis, nginx and monitoring stand-in images (once; no registry is needed)")
-        standins = {name: standin_image(client, name) for name in STANDINS}
+    standins = prepare_images(client, (spec.release,), log)
     container = _existing(client, spec.name)
     if container is not None and container.status != "running":
         container.start()
