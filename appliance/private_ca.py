@@ -267,18 +267,15 @@ class OperatorCa:
         return IssuedCertificate(_key_pem(key), pem(leaf) + pem(ca), pem(ca))
 
 
+# x509.KeyUsage's nine flags, all to be given: a CA signs certificates and CRLs, a leaf only signs (TLS 1.3 and
+# ECDHE need no key_encipherment).
+_KEY_USAGES = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+               "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")  # fmt: skip
+
+
 def _key_usage(cert_sign: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=not cert_sign,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    wanted = {"key_cert_sign", "crl_sign"} if cert_sign else {"digital_signature"}
+    return x509.KeyUsage(**{flag: flag in wanted for flag in _KEY_USAGES})
 
 
 def _write_private(path: Path, content: bytes) -> None:

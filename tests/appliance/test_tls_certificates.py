@@ -289,6 +289,9 @@ def test_the_leaf_verifies_under_openssl_and_a_foreign_name_does_not(tmp_path: P
     assert issuer == x509.load_pem_x509_certificate(files["ca.pem"][0])
     assert leaf.not_valid_after_utc - leaf.not_valid_before_utc <= datetime.timedelta(days=LEAF_DAYS)
     assert leaf.extensions.get_extension_for_class(x509.CRLDistributionPoints)
+    usage = {cert: cert.extensions.get_extension_for_class(x509.KeyUsage).value for cert in (leaf, issuer)}
+    assert usage[leaf].digital_signature and not usage[leaf].key_cert_sign and not usage[leaf].key_encipherment
+    assert usage[issuer].key_cert_sign and usage[issuer].crl_sign and not usage[issuer].digital_signature
     assert covers(leaf, DOMAIN) and files["privkey.pem"][1] == 0o600 and files["fullchain.pem"][1] == 0o644
     # The CA key (operator side) signs a leaf for a name outside its scope: verifiers refuse it.
     ca_key = serialization.load_pem_private_key((tmp_path / "ca" / CA_KEY).read_bytes(), None)
