@@ -48,7 +48,8 @@ async def apply_migrations(database_url: str) -> list[int]:
 
 
 def main() -> None:
-    url = os.environ.get("DATABASE_URL")
+    # A managed database may give migrations a role of their own (DDL) and the app one without.
+    url = os.environ.get("MIGRATION_DATABASE_URL") or os.environ.get("DATABASE_URL")
     if not url:
         sys.exit("DATABASE_URL is not set; export DATABASE_URL=postgresql://... and rerun")
     try:

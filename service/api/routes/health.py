@@ -4,20 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import time
+from collections.abc import Awaitable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import metrics, quota
-from service.api.deps import Res
+from service.api.deps import Res, Resources
+from service.data_targets import database_target, redis_target
 from service.db import DATABASE_ERRORS
 
 router = APIRouter(tags=["ops"])
 PROBE_TIMEOUT_SECONDS = 2.0
+# The server's own word on whether this session is encrypted (pg_stat_ssl: one row per backend).
+SESSION_USES_TLS = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+NO_RETRY = Retry(NoBackoff(), 0)
+# A handshake on loopback or in a VPC takes milliseconds; with the probe's 2 s the answer stays within the
+# deploy gate's 3 s (appliance/release_commands.py).
+TLS_DIAGNOSIS_SECONDS = 0.8
 
 
 def _service_version() -> str:
@@ -31,27 +45,72 @@ def _service_version() -> str:
 SERVICE_VERSION = _service_version()
 
 
-async def _probe(check: Any) -> dict[str, Any]:
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+
+
+async def _probe(check: Awaitable[Any]) -> tuple[dict[str, Any], Any]:
+    """How a data service answered `check` (connected, latency or a one-line error), and its answer."""
     started = time.perf_counter()
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
-            await check
+            answer = await check
     except Exception as exc:
-        return {"connected": False, "error": f"{type(exc).__name__}: {exc}"[:200]}
-    return {"connected": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+        return {"connected": False, "error": _one_line(exc)}, exc
+    return {"connected": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}, answer
+
+
+async def _database(res: Resources) -> dict[str, Any]:
+    """PostgreSQL's answer, where it is and whether TLS is on (the server's own word) and verified."""
+    target = database_target(res.settings.database_url)
+    result, answer = await _probe(res.pool.fetchval(SESSION_USES_TLS))
+    encrypted = answer is True
+    tls = target.tls if encrypted or not result["connected"] else "off"
+    return {**result, "target": target.address, "tls": tls, "tls_verified": encrypted and target.verifies}
+
+
+async def _redis(res: Resources) -> tuple[dict[str, Any], bool]:
+    """Redis's answer, where it is and its TLS check; True when TLS to it failed (a refused certificate or no
+    handshake at all: a plaintext-only server), which a pool's retries would otherwise hide behind a timeout."""
+    target = redis_target(res.settings.redis_url)
+    result, _ = await _probe(res.redis.ping())
+    body = {
+        **result,
+        "target": target.address,
+        "tls": target.tls,
+        "tls_verified": result["connected"] and target.verifies,
+    }
+    if result["connected"] or target.tls == "off":
+        return body, False
+    # One connection, no retries: its own error says why (the pool's retries outlast the probe's timeout).
+    single = Redis.from_url(res.settings.redis_url, retry=NO_RETRY, socket_connect_timeout=TLS_DIAGNOSIS_SECONDS)
+    try:
+        await single.ping()
+    except (ssl.SSLError, RedisConnectionError, RedisTimeoutError) as exc:
+        chain = [exc, exc.__cause__, exc.__context__]
+        silent = isinstance(exc, RedisTimeoutError)
+        error = f"no TLS handshake within {TLS_DIAGNOSIS_SECONDS} s, a plaintext-only server? " if silent else ""
+        return {**body, "error": error + _one_line(exc)}, silent or any(isinstance(e, ssl.SSLError) for e in chain)
+    finally:
+        await single.aclose()
+    return body, False
 
 
 @router.get("/api/health")
 async def health(res: Res) -> JSONResponse:
-    """200 while PostgreSQL answers, 503 otherwise; Redis trouble degrades but does not fail it."""
-    database, redis = await asyncio.gather(_probe(res.pool.fetchval("SELECT 1")), _probe(res.redis.ping()))
-    ok = database["connected"]
-    body = {
+    """200 while PostgreSQL answers, 503 otherwise, or when TLS to Redis fails (a wrong CA, a plaintext server:
+    never a silent downgrade); other Redis trouble degrades but does not fail it. `reason` is one line."""
+    database, (redis, redis_tls_failed) = await asyncio.gather(_database(res), _redis(res))
+    ok = database["connected"] and not redis_tls_failed
+    body: dict[str, Any] = {
         "status": ("ok" if redis["connected"] else "degraded") if ok else "unavailable",
         "database": database,
         "redis": redis,
         "version": SERVICE_VERSION,
     }
+    if not ok:
+        failed, name = (database, "database") if not database["connected"] else (redis, "redis")
+        body["reason"] = f"{name} {failed['target']} (tls {failed['tls']}): {failed['error']}"
     return JSONResponse(body, status_code=200 if ok else 503)
 
 

@@ -1,0 +1,208 @@
+"""The service on managed data services: PostgreSQL and Redis that accept TLS only, as TencentDB does with SSL on.
+
+The URLs are those `compose/api.env.j2` renders for a managed `database`/`redis`; the clients are the service's
+own (asyncpg's pool from service/db.py, redis-py from_url), so what passes here is what the libraries verify.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import asyncpg
+import httpx
+import pytest
+import redis
+
+from service.db import DATABASE_ERRORS, create_pool
+from service.main import create_app
+from service.migrate import apply_migrations
+from service.settings import load_settings
+from tests.service.stack import TEST_DATABASE_URL, FakeLlm, running_service, service_env
+from tests.service.tls_servers import PASSWORD, SERVER_NAME, TlsServers, tls_servers
+
+pytestmark = pytest.mark.integration
+APP_PASSWORD = "app-pass:/?#@word"
+# What docs/production.md asks the operator to grant: the app role reads and writes rows, and nothing more.
+ROLES = f"""
+CREATE ROLE appliance_migrator LOGIN PASSWORD '{PASSWORD}';
+CREATE ROLE appliance_app LOGIN PASSWORD '{APP_PASSWORD}';
+CREATE DATABASE appliance OWNER appliance_migrator;
+"""
+APP_GRANTS = """
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+GRANT USAGE ON SCHEMA public TO appliance_app;
+ALTER DEFAULT PRIVILEGES FOR ROLE appliance_migrator IN SCHEMA public
+    GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO appliance_app;
+ALTER DEFAULT PRIVILEGES FOR ROLE appliance_migrator IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO appliance_app;
+"""
+
+
+def database_url(
+    servers: TlsServers, user: str = "postgres", password: str = PASSWORD, address: str = "", **options: str
+) -> str:
+    """As api.env names a managed database: the password URL-quoted, verify-full against the CA file."""
+    query = {"sslmode": "verify-full", "sslrootcert": str(servers.ca_file), **options}
+    name = "postgres" if user == "postgres" else "appliance"
+    where = address or f"{SERVER_NAME}:{servers.pg_port}"
+    return f"postgresql://{user}:{quote(password, safe='')}@{where}/{name}?" + urlencode(query)
+
+
+def redis_url(servers: TlsServers, ca_file: Path | None = None, port: int | None = None) -> str:
+    ca = ca_file or servers.ca_file
+    return (
+        f"rediss://:{quote(PASSWORD, safe='')}@{SERVER_NAME}:{port or servers.redis_port}/0"
+        f"?ssl_cert_reqs=required&ssl_ca_certs={ca}&ssl_check_hostname=true"
+    )
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[TlsServers]:
+    with tls_servers() as started:
+        asyncio.run(_prepare_roles(started))
+        yield started
+
+
+async def _prepare_roles(servers: TlsServers) -> None:
+    """The two roles, the database owned by the migration role, then the app role's grants (as its owner)."""
+    admin = await asyncpg.connect(database_url(servers))
+    try:
+        for statement in ROLES.strip().splitlines():
+            await admin.execute(statement)
+    finally:
+        await admin.close()
+    owner = await asyncpg.connect(database_url(servers, "appliance_migrator"))
+    try:
+        await owner.execute(APP_GRANTS)
+    finally:
+        await owner.close()
+    await apply_migrations(database_url(servers, "appliance_migrator"))
+
+
+async def _session_tls(url: str) -> bool:
+    pool = await create_pool(url)
+    try:
+        return bool(await pool.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"))
+    finally:
+        await pool.close()
+
+
+def test_the_pool_connects_with_verify_full_and_the_session_is_encrypted(servers: TlsServers) -> None:
+    assert asyncio.run(_session_tls(database_url(servers, "appliance_app", APP_PASSWORD))) is True
+
+
+def test_a_wrong_ca_is_refused_in_one_line(servers: TlsServers) -> None:
+    with pytest.raises(ssl.SSLCertVerificationError) as refused:
+        asyncio.run(_session_tls(database_url(servers, sslrootcert=str(servers.wrong_ca_file))))
+    assert "certificate verify failed" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_verify_full_checks_the_host_name(servers: TlsServers) -> None:
+    with pytest.raises(ssl.SSLCertVerificationError, match=r"not valid for '127\.0\.0\.1'"):
+        asyncio.run(_session_tls(database_url(servers, address=f"127.0.0.1:{servers.pg_port}")))
+
+
+def test_plaintext_is_refused_by_both_servers(servers: TlsServers) -> None:
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match="no encryption"):
+        asyncio.run(_session_tls(database_url(servers, sslmode="disable")))
+    plain = redis.Redis(host="127.0.0.1", port=servers.redis_port, password=PASSWORD, socket_timeout=2)
+    with pytest.raises(redis.ConnectionError):
+        plain.ping()
+
+
+def test_redis_verifies_the_certificate_with_the_url_options(servers: TlsServers) -> None:
+    assert redis.Redis.from_url(redis_url(servers), socket_timeout=2).ping() is True
+    with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
+        redis.Redis.from_url(redis_url(servers, servers.wrong_ca_file), socket_timeout=2).ping()
+
+
+def test_the_app_role_has_no_ddl(servers: TlsServers) -> None:
+    async def check() -> None:
+        app = await asyncpg.connect(database_url(servers, "appliance_app", APP_PASSWORD))
+        try:
+            assert await app.fetchval("SELECT count(*) FROM schema_migrations") >= 1
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await app.execute("CREATE TABLE intruder (id int)")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await app.execute("DROP TABLE users")
+        finally:
+            await app.close()
+
+    asyncio.run(check())
+
+
+def test_health_says_what_it_reached_over_verified_tls(
+    servers: TlsServers, fake_llm: FakeLlm, tmp_path: Path, redis_prefix: str
+) -> None:
+    """The real service under gunicorn, as the app role: the health gate's 200 and what it names."""
+    env = service_env(
+        database_url(servers, "appliance_app", APP_PASSWORD),
+        f"{redis_prefix}managed:",
+        fake_llm,
+        tmp_path,
+        REDIS_URL=redis_url(servers),
+        WEB_CONCURRENCY="1",
+    )
+    with running_service(env, tmp_path / "service.log") as service:
+        answer = httpx.get(f"{service.url}/api/health", timeout=10)
+    body = answer.json()
+    assert answer.status_code == 200 and body["status"] == "ok", body
+    assert {key: body["database"][key] for key in ("target", "tls", "tls_verified")} == {
+        "target": f"{SERVER_NAME}:{servers.pg_port}/appliance",
+        "tls": "verify-full",
+        "tls_verified": True,
+    }
+    assert {key: body["redis"][key] for key in ("target", "tls", "tls_verified")} == {
+        "target": f"{SERVER_NAME}:{servers.redis_port}/0",
+        "tls": "verify-full",
+        "tls_verified": True,
+    }
+    assert PASSWORD not in answer.text and APP_PASSWORD not in answer.text
+
+
+async def _health(database: str, redis_at: str, fake_llm: FakeLlm, tmp: Path) -> tuple[int, dict[str, Any]]:
+    """/api/health of the service's app with its lifespan (its pool, its Redis clients), asked over ASGI."""
+    app = create_app(load_settings(service_env(database, "managed-broken:", fake_llm, tmp, REDIS_URL=redis_at)))
+    try:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app.test") as client,
+        ):
+            answer = await client.get("/api/health")
+    except DATABASE_ERRORS:
+        # Shutting down, the orchestrator hands its leases back in a database it cannot reach: not this test's subject.
+        pass
+    return answer.status_code, answer.json()
+
+
+@pytest.mark.parametrize(
+    ("case", "names", "says"),
+    [
+        ("postgres-wrong-ca", "database", "SSLCertVerificationError: [SSL: CERTIFICATE_VERIFY_FAILED]"),
+        ("postgres-plaintext-server", "database", "rejected SSL upgrade"),
+        ("redis-wrong-ca", "redis", "certificate verify failed"),
+        ("redis-plaintext-server", "redis", "no TLS handshake"),
+    ],
+)
+def test_health_fails_clearly_without_verified_tls(
+    servers: TlsServers, fake_llm: FakeLlm, tmp_path: Path, case: str, names: str, says: str
+) -> None:
+    """A wrong CA or a server that speaks no TLS: 503, and one line naming the service, where it is and why."""
+    good_db, good_redis = database_url(servers, "appliance_app", APP_PASSWORD), redis_url(servers)
+    plaintext_db = f"{TEST_DATABASE_URL}?sslmode=verify-full&sslrootcert={servers.ca_file}"
+    plaintext_redis = redis_url(servers, port=6379)  # the machine's own Redis: plaintext only
+    urls = {
+        "postgres-wrong-ca": (database_url(servers, sslrootcert=str(servers.wrong_ca_file)), good_redis),
+        "postgres-plaintext-server": (plaintext_db, good_redis),
+        "redis-wrong-ca": (good_db, redis_url(servers, servers.wrong_ca_file)),
+        "redis-plaintext-server": (good_db, plaintext_redis),
+    }[case]
+    status, body = asyncio.run(_health(*urls, fake_llm, tmp_path))
+    assert status == 503 and body["status"] == "unavailable", body
+    reason = body["reason"]
+    assert reason.startswith(f"{names} ") and "(tls verify-full)" in reason and says in reason, reason
+    assert "\n" not in reason and PASSWORD not in reason and body[names]["tls_verified"] is False
