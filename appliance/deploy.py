@@ -32,7 +32,7 @@ from appliance.releases import PruneReleases, Release, current_release, manifest
 from appliance.remote import RemoteHost, open_host
 from appliance.render import api_image, check_artifact_key, monitoring_images, release_files
 from appliance.secrets import Secrets, ensure_generated, load_secrets
-from appliance.steps import Action, Facts, ManagedFile, Run, Step
+from appliance.steps import Action, Facts, ManagedFile, Note, Run, Step
 from appliance.transport import transport_for, transport_secrets
 from appliance.warm import ApiUp, KeepWarm
 
@@ -55,6 +55,28 @@ class Always:
 @dataclass(frozen=True)
 class SwitchTraffic(Always):
     """The phase after which traffic has moved: a failure before it leaves the previous release serving."""
+
+
+@dataclass(frozen=True)
+class ReleaseStack:
+    """The rest of the release's stack (relay, stand-ins, monitoring) as the release defines it. Compose runs
+    only when a service's definition hash differs from its running container's: after a deploy's stack-up nothing
+    does, and a Compose v1 `up` that changes nothing still costs seconds."""
+
+    release: Release
+
+    name = "release stack"
+
+    def probes(self) -> Mapping[str, str]:
+        return {"defined": commands.defined_hashes(self.release), "running": commands.running_hashes(self.release)}
+
+    def plan(self, facts: Facts) -> list[Action]:
+        if not facts["defined"].ok:  # Compose's own error then comes from the `up`
+            return [Run(commands.release_stack(self.release), "every service as the release defines it")]
+        changed = commands.stack_changes(facts["defined"].stdout, facts["running"].stdout)
+        if not changed:
+            return [Note("every service already runs as the release defines it")]
+        return [Run(commands.release_stack(self.release), f"{', '.join(changed)} as the release defines it")]
 
 
 def prepare_steps(config: Config, release: Release, files: list[ManagedFile], first: bool = False) -> list[Step]:
@@ -84,7 +106,7 @@ def switch_steps(release: Release, previous: Release | None, warm: bool = False)
     ]
     if previous is not None and previous.slug != release.slug:
         steps.append(KeepWarm(previous, release))
-    steps.append(Always("release stack", commands.release_stack(release), "every service as the release defines it"))
+    steps.append(ReleaseStack(release))
     return steps
 
 

@@ -133,6 +133,32 @@ def release_stack(release: Release) -> str:
     return release.compose("up", "-d", "--remove-orphans")
 
 
+def defined_hashes(release: Release) -> str:
+    """`SERVICE HASH` lines: Compose's hash of each stack service's definition in the release (image, mounts,
+    settings), the value it labels a container with (com.docker.compose.config-hash) when it creates one."""
+    return release.compose("config", "--hash=*")
+
+
+def running_hashes(release: Release) -> str:
+    """`SERVICE HASH` lines: the definition hash of each running container of the stack's project (one-off
+    containers, such as a restore's, left out)."""
+    project = f"label=com.docker.compose.project={release.project()}"
+    line = '{{.Label "com.docker.compose.service"}} {{.Label "com.docker.compose.config-hash"}}'
+    return f"docker ps {sh('--filter', project, '--filter', 'label=com.docker.compose.oneoff=False', '--format', line)}"
+
+
+def stack_changes(defined: str, running: str) -> list[str]:
+    """The stack's services whose running container is not what the release defines (or none runs), and the
+    running ones it no longer defines; [] when `compose up` would change nothing."""
+    wanted, found = _hash_lines(defined), _hash_lines(running)
+    return sorted(name for name in wanted.keys() | found.keys() if wanted.get(name) != found.get(name))
+
+
+def _hash_lines(text: str) -> dict[str, str]:
+    pairs = (line.split() for line in text.splitlines())
+    return {pair[0]: pair[1] for pair in pairs if len(pair) == 2}
+
+
 def extract_web(release: Release) -> str:
     """The front end, copied out of the release's API image into its folder, where a rollback finds it again."""
     target = release.directory + "/www"
