@@ -349,6 +349,62 @@ class Deploy(_Section):
     health_interval: float = Field(default=0.5, ge=0.1, le=10)
 
 
+# libpq's modes that encrypt; the weaker ones (disable, allow, prefer) fall back to plaintext without a word.
+SSLMODES = ("verify-full", "verify-ca", "require")
+
+
+class Database(_Section):
+    """A managed PostgreSQL (TencentDB for PostgreSQL) instead of the stack's container (docs/production.md).
+
+    Passwords are secrets: DATABASE_PASSWORD for `user`, DATABASE_MIGRATION_PASSWORD for `migration_user`."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=5432, ge=1, le=65535)
+    name: str = Field(min_length=1)
+    user: str = Field(min_length=1)
+    sslmode: str = "verify-full"
+    # The CA certificate (the TencentDB console's download) that signed the server's, relative to this file.
+    ca_file: str | None = None
+    # A role of its own for migrations (DDL); `user` then needs only row rights (docs/production.md).
+    migration_user: str | None = None
+
+    @field_validator("sslmode")
+    @classmethod
+    def _encrypting(cls, value: str) -> str:
+        if value not in SSLMODES:
+            raise ValueError(
+                f"{value!r} must be one of {', '.join(SSLMODES)}: a managed database is reached over TLS only, "
+                "never with a silent fallback to plaintext"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _ca_file(self) -> Database:
+        if self.sslmode != "require" and not self.ca_file:
+            raise ValueError(f"sslmode {self.sslmode!r} needs ca_file: the CA certificate from the TencentDB console")
+        if self.sslmode == "require" and self.ca_file:
+            raise ValueError("sslmode 'require' checks no CA: use 'verify-full' with this ca_file, or drop ca_file")
+        return self
+
+
+class ManagedRedis(_Section):
+    """A managed Redis (TencentDB for Redis, SSL on) instead of the stack's container; its password is the
+    MANAGED_REDIS_PASSWORD secret. The certificate and its host name are checked (verify-full)."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=6379, ge=1, le=65535)
+    tls: bool = True
+    # The CA certificate that signed the server's, relative to this file.
+    ca_file: str = Field(min_length=1)
+
+    @field_validator("tls")
+    @classmethod
+    def _tls_only(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError("must be true: a managed Redis is reached over TLS only (turn SSL on in its console)")
+        return value
+
+
 class HostSetup(_Section):
     """How bootstrap prepares the operating system of a CVM."""
 
@@ -420,6 +476,9 @@ class Settings(_Section):
     monitoring: Monitoring = Field(default_factory=Monitoring)
     notify: Notify = Field(default_factory=Notify)
     deploy: Deploy = Field(default_factory=Deploy)
+    # Managed data services (TencentDB); unset: the stack's own postgres and redis containers.
+    database: Database | None = None
+    redis: ManagedRedis | None = None
 
     @field_validator("domain")
     @classmethod
@@ -454,6 +513,16 @@ class Settings(_Section):
     def _acme_needs_domain(self) -> Settings:
         if self.tls.mode == "acme" and not self.domain:
             raise ValueError("tls.mode 'acme' needs a domain")
+        return self
+
+    @model_validator(mode="after")
+    def _backup_reads_the_stack(self) -> Settings:
+        if self.backup.enabled and (self.database or self.redis):
+            raise ValueError(
+                "backup.enabled: the appliance's backups dump the stack's own postgres and redis containers; with a "
+                "managed database or redis set backup.enabled = false and rely on TencentDB's backups "
+                "(docs/production.md, 'Managed TencentDB for PostgreSQL and Redis')"
+            )
         return self
 
 

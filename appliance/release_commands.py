@@ -7,7 +7,7 @@ them, and `tests/appliance/test_deploy_plan.py` runs some through real bash with
 from __future__ import annotations
 
 from appliance.releases import Release
-from appliance.render import api_image
+from appliance.render import MIGRATION_URL_FILE, api_image, stack_data_services
 from appliance.shell import sh
 
 WEB_IN_IMAGE = "/opt/app/web"  # the built front end inside the API image (service/Dockerfile)
@@ -52,7 +52,8 @@ def stack_up(release: Release) -> str:
         "--label", f"com.docker.compose.volume={volume}", f"{project}_{volume}",
     )  # fmt: skip
     up = f"services={services} && {release.compose('up', '-d', '--remove-orphans')} $services"
-    return f"{up} && {shared_volume} >/dev/null && {wait_healthy(release, ('postgres', 'redis'))}"
+    data = stack_data_services(settings)  # none when both are managed (TencentDB): nothing to wait for
+    return f"{up} && {shared_volume} >/dev/null" + (f" && {wait_healthy(release, data)}" if data else "")
 
 
 def pre_deploy_backup(release: Release) -> str:
@@ -61,8 +62,16 @@ def pre_deploy_backup(release: Release) -> str:
 
 
 def migrate(release: Release) -> str:
-    """The release's migrations, in a one-off API container."""
-    return release.compose("run", "--rm", "--no-deps", "api", "python3", "-m", "service.migrate", api=True)
+    """The release's migrations, in a one-off API container; as the migration role when a managed database has
+    one (database.migration_user), its URL handed over from the release's folder, never through api.env."""
+    command = ("api", "python3", "-m", "service.migrate")
+    database = release.settings.database
+    if database is None or not database.migration_user:
+        return release.compose("run", "--rm", "--no-deps", *command, api=True)
+    url_file = sh(f"{release.directory}/{MIGRATION_URL_FILE}")
+    run = release.compose("run", "--rm", "--no-deps", "-e", "MIGRATION_DATABASE_URL", *command, api=True)
+    # A plain assignment fails when the file cannot be read (an `export X=$(...)` would not); -e NAME passes it on.
+    return f'MIGRATION_DATABASE_URL="$(cat {url_file})" && export MIGRATION_DATABASE_URL && {run}'
 
 
 def health_gate(release: Release, checks: int) -> str:

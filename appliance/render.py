@@ -11,22 +11,28 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import jinja2
 
 from appliance import notify
+from appliance.certificates import CertificateProblem, parse_bundle
 from appliance.config import Config, Settings
 from appliance.errors import ApplianceError, ConfigError
-from appliance.secrets import COS_SECRETS, GENERATED, MASK, Secrets
+from appliance.secrets import COS_SECRETS, GENERATED, MANAGED_DATA_SECRETS, MASK, Secret, Secrets
 
 BUNDLE_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_FOLDERS = ("compose", "nginx", "systemd", "monitoring")
 
 # nginx's name on the stack's internal network, where it reaches the API: the API believes X-Real-IP from it.
 NGINX_INTERNAL_ALIAS = "nginx-internal"
-# Secrets the stack's env files carry: generated ones, the LLM key pool, the COS key.
-STACK_SECRETS = (*GENERATED, "AI_API_KEY", *COS_SECRETS)
+# Secrets the stack's env files carry: generated ones, the LLM key pool, the COS key, managed data's passwords.
+STACK_SECRETS = (*GENERATED, "AI_API_KEY", *COS_SECRETS, *MANAGED_DATA_SECRETS)
+# Managed data services' CA certificates: in the release's folder on the host, mounted there in the API container.
+DATA_CA_FOLDER = "data-ca"
+DATA_CA_IN_CONTAINER = "/etc/appliance/data-ca"
+# The migration role's DATABASE_URL (database.migration_user), kept out of api.env: only migrations read it.
+MIGRATION_URL_FILE = "migration.url"
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,85 @@ def check_artifact_key(config: Config, secrets: Secrets) -> None:
         )
 
 
+def data_ca_files(config: Config, release: str) -> list[HostFile]:
+    """The managed data services' CA certificates (0644) for the release's folder; a missing file, one that holds no
+    certificate or one that holds a private key is a ConfigError naming the setting and the file."""
+    settings = config.settings
+    wanted = [
+        (setting, name, ca_file)
+        for setting, name, ca_file in (
+            ("database.ca_file", "postgres-ca.pem", settings.database.ca_file if settings.database else None),
+            ("redis.ca_file", "redis-ca.pem", settings.redis.ca_file if settings.redis else None),
+        )
+        if ca_file
+    ]
+    files = []
+    for setting, name, ca_file in wanted:
+        path = config.resolve(ca_file)
+        if not path.is_file():
+            raise ConfigError(
+                f"{config.path}: {setting}: {path} not found: download the CA certificate from the console"
+            )
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if "PRIVATE KEY" in text:
+            raise ConfigError(f"{config.path}: {setting}: {path} holds a private key: give the CA certificate alone")
+        try:
+            parse_bundle(text.encode())
+        except CertificateProblem as exc:
+            raise ConfigError(f"{config.path}: {setting}: {path}: {exc}: give the CA certificate (PEM)") from None
+        files.append(HostFile(f"{release}/{DATA_CA_FOLDER}/{name}", text, 0o644))
+    return files
+
+
+def _password(secrets: Secrets, name: str, reveal: bool) -> str:
+    secret: Secret | None = secrets.get(name)
+    if secret is None or not secret.reveal():
+        if reveal:
+            raise ConfigError(
+                f"{secrets.source}: the managed data services need the {name} secret: set it in that file"
+            )
+        return f"<{name} not set>"
+    return quote(secret.reveal(), safe="") if reveal else MASK
+
+
+def managed_database_url(settings: Settings, secrets: Secrets, reveal: bool, migration: bool = False) -> str | None:
+    """DATABASE_URL for a managed database (None: the stack's container): the password URL-quoted, the sslmode,
+    and the CA as mounted in the API container; with `migration`, the migration role's (None without one)."""
+    database = settings.database
+    if database is None or (migration and not database.migration_user):
+        return None
+    user, secret = (
+        (database.migration_user, "DATABASE_MIGRATION_PASSWORD") if migration else (database.user, "DATABASE_PASSWORD")
+    )
+    query = {"sslmode": database.sslmode}
+    if database.ca_file:
+        query["sslrootcert"] = f"{DATA_CA_IN_CONTAINER}/postgres-ca.pem"
+    credentials = f"{quote(user or '', safe='')}:{_password(secrets, secret, reveal)}"
+    return (
+        f"postgresql://{credentials}@{database.host}:{database.port}/{quote(database.name, safe='')}?{urlencode(query)}"
+    )
+
+
+def managed_redis_url(settings: Settings, secrets: Secrets, reveal: bool) -> str | None:
+    """REDIS_URL for a managed Redis (None: the stack's container): rediss://, the certificate and its host name
+    checked against the CA as mounted in the API container (redis-py's own URL options)."""
+    managed = settings.redis
+    if managed is None:
+        return None
+    query = {
+        "ssl_cert_reqs": "required",
+        "ssl_ca_certs": f"{DATA_CA_IN_CONTAINER}/redis-ca.pem",
+        "ssl_check_hostname": "true",
+    }
+    password = _password(secrets, "MANAGED_REDIS_PASSWORD", reveal)
+    return f"rediss://:{password}@{managed.host}:{managed.port}/0?{urlencode(query)}"
+
+
+def stack_data_services(settings: Settings) -> tuple[str, ...]:
+    """The data services the stack runs itself: postgres and redis, but those a managed one replaces."""
+    return tuple(name for name, managed in (("postgres", settings.database), ("redis", settings.redis)) if not managed)
+
+
 def stack_context(config: Config, secrets: Secrets, version: str, reveal: bool, memory_mb: int) -> dict[str, Any]:
     """Everything the templates may use; secrets masked unless `reveal`."""
     settings = config.settings
@@ -172,6 +257,11 @@ def stack_context(config: Config, secrets: Secrets, version: str, reveal: bool, 
         "backup_max_age": 2 * cron_max_gap(settings.backup.schedule),
         "limits": stack_limits(memory_mb),
         "secrets": _MissingSecrets(values),
+        "managed_database": settings.database,
+        "managed_redis": settings.redis,
+        "database_url": managed_database_url(settings, secrets, reveal),
+        "redis_url": managed_redis_url(settings, secrets, reveal),
+        "data_ca": (DATA_CA_FOLDER, DATA_CA_IN_CONTAINER) if settings.database or settings.redis else None,
     }
 
 
@@ -193,11 +283,16 @@ def release_files(
     context = stack_context(config, secrets, version, reveal, memory_mb)
     settings = config.settings
     release = settings.paths.release(version)
+    migration_url = managed_database_url(settings, secrets, reveal, migration=True)
     return [
         HostFile(f"{release}/docker-compose.yml", render_template("compose/docker-compose.yml.j2", context), 0o644),
         HostFile(f"{release}/api.env", render_template("compose/api.env.j2", context), 0o600),
-        HostFile(f"{release}/postgres.env", render_template("compose/postgres.env.j2", context), 0o600),
-        HostFile(f"{release}/redis.env", render_template("compose/redis.env.j2", context), 0o600),
+        *data_ca_files(config, release),
+        *([HostFile(f"{release}/{MIGRATION_URL_FILE}", migration_url + "\n", 0o600)] if migration_url else []),
+        *(
+            HostFile(f"{release}/{service}.env", render_template(f"compose/{service}.env.j2", context), 0o600)
+            for service in stack_data_services(settings)  # the stack's own containers, with their passwords
+        ),
         HostFile(f"{release}/nginx/appliance.conf", render_template("nginx/appliance.conf.j2", context), 0o644),
         HostFile(f"{release}/api.yml", render_template("compose/api.yml.j2", context), 0o644),
         HostFile(f"{release}/nginx/upstream.inc", render_template("nginx/upstream.conf.j2", context), 0o644),

@@ -23,9 +23,12 @@ GENERATED = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "JWT_SECRET")
 COS_SECRETS = ("COS_SECRET_ID", "COS_SECRET_KEY")
 # An administrator's COS key, for inv cos.setup on the operator's machine only (never sent to a host).
 COS_ADMIN_SECRETS = ("COS_ADMIN_SECRET_ID", "COS_ADMIN_SECRET_KEY")
+# Managed data services (config `database`, `redis`): the app role's, the migration role's, Redis's password.
+MANAGED_DATA_SECRETS = ("DATABASE_PASSWORD", "DATABASE_MIGRATION_PASSWORD", "MANAGED_REDIS_PASSWORD")
 PROVIDED = (
     "AI_API_KEY",  # a comma-separated pool of LLM API keys
     *COS_SECRETS,
+    *MANAGED_DATA_SECRETS,
     *COS_ADMIN_SECRETS,
     "REGISTRY_PASSWORD",
     "WECOM_WEBHOOK_URL",
