@@ -31,6 +31,7 @@ STACK_SECRETS = (*GENERATED, "AI_API_KEY", *COS_SECRETS, *MANAGED_DATA_SECRETS)
 # Managed data services' CA certificates: in the release's folder on the host, mounted there in the API container.
 DATA_CA_FOLDER = "data-ca"
 DATA_CA_IN_CONTAINER = "/etc/appliance/data-ca"
+POSTGRES_CA, REDIS_CA = "postgres-ca.pem", "redis-ca.pem"
 # The migration role's DATABASE_URL (database.migration_user), kept out of api.env: only migrations read it.
 MIGRATION_URL_FILE = "migration.url"
 
@@ -156,8 +157,8 @@ def data_ca_files(config: Config, release: str) -> list[HostFile]:
     wanted = [
         (setting, name, ca_file)
         for setting, name, ca_file in (
-            ("database.ca_file", "postgres-ca.pem", settings.database.ca_file if settings.database else None),
-            ("redis.ca_file", "redis-ca.pem", settings.redis.ca_file if settings.redis else None),
+            ("database.ca_file", POSTGRES_CA, settings.database.ca_file if settings.database else None),
+            ("redis.ca_file", REDIS_CA, settings.redis.ca_file if settings.redis else None),
         )
         if ca_file
     ]
@@ -201,11 +202,10 @@ def managed_database_url(settings: Settings, secrets: Secrets, reveal: bool, mig
     )
     query = {"sslmode": database.sslmode}
     if database.ca_file:
-        query["sslrootcert"] = f"{DATA_CA_IN_CONTAINER}/postgres-ca.pem"
+        query["sslrootcert"] = f"{DATA_CA_IN_CONTAINER}/{POSTGRES_CA}"
     credentials = f"{quote(user or '', safe='')}:{_password(secrets, secret, reveal)}"
-    return (
-        f"postgresql://{credentials}@{database.host}:{database.port}/{quote(database.name, safe='')}?{urlencode(query)}"
-    )
+    where = f"{database.host}:{database.port}/{quote(database.name, safe='')}"
+    return f"postgresql://{credentials}@{where}?{urlencode(query, safe='/')}"
 
 
 def managed_redis_url(settings: Settings, secrets: Secrets, reveal: bool) -> str | None:
@@ -216,11 +216,11 @@ def managed_redis_url(settings: Settings, secrets: Secrets, reveal: bool) -> str
         return None
     query = {
         "ssl_cert_reqs": "required",
-        "ssl_ca_certs": f"{DATA_CA_IN_CONTAINER}/redis-ca.pem",
+        "ssl_ca_certs": f"{DATA_CA_IN_CONTAINER}/{REDIS_CA}",
         "ssl_check_hostname": "true",
     }
     password = _password(secrets, "MANAGED_REDIS_PASSWORD", reveal)
-    return f"rediss://:{password}@{managed.host}:{managed.port}/0?{urlencode(query)}"
+    return f"rediss://:{password}@{managed.host}:{managed.port}/0?{urlencode(query, safe='/')}"
 
 
 def stack_data_services(settings: Settings) -> tuple[str, ...]:
