@@ -26,8 +26,9 @@ from service.db import DATABASE_ERRORS
 
 router = APIRouter(tags=["ops"])
 PROBE_TIMEOUT_SECONDS = 2.0
-# The server's own word on whether this session is encrypted (pg_stat_ssl: one row per backend).
-SESSION_USES_TLS = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+# The server's own word on whether this session is encrypted: pg_stat_ssl's column, for this backend alone (the
+# view itself reads every backend's row).
+SESSION_USES_TLS = "SELECT ssl FROM pg_stat_get_activity(pg_backend_pid())"
 NO_RETRY = Retry(NoBackoff(), 0)
 # A handshake on loopback or in a VPC takes milliseconds; with the probe's 2 s the answer stays within the
 # deploy gate's 3 s (appliance/release_commands.py).
