@@ -34,6 +34,8 @@ from service.streaming import FINISHED, EventLog
 log = logging.getLogger(__name__)
 
 STOP_RECANCEL_SECONDS = 0.5
+# How often a run reads its status while it runs: the stop's pub/sub signal is the fast path, this the bound.
+STOP_POLL_SECONDS = 0.5
 # Which failure explains a discussion whose every agent turn failed, most telling first: the pool's own state
 # (the operator must act) before passing conditions, before faults of one turn.
 TELLING_FAILURES: tuple[FailureCategory, ...] = (
@@ -215,6 +217,7 @@ class Orchestrator:
 
     async def _run_to_the_end(self, run: Run) -> None:
         heartbeat = asyncio.create_task(self._renew_lease(run))
+        watchdog = asyncio.create_task(self._watch_for_stop(run))
         status = "failed"
         verdict: dict[str, Any] | None = None
         error: str | None = None
@@ -238,6 +241,7 @@ class Orchestrator:
         finally:
             # A CancelledError (release) passes through: the lease expires and another worker resumes.
             heartbeat.cancel()
+            watchdog.cancel()
         await self._finish(run, status, verdict, error)
 
     async def _load(self, discussion_id: uuid.UUID) -> Run | None:
@@ -414,6 +418,20 @@ class Orchestrator:
                 log.warning("lost the lease on discussion %s; another worker resumes it", run.id)
                 self._release(run)
                 return
+
+    async def _watch_for_stop(self, run: Run) -> None:
+        """Read the stop from PostgreSQL every STOP_POLL_SECONDS while the run lives. The pub/sub signal can miss
+        the worker that runs the turn (CI: 8 of 200 stops after a handover, each then late by the whole turn,
+        AGENT_TIMEOUT); the status that the stop request wrote first cannot."""
+        while not run.stop_requested:
+            await asyncio.sleep(STOP_POLL_SECONDS)
+            try:
+                status = await discussions.status(self._pool, run.id)
+            except DATABASE_ERRORS:
+                continue  # the lease renewal logs a database outage; twice a second here would flood the log
+            if status != "running" and not run.stop_requested:  # as in _check_may_continue: any other status
+                log.info("discussion %s is %s before its stop signal reached this run: stopping it", run.id, status)
+                self._stop(run)
 
     async def _reap_forever(self) -> None:
         """Claim discussions whose owner stopped renewing (crashed worker) and resume them here."""
