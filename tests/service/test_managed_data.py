@@ -7,7 +7,10 @@ own (asyncpg's pool from service/db.py, redis-py from_url), so what passes here 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from service.db import DATABASE_ERRORS, create_pool
 from service.main import create_app
 from service.migrate import apply_migrations
 from service.settings import load_settings
-from tests.service.stack import TEST_DATABASE_URL, FakeLlm, running_service, service_env
+from tests.service.stack import REPO, TEST_DATABASE_URL, FakeLlm, running_service, service_env
 from tests.service.tls_servers import PASSWORD, SERVER_NAME, TlsServers, tls_servers
 
 pytestmark = pytest.mark.integration
@@ -133,6 +136,22 @@ def test_the_app_role_has_no_ddl(servers: TlsServers) -> None:
             await app.close()
 
     asyncio.run(check())
+
+
+def test_migrations_run_as_the_migration_role_when_given_one(servers: TlsServers) -> None:
+    """`python -m service.migrate` as the deploy runs it: the app role alone may not touch the schema; with
+    MIGRATION_DATABASE_URL (the release's migration.url) the migration role does."""
+    app = database_url(servers, "appliance_app", APP_PASSWORD)
+
+    def run(**env: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "service.migrate"]
+        return subprocess.run(command, env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True, timeout=60)
+
+    as_app = run(DATABASE_URL=app)
+    assert as_app.returncode != 0 and "permission denied for schema public" in as_app.stderr
+    as_migrator = run(DATABASE_URL=app, MIGRATION_DATABASE_URL=database_url(servers, "appliance_migrator"))
+    assert as_migrator.returncode == 0, as_migrator.stderr
+    assert "applied migrations: none (schema up to date)" in as_migrator.stdout
 
 
 def test_health_says_what_it_reached_over_verified_tls(
