@@ -134,11 +134,14 @@ class Followed:
     # Per connection: the close frame received (code, reason; None without one), the reconnect hint before it,
     # and the close frame this client sent (its keepalive timing out sends 1011).
     closes: list[tuple[int | None, str, dict[str, Any] | None, str]] = field(default_factory=list)
-    connections: int = 0  # attempts to open one
+    connections: int = 0  # opened
+    slow_opens: list[str] = field(default_factory=list)  # attempts whose handshake timed out (tried again)
 
     def __str__(self) -> str:
         last = self.events[-1] if self.events else {}
-        return f"{self.connections} connections, closes {self.closes}, last event {last.get('seq')} {last.get('type')}"
+        slow = f", slow opens {self.slow_opens}" if self.slow_opens else ""
+        end = f"last event {last.get('seq')} {last.get('type')}"
+        return f"{self.connections} connections, closes {self.closes}{slow}, {end}"
 
 
 def follow_discussion(
@@ -151,9 +154,17 @@ def follow_discussion(
     while time.monotonic() < deadline:
         hint: dict[str, Any] | None = None
         after = followed.events[-1]["seq"] if followed.events else 0
+        try:
+            opened = site.websocket(headers, discussion, after)
+        except (TimeoutError, httpx.TimeoutException) as slow:
+            # A handshake slower than its timeout (a loaded box): a browser tries again, so does the follower.
+            # Any other failure to open ends it, with its error.
+            followed.slow_opens.append(repr(slow))
+            time.sleep(1)
+            continue
         followed.connections += 1
         try:
-            with site.websocket(headers, discussion, after) as ws:
+            with opened as ws:
                 for event in events(ws, timeout=max(deadline - time.monotonic(), 1)):
                     if event.get("type") == "reconnect":
                         hint = event

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,42 @@ def test_standby_hands_a_running_discussion_to_another_api_and_stays_up(
             again = create_discussion(client, user, "Awake [[fake:delay=0.01,words=5]]", ["bull"])
             assert read_events(old, client, user, again)[-1]["status"] == "completed"
         assert "standby over: running discussions again" in old.log_path.read_text()
+
+
+def test_a_woken_api_going_standby_again_closes_every_websocket_opened_since(
+    database_url: str, redis_prefix: str, fake_llm: FakeLlm, tmp_path: Path
+) -> None:
+    """A rollback's second pass: standby, woken, then standby again (the next deploy). Each socket opened after the
+    wake, on either worker, gets the hint and 1012 the second time too."""
+    flag = tmp_path / "standby"
+    env = service_env(
+        database_url, redis_prefix, fake_llm, tmp_path, WS_DRAIN_SECONDS=str(GRACE), STANDBY_FILE=str(flag)
+    )
+    with running_service(env, tmp_path / "api.log") as api, httpx.Client(base_url=api.url, timeout=30) as client:
+        flag.touch()
+        wait_until(lambda: standby_pids(api.log_path) == set(api.worker_pids()), 10, "both workers in standby")
+        flag.unlink()
+        woken = "standby over: running discussions again"
+        wait_until(lambda: api.log_path.read_text().count(woken) == len(api.worker_pids()), 10, "both workers woken")
+        user = new_user(client)
+        discussion = create_discussion(client, user, "Again [[fake:delay=0.05,words=400]]", ["bull"])
+        closes = []
+        with ExitStack() as stack:
+            # Four sockets, so that both workers (new connections go to either) hold some.
+            sockets = [
+                stack.enter_context(
+                    connect(
+                        ws_url(api, discussion, ws_ticket(client, user, discussion)), origin=Origin(ORIGIN), proxy=None
+                    )
+                )
+                for _ in range(4)
+            ]
+            for ws in sockets:
+                json.loads(ws.recv(timeout=20))  # streaming
+            flag.touch()
+            for ws in sockets:
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        ws.recv(timeout=GRACE + 10)
+                closes.append((closed.value.rcvd.code, closed.value.rcvd.reason) if closed.value.rcvd else None)
+    assert closes == [(CLOSE_CODE, CLOSE_REASON)] * 4
