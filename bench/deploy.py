@@ -10,6 +10,7 @@ settings. The sandbox is removed at the end.
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import ssl
 import statistics
@@ -110,6 +111,7 @@ def main() -> None:
             ca = host.run("cat /opt/appliance/shared/certs/ca.pem").stdout
         base = f"https://127.0.0.1:{box.https_port}"
         serving, other = f"b{options.rounds}", f"b{options.rounds - 1}"  # `other` waits in standby
+        loads = [os.getloadavg()[0]]  # the machine's, which the sandbox shares: a loaded box shows in every row
         for kind in ("warm", "cold"):
             switched, walls = [], []
             for _ in range(ROLLBACKS):
@@ -123,6 +125,10 @@ def main() -> None:
                 serving, other = other, serving
             rows.append((f"{kind} rollback: the other release serves, median of {ROLLBACKS}", figures(switched)))
             rows.append((f"{kind} rollback: `inv rollback` returns, median of {ROLLBACKS}", figures(walls)))
+            loads.append(os.getloadavg()[0])
+        rows.append(
+            ("load average (1 min) before, between and after the rollbacks", ", ".join(f"{x:.1f}" for x in loads))
+        )
         with open_host(loaded) as host:
             host.run("printf '{\"ok\":true}' > /opt/appliance/shared/www/static.json")
         static = wrk(f"{base}/static.json", {}, options.seconds)
