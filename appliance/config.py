@@ -349,6 +349,43 @@ class Deploy(_Section):
     health_interval: float = Field(default=0.5, ge=0.1, le=10)
 
 
+class Frontend(_Section):
+    """The front end nginx serves (appliance/frontend.py, docs/frontend.md): the built-in console, or the team's own
+    build, shipped with each release."""
+
+    # "console": the console baked into the API image. Otherwise exactly one of `dist` (a built folder) or
+    # `build` (a command run in `dir` on the operator's machine, leaving `output` there); paths relative to this file.
+    source: Literal["console"] | None = None
+    dist: str | None = None
+    build: str | None = None
+    dir: str | None = None
+    output: str = "dist"
+    # Where the team's front end is mounted; the console moves to /console/ when it takes /.
+    path: Annotated[str, _matching(r"/([a-z0-9][a-z0-9_-]*/)*", "must be / or a folder such as /app/")] = "/"
+    # An https:// origin (Tencent CDN) that browsers fetch /assets/ from, which pulls them from this site.
+    cdn_origin: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Frontend:
+        given = [name for name in ("source", "dist", "build") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"set one of source, dist or build, not {' and '.join(given)}")
+        if self.build is not None and not self.dir:
+            raise ValueError("build needs dir: the folder (relative to this file) the command runs in")
+        if self.build is None and self.dir is not None:
+            raise ValueError("dir is only for build; a built folder is dist")
+        if self.path == "/console/":
+            raise ValueError("path /console/ is the built-in console's; pick another, such as /app/")
+        if self.cdn_origin is not None and not is_origin(self.cdn_origin):
+            raise ValueError("cdn_origin must be an origin such as https://static.example.com")
+        return self
+
+    @property
+    def custom(self) -> bool:
+        """Whether the team's own front end is served (else only the console)."""
+        return self.dist is not None or self.build is not None
+
+
 # libpq's modes that encrypt; the weaker ones (disable, allow, prefer) fall back to plaintext without a word.
 SSLMODES = ("verify-full", "verify-ca", "require")
 
@@ -476,6 +513,7 @@ class Settings(_Section):
     monitoring: Monitoring = Field(default_factory=Monitoring)
     notify: Notify = Field(default_factory=Notify)
     deploy: Deploy = Field(default_factory=Deploy)
+    frontend: Frontend = Field(default_factory=Frontend)
     # Managed data services (TencentDB); unset: the stack's own postgres and redis containers.
     database: Database | None = None
     redis: ManagedRedis | None = None

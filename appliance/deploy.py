@@ -22,7 +22,7 @@ from appliance import release_commands as commands
 from appliance.bootstrap.tls import certificate_steps
 from appliance.build import LOCK, bundle_commit
 from appliance.config import Config, Settings
-from appliance.errors import StepFailed
+from appliance.errors import ConfigError, StepFailed
 from appliance.executor import Executor, StepResult
 from appliance.facts import gather_facts
 from appliance.images import LocalImage, images_on_host, local_image, operator_engine
@@ -204,6 +204,8 @@ def deploy(
 ) -> list[StepResult]:
     """Put release `version` (API image `image`, already built locally) on the config's host."""
     settings = config.settings
+    if settings.frontend.custom:  # shipping it with a release is not wired in yet: refuse rather than ignore it
+        raise ConfigError(f"{config.path}: frontend: shipping a custom front end is not built yet; drop dist/build")
     secrets = deploy_secrets(config)
     release = Release(settings, version)
     with open_host(config) as remote:
