@@ -18,6 +18,7 @@ packages=(docker.io docker-compose debootstrap openssh-client python3-venv ca-ce
 packages+=(age)  # age-keygen for backup keys; the backup tests encrypt and decrypt with it
 packages+=(chromium chromium-driver fonts-wqy-microhei)  # the web console's browser test; a CJK font for its screenshots
 packages+=(tmux)  # the terminal e2e records inv bootstrap --check in a tmux pane
+command -v npm >/dev/null || packages+=(nodejs npm)  # the front-end test builds tests/fixtures/vue-app (npm ci)
 if [ "$want_servers" = 1 ]; then
   packages+=(postgresql redis-server nginx-light prometheus testssl.sh wrk docker-registry)
   packages+=(prometheus-alertmanager)  # amtool: the monitoring tests check Alertmanager's config
