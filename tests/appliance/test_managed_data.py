@@ -3,15 +3,12 @@ with a checked certificate, and the release's files when it is: no data containe
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 from pathlib import Path
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
-import asyncpg
 import pytest
-import redis
 import yaml
 
 from appliance.config import Config, load_config
@@ -20,11 +17,8 @@ from appliance.release_commands import migrate, stack_up
 from appliance.releases import Release
 from appliance.render import release_files, write_tree
 from appliance.secrets import MASK, ensure_generated, load_secrets
-from service.db import create_pool
 from tests.certificates import issue_chain
 from tests.conftest import REPO
-from tests.service.tls_servers import PASSWORD as TLS_PASSWORD
-from tests.service.tls_servers import SERVER_NAME, TlsServers, tls_servers
 
 DB_PASSWORD = "db pass/with:odd@chars?&#"
 MIGRATION_PASSWORD = "migrations-only-secret-9"
@@ -224,53 +218,3 @@ def test_the_managed_release_passes_docker_compose_config(tmp_path: Path) -> Non
             cwd=release, capture_output=True, text=True,
         )  # fmt: skip
         assert check.returncode == 0, check.stderr
-
-
-@pytest.mark.integration
-def test_the_rendered_urls_reach_tls_only_servers_through_the_service_clients(tmp_path: Path) -> None:
-    """api.env's URLs as rendered (password quoted, the CA path swapped for where this machine keeps it): the
-    service's own asyncpg pool and redis-py client verify and get in."""
-    with tls_servers() as servers:
-        config = managed_config(tmp_path, f"port = {servers.pg_port}")
-        text = (
-            config.path.read_text()
-            .replace("db.internal.example.com", SERVER_NAME)
-            .replace("port = 6380", f"port = {servers.redis_port}")
-        )
-        config.path.write_text(text.replace("redis.internal.example.com", SERVER_NAME))
-        shutil.copy(servers.ca_file, tmp_path / "tencentdb-ca.pem")
-        config.secrets_path.write_text(
-            config.secrets_path.read_text().replace(DB_PASSWORD, TLS_PASSWORD).replace(REDIS_PASSWORD, TLS_PASSWORD)
-        )
-        env = env_of(rendered(load_config(config.path))["api.env"][0])
-        local = {
-            "/etc/appliance/data-ca/postgres-ca.pem": str(servers.ca_file),
-            "/etc/appliance/data-ca/redis-ca.pem": str(servers.ca_file),
-        }
-        database_url, redis_url = env["DATABASE_URL"], env["REDIS_URL"]
-        for inside, here in local.items():
-            database_url, redis_url = database_url.replace(inside, here), redis_url.replace(inside, here)
-        asyncio.run(_create_database(servers))
-
-        async def encrypted() -> bool:
-            pool = await create_pool(database_url)
-            try:
-                return bool(await pool.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"))
-            finally:
-                await pool.close()
-
-        assert asyncio.run(encrypted()) is True
-        assert redis.Redis.from_url(redis_url, socket_timeout=2).ping() is True
-
-
-async def _create_database(servers: TlsServers) -> None:
-    """The role and database the managed config names, as an operator makes them in the console."""
-    admin = await asyncpg.connect(
-        f"postgresql://postgres:{quote(TLS_PASSWORD, safe='')}@{SERVER_NAME}:{servers.pg_port}/postgres"
-        f"?sslmode=verify-full&sslrootcert={servers.ca_file}"
-    )
-    try:
-        await admin.execute(f"CREATE ROLE appliance_app LOGIN PASSWORD '{TLS_PASSWORD}'")
-        await admin.execute("CREATE DATABASE appliance OWNER appliance_app")
-    finally:
-        await admin.close()

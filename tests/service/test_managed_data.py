@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -21,10 +22,12 @@ import httpx
 import pytest
 import redis
 
+from appliance.config import load_config
 from service.db import DATABASE_ERRORS, create_pool
 from service.main import create_app
 from service.migrate import apply_migrations
 from service.settings import load_settings
+from tests.appliance.test_managed_data import DB_PASSWORD, REDIS_PASSWORD, env_of, managed_config, rendered
 from tests.service.stack import REPO, TEST_DATABASE_URL, FakeLlm, running_service, service_env
 from tests.service.tls_servers import PASSWORD, SERVER_NAME, TlsServers, tls_servers
 
@@ -225,3 +228,27 @@ def test_health_fails_clearly_without_verified_tls(
     reason = body["reason"]
     assert reason.startswith(f"{names} ") and "(tls verify-full)" in reason and says in reason, reason
     assert "\n" not in reason and PASSWORD not in reason and body[names]["tls_verified"] is False
+
+
+def test_the_urls_the_appliance_renders_reach_the_servers_through_the_service_clients(
+    servers: TlsServers, tmp_path: Path
+) -> None:
+    """api.env's URLs as rendered for a managed config (password quoted, the CA path swapped for where this
+    machine keeps it): the service's own asyncpg pool and redis-py client verify and get in."""
+    config = managed_config(tmp_path, f"port = {servers.pg_port}")
+    text = (
+        config.path.read_text()
+        .replace("db.internal.example.com", SERVER_NAME)
+        .replace("port = 6380", f"port = {servers.redis_port}")
+    )
+    config.path.write_text(text.replace("redis.internal.example.com", SERVER_NAME))
+    shutil.copy(servers.ca_file, tmp_path / "tencentdb-ca.pem")
+    config.secrets_path.write_text(
+        config.secrets_path.read_text().replace(DB_PASSWORD, APP_PASSWORD).replace(REDIS_PASSWORD, PASSWORD)
+    )
+    env = env_of(rendered(load_config(config.path))["api.env"][0])
+    postgres_at, redis_at = env["DATABASE_URL"], env["REDIS_URL"]
+    for inside in ("/etc/appliance/data-ca/postgres-ca.pem", "/etc/appliance/data-ca/redis-ca.pem"):
+        postgres_at, redis_at = (url.replace(inside, str(servers.ca_file)) for url in (postgres_at, redis_at))
+    assert asyncio.run(_session_tls(postgres_at)) is True
+    assert redis.Redis.from_url(redis_at, socket_timeout=2).ping() is True
