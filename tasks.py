@@ -312,8 +312,8 @@ def sandbox_down(
 def sandbox_images(c: Context, os: list[str]) -> None:
     """Build the sandboxes' base and stand-in images now, so that `sandbox.up` and the tests need not wait."""
     standins = sandboxes.prepare_images(sandboxes.docker_client(), os)
-    print("images ready: " + ", ".join(sorted({sandboxes.base_image(r) for r in (*os, sandboxes.DEFAULT_RELEASE)}))
-          + ", " + ", ".join(standins.values()))  # fmt: skip
+    bases = [sandboxes.base_image(release) for release in sandboxes.base_releases(os)]
+    print("images ready: " + ", ".join([*bases, *standins.values()]))
 
 
 @host_task(

@@ -302,11 +302,17 @@ def standin_image(client: docker.DockerClient, name: str) -> str:
     return ref
 
 
+def base_releases(releases: Iterable[str]) -> tuple[str, ...]:
+    """The releases whose base images sandboxes of `releases` need: theirs, and the default one, which the
+    stand-ins and the API image build on."""
+    return tuple(dict.fromkeys((*releases, DEFAULT_RELEASE)))
+
+
 def prepare_images(client: docker.DockerClient, releases: Iterable[str], log: TextLog = print) -> dict[str, str]:
-    """The releases' base images, the default one (what the stand-ins and the API image build on) and the
-    stand-ins, each built once; returns the stand-ins' references by name."""
+    """The base images of `base_releases(releases)` and the stand-ins, each built once; returns the stand-ins'
+    references by name."""
     with images_lock():
-        for release in dict.fromkeys((*releases, DEFAULT_RELEASE)):
+        for release in base_releases(releases):
             _ensure_base_image(client, release, log)
         log("building the postgres, redis, nginx and monitoring stand-in images (once; no registry is needed)")
         return {name: standin_image(client, name) for name in STANDINS}
