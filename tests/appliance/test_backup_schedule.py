@@ -7,7 +7,6 @@ from __future__ import annotations
 import secrets
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,20 +108,6 @@ class Machine:
         return drill_schedule.local_run(["docker", "exec", "-i", *self.user, self.container])
 
 
-def wait_for_boot(container: str, timeout: float = 60) -> None:
-    """Until systemd answers on its bus: right after `docker run` it does not yet, and `--wait` alone fails."""
-    deadline = time.monotonic() + timeout
-    state = ""
-    while time.monotonic() < deadline:
-        done = subprocess.run(["docker", "exec", container, "systemctl", "is-system-running", "--wait"],
-                              capture_output=True, text=True)  # fmt: skip
-        state = done.stdout.strip() or done.stderr.strip()
-        if state in ("running", "degraded"):  # "degraded" is fine: a container lacks a few units
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{container} did not boot in {timeout:.0f} s: {state}")
-
-
 @pytest.fixture(scope="module")
 def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     image = sandbox.base_image()
@@ -139,7 +124,7 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     )  # fmt: skip
     try:
         root = Machine(name, home)
-        wait_for_boot(name)
+        sandbox.wait_for_boot(sandbox.docker_client().containers.get(name), timeout=60, degraded_ok=True)
         # The image has no logind (no D-Bus): the user manager gets its runtime folder by hand, as logind would.
         setup = (
             f"useradd -d {home} -u 1000 op && chown op:op {home} && useradd -m -u 1001 plain "
