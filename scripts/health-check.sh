@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Host-side (installed to BASE/bin; for cron, monitoring and operators): is the appliance serving?
-# Checks the stack's containers, then /api/health through nginx's HTTPS as a browser reaches it.
+# Checks the stack's containers (those its release defines), then /api/health through nginx's HTTPS as a browser reaches it.
 # Prints one line; exit 0 healthy, 1 unhealthy, 2 usage or nothing deployed.
 # Usage: health-check.sh PROJECT
 set -uo pipefail
@@ -14,7 +14,10 @@ slug=$(cat "$current/slug")
 compose="$base/bin/compose"
 
 problems=()
+# The data services only where the release runs them (none with a managed database and Redis).
+defined=$(cd "$current" && "$compose" --project-name "$project" --file docker-compose.yml config --services 2>/dev/null)
 for service in postgres redis nginx; do
+  [ -z "$defined" ] || grep -qx "$service" <<<"$defined" || continue  # (unreadable: check them all)
   id=$(cd "$current" && "$compose" --project-name "$project" --file docker-compose.yml ps -q "$service" 2>/dev/null)
   state=$( [ -n "$id" ] && docker inspect -f '{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id" 2>/dev/null )
   [ "$state" = "running/healthy" ] || problems+=("$service ${state:-missing}")
