@@ -554,6 +554,21 @@ class Settings(_Section):
         return self
 
     @model_validator(mode="after")
+    def _one_app_host(self) -> Settings:
+        # Every task acts on hosts[0]: a second host would be left out without a word.
+        if len(self.hosts) > 1:
+            shared = (
+                ""
+                if self.service.artifact_storage == "cos"
+                else '; several app hosts also need shared uploads (service.artifact_storage = "cos")'
+            )
+            raise ValueError(
+                f"hosts: {len(self.hosts)} hosts listed, but this version deploys to one app host per environment: "
+                f"list one (several hosts behind a CLB are not built yet, docs/scaling.md){shared}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _backup_reads_the_stack(self) -> Settings:
         if self.backup.enabled and (self.database or self.redis):
             raise ValueError(

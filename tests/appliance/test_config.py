@@ -200,3 +200,13 @@ def test_example_config_names_every_key() -> None:
 
     gaps = missing(Settings, "")
     assert not gaps, f"keys the example does not mention: {gaps}"
+
+
+@pytest.mark.parametrize("storage", ["local", "cos"])
+def test_a_second_host_is_refused_in_one_line_not_left_out(tmp_path: Path, storage: str) -> None:
+    second = '[[environments.production.hosts]]\naddress = "203.0.113.11"\n'
+    uploads = f'[service]\nartifact_storage = "{storage}"\nartifact_cos_bucket = "files-1250000000"\n'
+    path = write(tmp_path, MINIMAL + second + uploads)
+    message = error_of(path)
+    assert message.startswith(f"{path}: (top level): hosts: 2 hosts listed, but this version deploys to one app host")
+    assert ('artifact_storage = "cos"' in message) == (storage == "local"), message
