@@ -9,6 +9,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker
+
+from appliance import sandbox
 from appliance.backup.cos import MB, CosStore, CosTarget
 from appliance.backup.dump import wait_ready
 from appliance.backup.install import bundle
@@ -71,6 +74,23 @@ def backup_side(
         yield BackupSide(settings_file, pyz, key, recipient, fake, CosStore(target))
     finally:
         fake.stop()
+
+
+def stack_images() -> tuple[str, str]:
+    """The stand-in PostgreSQL and Redis images the stack's containers run (each built once)."""
+    client = docker.from_env()
+    return sandbox.standin_image(client, "postgres"), sandbox.standin_image(client, "redis")
+
+
+def start_postgres(project: str, image: str, *options: str, command: tuple[str, ...] = ("postgres",)) -> str:
+    """The stack's PostgreSQL as Compose would label it, without a network; `options` go to `docker run` (volumes,
+    a restart policy)."""
+    labels = ["--label", f"com.docker.compose.project={project}", "--label", "com.docker.compose.service=postgres"]
+    environment = ["-e", "POSTGRES_USER=appliance", "-e", "POSTGRES_DB=appliance", "-e", "POSTGRES_PASSWORD=pw"]
+    run = ["docker", "run", "-d", "--name", f"{project}-postgres", *labels, "--network", "none", *environment]
+    done = subprocess.run([*run, *options, image, *command], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"starting {project}-postgres: {done.stderr}"
+    return done.stdout.strip()
 
 
 def start_redis(project: str, image: str) -> str:

@@ -15,17 +15,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import docker
 import pytest
 import yaml
 
-from appliance import sandbox
 from appliance.backup import wal
 from appliance.backup.cos import CosStore
 from appliance.config import load_config
 from appliance.render import release_files
 from appliance.secrets import ensure_generated, load_secrets
-from tests.appliance.backup_host import backup_side, flip_a_byte, running, sh, start_redis
+from tests.appliance.backup_host import backup_side, flip_a_byte, running, sh, stack_images, start_postgres, start_redis
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -64,24 +62,18 @@ def postgres_service(tmp_path: Path, recipient: str) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    client = docker.from_env()
-    postgres_image, redis_image = (sandbox.standin_image(client, name) for name in ("postgres", "redis"))
+    postgres_image, redis_image = stack_images()
     project = f"pitr{secrets.token_hex(3)}"
     base = tmp_path_factory.mktemp("base")
     (base / "shared/wal").mkdir(parents=True)
     with backup_side(base, project, BUCKET, (SECRET_ID, SECRET_KEY), pitr=True) as side:
         service = postgres_service(tmp_path_factory.mktemp("config"), side.recipient)
-        command = [word.replace("$$", "$") for word in service["command"]]  # Compose's escape
+        command = tuple(word.replace("$$", "$") for word in service["command"])  # Compose's escape
         spool_mount = next(v for v in service["volumes"] if v.endswith(":/var/lib/postgresql/wal"))
         assert spool_mount == "/opt/appliance/shared/wal:/var/lib/postgresql/wal"
-        postgres = subprocess.run(
-            ["docker", "run", "-d", "--name", f"{project}-postgres", "--restart", "unless-stopped",
-             "--label", f"com.docker.compose.project={project}", "--label", "com.docker.compose.service=postgres",
-             "--network", "none", "-e", "POSTGRES_USER=appliance", "-e", "POSTGRES_DB=appliance",
-             "-e", "POSTGRES_PASSWORD=pw", "-v", f"{project}_pgdata:/var/lib/postgresql/data",
-             "-v", f"{base}/shared/wal:/var/lib/postgresql/wal", postgres_image, *command],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+        data, spool = f"{project}_pgdata:/var/lib/postgresql/data", f"{base}/shared/wal:/var/lib/postgresql/wal"
+        restart = ("--restart", "unless-stopped")
+        postgres = start_postgres(project, postgres_image, *restart, "-v", data, "-v", spool, command=command)
         redis = start_redis(project, redis_image)
         with running(project, postgres, redis, ("pgdata", "redisdata")):
             yield Stack(project, side.settings_file, side.pyz, side.key, side.cos, postgres)

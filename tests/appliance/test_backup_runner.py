@@ -13,12 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import docker
 import pytest
 
-from appliance import sandbox
 from appliance.backup.cos import CosStore
-from tests.appliance.backup_host import backup_side, running, sh, start_redis
+from tests.appliance.backup_host import backup_side, running, sh, stack_images, start_postgres, start_redis
 from tests.cosfake import FakeCos
 
 pytestmark = pytest.mark.integration
@@ -42,19 +40,14 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    client = docker.from_env()
-    postgres_image, redis_image = (sandbox.standin_image(client, name) for name in ("postgres", "redis"))
+    postgres_image, redis_image = stack_images()
     project = f"bkit{secrets.token_hex(3)}"
     base = tmp_path_factory.mktemp("base")
     (base / "releases/v1").mkdir(parents=True)
     (base / "releases/v1/slug").write_text("v1\n")
     (base / "current").symlink_to(base / "releases/v1")
-    labels = f"--label com.docker.compose.project={project} --label com.docker.compose.service=postgres"
     with backup_side(base, project, BUCKET, (SECRET_ID, SECRET_KEY)) as side:
-        postgres = sh(
-            f"docker run -d --name {project}-postgres {labels} --network none -e POSTGRES_USER=appliance "
-            f"-e POSTGRES_DB=appliance -e POSTGRES_PASSWORD=pw {postgres_image} postgres"
-        ).strip()
+        postgres = start_postgres(project, postgres_image)
         redis = start_redis(project, redis_image)
         with running(project, postgres, redis, ("redisdata",)):
             yield Stack(project, base, side.settings_file, side.pyz, side.key, side.fake, side.cos, postgres, redis)
