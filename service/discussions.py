@@ -4,7 +4,7 @@ worker's (the end of this module) take the id of a discussion whose lease it hol
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 from typing import Any
 
 import asyncpg
@@ -152,11 +152,10 @@ async def usage_for_user(pool: asyncpg.Pool, user_id: uuid.UUID) -> dict[str, in
 
 # --- the worker's side: a discussion it runs -------------------------------------------------------------------
 @dataclass(frozen=True)
-class StoredTurn:
-    """One ended turn as it is persisted: its message and what it cost."""
+class TurnMessage:
+    """What one turn said, as its `messages` row holds it besides the row's keys and time (the API shows these
+    fields as they are)."""
 
-    discussion_id: uuid.UUID
-    user_id: uuid.UUID
     turn_index: int
     round: int
     role: str
@@ -164,6 +163,15 @@ class StoredTurn:
     content: str
     reasoning: str | None
     error: str | None
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    """One ended turn as it is persisted: its message and what it cost."""
+
+    discussion_id: uuid.UUID
+    user_id: uuid.UUID
+    message: TurnMessage
     prompt_tokens: int
     completion_tokens: int
     cache_hit_tokens: int
@@ -186,23 +194,24 @@ async def message(pool: asyncpg.Pool, discussion_id: uuid.UUID, turn_index: int)
     return dict(row)
 
 
+# A stored turn's row of `messages`: its discussion, its user, then TurnMessage's fields in their order.
+_MESSAGE_INSERT_COLUMNS = ("discussion_id", "user_id", *(field.name for field in fields(TurnMessage)))
+_INSERT_MESSAGE = (
+    f"INSERT INTO messages ({', '.join(_MESSAGE_INSERT_COLUMNS)})"  # noqa: S608 - the columns are constants
+    f" VALUES ({', '.join(f'${n}' for n in range(1, len(_MESSAGE_INSERT_COLUMNS) + 1))})"
+    " ON CONFLICT (discussion_id, turn_index) DO NOTHING RETURNING *"
+)
+
+
 async def store_turn(pool: asyncpg.Pool, turn: StoredTurn) -> dict[str, Any] | None:
     """Persist the message, its token usage and the discussion's tokens_used together; None (and nothing written)
     when the turn is stored already: another owner stored it first, and the first one stays."""
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
-            "INSERT INTO messages (discussion_id, user_id, turn_index, round, role, status, content,"
-            " reasoning, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-            " ON CONFLICT (discussion_id, turn_index) DO NOTHING RETURNING *",
+            _INSERT_MESSAGE,
             turn.discussion_id,
             turn.user_id,
-            turn.turn_index,
-            turn.round,
-            turn.role,
-            turn.status,
-            turn.content,
-            turn.reasoning,
-            turn.error,
+            *astuple(turn.message),
         )
         if row is None:
             return None

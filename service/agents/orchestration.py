@@ -372,16 +372,13 @@ class Orchestrator:
     ) -> dict[str, Any]:
         """Persist the message and its token usage, then announce it: persisted before announced."""
         text = "".join(stream.content)
+        said = discussions.TurnMessage(
+            turn_index, round_no, role.key, status, text, "".join(stream.reasoning) or None, error
+        )
         turn = discussions.StoredTurn(
             run.id,
             run.user_id,
-            turn_index,
-            round_no,
-            role.key,
-            status,
-            text,
-            "".join(stream.reasoning) or None,
-            error,
+            said,
             usage.prompt_tokens,
             usage.completion_tokens,
             usage.cache_hit_tokens,

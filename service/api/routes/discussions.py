@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
@@ -34,15 +35,9 @@ class DiscussionIn(BaseModel):
         return panel
 
 
-class MessageOut(BaseModel):
+@dataclass(frozen=True)
+class MessageOut(discussions.TurnMessage):
     id: uuid.UUID
-    turn_index: int
-    round: int
-    role: str
-    status: str
-    content: str
-    reasoning: str | None
-    error: str | None
     created_at: datetime.datetime
 
 
