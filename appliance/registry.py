@@ -15,7 +15,7 @@ import docker.errors
 from appliance.errors import ApplianceError
 from appliance.images import LocalImage
 from appliance.shell import sh
-from appliance.steps import Action, Facts, Run, Step, Stream
+from appliance.steps import Action, Converge, Facts, Step, Stream
 
 
 def registry_host(registry: str) -> str:
@@ -74,23 +74,10 @@ class RegistryLogin:
         return [Stream(f"{login} >/dev/null", _Password(self.password), f"log in as {self.user}")]
 
 
-@dataclass(frozen=True)
-class ImagePulled:
+def image_pulled(ref: str) -> Converge:
     """An image the host pulls from its registry, unless it has it already."""
-
-    ref: str
-
-    @property
-    def name(self) -> str:
-        return f"image {self.ref}"
-
-    def probes(self) -> Mapping[str, str]:
-        return {"present": sh("docker", "image", "inspect", "--format", "{{.Id}}", self.ref)}
-
-    def plan(self, facts: Facts) -> list[Action]:
-        if facts["present"].ok:
-            return []
-        return [Run(f"{sh('docker', 'pull', '--quiet', self.ref)} >/dev/null", f"pull {self.ref}")]
+    present = sh("docker", "image", "inspect", "--format", "{{.Id}}", ref)
+    return Converge(f"image {ref}", present, f"{sh('docker', 'pull', '--quiet', ref)} >/dev/null", f"pull {ref}")
 
 
 @dataclass(frozen=True)
@@ -106,7 +93,7 @@ class RegistryTransport:
     def steps(self, api: LocalImage, others: tuple[LocalImage, ...], check: bool) -> list[Step]:
         if not check:
             push(self.engine, api.ref, self.user, self.password)
-        pulls = [ImagePulled(image.ref) for image in (api, *others)]
+        pulls = [image_pulled(image.ref) for image in (api, *others)]
         return [RegistryLogin(self.registry, self.user, self.password), *pulls]
 
     def prune_steps(self) -> list[Step]:

@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 
 from appliance.config import Config, load_config
-from appliance.deploy import ReleaseStack, build_pending, deploy, prepare_steps, switch_steps
+from appliance.deploy import build_pending, deploy, prepare_steps, switch_steps
 from appliance.errors import ConfigError
 from appliance.images import ImagesOnHost, LocalImage
 from appliance.lock import acquire_lock, lock_holder_message, taken_before_boot
-from appliance.registry import ImagePulled, RegistryLogin
+from appliance.registry import RegistryLogin, image_pulled
 from appliance.release_commands import publish_web, release_stack, switch_traffic, wait_healthy
 from appliance.releases import PruneReleases, Release, manifest, releases_to_prune, rollback_target
 from appliance.shell import sh
+from appliance.stack_steps import ReleaseStack
 from appliance.steps import Fact, Run, Stream
 from appliance.views import release_rows, releases_table
 from tests.conftest import REPO
@@ -75,6 +76,7 @@ def test_release_procedure_order_and_drain(config: Config) -> None:
         "publish front end",
         "current release",
         "previous API v1",
+        "monitoring files",
         "release stack",
     ]
     redeploy = [step.name for step in switch_steps(release, release)]
@@ -148,9 +150,9 @@ def test_registry_steps_log_in_with_the_password_on_stdin_and_pull_only_what_is_
     assert isinstance(action, Stream)
     assert action.command == "docker login --username 100012345678 --password-stdin ccr.ccs.tencentyun.com >/dev/null"
     assert b"".join(action.source.chunks()) == b"hunter2-registry"
-    pulled = ImagePulled("ccr.ccs.tencentyun.com/team/api:v2")
-    assert pulled.plan({"present": Fact("sha256:ab\n", 0)}) == []
-    assert pulled.plan({"present": Fact("", 1)}) == [
+    pulled = image_pulled("ccr.ccs.tencentyun.com/team/api:v2")
+    assert pulled.plan({"check": Fact("sha256:ab\n", 0)}) == []
+    assert pulled.plan({"check": Fact("", 1)}) == [
         Run(
             "docker pull --quiet ccr.ccs.tencentyun.com/team/api:v2 >/dev/null",
             "pull ccr.ccs.tencentyun.com/team/api:v2",
@@ -174,7 +176,7 @@ def test_prune_step_removes_folders_and_image_tags_only_when_needed(config: Conf
         "on_host": Fact("v1\nv2\nv3\n", 0),
         "history": Fact("v1\nv2\nv3\n", 0),
         "current": Fact("/opt/appliance/releases/v3\n", 0),
-        "tags": Fact("v3\nv2\nv1\n", 0),
+        "tags": Fact("v3 333\nv2 222\nv1 111\n", 0),
     }
     assert step.plan(facts) == [
         Run(
@@ -182,11 +184,36 @@ def test_prune_step_removes_folders_and_image_tags_only_when_needed(config: Conf
             "remove v1",
         )
     ]
-    pruned = {**facts, "on_host": Fact("v2\nv3\n", 0), "tags": Fact("v3\nv2\n<none>\n", 0)}
+    pruned = {**facts, "on_host": Fact("v2\nv3\n", 0), "tags": Fact("v3 333\nv2 222\n<none> 999\n", 0)}
     assert step.plan(pruned) == []
     # An interrupted deploy's tag without a release folder goes as well.
-    orphan = {**pruned, "tags": Fact("v3\nv2\nv5\n", 0)}
+    orphan = {**pruned, "tags": Fact("v3 333\nv2 222\nv5 555\n", 0)}
     assert step.plan(orphan) == [Run("{ docker image rm cvm-appliance/api:v5 >/dev/null 2>&1 || true; }", "remove v5")]
+
+
+def test_prune_keeps_a_content_tag_while_a_kept_release_runs_that_image(config: Config) -> None:
+    step = PruneReleases(config.settings, keep=2)
+    tags = "v3 333\nid-333 333\nv2 222\nid-222 222\nv1 111\nid-111 111\n"
+    facts = {
+        "on_host": Fact("v1\nv2\nv3\n", 0),
+        "history": Fact("v1\nv2\nv3\n", 0),
+        "current": Fact("/opt/appliance/releases/v3\n", 0),
+        "tags": Fact(tags, 0),
+    }
+    (action,) = step.plan(facts)
+    assert action == Run(
+        "rm -rf /opt/appliance/releases/v1 && "
+        "{ docker image rm cvm-appliance/api:v1 cvm-appliance/api:id-111 >/dev/null 2>&1 || true; }",
+        "remove id-111 v1",
+    )
+    # v1 and v2 are one image: its content tag stays with v2.
+    shared = {**facts, "tags": Fact("v3 333\nid-333 333\nv2 222\nv1 222\nid-222 222\n", 0)}
+    assert step.plan(shared) == [
+        Run(
+            "rm -rf /opt/appliance/releases/v1 && { docker image rm cvm-appliance/api:v1 >/dev/null 2>&1 || true; }",
+            "remove v1",
+        )
+    ]
 
 
 def test_manifest_names_images_env_hash_commit_who_and_when() -> None:
