@@ -76,15 +76,33 @@ def backup_side(
         fake.stop()
 
 
-def stack_images() -> tuple[str, str]:
-    """The stand-in PostgreSQL and Redis images the stack's containers run (each built once)."""
+@contextmanager
+def stack_containers(
+    project: str,
+    *postgres_options: str,
+    postgres_command: tuple[str, ...] = ("postgres",),
+    volumes: tuple[str, ...] = (),
+) -> Iterator[tuple[str, str]]:
+    """The stack's PostgreSQL (more `docker run` options, e.g. volumes, and its command) and Redis on the stand-in
+    images as Compose would label them, the artifacts volume made and PostgreSQL ready: their containers; then the
+    containers and the volumes (`volumes`, redisdata and artifacts) removed, whatever failed on the way."""
     client = docker.from_env()
-    return sandbox.standin_image(client, "postgres"), sandbox.standin_image(client, "redis")
+    postgres_image, redis_image = (sandbox.standin_image(client, name) for name in ("postgres", "redis"))
+    started: list[str] = []
+    try:
+        started.append(_start_postgres(project, postgres_image, postgres_options, postgres_command))
+        started.append(_start_redis(project, redis_image))
+        sh(f"docker volume create {project}_artifacts")
+        wait_ready(started[0], "the test's PostgreSQL")
+        yield started[0], started[1]
+    finally:
+        if started:
+            sh(f"docker rm -f {' '.join(started)} >/dev/null")
+        names = " ".join(f"{project}_{volume}" for volume in (*volumes, "redisdata", "artifacts"))
+        sh(f"docker volume rm -f {names} >/dev/null")
 
 
-def start_postgres(project: str, image: str, *options: str, command: tuple[str, ...] = ("postgres",)) -> str:
-    """The stack's PostgreSQL as Compose would label it, without a network; `options` go to `docker run` (volumes,
-    a restart policy)."""
+def _start_postgres(project: str, image: str, options: tuple[str, ...], command: tuple[str, ...]) -> str:
     labels = ["--label", f"com.docker.compose.project={project}", "--label", "com.docker.compose.service=postgres"]
     environment = ["-e", "POSTGRES_USER=appliance", "-e", "POSTGRES_DB=appliance", "-e", "POSTGRES_PASSWORD=pw"]
     run = ["docker", "run", "-d", "--name", f"{project}-postgres", *labels, "--network", "none", *environment]
@@ -93,23 +111,10 @@ def start_postgres(project: str, image: str, *options: str, command: tuple[str, 
     return done.stdout.strip()
 
 
-def start_redis(project: str, image: str) -> str:
-    """The stack's Redis as Compose would label it, with an append-only file on its volume."""
+def _start_redis(project: str, image: str) -> str:
+    """With an append-only file on its volume, redisdata."""
     labels = f"--label com.docker.compose.project={project} --label com.docker.compose.service=redis"
     return sh(
         f"docker run -d --name {project}-redis {labels} --network none -e REDIS_PASSWORD=pw "
         f"-v {project}_redisdata:/data {image} redis-server --requirepass pw --appendonly yes"
     ).strip()
-
-
-@contextmanager
-def running(project: str, postgres: str, redis: str, volumes: tuple[str, ...]) -> Iterator[None]:
-    """The stack's artifacts volume made and PostgreSQL ready; then the containers and volumes removed."""
-    try:
-        sh(f"docker volume create {project}_artifacts")
-        wait_ready(postgres, "the test's PostgreSQL")
-        yield
-    finally:
-        sh(f"docker rm -f {postgres} {redis} >/dev/null")
-        names = " ".join(f"{project}_{volume}" for volume in (*volumes, "artifacts"))
-        sh(f"docker volume rm {names} >/dev/null")

@@ -23,7 +23,7 @@ from appliance.backup.cos import CosStore
 from appliance.config import load_config
 from appliance.render import release_files
 from appliance.secrets import ensure_generated, load_secrets
-from tests.appliance.backup_host import backup_side, flip_a_byte, running, sh, stack_images, start_postgres, start_redis
+from tests.appliance.backup_host import backup_side, flip_a_byte, sh, stack_containers
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -62,7 +62,6 @@ def postgres_service(tmp_path: Path, recipient: str) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    postgres_image, redis_image = stack_images()
     project = f"pitr{secrets.token_hex(3)}"
     base = tmp_path_factory.mktemp("base")
     (base / "shared/wal").mkdir(parents=True)
@@ -72,10 +71,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         spool_mount = next(v for v in service["volumes"] if v.endswith(":/var/lib/postgresql/wal"))
         assert spool_mount == "/opt/appliance/shared/wal:/var/lib/postgresql/wal"
         data, spool = f"{project}_pgdata:/var/lib/postgresql/data", f"{base}/shared/wal:/var/lib/postgresql/wal"
-        restart = ("--restart", "unless-stopped")
-        postgres = start_postgres(project, postgres_image, *restart, "-v", data, "-v", spool, command=command)
-        redis = start_redis(project, redis_image)
-        with running(project, postgres, redis, ("pgdata", "redisdata")):
+        options = ("--restart", "unless-stopped", "-v", data, "-v", spool)
+        with stack_containers(project, *options, postgres_command=command, volumes=("pgdata",)) as (postgres, _):
             yield Stack(project, side.settings_file, side.pyz, side.key, side.cos, postgres)
         shutil.rmtree(base / "shared/wal", ignore_errors=True)
 

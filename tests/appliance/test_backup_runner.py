@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from appliance.backup.cos import CosStore
-from tests.appliance.backup_host import backup_side, running, sh, stack_images, start_postgres, start_redis
+from tests.appliance.backup_host import backup_side, sh, stack_containers
 from tests.cosfake import FakeCos
 
 pytestmark = pytest.mark.integration
@@ -40,17 +40,13 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    postgres_image, redis_image = stack_images()
     project = f"bkit{secrets.token_hex(3)}"
     base = tmp_path_factory.mktemp("base")
     (base / "releases/v1").mkdir(parents=True)
     (base / "releases/v1/slug").write_text("v1\n")
     (base / "current").symlink_to(base / "releases/v1")
-    with backup_side(base, project, BUCKET, (SECRET_ID, SECRET_KEY)) as side:
-        postgres = start_postgres(project, postgres_image)
-        redis = start_redis(project, redis_image)
-        with running(project, postgres, redis, ("redisdata",)):
-            yield Stack(project, base, side.settings_file, side.pyz, side.key, side.fake, side.cos, postgres, redis)
+    with backup_side(base, project, BUCKET, (SECRET_ID, SECRET_KEY)) as side, stack_containers(project) as containers:
+        yield Stack(project, base, side.settings_file, side.pyz, side.key, side.fake, side.cos, *containers)
 
 
 def backup_cmd(stack: Stack, *args: str, identity: str = "") -> subprocess.CompletedProcess[str]:
