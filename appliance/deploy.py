@@ -30,9 +30,10 @@ from appliance.llm_check import LlmKeysWarning
 from appliance.lock import audit_entry, operator
 from appliance.releases import PruneReleases, Release, current_release, manifest, rollback_target
 from appliance.remote import RemoteHost, open_host
-from appliance.render import api_image, check_artifact_key, monitoring_images, release_files
+from appliance.render import api_image, check_artifact_key, monitoring_images, release_files, stack_api_image
 from appliance.secrets import Secrets, ensure_generated, load_secrets
-from appliance.steps import Action, Facts, ManagedFile, Note, Run, Step
+from appliance.stack_steps import MonitoringFiles, ReleaseStack, StackUp
+from appliance.steps import Action, Facts, ManagedFile, Run, Step
 from appliance.transport import transport_for, transport_secrets
 from appliance.warm import ApiUp, KeepWarm
 
@@ -57,39 +58,24 @@ class SwitchTraffic(Always):
     """The phase after which traffic has moved: a failure before it leaves the previous release serving."""
 
 
-@dataclass(frozen=True)
-class ReleaseStack:
-    """The rest of the release's stack (relay, stand-ins, monitoring) as the release defines it. Compose runs
-    only when a service's definition hash differs from its running container's: after a deploy's stack-up nothing
-    does, and a Compose v1 `up` that changes nothing still costs seconds."""
-
-    release: Release
-
-    name = "release stack"
-
-    def probes(self) -> Mapping[str, str]:
-        return {"defined": commands.defined_hashes(self.release), "running": commands.running_hashes(self.release)}
-
-    def plan(self, facts: Facts) -> list[Action]:
-        if not facts["defined"].ok:  # Compose's own error then comes from the `up`
-            return [Run(commands.release_stack(self.release), "every service as the release defines it")]
-        changed = commands.stack_changes(facts["defined"].stdout, facts["running"].stdout)
-        if not changed:
-            return [Note("every service already runs as the release defines it")]
-        return [Run(commands.release_stack(self.release), f"{', '.join(changed)} as the release defines it")]
-
-
-def prepare_steps(config: Config, release: Release, files: list[ManagedFile], first: bool = False) -> list[Step]:
+def prepare_steps(
+    config: Config, release: Release, files: list[ManagedFile], first: bool = False, stack_image: str = ""
+) -> list[Step]:
     """A new release's files, checks, databases and migrations: nothing here touches live traffic.
 
-    `first`: the host has never served a release, so there is no data a backup could protect yet."""
+    `first`: the host has never served a release, so there is no data a backup could protect yet. `stack_image`:
+    the API image's content tag the stack's services run (render.stack_api_image), made on the host here."""
     wanted = config.settings.backup.enabled and not first
     backup = [Always("backup", commands.pre_deploy_backup(release), "a backup before migrations")] if wanted else []
+    tag = commands.tag_stack_image(release, stack_image)
+    same = stack_image in ("", api_image(release.settings, release.version))
+    image = [] if same else [Always("stack image", tag, f"the API image also as {stack_image}, for the stack")]
     return [
         *files,
         Always("validate release", commands.validate(release), "compose config and nginx -t accept the release"),
         Always("front end", commands.extract_web(release), "copy the front end out of the API image"),
-        Always("stack up", commands.stack_up(release), "start"),
+        *image,
+        StackUp(release),
         *backup,
         Always("migrations", commands.migrate(release), "apply database migrations"),
     ]
@@ -106,6 +92,8 @@ def switch_steps(release: Release, previous: Release | None, warm: bool = False)
     ]
     if previous is not None and previous.slug != release.slug:
         steps.append(KeepWarm(previous, release))
+    if release.settings.monitoring.enabled:
+        steps.append(MonitoringFiles(release))
     steps.append(ReleaseStack(release))
     return steps
 
@@ -212,9 +200,6 @@ def deploy(
         procedure.require_bootstrapped(remote, settings)
         facts = gather_facts(remote, settings.base_dir)
         previous = current_release(remote, settings)
-        rendered = release_files(config, secrets, version, reveal=True, memory_mb=facts.memory_mb)
-        files = [ManagedFile(item.path, item.content.encode(), item.mode) for item in rendered]
-        files.append(ManagedFile(f"{release.directory}/slug", f"{release.slug}\n".encode()))
         executor = Executor(remote, check=check, redact=secrets.redact, progress=progress)
         engine = operator_engine()
         release_image = api_image(settings, version)
@@ -224,6 +209,9 @@ def deploy(
             repository, tag = release_image.rsplit(":", 1)
             engine.images.get(image).tag(repository, tag)
         api = sent_api_image(engine, image, release_image, check)
+        rendered = release_files(config, secrets, version, True, facts.memory_mb, api.image_id)
+        files = [ManagedFile(item.path, item.content.encode(), item.mode) for item in rendered]
+        files.append(ManagedFile(f"{release.directory}/slug", f"{release.slug}\n".encode()))
         images = settings.images
         roles = {"api": release_image, "postgres": images.postgres, "redis": images.redis, "nginx": images.nginx}
         roles |= {f"monitoring-{index}": ref for index, ref in enumerate(monitoring_images(settings))}
@@ -237,7 +225,7 @@ def deploy(
         image_steps = transport.steps(api, others, check)
         steps = [
             *image_steps,
-            *prepare_steps(config, release, files, first=previous is None),
+            *prepare_steps(config, release, files, previous is None, stack_api_image(settings, version, api.image_id)),
             LlmKeysWarning(release),  # the new keys tried upstream before traffic moves; a warning, never a stop
             *switch_steps(release, previous),
             PruneReleases(settings, settings.keep_releases),

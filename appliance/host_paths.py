@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The config's base_dir unless it names another; also where the backup zipapp looks for its settings by default.
+DEFAULT_BASE = "/opt/appliance"
+
 
 @dataclass(frozen=True)
 class HostPaths:
@@ -58,6 +61,12 @@ class HostPaths:
     def nginx(self) -> str:
         """The folder nginx reads (mounted as conf.d): the current site and upstream files."""
         return f"{self.shared}/nginx"
+
+    @property
+    def monitoring(self) -> str:
+        """The folder Prometheus, Alertmanager and the relay read (mounted whole): the current release's monitoring
+        files, published at each switch, so a release change is a reload, not a recreate."""
+        return f"{self.shared}/monitoring"
 
     @property
     def www(self) -> str:

@@ -13,6 +13,14 @@ from appliance.shell import sh
 WEB_IN_IMAGE = "/opt/app/web"  # the built front end inside the API image (service/Dockerfile)
 HEALTH_URL = "http://127.0.0.1:8000/api/health"  # the API's health answer, asked inside its own container
 NGINX_FILES = ("appliance.conf", "upstream.inc", "metrics.htpasswd")  # what a switch swaps into shared/nginx
+# The release's monitoring files (render.monitoring_files) that a switch publishes into shared/monitoring, and
+# the stack's service that reads each one.
+MONITORING_READERS = {
+    "prometheus.yml": "prometheus",
+    "alerts.yml": "prometheus",
+    "alertmanager.yml": "alertmanager",
+    "notify.py": "relay",
+}
 
 
 def wait_healthy(release: Release, services: tuple[str, ...]) -> str:
@@ -38,11 +46,19 @@ def validate(release: Release) -> str:
     return " && ".join([release.compose("config", "-q"), release.compose("config", "-q", api=True), nginx_check])
 
 
-def stack_up(release: Release) -> str:
-    """Every service of the stack's project but nginx (switch_traffic's), with the release's settings; then the
-    databases healthy."""
+def stack_up(release: Release, services: tuple[str, ...] = ()) -> str:
+    """`services` of the stack's project (default: every one but nginx, switch_traffic's) with the release's
+    settings, the monitoring folder seeded first; then stack_settled."""
+    every = f"$({release.compose('config', '--services')} | grep -vx nginx)"
+    names = sh(" ".join(services)) if services else every
+    up = f"services={names} && {release.compose('up', '-d', '--remove-orphans')} $services"
+    return f"{seed_monitoring(release)}{up} && {stack_settled(release)}"
+
+
+def stack_settled(release: Release) -> str:
+    """The API projects' shared volume there, and the databases healthy: what a deploy needs of the stack even
+    when no service changes."""
     settings = release.settings
-    services = f"$({release.compose('config', '--services')} | grep -vx nginx)"
     # The API projects' shared volume belongs to the stack's project, whose services never mount it: Compose v1
     # makes every volume a project declares, v2 only those its services mount, so it is made here, labelled
     # as Compose labels its own.
@@ -51,9 +67,51 @@ def stack_up(release: Release) -> str:
         "docker", "volume", "create", "--label", f"com.docker.compose.project={project}",
         "--label", f"com.docker.compose.volume={volume}", f"{project}_{volume}",
     )  # fmt: skip
-    up = f"services={services} && {release.compose('up', '-d', '--remove-orphans')} $services"
     data = stack_data_services(settings)  # none when both are managed (TencentDB): nothing to wait for
-    return f"{up} && {shared_volume} >/dev/null" + (f" && {wait_healthy(release, data)}" if data else "")
+    return f"{shared_volume} >/dev/null" + (f" && {wait_healthy(release, data)}" if data else "")
+
+
+def tag_stack_image(release: Release, stack_image: str) -> str:
+    """The release's API image also under the tag the stack's services run it by (render.stack_api_image)."""
+    return sh("docker", "tag", api_image(release.settings, release.version), stack_image)
+
+
+def seed_monitoring(release: Release) -> str:
+    """shared/monitoring made, with the release's files it lacks (a first deploy), so that Prometheus, Alertmanager
+    and the relay find theirs when they start; later releases' files come with the switch (publish_monitoring).
+    "" when monitoring is off (the release has no monitoring/)."""
+    if not release.settings.monitoring.enabled:
+        return ""
+    shared, source = release.settings.paths.monitoring, release.directory + "/monitoring"
+    seed = "; ".join(
+        f"{{ [ -e {sh(shared + '/' + name)} ] || cp -p {sh(source + '/' + name)} {sh(shared)}/; }}"
+        for name in MONITORING_READERS
+    )
+    return f"install -d -m 755 {sh(shared)} && {{ {seed}; }} && "
+
+
+def monitoring_changes(release: Release) -> str:
+    """The names of the release's monitoring files that differ from (or are missing in) shared/monitoring."""
+    shared, source = release.settings.paths.monitoring, release.directory + "/monitoring"
+    names = " ".join(MONITORING_READERS)
+    return f"for f in {names}; do cmp -s {sh(source)}/$f {sh(shared)}/$f || echo $f; done"
+
+
+def publish_monitoring(release: Release, changed: list[str]) -> str:
+    """The `changed` monitoring files into shared/monitoring (each renamed into place), then what reads them told:
+    Prometheus and Alertmanager reload on SIGHUP (a config they refuse leaves them on the old one, saying so in
+    their log); the relay, which runs notify.py, is restarted. A service not running is left alone."""
+    shared, source = release.settings.paths.monitoring, release.directory + "/monitoring"
+    place = " && ".join(
+        f"cp -p {sh(source + '/' + name)} {sh(shared + '/.' + name + '.next')} "
+        f"&& mv -f {sh(shared + '/.' + name + '.next')} {sh(shared + '/' + name)}"
+        for name in changed
+    )
+    told = []
+    for service in sorted({MONITORING_READERS[name] for name in changed}):
+        signal = "docker restart -t 5" if service == "relay" else "docker kill -s HUP"
+        told.append(f'{{ c={release.container(service)}; [ -z "$c" ] || {signal} "$c" >/dev/null; }}')
+    return f"install -d -m 755 {sh(shared)} && {place} && " + " && ".join(told)
 
 
 def pre_deploy_backup(release: Release) -> str:
@@ -136,10 +194,10 @@ def switch_traffic(release: Release) -> str:
     )
 
 
-def release_stack(release: Release) -> str:
-    """Every service of the release's stack as the release defines it: what a rollback restores (the relay and
-    the stand-ins run the release's image; monitoring reads its files), and Prometheus scraping its API."""
-    return release.compose("up", "-d", "--remove-orphans")
+def release_stack(release: Release, services: tuple[str, ...] = ()) -> str:
+    """`services` (default: every one) of the release's stack as the release defines it: what a rollback restores
+    (the relay and the stand-ins run the release's image)."""
+    return release.compose("up", "-d", "--remove-orphans", *services)
 
 
 def defined_hashes(release: Release) -> str:
@@ -161,6 +219,11 @@ def stack_changes(defined: str, running: str) -> list[str]:
     running ones it no longer defines; [] when `compose up` would change nothing."""
     wanted, found = _hash_lines(defined), _hash_lines(running)
     return sorted(name for name in wanted.keys() | found.keys() if wanted.get(name) != found.get(name))
+
+
+def defined_services(defined: str) -> set[str]:
+    """The services named in defined_hashes' answer."""
+    return set(_hash_lines(defined))
 
 
 def _hash_lines(text: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 from appliance.config import Settings
 from appliance.remote import RemoteHost
-from appliance.render import api_image, release_slug
+from appliance.render import CONTENT_TAG_PREFIX, api_image, release_slug
 from appliance.shell import sh
 from appliance.steps import Action, Facts, Run
 
@@ -113,7 +113,7 @@ class PruneReleases:
             "on_host": f"ls -1 {sh(paths.releases)}",
             "history": f"cat {sh(paths.history)}",
             "current": f"readlink {sh(paths.current)}",
-            "tags": f"docker images --format '{{{{.Tag}}}}' {sh(self.repository)}",
+            "tags": f"docker images --format '{{{{.Tag}}}} {{{{.ID}}}}' {sh(self.repository)}",
         }
 
     def plan(self, facts: Facts) -> list[Action]:
@@ -121,7 +121,14 @@ class PruneReleases:
         on_host = facts["on_host"].stdout.split()
         doomed = releases_to_prune(on_host, facts["history"].stdout.split(), current, self.keep)
         kept = (set(on_host) - set(doomed)) | {current}
-        stale = [tag for tag in facts["tags"].stdout.split() if tag not in kept and tag != "<none>"]
+        tags = [line.split() for line in facts["tags"].stdout.splitlines() if len(line.split()) == 2]
+        # A content tag (render.stack_api_image) stays while a kept release's tag names the same image.
+        kept_ids = {image_id for tag, image_id in tags if tag in kept}
+        stale = [
+            tag
+            for tag, image_id in tags
+            if tag != "<none>" and (image_id not in kept_ids if tag.startswith(CONTENT_TAG_PREFIX) else tag not in kept)
+        ]
         if not doomed and not stale:
             return []
         folders = [Release(self.settings, version).directory for version in doomed]

@@ -34,6 +34,10 @@ DATA_CA_IN_CONTAINER = "/etc/appliance/data-ca"
 POSTGRES_CA, REDIS_CA = "postgres-ca.pem", "redis-ca.pem"
 # The migration role's DATABASE_URL (database.migration_user), kept out of api.env: only migrations read it.
 MIGRATION_URL_FILE = "migration.url"
+# The API image's tags that name its content (stack_api_image), next to the releases' own `api:VERSION` tags.
+CONTENT_TAG_PREFIX = "id-"
+# Where the stack's services read shared/monitoring (HostPaths.monitoring), the whole folder mounted read-only.
+MONITORING_IN_CONTAINER = "/etc/appliance/monitoring"
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,16 @@ def api_image(settings: Settings, version: str) -> str:
     images = settings.images
     repository = f"{images.registry}/{images.api}" if images.transport == "registry" and images.registry else images.api
     return f"{repository}:{version}"
+
+
+def stack_api_image(settings: Settings, version: str, image_id: str) -> str:
+    """The API image as the stack's long-lived services that run it (the relay, the LLM stand-in) name it: a tag
+    derived from the image's content (`id-` and its short ID), so a release with the same image, a same-commit
+    redeploy or a rollback between two such releases, changes nothing Compose would recreate. Without an ID (check
+    mode before the build), the release's own tag."""
+    if not image_id:
+        return api_image(settings, version)
+    return api_image(settings, CONTENT_TAG_PREFIX + image_id.removeprefix("sha256:")[:12])
 
 
 @dataclass(frozen=True)
@@ -228,8 +242,10 @@ def stack_data_services(settings: Settings) -> tuple[str, ...]:
     return tuple(name for name, managed in (("postgres", settings.database), ("redis", settings.redis)) if not managed)
 
 
-def stack_context(config: Config, secrets: Secrets, version: str, reveal: bool, memory_mb: int) -> dict[str, Any]:
-    """Everything the templates may use; secrets masked unless `reveal`."""
+def stack_context(
+    config: Config, secrets: Secrets, version: str, reveal: bool, memory_mb: int, image_id: str = ""
+) -> dict[str, Any]:
+    """Everything the templates may use; secrets masked unless `reveal`. `image_id`: the API image's ID, when known."""
     settings = config.settings
     values = {name: (secret.reveal() if reveal else MASK) for name in STACK_SECRETS if (secret := secrets.get(name))}
     return {
@@ -247,6 +263,9 @@ def stack_context(config: Config, secrets: Secrets, version: str, reveal: bool, 
         "server_name": settings.domain or "_",
         "images": settings.images,
         "api_image": api_image(settings, version),
+        "stack_api_image": stack_api_image(settings, version, image_id),
+        "monitoring_dir": settings.paths.monitoring,
+        "monitoring_in_container": MONITORING_IN_CONTAINER,
         "service": settings.service,
         "artifact_cos": artifact_cos(settings),
         "nginx": settings.nginx,
@@ -278,9 +297,10 @@ def release_files(
     version: str,
     reveal: bool = False,
     memory_mb: int = 4096,
+    image_id: str = "",
 ) -> list[HostFile]:
-    """The files of one release: compose file, env files (0600), nginx config."""
-    context = stack_context(config, secrets, version, reveal, memory_mb)
+    """The files of one release: compose file, env files (0600), nginx config. `image_id`: the API image's ID."""
+    context = stack_context(config, secrets, version, reveal, memory_mb, image_id)
     settings = config.settings
     release = settings.paths.release(version)
     migration_url = managed_database_url(settings, secrets, reveal, migration=True)

@@ -162,6 +162,7 @@ def test_switch_to_v2_then_roll_back_to_v1_under_load(
         run = inv("deploy", "--version", version, "--image", "cvm-appliance/api:v1", "--config", str(deploy_config))
         assert run.returncode == 0, run.stdout + run.stderr
         assert served_version(bootstrapped, bootstrapped_host) == version
+        assert_stack_runs_release(bootstrapped_host, version)  # monitoring reloaded with the new release's files
         # v1's standby closes its sockets after the deploy returned; the rollback must find the follower on the new one.
         reconnected(stream, followed, 2)
         started = time.monotonic()
@@ -212,7 +213,26 @@ def assert_stack_runs_release(host: RemoteHost, version: str) -> None:
         ).stdout
         assert dict(line.split() for line in running.splitlines()) == wanted, (project, running, wanted)
     images = host.run("docker ps --filter label=com.docker.compose.project=appliance --format '{{.Image}}'").stdout
-    assert f"cvm-appliance/api:{version}" in images.split()  # the relay and the LLM stand-in: the release's image
+    # The relay and the LLM stand-in: the release's image, by the tag naming its content.
+    assert content_tag(host, version) in images.split(), images
+    # Prometheus, Alertmanager and the relay read the release's monitoring files, and Prometheus has loaded them.
+    for name in ("prometheus.yml", "alerts.yml", "alertmanager.yml", "notify.py"):
+        same = host.run(f"cmp {release}/monitoring/{name} /opt/appliance/shared/monitoring/{name}")
+        assert same.exit_code == 0, (name, same.stdout, same.stderr)
+    deadline = time.monotonic() + 10  # SIGHUP: Prometheus reloads within moments
+    while f'"api-{version}:8000"' not in (loaded := prometheus_config(host)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert f"api-{version}:8000" in loaded, loaded
+
+
+def content_tag(host: RemoteHost, version: str) -> str:
+    image_id = host.run(f"docker image inspect -f '{{{{.Id}}}}' cvm-appliance/api:{version}").stdout.strip()
+    return f"cvm-appliance/api:id-{image_id.removeprefix('sha256:')[:12]}"
+
+
+def prometheus_config(host: RemoteHost) -> str:
+    """The configuration Prometheus runs with now (its API, on the host's loopback)."""
+    return host.run("curl -fsS http://127.0.0.1:9090/api/v1/status/config").stdout
 
 
 def assert_window_ends_with_the_api_stopped(host: RemoteHost, version: str) -> None:
@@ -289,7 +309,8 @@ def test_old_releases_are_pruned_but_never_the_rollback_target(
     kept = bootstrapped_host.run("ls /opt/appliance/releases").stdout.split()
     assert kept == ["v1", "v3"]
     tags = bootstrapped_host.run("docker images --format '{{.Tag}}' cvm-appliance/api").stdout.split()
-    assert sorted(tags) == ["v1", "v3"]
+    # v1 and v3 are one image: its content tag, which the relay runs, stays; "broken"'s went with it.
+    assert sorted(tags) == sorted(["v1", "v3", content_tag(bootstrapped_host, "v1").rsplit(":", 1)[1]])
     listing = inv("releases", "--config", str(frugal))
     assert listing.returncode == 0, listing.stderr
     rows = [line.split()[:3] for line in listing.stdout.splitlines()[1:]]
