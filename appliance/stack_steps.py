@@ -2,7 +2,7 @@
 from their running container, and the monitoring files published with a reload instead of a recreate.
 
 A Compose v1 `up` that changes nothing still costs seconds, and a recreate more: a same-commit redeploy, or a
-rollback between releases of the same image, should cost neither (docs/deploy.md, "What a switch touches").
+rollback between releases of the same image, should cost neither (docs/deploy.md, steps 5 and 9).
 """
 
 from __future__ import annotations
