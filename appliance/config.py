@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from appliance.errors import ConfigError
-from appliance.host_paths import HostPaths
+from appliance.host_paths import DEFAULT_BASE, HostPaths
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -493,7 +493,7 @@ class Settings(_Section):
     name: Annotated[
         str, _matching(r"[a-z][a-z0-9-]{0,30}", "must be lower-case letters, digits and '-', starting with a letter")
     ] = "appliance"
-    base_dir: str = "/opt/appliance"
+    base_dir: str = DEFAULT_BASE
     domain: str = ""
     # The address browsers use when it is not https://DOMAIN (a port forward, a load balancer).
     public_url: str = ""

@@ -23,9 +23,9 @@ from appliance.backup.errors import BackupError
 from appliance.backup.manifest import FULL, REDIS
 from appliance.backup.runner import Runner
 from appliance.backup.settings import HostSettings
-from appliance.host_paths import HostPaths
+from appliance.host_paths import DEFAULT_BASE, HostPaths
 
-DEFAULT_SETTINGS = HostPaths("/opt/appliance").backup_settings
+DEFAULT_SETTINGS = HostPaths(DEFAULT_BASE).backup_settings
 
 
 def _parser() -> argparse.ArgumentParser:
