@@ -15,8 +15,14 @@ from appliance.releases import Release
 from appliance.steps import Action, Facts, Note, Run
 
 
-def _hash_probes(release: Release) -> dict[str, str]:
-    return {"defined": commands.defined_hashes(release), "running": commands.running_hashes(release)}
+@dataclass(frozen=True)
+class _ServicesByHash:
+    """A step over the release's Compose services that reads each one's definition hash and its running container's."""
+
+    release: Release
+
+    def probes(self) -> Mapping[str, str]:
+        return {"defined": commands.defined_hashes(self.release), "running": commands.running_hashes(self.release)}
 
 
 def _differing(facts: Facts, leave: tuple[str, ...] = ()) -> tuple[list[str], tuple[str, ...]]:
@@ -27,16 +33,11 @@ def _differing(facts: Facts, leave: tuple[str, ...] = ()) -> tuple[list[str], tu
 
 
 @dataclass(frozen=True)
-class StackUp:
+class StackUp(_ServicesByHash):
     """A deploy's stack before the switch: every service but nginx as the new release defines it, then the
     databases healthy. Compose runs only for the services that differ (or all, when the hashes cannot be read)."""
 
-    release: Release
-
     name = "stack up"
-
-    def probes(self) -> Mapping[str, str]:
-        return _hash_probes(self.release)
 
     def plan(self, facts: Facts) -> list[Action]:
         if not facts["defined"].ok:  # Compose's own error then comes from the `up`
@@ -70,16 +71,11 @@ class MonitoringFiles:
 
 
 @dataclass(frozen=True)
-class ReleaseStack:
+class ReleaseStack(_ServicesByHash):
     """The rest of the release's stack (relay, stand-ins, monitoring) as the release defines it, after a switch.
     Compose runs only for the services whose definition hash differs from their running container's."""
 
-    release: Release
-
     name = "release stack"
-
-    def probes(self) -> Mapping[str, str]:
-        return _hash_probes(self.release)
 
     def plan(self, facts: Facts) -> list[Action]:
         if not facts["defined"].ok:  # Compose's own error then comes from the `up`
