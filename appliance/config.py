@@ -349,6 +349,9 @@ class Deploy(_Section):
     health_interval: float = Field(default=0.5, ge=0.1, le=10)
 
 
+CONSOLE_PATH = "/console/"  # where the built-in console goes when the team's front end takes /
+
+
 class Frontend(_Section):
     """The front end nginx serves (appliance/frontend.py, docs/frontend.md): the built-in console, or the team's own
     build, shipped with each release."""
@@ -374,8 +377,8 @@ class Frontend(_Section):
             raise ValueError("build needs dir: the folder (relative to this file) the command runs in")
         if self.build is None and self.dir is not None:
             raise ValueError("dir is only for build; a built folder is dist")
-        if self.path == "/console/":
-            raise ValueError("path /console/ is the built-in console's; pick another, such as /app/")
+        if self.path == CONSOLE_PATH:
+            raise ValueError(f"path {CONSOLE_PATH} is the built-in console's; pick another, such as /app/")
         if self.cdn_origin is not None and not is_origin(self.cdn_origin):
             raise ValueError("cdn_origin must be an origin such as https://static.example.com")
         return self
@@ -384,6 +387,11 @@ class Frontend(_Section):
     def custom(self) -> bool:
         """Whether the team's own front end is served (else only the console)."""
         return self.dist is not None or self.build is not None
+
+    @property
+    def console_path(self) -> str:
+        """Where the built-in console is served: `/`, or `/console/` when the team's front end takes `/`."""
+        return CONSOLE_PATH if self.custom and self.path == "/" else "/"
 
 
 # libpq's modes that encrypt; the weaker ones (disable, allow, prefer) fall back to plaintext without a word.
@@ -570,17 +578,11 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _backup_reads_the_stack(self) -> Settings:
-        # A managed database is dumped over TLS from a client container (docs/backups.md); what is refused here is
-        # what the appliance cannot do for managed data: archive its WAL, or snapshot a managed Redis.
-        if self.backup.pitr and self.database:
+        if self.backup.enabled and (self.database or self.redis):
             raise ValueError(
-                "backup.pitr: a managed database's WAL is not the appliance's to archive: set backup.pitr = false "
-                "and use TencentDB's own point-in-time restore (docs/backups.md, 'With a managed database')"
-            )
-        if self.backup.enabled and self.backup.redis_schedule and self.redis:
-            raise ValueError(
-                "backup.redis_schedule: a managed Redis is not snapshotted by the appliance (TencentDB for Redis's "
-                "own backups cover it): remove redis_schedule (docs/backups.md, 'With a managed database')"
+                "backup.enabled: the appliance's backups dump the stack's own postgres and redis containers; with a "
+                "managed database or redis set backup.enabled = false and rely on TencentDB's backups "
+                "(docs/production.md, 'Managed TencentDB for PostgreSQL and Redis')"
             )
         return self
 

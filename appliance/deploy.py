@@ -17,14 +17,15 @@ from dataclasses import dataclass
 import docker
 import docker.errors
 
-from appliance import notify, procedure
+from appliance import frontend, notify, procedure
 from appliance import release_commands as commands
 from appliance.bootstrap.tls import certificate_steps
 from appliance.build import LOCK, bundle_commit
 from appliance.config import Config, Settings
-from appliance.errors import ConfigError, StepFailed
+from appliance.errors import StepFailed
 from appliance.executor import Executor, StepResult
 from appliance.facts import gather_facts
+from appliance.frontend import Shipped
 from appliance.images import LocalImage, images_on_host, local_image, operator_engine
 from appliance.llm_check import LlmKeysWarning
 from appliance.lock import audit_entry, operator
@@ -59,12 +60,19 @@ class SwitchTraffic(Always):
 
 
 def prepare_steps(
-    config: Config, release: Release, files: list[ManagedFile], first: bool = False, stack_image: str = ""
+    config: Config,
+    release: Release,
+    files: list[ManagedFile],
+    first: bool = False,
+    stack_image: str = "",
+    front: Shipped | None = None,
 ) -> list[Step]:
     """A new release's files, checks, databases and migrations: nothing here touches live traffic.
 
     `first`: the host has never served a release, so there is no data a backup could protect yet. `stack_image`:
-    the API image's content tag the stack's services run (render.stack_api_image), made on the host here."""
+    the API image's content tag the stack's services run (render.stack_api_image), made on the host here. `front`:
+    the team's front end, shipped into the release and put beside the console (appliance/frontend.py)."""
+    ship, assemble = frontend.release_steps(config, release, front)
     wanted = config.settings.backup.enabled and not first
     backup = [Always("backup", commands.pre_deploy_backup(release), "a backup before migrations")] if wanted else []
     tag = commands.tag_stack_image(release, stack_image)
@@ -73,7 +81,9 @@ def prepare_steps(
     return [
         *files,
         Always("validate release", commands.validate(release), "compose config and nginx -t accept the release"),
+        *ship,
         Always("front end", commands.extract_web(release), "copy the front end out of the API image"),
+        *assemble,
         *image,
         StackUp(release),
         *backup,
@@ -192,8 +202,7 @@ def deploy(
 ) -> list[StepResult]:
     """Put release `version` (API image `image`, already built locally) on the config's host."""
     settings = config.settings
-    if settings.frontend.custom:  # shipping it with a release is not wired in yet: refuse rather than ignore it
-        raise ConfigError(f"{config.path}: frontend: shipping a custom front end is not built yet; drop dist/build")
+    front = frontend.shipped(config)  # built and checked here, before the host is touched
     secrets = deploy_secrets(config)
     release = Release(settings, version)
     with open_host(config) as remote:
@@ -225,7 +234,9 @@ def deploy(
         image_steps = transport.steps(api, others, check)
         steps = [
             *image_steps,
-            *prepare_steps(config, release, files, previous is None, stack_api_image(settings, version, api.image_id)),
+            *prepare_steps(
+                config, release, files, previous is None, stack_api_image(settings, version, api.image_id), front
+            ),
             LlmKeysWarning(release),  # the new keys tried upstream before traffic moves; a warning, never a stop
             *switch_steps(release, previous),
             PruneReleases(settings, settings.keep_releases),

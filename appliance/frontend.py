@@ -23,11 +23,13 @@ from appliance.errors import ConfigError
 from appliance.releases import Release
 from appliance.render import site_origin
 from appliance.shell import sh
-from appliance.steps import Action, Facts, Note, Run, Stream
+from appliance.steps import Action, Facts, Note, Run, Step, Stream
 
 ENTRY = "index.html"
 RUNTIME_CONFIG = "config.json"  # written by the appliance next to the entry page (runtime_config)
-CONSOLE_PATH = "/console/"  # where the built-in console goes when the team's front end takes /
+# The console's index.html says where it is served (service/web/app.js reads it); moved to /console/ it says so.
+CONSOLE_ROOT_META = '<meta name="console-root" content="/">'
+SITE_STAGING = ".site"  # the release's www assembled beside it, then renamed over it
 BUILD_TAIL_LINES = 5  # of a failed build's output, in its one-line error
 
 
@@ -38,8 +40,7 @@ def mount_path(settings: Settings) -> str:
 
 def console_path(settings: Settings) -> str:
     """Where the built-in console is served: `/`, or `/console/` when the team's front end takes `/`."""
-    custom_at_root = settings.frontend.custom and settings.frontend.path == "/"
-    return CONSOLE_PATH if custom_at_root else "/"
+    return settings.frontend.console_path
 
 
 def asset_base(settings: Settings) -> str:
@@ -191,3 +192,68 @@ class ShipFrontend:
             ]
         unpack = f"{start} && tar -x --no-same-owner -C {staged} && {finish}"
         return [Stream(unpack, FolderTar(self.folder), f"front end {self.digest[:12]} from {self.folder}")]
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """The team's front end as a deploy ships it: its built folder on the operator's machine and its content hash."""
+
+    folder: Path
+    digest: str
+
+
+def shipped(config: Config) -> Shipped | None:
+    """The front end a deploy ships, built and checked before any host is touched; None for the console alone."""
+    if not config.settings.frontend.custom:
+        return None
+    folder = built_folder(config)
+    return Shipped(folder, tree_hash(folder))
+
+
+def assemble_site(config: Config, release: Release) -> str:
+    """The release's `www` as nginx serves it: the console (copied out of the API image) and the team's front end at
+    their paths, with `config.json`, staged beside it and renamed over it. A rollback publishes it as it is."""
+    settings = config.settings
+    www = release.directory + "/www"
+    site = www + SITE_STAGING
+    mount = site + mount_path(settings)
+    console = site + console_path(settings)
+    moved_meta = CONSOLE_ROOT_META.replace('content="/"', f'content="{console_path(settings)}"')
+    rewrite = f"s|{CONSOLE_ROOT_META}|{moved_meta}|"
+    return " && ".join(
+        [
+            f"rm -rf {sh(site)}",
+            f"install -d -m 755 {sh(site)}",
+            f"cp -a {sh(www + '/.')} {sh(site)}",
+            f"install -d -m 755 {sh(mount)} {sh(console)}",
+            f"cp -a {sh(frontend_dir(release) + '/.')} {sh(mount)}",
+            # The console's page is read from `www`: the team's index.html may just have replaced it in the site.
+            f"sed {sh(rewrite)} {sh(www + '/' + ENTRY)} > {sh(console + '.' + ENTRY + '.next')}",
+            f"mv -f {sh(console + '.' + ENTRY + '.next')} {sh(console + ENTRY)}",
+            f"printf %s {sh(runtime_config(config))} > {sh(mount + RUNTIME_CONFIG)}",
+            f"rm -rf {sh(www)}",
+            f"mv -T {sh(site)} {sh(www)}",
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class AssembleSite:
+    """The phase that puts the team's front end beside the console in the release's `www` (every deploy: the
+    console was just copied out of the image again)."""
+
+    command: str
+    name: str = "assemble front end"
+
+    def probes(self) -> Mapping[str, str]:
+        return {}
+
+    def plan(self, facts: Facts) -> list[Action]:
+        return [Run(self.command, "the team's front end and the console into the release's web folder")]
+
+
+def release_steps(config: Config, release: Release, front: Shipped | None) -> tuple[list[Step], list[Step]]:
+    """A deploy's front-end steps: (before the console is copied out of the image, after it)."""
+    if front is None:
+        return [], []
+    return [ShipFrontend(release, front.folder, front.digest)], [AssembleSite(assemble_site(config, release))]

@@ -269,6 +269,7 @@ def stack_context(
         "service": settings.service,
         "artifact_cos": artifact_cos(settings),
         "nginx": settings.nginx,
+        "frontend": settings.frontend,
         "backup": settings.backup,
         "wal_spool": settings.paths.wal_spool,
         "monitoring": settings.monitoring,

@@ -13,6 +13,20 @@ const view = document.getElementById("view");
 const banner = document.getElementById("banner");
 let stream = null; // the live stream of the discussion on screen, if any
 let roles = null; // GET /api/roles, fetched once
+// Where the console is served: "/", or "/console/" when the team's own front end takes "/" (the appliance rewrites
+// this meta tag then, docs/frontend.md). Routes below are written from "/" and go through at()/route().
+const ROOT = document.querySelector('meta[name="console-root"]')?.content || "/";
+
+/** A console route ("/files") as the page's path under ROOT ("/console/files"). */
+function at(route) {
+  return ROOT + route.slice(1);
+}
+
+/** The console route the page's path names ("/console/files" → "/files"). */
+function currentRoute() {
+  const path = location.pathname;
+  return path.startsWith(ROOT) ? "/" + path.slice(ROOT.length) : path;
+}
 
 /** An element: h("p", {class: "x", onclick: f}, "text", child). Text is always set as text, never as HTML. */
 function h(tag, attrs = {}, ...children) {
@@ -42,6 +56,7 @@ function clearNotice() {
   banner.textContent = "";
 }
 
+/** Show `path` (a page path, as at() makes it or a link's href holds it). */
 function navigate(path) {
   if (location.pathname !== path) history.pushState(null, "", path);
   clearNotice();
@@ -125,7 +140,7 @@ async function homeView() {
         h(
           "li",
           {},
-          h("a", { href: `/d/${d.id}`, "data-link": true }, d.topic),
+          h("a", { href: at(`/d/${d.id}`), "data-link": true }, d.topic),
           h("span", { class: "meta" }, statusBadge(d.status), " ", when(d.created_at)),
         ),
       );
@@ -159,7 +174,7 @@ async function newDiscussionForm() {
         try {
           const body = { topic: topic.value.trim(), panel, max_rounds: Number(rounds.value) };
           const created = await api.postJson("/api/discussions", body);
-          navigate(`/d/${created.id}`);
+          navigate(at(`/d/${created.id}`));
         } catch (error) {
           notify(error.message);
           submit.disabled = false;
@@ -366,7 +381,7 @@ async function discussionView(id) {
   });
 
   show(
-    h("p", {}, h("a", { href: "/", "data-link": true }, `← ${t("d.back")}`)),
+    h("p", {}, h("a", { href: at("/"), "data-link": true }, `← ${t("d.back")}`)),
     h(
       "section",
       { class: "card", id: "discussion", dataset: { id } },
@@ -403,7 +418,7 @@ function notFound() {
   stream = null;
   show(
     h("section", { class: "card", id: "not-found" }, h("h1", {}, t("d.notFound"))),
-    h("p", {}, h("a", { href: "/", "data-link": true }, `← ${t("d.back")}`)),
+    h("p", {}, h("a", { href: at("/"), "data-link": true }, `← ${t("d.back")}`)),
   );
 }
 
@@ -528,7 +543,7 @@ async function render() {
   const nav = document.getElementById("nav");
   nav.hidden = !api.hasSession();
   if (!api.hasSession()) return show(loginView());
-  const path = location.pathname;
+  const path = currentRoute();
   const match = path.match(/^\/d\/([0-9a-fA-F-]{36})\/?$/);
   try {
     if (match) await discussionView(match[1]);
@@ -548,12 +563,15 @@ function setupShell() {
   document.getElementById("nav-discussions").textContent = t("nav.discussions");
   document.getElementById("nav-files").textContent = t("nav.files");
   document.getElementById("nav-account").textContent = t("nav.account");
+  for (const link of document.querySelectorAll("header a[data-link]")) {
+    link.setAttribute("href", at(link.getAttribute("href")));
+  }
   const logout = document.getElementById("logout");
   logout.textContent = t("nav.logout");
   logout.addEventListener("click", async () => {
     stream?.close();
     await api.logout();
-    navigate("/");
+    navigate(at("/"));
   });
   document.addEventListener("click", (event) => {
     const link = event.target.closest("a[data-link]");

@@ -14,10 +14,12 @@ from appliance.errors import ConfigError
 from appliance.frontend import (
     FolderTar,
     ShipFrontend,
+    assemble_site,
     build_env,
     built_folder,
     console_path,
     runtime_config,
+    shipped,
     tree_hash,
 )
 from appliance.releases import Release
@@ -162,8 +164,56 @@ def test_the_streamed_tar_unpacks_to_the_same_hash(tmp_path: Path) -> None:
     assert tree_hash(out) == tree_hash(folder)
 
 
-def test_deploy_refuses_a_custom_front_end_before_reaching_the_host(tmp_path: Path) -> None:
+def test_deploy_refuses_a_missing_dist_before_reaching_the_host(tmp_path: Path) -> None:
     from appliance.deploy import deploy
 
-    with pytest.raises(ConfigError, match=r"frontend: shipping a custom front end is not built yet"):
+    with pytest.raises(ConfigError, match=r"frontend\.dist: .*/ui is not a folder"):
         deploy(loaded(tmp_path, 'dist = "ui"\n'), "appliance-api:v1", "v1")
+
+
+def assembled(tmp_path: Path, frontend: str) -> Path:
+    """A release's www after assemble_site ran through real bash: the console as copied out of the image, the team's
+    shipped front end beside it."""
+    base = tmp_path / "host"
+    path = tmp_path / "appliance.toml"
+    path.write_text(f'base_dir = "{base}"\n' + textwrap.dedent(HOSTS) + "\n[frontend]\n" + textwrap.dedent(frontend))
+    config = load_config(path, "production")
+    release = Release(config.settings, "v2")
+    directory = Path(release.directory)
+    console = '<html><meta name="console-root" content="/"><script src="/assets/app.1.js"></script></html>\n'
+    site(directory / "www", {"index.html": console, "assets/app.1.js": "console"})
+    site(directory / "frontend", {"index.html": "<p>team</p>", "assets/index-abc.js": "team"})
+    subprocess.run(["bash", "-c", "set -o pipefail; " + assemble_site(config, release)], check=True)
+    return directory / "www"
+
+
+def test_the_team_s_front_end_takes_the_root_and_the_console_moves_to_console(tmp_path: Path) -> None:
+    www = assembled(tmp_path, 'dist = "ui"\n')
+    assert (www / "index.html").read_text() == "<p>team</p>"
+    assert sorted(p.name for p in (www / "assets").iterdir()) == ["app.1.js", "index-abc.js"]
+    assert '<meta name="console-root" content="/console/">' in (www / "console" / "index.html").read_text()
+    assert json.loads((www / "config.json").read_text())["apiBaseUrl"] == "https://203.0.113.10:8443"
+    assert not (tmp_path / "host" / "releases" / "v2" / "www.site").exists()
+
+
+def test_a_front_end_at_app_leaves_the_console_at_the_root(tmp_path: Path) -> None:
+    www = assembled(tmp_path, 'dist = "ui"\npath = "/app/"\n')
+    assert '<meta name="console-root" content="/">' in (www / "index.html").read_text()
+    assert (www / "app" / "index.html").read_text() == "<p>team</p>"
+    assert (www / "app" / "assets" / "index-abc.js").read_text() == "team"
+    assert json.loads((www / "app" / "config.json").read_text())["wsUrl"] == "wss://203.0.113.10:8443/ws"
+
+
+def test_a_deploy_ships_before_the_console_is_copied_and_assembles_after(tmp_path: Path) -> None:
+    from appliance.deploy import prepare_steps
+
+    config = loaded(tmp_path, 'dist = "ui"\n')
+    release = Release(config.settings, "v2")
+    folder = site(tmp_path / "ui", {"index.html": "<p>"})
+    steps = prepare_steps(config, release, [], front=shipped(config))
+    names = [step.name for step in steps]
+    assert names.index("ship front end") < names.index("front end") < names.index("assemble front end")
+    ship = next(step for step in steps if isinstance(step, ShipFrontend))
+    assert (ship.folder, ship.digest) == (folder, tree_hash(folder))
+    console = [step.name for step in prepare_steps(loaded(tmp_path, ""), release, [])]
+    assert "ship front end" not in console and "assemble front end" not in console

@@ -242,11 +242,19 @@ def test_cos_artifacts_without_the_cos_key_are_refused_in_one_line(example: Conf
     assert run.stderr.startswith("error: ") and "COS_SECRET_KEY" in run.stderr and len(run.stderr.splitlines()) == 1
 
 
+# The console alone; the team's front end at / (the console at /console/); at /app/ with a CDN origin.
+FRONTENDS = ("", 'dist = "ui"\n', 'dist = "ui"\npath = "/app/"\ncdn_origin = "https://static.example.com"\n')
+
+
 @pytest.mark.integration
-def test_rendered_site_passes_nginx_t(example: Config, tmp_path: Path) -> None:
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_rendered_site_passes_nginx_t(example: Config, tmp_path: Path, frontend: str) -> None:
     """Debian's nginx accepts the site as rendered (the deploy checks it again in the nginx image)."""
     from tests.certificates import issue_chain
 
+    if frontend:
+        example.path.write_text(example.path.read_text().replace('source = "console"\n', frontend, 1))
+        example = load_config(example.path)
     secrets = load_secrets(example.secrets_path, {})
     files = {Path(item.path).name: item.content for item in release_files(example, secrets, "v1", reveal=True)}
     chain = issue_chain(example.settings.domain)
@@ -267,3 +275,5 @@ def test_rendered_site_passes_nginx_t(example: Config, tmp_path: Path) -> None:
         ["nginx", "-t", "-q", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True
     )
     assert check.returncode == 0, check.stderr
+    policy = next(line for line in site.splitlines() if "Content-Security-Policy" in line)
+    assert ("static.example.com" in policy) == ("cdn_origin" in frontend)
