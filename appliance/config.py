@@ -578,11 +578,17 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _backup_reads_the_stack(self) -> Settings:
-        if self.backup.enabled and (self.database or self.redis):
+        # A managed database is dumped over TLS from a client container (docs/backups.md); what is refused here is
+        # what the appliance cannot do for managed data: archive its WAL, or snapshot a managed Redis.
+        if self.backup.pitr and self.database:
             raise ValueError(
-                "backup.enabled: the appliance's backups dump the stack's own postgres and redis containers; with a "
-                "managed database or redis set backup.enabled = false and rely on TencentDB's backups "
-                "(docs/production.md, 'Managed TencentDB for PostgreSQL and Redis')"
+                "backup.pitr: a managed database's WAL is not the appliance's to archive: set backup.pitr = false "
+                "and use TencentDB's own point-in-time restore (docs/backups.md, 'With a managed database')"
+            )
+        if self.backup.enabled and self.backup.redis_schedule and self.redis:
+            raise ValueError(
+                "backup.redis_schedule: a managed Redis is not snapshotted by the appliance (TencentDB for Redis's "
+                "own backups cover it): remove redis_schedule (docs/backups.md, 'With a managed database')"
             )
         return self
 

@@ -1,7 +1,8 @@
 """The stack's data through `docker` on the host: dumps out, restores in, throwaway copies for drills.
 
 The tools run inside the stack's own containers (pg_dump of the server's own version, the server's
-redis-cli), so the host needs nothing but Docker. Each failure is one `BackupError` line.
+redis-cli), or for a managed database in a client container of the stack's postgres image, so the host
+needs nothing but Docker. Each failure is one `BackupError` line.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import tarfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from appliance.backup.errors import BackupError
 from appliance.backup.manifest import count_copy_rows
+from appliance.backup.settings import ManagedDatabase
 
 PG_USER = "appliance"  # compose/postgres.env.j2
 PG_DB = "appliance"
@@ -79,20 +82,94 @@ def image_of(container: str) -> str:
     return docker("inspect", "--format", "{{.Config.Image}}", container).strip()
 
 
+# PostgreSQL: where its tools run
+
+PASSFILE_IN = "/run/appliance/pgpass"  # in the client container, read-only
+CA_IN = "/run/appliance/postgres-ca.pem"
+CONNECT_TIMEOUT = 15  # seconds: an unreachable managed database fails the backup, not hangs it
+
+
+@dataclass(frozen=True)
+class StackPostgres:
+    """The stack's own server: its tools run inside its container (`docker exec`), as the stack's role."""
+
+    container: str
+
+    def command(self, tool: str, *args: str, connect: bool = True, stdin: bool = False) -> list[str]:
+        login = ["-U", PG_USER, "-d", PG_DB] if connect else []
+        return ["exec", *(["-i"] if stdin else []), self.container, tool, *login, *args]
+
+    def what(self, tool: str) -> str:
+        return tool
+
+
+@dataclass(frozen=True)
+class ClientPostgres:
+    """A managed server: its tools run in a short-lived client container of the stack's postgres image, with libpq's
+    settings in its environment (the API's sslmode and CA), the CA and a 0600 passfile mounted read-only: the
+    password is in no argv, no environment and no world-readable file."""
+
+    database: ManagedDatabase
+    passfile: Path
+    ca: Path | None
+
+    def command(self, tool: str, *args: str, connect: bool = True, stdin: bool = False) -> list[str]:
+        db = self.database
+        login = ["-d", db.name] if connect else []  # pg_restore reads no PGDATABASE: it would print SQL instead
+        settings = {
+            "PGHOST": db.host, "PGPORT": str(db.port), "PGDATABASE": db.name, "PGUSER": db.user,
+            "PGSSLMODE": db.sslmode, "PGPASSFILE": PASSFILE_IN, "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT),
+            "PGAPPNAME": "appliance-backup", **({"PGSSLROOTCERT": CA_IN} if self.ca is not None else {}),
+        }  # fmt: skip
+        mounts = [f"{self.passfile}:{PASSFILE_IN}:ro", *([f"{self.ca}:{CA_IN}:ro"] if self.ca is not None else [])]
+        return [
+            "run", "--rm", *(["-i"] if stdin else []), "--network", "host",
+            *(item for name, value in settings.items() for item in ("-e", f"{name}={value}")),
+            *(item for mount in mounts for item in ("-v", mount)),
+            db.image, tool, *login, *args,
+        ]  # fmt: skip
+
+    def what(self, tool: str) -> str:
+        return f"{tool} of {self.database.target}"
+
+
+Postgres = StackPostgres | ClientPostgres
+
+
+def pgpass_line(database: ManagedDatabase) -> str:
+    """The passfile's one line (libpq's format: `:` and `\\` escaped in each field)."""
+    fields = (database.host, str(database.port), database.name, database.user, database.password)
+    return ":".join(field.replace("\\", "\\\\").replace(":", "\\:") for field in fields) + "\n"
+
+
+def client_postgres(database: ManagedDatabase, folder: Path) -> ClientPostgres:
+    """The passfile (0600 from its creation) and the CA written into `folder` (the run's own 0700 work folder,
+    removed with it), and the client that mounts them."""
+    passfile = folder / "pgpass"
+    descriptor = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(pgpass_line(database))
+    ca = None
+    if database.ca_pem is not None:
+        ca = folder / "postgres-ca.pem"
+        ca.write_text(database.ca_pem, encoding="utf-8")
+    return ClientPostgres(database, passfile, ca)
+
+
 # PostgreSQL
 
 
-def dump_postgres(container: str, target: Path) -> None:
+def dump_postgres(pg: Postgres, target: Path) -> None:
     """A consistent custom-format dump from the running server (pg_dump's own snapshot; no downtime)."""
     with target.open("wb") as out:
-        docker("exec", container, "pg_dump", "-U", PG_USER, "-d", PG_DB, "-Fc", stdout=out, what="pg_dump")
+        docker(*pg.command("pg_dump", "-Fc"), stdout=out, what=pg.what("pg_dump"))
 
 
-def dump_row_counts(container: str, dump: Path) -> dict[str, int]:
+def dump_row_counts(pg: Postgres, dump: Path) -> dict[str, int]:
     """Rows per table, read from the dump itself (so they are the dump's, not the live server's)."""
     with dump.open("rb") as source:
         process = subprocess.Popen(
-            ["docker", "exec", "-i", container, "pg_restore", "--data-only", "-f", "-"],
+            ["docker", *pg.command("pg_restore", "--data-only", "-f", "-", connect=False, stdin=True)],
             stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         assert process.stdout is not None
@@ -103,28 +180,29 @@ def dump_row_counts(container: str, dump: Path) -> dict[str, int]:
     return counts
 
 
-def psql(container: str, sql: str) -> str:
-    return docker("exec", container, "psql", "-U", PG_USER, "-d", PG_DB, "-tAXq", "-c", sql, what="psql")
+def psql(pg: Postgres, sql: str) -> str:
+    return docker(*pg.command("psql", "-tAXq", "-c", sql), what=pg.what("psql"))
 
 
-def table_counts(container: str, tables: list[str]) -> dict[str, int]:
+def table_counts(pg: Postgres, tables: list[str]) -> dict[str, int]:
     """Exact rows per table now (the tables named by a manifest)."""
     if not tables:
         return {}
     ordered = sorted(tables)
     # Names as pg_dump printed them: already-quoted SQL identifiers; rows come back by position.
     query = " UNION ALL ".join(f"SELECT {n}, count(*) FROM {t}" for n, t in enumerate(ordered))  # noqa: S608
-    rows = (line.split("|") for line in psql(container, query).splitlines() if "|" in line)
+    rows = (line.split("|") for line in psql(pg, query).splitlines() if "|" in line)
     return {ordered[int(n)]: int(count) for n, count in rows}
 
 
-def restore_postgres(container: str, dump: Path, clean: bool) -> None:
-    options = ["--clean", "--if-exists"] if clean else []
+def restore_postgres(pg: Postgres, dump: Path, clean: bool, privileges: bool = True) -> None:
+    """The dump into the server, in one transaction; without `privileges`, its GRANTs and default privileges left
+    out (a drill's throwaway server has none of the roles they name)."""
+    options = [*(["--clean", "--if-exists"] if clean else []), *([] if privileges else ["--no-acl"])]
     with dump.open("rb") as source:
         docker(
-            "exec", "-i", container, "pg_restore", "-U", PG_USER, "-d", PG_DB, "--no-owner",
-            "--single-transaction", "--exit-on-error", *options,
-            stdin=source, what="pg_restore",
+            *pg.command("pg_restore", "--no-owner", "--single-transaction", "--exit-on-error", *options, stdin=True),
+            stdin=source, what=pg.what("pg_restore"),
         )  # fmt: skip
 
 
@@ -299,8 +377,8 @@ def drill_postgres(project: str, image: str, dump: Path, tables: list[str]) -> d
     options = [item for setting in env for item in ("-e", setting)]
     with throwaway(f"{project}-drill-postgres", image, options, ["postgres"]) as container:
         wait_ready(container, "the drill's PostgreSQL")
-        restore_postgres(container, dump, clean=False)
-        return table_counts(container, tables)
+        restore_postgres(StackPostgres(container), dump, clean=False, privileges=False)
+        return table_counts(StackPostgres(container), tables)
 
 
 def drill_redis(project: str, image: str, rdb: Path, sample: dict[str, str], scratch: Path) -> tuple[int, list[str]]:
@@ -346,7 +424,7 @@ def base_backup(container: str, target: Path) -> str:
 
 def system_id(container: str) -> str:
     """The cluster's system identifier: a fresh initdb gets a new one, so WAL of two clusters never mixes."""
-    return psql(container, "SELECT system_identifier FROM pg_control_system()").strip()
+    return psql(StackPostgres(container), "SELECT system_identifier FROM pg_control_system()").strip()
 
 
 def recovery_settings(target_time: str | None) -> str:
@@ -380,8 +458,8 @@ def replay(container: str, data_dir: Path, base: Path, wal: Path, target_time: s
     finally:
         docker("update", "--restart", policy, container, what="restoring postgres's restart policy")
     for key in _RECOVERY_KEYS:  # one statement per call: ALTER SYSTEM refuses to run in a transaction block
-        psql(container, f"ALTER SYSTEM RESET {key}")
-    psql(container, "SELECT pg_reload_conf()")
+        psql(StackPostgres(container), f"ALTER SYSTEM RESET {key}")
+    psql(StackPostgres(container), "SELECT pg_reload_conf()")
     shutil.rmtree(data_dir / PITR_WAL)
     return reached
 
@@ -423,8 +501,8 @@ def drill_replay(
             raise BackupError(f"the archived WAL ends before {target_time}: a recovery cannot reach that moment")
         if fatal is not None:
             raise BackupError(f"the drill's recovery to {target_time} failed: {fatal}")
-        last = psql(name, "SELECT pg_last_xact_replay_timestamp()").strip()
-        return last, table_counts(name, tables)
+        last = psql(StackPostgres(name), "SELECT pg_last_xact_replay_timestamp()").strip()
+        return last, table_counts(StackPostgres(name), tables)
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
 

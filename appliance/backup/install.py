@@ -17,10 +17,10 @@ from pathlib import Path
 import qcloud_cos
 
 from appliance.backup.cos import MB, CosTarget
-from appliance.backup.settings import HostSettings, Policy
+from appliance.backup.settings import HostSettings, ManagedDatabase, Policy
 from appliance.config import Config
 from appliance.errors import ConfigError
-from appliance.render import render_template
+from appliance.render import POSTGRES_CA, data_ca_files, render_template
 from appliance.secrets import COS_SECRETS, load_secrets
 from appliance.shell import sh
 from appliance.steps import Action, ConfigFiles, Converge, Directory, Facts, ManagedFile, Packages, Step
@@ -82,6 +82,36 @@ def host_settings(config: Config, secrets: Mapping[str, str]) -> HostSettings:
         ),
         retention=Policy(backup.retention.daily, backup.retention.weekly, backup.retention.monthly),
         pitr=backup.pitr,
+        database=managed_database(config, secrets),
+        managed_redis=f"{settings.redis.host}:{settings.redis.port}" if settings.redis else None,
+    )
+
+
+def managed_database(config: Config, secrets: Mapping[str, str]) -> ManagedDatabase | None:
+    """What the host's backup needs to dump a managed database as the API reaches it (its sslmode and CA), as the
+    role that owns the tables: the migration role when there is one, else `user`. None for the stack's own."""
+    database = config.settings.database
+    if database is None:
+        return None
+    user, secret = (
+        (database.migration_user, "DATABASE_MIGRATION_PASSWORD")
+        if database.migration_user
+        else (database.user, "DATABASE_PASSWORD")
+    )
+    if not secrets.get(secret):
+        raise ConfigError(
+            f"{config.secrets_path}: backups dump the managed database as {user}: set {secret} in that file"
+        )
+    ca = next((file.content for file in data_ca_files(config, "") if file.path.endswith(f"/{POSTGRES_CA}")), None)
+    return ManagedDatabase(
+        host=database.host,
+        port=database.port,
+        name=database.name,
+        user=user,
+        password=secrets[secret],
+        sslmode=database.sslmode,
+        ca_pem=ca,
+        image=config.settings.images.postgres,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 FORMAT = 1
@@ -61,6 +61,10 @@ class Manifest:
     system_id: str | None = None
     wal_start: str | None = None
     base_end: str | None = None
+    # A managed database's target (user@host:port/name, sslmode): the tables were dumped from it over TLS.
+    database: str | None = None
+    # What this backup leaves out on purpose, and why (e.g. "redis": a managed Redis its own snapshots cover).
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def encrypted_size(self) -> int:

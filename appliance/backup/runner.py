@@ -90,6 +90,14 @@ class Runner:
     def backup(self, reason: str, scope: str = FULL) -> Manifest:
         """PostgreSQL, Redis, artifacts and the appliance's state (FULL), or Redis alone (REDIS)."""
         full = scope == FULL
+        managed_redis, database = self.settings.managed_redis, self.settings.database
+        if managed_redis and not full:
+            raise BackupError(
+                f"backup --only redis: Redis is managed ({managed_redis}) and TencentDB for Redis's own snapshots back "
+                "it up: remove backup.redis_schedule and run inv bootstrap"
+            )
+        if database is not None and self.settings.pitr:
+            raise BackupError(f"backup.pitr: {database.target} is managed: TencentDB's point-in-time restore covers it")
         started = time.monotonic()
         self.store.check_bucket()
         now = self.clock()
@@ -98,28 +106,39 @@ class Runner:
         work = self._work(identifier)
         uploaded: list[str] = []
         try:
-            postgres = dump.service_container(project, "postgres")
-            redis = dump.service_container(project, "redis")
+            pg = self._postgres(work) if full or database is None else None
             plain: dict[str, Path] = {}
             tables: dict[str, int] = {}
             files: dict[str, str] = {}
             system_id = wal_start = base_end = None
             if full:
                 plain["postgres"] = work / "postgres.dump"
-                dump.dump_postgres(postgres, plain["postgres"])
-                tables = dump.dump_row_counts(postgres, plain["postgres"])
+                assert pg is not None
+                dump.dump_postgres(pg, plain["postgres"])
+                tables = dump.dump_row_counts(pg, plain["postgres"])
             if full and self.settings.pitr:
+                assert isinstance(pg, dump.StackPostgres)
+                postgres = pg.container
                 plain["base"] = work / "base.tar.gz"
                 label = dump.base_backup(postgres, plain["base"])
                 system_id, wal_start = dump.system_id(postgres), wal.start_segment(label)
                 # Real time, not self.clock: a recovery target is compared with commit times.
                 base_end = datetime.now(timezone.utc).isoformat()
-            plain["redis"] = work / "redis.rdb"
-            keys, sample = dump.snapshot_redis(redis, plain["redis"])
-            aof_on, aof_dir, _ = dump.redis_aof(redis)
-            if aof_on:
-                plain["redis-aof"] = work / "redis-aof.tar"
-                dump.tar_folder(dump.volume_path(f"{project}_redisdata"), plain["redis-aof"], [aof_dir])
+            versions: dict[str, str] = {}
+            if pg is not None:
+                versions["postgres"] = dump.psql(pg, "SHOW server_version").strip()
+            keys, sample, skipped = 0, dict[str, str](), dict[str, str]()
+            if managed_redis:
+                skipped["redis"] = f"managed Redis at {managed_redis}: TencentDB for Redis's own snapshots cover it"
+            else:
+                redis = dump.service_container(project, "redis")
+                plain["redis"] = work / "redis.rdb"
+                keys, sample = dump.snapshot_redis(redis, plain["redis"])
+                aof_on, aof_dir, _ = dump.redis_aof(redis)
+                if aof_on:
+                    plain["redis-aof"] = work / "redis-aof.tar"
+                    dump.tar_folder(dump.volume_path(f"{project}_redisdata"), plain["redis-aof"], [aof_dir])
+                versions["redis"] = dump.redis_cli(redis, "INFO", "server").split("redis_version:")[1].split()[0]
             paths = HostPaths(self.settings.base_dir)
             base = Path(paths.base)
             if full:
@@ -150,10 +169,7 @@ class Runner:
                 name=project,
                 reason=reason,
                 release=_current_release(paths),
-                versions={
-                    "postgres": dump.psql(postgres, "SHOW server_version").strip(),
-                    "redis": dump.redis_cli(redis, "INFO", "server").split("redis_version:")[1].split()[0],
-                },
+                versions=versions,
                 parts=parts,
                 tables=tables,
                 redis_keys=keys,
@@ -164,6 +180,8 @@ class Runner:
                 system_id=system_id,
                 wal_start=wal_start,
                 base_end=base_end,
+                database=database.target if database is not None else None,
+                skipped=skipped,
             )
             (work / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
             self.store.put_bytes(self._key(identifier, MANIFEST), manifest.to_json().encode())
@@ -179,6 +197,13 @@ class Runner:
             raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _postgres(self, work: Path) -> dump.Postgres:
+        """The database's tools: in the stack's container, or a client container for the managed database (its
+        passfile and CA in `work`, removed with it)."""
+        if self.settings.database is not None:
+            return dump.client_postgres(self.settings.database, work)
+        return dump.StackPostgres(dump.service_container(self.settings.name, "postgres"))
 
     def _upload(self, key: str, path: Path) -> str:
         """put_file, and once more if it gave up: the second try resumes the multipart upload."""
@@ -359,19 +384,29 @@ class Runner:
             problems: list[str] = []
             counts: dict[str, int] = {}
             if "postgres" in plain:
-                postgres_image = dump.image_of(dump.service_container(project, "postgres"))
+                database = self.settings.database
+                postgres_image = (
+                    database.image if database else dump.image_of(dump.service_container(project, "postgres"))
+                )
                 counts = dump.drill_postgres(project, postgres_image, plain["postgres"], list(manifest.tables))
             if counts != manifest.tables:
                 differ = sorted(
                     t for t in set(counts) | set(manifest.tables) if counts.get(t) != manifest.tables.get(t)
                 )
                 problems.append(f"row counts differ in {', '.join(differ[:5])}")
-            redis_image = dump.image_of(dump.service_container(project, "redis"))
-            keys, wrong = dump.drill_redis(project, redis_image, plain["redis"], manifest.redis_sample, work)
-            if keys != manifest.redis_keys:
-                problems.append(f"redis has {keys} keys, the manifest {manifest.redis_keys}")
-            if wrong:
-                problems.append(f"redis sample keys missing or changed: {', '.join(wrong[:5])}")
+            keys = 0
+            if "redis" in plain:
+                redis_image = dump.image_of(dump.service_container(project, "redis"))
+                keys, wrong = dump.drill_redis(project, redis_image, plain["redis"], manifest.redis_sample, work)
+                if keys != manifest.redis_keys:
+                    problems.append(f"redis has {keys} keys, the manifest {manifest.redis_keys}")
+                if wrong:
+                    problems.append(f"redis sample keys missing or changed: {', '.join(wrong[:5])}")
+                redis_said = f"{keys} redis keys"
+            else:
+                redis_said = "redis skipped"
+                why = manifest.skipped.get("redis", "the backup has no Redis part")
+                self.log(f"drill of {identifier}: Redis skipped, it is not part of this backup ({why})")
             files = work / "files"
             if "files" in plain:
                 dump.untar(plain["files"], files)
@@ -393,7 +428,7 @@ class Runner:
             self.store.put_bytes(self._key(identifier, VERIFIED), (json.dumps(record) + "\n").encode())
             line = (
                 f"drill of {identifier} passed in {seconds:.1f}s: {len(counts)} tables, {sum(counts.values())} rows, "
-                f"{keys} redis keys, {len(manifest.files)} files match{replayed}; marked verified"
+                f"{redis_said}, {len(manifest.files)} files match{replayed}; marked verified"
             )
             return line, datetime.fromisoformat(manifest.created)
         finally:
@@ -418,6 +453,11 @@ class Runner:
         """Put a backup back into the running stack: APIs stopped, PostgreSQL, Redis, artifacts, APIs started.
         With `to_time`, PostgreSQL is that backup's base backup (default: the newest that ended before, but
         `exclude`) with the archived WAL replayed up to that moment; Redis and the artifacts come from it too."""
+        if to_time is not None and self.settings.database is not None:
+            raise BackupError(
+                f"restore --to-time: {self.settings.database.target} is managed: restore it to a point in time with "
+                "TencentDB's own point-in-time restore (docs/backups.md)"
+            )
         if identifier is not None:
             manifest = self.manifest(identifier)
             if to_time is not None and not manifest.base_end:
@@ -434,33 +474,37 @@ class Runner:
             if to_time is not None:  # the WAL too: a damaged segment fails here, before the first change
                 self._fetch_wal(manifest, identity, work)
             reached = ""
-            postgres = dump.service_container(project, "postgres")
-            redis = dump.service_container(project, "redis")
+            pg = self._postgres(work)
+            local_redis = self.settings.managed_redis is None and "redis" in plain
+            redis = dump.service_container(project, "redis") if local_redis else None
             apis = dump.api_containers(project)
             if apis:
                 dump.docker("stop", *apis, what="stopping the API")
             try:
                 if to_time is not None:
+                    assert isinstance(pg, dump.StackPostgres)
+                    postgres = pg.container
                     dump.docker("stop", postgres, what="stopping postgres")
                     pgdata = dump.volume_path(f"{project}_pgdata")
                     moment = to_time.isoformat()
                     on_time = dump.replay(postgres, pgdata, plain["base"], work / "wal", moment, RECOVERY_SECONDS)
                     reached = moment if on_time else f"the end of its archived WAL (which ends before {moment})"
                 elif "postgres" in plain:
-                    dump.restore_postgres(postgres, plain["postgres"], clean=True)
-                aof = dump.redis_aof(redis)
-                data_dir = dump.volume_path(f"{project}_redisdata")
-                dump.docker("stop", redis, what="stopping redis")
-                dump.place_rdb(data_dir, plain["redis"], aof)
-                dump.docker("start", redis, what="starting redis")
-                dump.wait_for_redis(redis)
+                    dump.restore_postgres(pg, plain["postgres"], clean=True)
+                if redis is not None:
+                    aof = dump.redis_aof(redis)
+                    data_dir = dump.volume_path(f"{project}_redisdata")
+                    dump.docker("stop", redis, what="stopping redis")
+                    dump.place_rdb(data_dir, plain["redis"], aof)
+                    dump.docker("start", redis, what="starting redis")
+                    dump.wait_for_redis(redis)
                 artifacts = dump.volume_path(f"{project}_artifacts")
                 if "files" in plain:
                     dump.empty_folder(artifacts)
                     dump.untar(plain["files"], artifacts)
                 # Checked before the API is back: it would start writing. A Redis-only backup leaves the rest.
-                counts = dump.table_counts(postgres, list(manifest.tables))
-                keys = int(dump.redis_cli(redis, "DBSIZE"))
+                counts = dump.table_counts(pg, list(manifest.tables))
+                keys = int(dump.redis_cli(redis, "DBSIZE")) if redis is not None else 0
                 files_match = "files" not in plain or dump.file_hashes(artifacts) == manifest.files
             finally:
                 if apis:
@@ -468,7 +512,7 @@ class Runner:
             problems = []
             if counts != manifest.tables and to_time is None:  # WAL replayed past the backup moves them on
                 problems.append("row counts differ from the manifest")
-            if keys != manifest.redis_keys:
+            if redis is not None and keys != manifest.redis_keys:
                 problems.append(f"redis has {keys} keys, the manifest {manifest.redis_keys}")
             if not files_match:
                 problems.append("artifact files differ from the manifest")
@@ -479,12 +523,20 @@ class Runner:
             if manifest.release and current and manifest.release != current:
                 note = f" (taken under release {manifest.release}; {current} serves: the schema is now the older one's)"
             replayed = f", PostgreSQL recovered to {reached}" if reached else ""
+            redis_said = f"{keys} redis keys" if redis is not None else _redis_left(self.settings, manifest)
             return (
                 f"restored {identifier} ({manifest.scope}){replayed}: {len(counts)} tables, {sum(counts.values())} "
-                f"rows, {keys} redis keys, {len(manifest.files)} files{note}"
+                f"rows, {redis_said}, {len(manifest.files)} files{note}"
             )
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _redis_left(settings: HostSettings, manifest: Manifest) -> str:
+    """Why a restore left Redis as it was."""
+    if settings.managed_redis:
+        return f"redis left as it is (managed: {settings.managed_redis})"
+    return f"redis left as it is ({manifest.skipped.get('redis', 'the backup has no Redis part')})"
 
 
 def _current_release(paths: HostPaths) -> str | None:

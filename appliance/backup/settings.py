@@ -21,6 +21,26 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class ManagedDatabase:
+    """A managed PostgreSQL (TencentDB) the backup dumps from a client container of `image`, over TLS with the
+    API's sslmode and CA: `user` is the role that owns the tables (the migration role when there is one)."""
+
+    host: str
+    port: int
+    name: str
+    user: str
+    password: str
+    sslmode: str
+    ca_pem: str | None  # None only with sslmode "require"
+    image: str
+
+    @property
+    def target(self) -> str:
+        """How failures name it (never the password)."""
+        return f"{self.user}@{self.host}:{self.port}/{self.name} (sslmode {self.sslmode})"
+
+
+@dataclass(frozen=True)
 class HostSettings:
     name: str
     base_dir: str
@@ -30,6 +50,8 @@ class HostSettings:
     cos: CosTarget
     retention: Policy
     pitr: bool = False  # PostgreSQL archives WAL (backup.pitr): base backups join the full backups
+    database: ManagedDatabase | None = None  # a managed PostgreSQL instead of the stack's container
+    managed_redis: str | None = None  # HOST:PORT of a managed Redis: not the appliance's to back up
 
     @property
     def key_prefix(self) -> str:
@@ -55,9 +77,10 @@ class HostSettings:
     def from_json(cls, text: str) -> HostSettings:
         data = json.loads(text)
         return cls(
-            **{k: v for k, v in data.items() if k not in {"cos", "retention"}},
+            **{k: v for k, v in data.items() if k not in {"cos", "retention", "database"}},
             cos=CosTarget(**data["cos"]),
             retention=Policy(**data["retention"]),
+            database=ManagedDatabase(**data["database"]) if data.get("database") else None,
         )
 
     @classmethod

@@ -15,7 +15,7 @@ from appliance import sandbox
 from appliance.backup.cos import MB, CosStore, CosTarget
 from appliance.backup.dump import wait_ready
 from appliance.backup.install import bundle
-from appliance.backup.settings import HostSettings, Policy
+from appliance.backup.settings import HostSettings, ManagedDatabase, Policy
 from appliance.host_paths import HostPaths
 from tests.conftest import free_port
 from tests.cosfake import FakeCos
@@ -51,10 +51,17 @@ class BackupSide:
 
 @contextmanager
 def backup_side(
-    base: Path, project: str, bucket: str, secret: tuple[str, str], pitr: bool = False
+    base: Path,
+    project: str,
+    bucket: str,
+    secret: tuple[str, str],
+    pitr: bool = False,
+    database: ManagedDatabase | None = None,
+    managed_redis: str | None = None,
 ) -> Iterator[BackupSide]:
     """The host folders a backup writes (shared/backups, metrics, certs), a fresh age key, the local COS with
-    `bucket` and the COS key `secret` (stopped afterwards), the settings and the zipapp."""
+    `bucket` and the COS key `secret` (stopped afterwards), the settings (a managed `database` and Redis, if given)
+    and the zipapp."""
     paths = HostPaths(str(base))
     for folder in (paths.backups, paths.metrics, paths.certs):
         Path(folder).mkdir(parents=True)
@@ -66,7 +73,9 @@ def backup_side(
     fake.start()
     try:
         target = CosTarget(bucket, "ap-shanghai", secret_id, secret_key, f"http://127.0.0.1:{fake.port}", 1 * MB)
-        settings = HostSettings(project, str(base), "test-host", "backups/", recipient, target, Policy(), pitr=pitr)
+        settings = HostSettings(
+            project, str(base), "test-host", "backups/", recipient, target, Policy(), pitr, database, managed_redis
+        )
         settings_file = Path(paths.backup_settings)
         settings_file.write_text(settings.to_json())
         pyz = base / "backup.pyz"
@@ -118,3 +127,37 @@ def _start_redis(project: str, image: str) -> str:
         f"docker run -d --name {project}-redis {labels} --network none -e REDIS_PASSWORD=pw "
         f"-v {project}_redisdata:/data {image} redis-server --requirepass pw --appendonly yes"
     ).strip()
+
+
+# What the TLS-only server's container runs: the certificate, key and an hba file of hostssl lines alone (a
+# plaintext TCP connection finds no entry), then the image's own entry point with TLS on.
+_TLS_ONLY = """set -eu
+mkdir -p /tls
+printf '%s' "$TLS_CERT" > /tls/server.crt
+printf '%s' "$TLS_KEY" > /tls/server.key
+printf 'local all all trust\\nhostssl all all all scram-sha-256\\n' > /tls/hba.conf
+chown -R postgres /tls && chmod 600 /tls/server.key
+exec docker-entrypoint.sh postgres -c ssl=on -c ssl_cert_file=/tls/server.crt -c ssl_key_file=/tls/server.key \\
+  -c hba_file=/tls/hba.conf -c log_connections=on
+"""
+
+
+@contextmanager
+def managed_postgres(name: str, port: int, tls: tuple[str, str] | None) -> Iterator[str]:
+    """A stand-in for a TencentDB PostgreSQL on 127.0.0.1:`port`: TLS only with `tls` (the server's certificate
+    chain and key, PEM), else plaintext only (ssl off); superuser `admin`, password `pw`. Its container, removed
+    afterwards."""
+    image = sandbox.standin_image(docker.from_env(), "postgres")
+    run = ["docker", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:5432", "-e", "POSTGRES_USER=admin",
+           "-e", "POSTGRES_PASSWORD=pw"]  # fmt: skip
+    if tls is not None:
+        run += ["-e", f"TLS_CERT={tls[0]}", "-e", f"TLS_KEY={tls[1]}", image, "sh", "-c", _TLS_ONLY]
+    else:
+        run += [image, "postgres"]
+    done = subprocess.run(run, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"starting {name}: {done.stderr}"
+    try:
+        wait_ready(name, f"the managed stand-in {name}")
+        yield name
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)

@@ -99,16 +99,6 @@ def test_verify_full_needs_a_ca_file_and_redis_needs_tls(tmp_path: Path) -> None
 
 
 @pytest.mark.unit
-def test_backups_of_the_stack_containers_are_refused_with_managed_data(tmp_path: Path) -> None:
-    config = managed_config(tmp_path)
-    backup = 'backup = { enabled = true, cos_bucket = "b-1250000000", age_recipient = "age1abc" }'
-    text = config.path.read_text().replace("[environments.production]\n", f"[environments.production]\n{backup}\n")
-    config.path.write_text(text)
-    with pytest.raises(ConfigError, match=r"backup\.enabled: the appliance's backups dump the stack's own postgres"):
-        load_config(config.path)
-
-
-@pytest.mark.unit
 def test_the_release_reaches_managed_data_over_verified_tls(tmp_path: Path) -> None:
     files = rendered(managed_config(tmp_path, 'migration_user = "appliance_migrator"'))
     env = env_of(files["api.env"][0])
