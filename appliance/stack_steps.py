@@ -43,9 +43,11 @@ class StackUp(_ServicesByHash):
         if not facts["defined"].ok:  # Compose's own error then comes from the `up`
             return [Run(commands.stack_up(self.release), "start")]
         changed, services = _differing(facts, leave=("nginx",))
+        # The definition, kept for the release stack step (here and in a rollback to this release).
+        save = " && " + commands.save_hashes(self.release, facts["defined"].stdout)
         if services or [name for name in changed if name != "nginx"]:  # orphans alone: an `up` removes them
-            return [Run(commands.stack_up(self.release, services), f"start {', '.join(changed)}")]
-        settled = commands.seed_monitoring(self.release) + commands.stack_settled(self.release)
+            return [Run(commands.stack_up(self.release, services) + save, f"start {', '.join(changed)}")]
+        settled = commands.seed_monitoring(self.release) + commands.stack_settled(self.release) + save
         return [Run(settled, "every service already runs as the release defines it; databases healthy")]
 
 
@@ -73,9 +75,13 @@ class MonitoringFiles:
 @dataclass(frozen=True)
 class ReleaseStack(_ServicesByHash):
     """The rest of the release's stack (relay, stand-ins, monitoring) as the release defines it, after a switch.
-    Compose runs only for the services whose definition hash differs from their running container's."""
+    Compose runs only for the services whose definition hash differs from their running container's; the
+    definition is the one the release's deploy saved while its files are unchanged (saved_or_defined_hashes)."""
 
     name = "release stack"
+
+    def probes(self) -> Mapping[str, str]:
+        return {**super().probes(), "defined": commands.saved_or_defined_hashes(self.release)}
 
     def plan(self, facts: Facts) -> list[Action]:
         if not facts["defined"].ok:  # Compose's own error then comes from the `up`

@@ -17,6 +17,8 @@ from appliance.release_commands import (
     publish_monitoring,
     release_stack,
     running_hashes,
+    save_hashes,
+    saved_or_defined_hashes,
     seed_monitoring,
     stack_changes,
     stack_settled,
@@ -86,13 +88,14 @@ def test_a_deploy_whose_stack_is_already_as_defined_only_checks_the_databases(re
     (action,) = StackUp(release).plan({"defined": Fact(DEFINED, 0), "running": Fact(running, 0)})
     assert action.why == "every service already runs as the release defines it; databases healthy"  # type: ignore[union-attr]
     assert " up " not in action.command  # type: ignore[union-attr]
-    assert action == Run(seed_monitoring(release) + stack_settled(release), action.why)  # type: ignore[union-attr]
+    save = " && " + save_hashes(release, DEFINED)
+    assert action == Run(seed_monitoring(release) + stack_settled(release) + save, action.why)  # type: ignore[union-attr]
 
 
 def test_a_deploy_starts_only_the_services_that_differ_and_never_nginx(release: Release) -> None:
     running = DEFINED.replace("relay ddd", "relay old").replace("nginx aaa", "nginx old")
     (action,) = StackUp(release).plan({"defined": Fact(DEFINED, 0), "running": Fact(running, 0)})
-    assert action == Run(stack_up(release, ("relay",)), "start nginx, relay")
+    assert action == Run(stack_up(release, ("relay",)) + " && " + save_hashes(release, DEFINED), "start nginx, relay")
     assert "services=relay && " in action.command
     unreadable = StackUp(release).plan({"defined": Fact("", 1), "running": Fact(running, 0)})
     assert unreadable == [Run(stack_up(release), "start")]
@@ -160,3 +163,28 @@ def test_publishing_tells_each_reader_its_own_way(release: Release) -> None:
     assert "label=com.docker.compose.service=prometheus" in command
     assert 'docker restart -t 5 "$c"' in command and "label=com.docker.compose.service=relay" in command
     assert "alertmanager" not in command
+
+
+def test_a_deploy_saves_the_definition_a_rollback_reads_while_the_release_files_are_unchanged(
+    release: Release, tmp_path: Path
+) -> None:
+    """Through real bash: saved by the stack-up, read back by the release stack, ignored once a stack file changes."""
+    settings = release.settings.model_copy(update={"base_dir": str(tmp_path)})
+    local = Release(settings, "v2")
+    folder = Path(local.directory)
+    folder.mkdir(parents=True)
+    (folder / "docker-compose.yml").write_text("services: {}\n")
+    (folder / "relay.env").write_text("A=1\n")
+    (action,) = StackUp(local).plan({"defined": Fact(DEFINED, 0), "running": Fact(DEFINED, 0)})
+    assert action.command.endswith(save_hashes(local, DEFINED))  # type: ignore[union-attr]
+    subprocess.run(["bash", "-c", save_hashes(local, DEFINED)], check=True, timeout=30)
+    read = ReleaseStack(local).probes()["defined"]
+    assert read == saved_or_defined_hashes(local)
+
+    def probe() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", "-c", read], capture_output=True, text=True, timeout=30)
+
+    assert probe().stdout == DEFINED
+    (folder / "relay.env").write_text("A=2\n")  # a deploy of the same version name rewrote its files
+    again = probe()
+    assert again.stdout == "" and again.returncode != 0  # Compose asked instead (none in this scratch folder)
