@@ -6,6 +6,7 @@ not exceptions here: `run` returns the exit status and the caller decides.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import socket
@@ -62,8 +63,12 @@ def _interrupt(channel: paramiko.Channel) -> None:
     """Ctrl-C to a command on the host's pseudo-terminal, then its channel closed once its output has ended or
     INTERRUPT_GRACE_SECONDS have passed. Invoke alone would wait for the end of output, and a child of the command
     that outlives it (`docker logs` in the background) can hold the host's terminal open: the operator's Ctrl-C
-    then never came back. Closing the channel hangs up the host's terminal, which ends what is left there."""
-    channel.send(b"\x03")
+    then never came back. Closing the channel hangs up the host's terminal, which ends what is left there. The send
+    is bounded too (paramiko waits for the host's window without end otherwise): a host that takes no more input
+    gets its channel closed at the deadline all the same."""
+    channel.settimeout(INTERRUPT_GRACE_SECONDS)
+    with contextlib.suppress(OSError, EOFError):  # a timeout is an OSError; such a channel is closed below
+        channel.send(b"\x03")
     deadline = time.monotonic() + INTERRUPT_GRACE_SECONDS
     while not channel.eof_received and time.monotonic() < deadline:
         time.sleep(0.1)
