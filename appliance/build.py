@@ -125,15 +125,16 @@ def download_command(python: str, platform: str, lock: Path, dest: Path) -> list
     ]  # fmt: skip
 
 
-def build_command(ref: str, settings: Settings, version: str, no_cache: bool = False) -> list[str]:
-    """`docker build` of the context tar on stdin, for the host's platform (`no_cache`: every step runs again)."""
+def build_command(ref: str, settings: Settings, no_cache: bool = False) -> list[str]:
+    """`docker build` of the context tar on stdin, for the host's platform (`no_cache`: every step runs again).
+    No release name goes in: the same commit builds the same image (same ID), so a redeploy of it sends and recreates
+    nothing; the release's API gets SERVICE_VERSION from its Compose file (compose/api.yml.j2)."""
     images = settings.images
     return [
         "docker", "build", "--quiet", "--force-rm", *(["--no-cache"] if no_cache else []),
         "--platform", images.platform, "--file", DOCKERFILE,
         "--build-arg", f"BASE_IMAGE={images.base_image}",
         "--build-arg", f"SOURCE_DATE_EPOCH={SOURCE_DATE_EPOCH}",
-        "--build-arg", f"SERVICE_VERSION={version}",
         "--tag", ref, "-",
     ]  # fmt: skip
 
@@ -216,5 +217,5 @@ def build_api_image(config: Config, version: str, python: str = sys.executable, 
     wheels = download_wheelhouse(python, settings.images.platform, lock, wheelhouse(settings.images.platform))
     image, tools = split_lock(parse_lock(lock.read_text()))
     context = context_tar(context_entries(BUNDLE_ROOT, wheels, image, tools))
-    _run(f"docker build of {ref}", build_command(ref, settings, version, no_cache), stdin=context)
+    _run(f"docker build of {ref}", build_command(ref, settings, no_cache), stdin=context)
     return ref

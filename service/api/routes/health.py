@@ -36,7 +36,7 @@ TLS_DIAGNOSIS_SECONDS = 0.8
 
 
 def _service_version() -> str:
-    """SERVICE_VERSION (set by the image build) or, from a source checkout, the project's version."""
+    """SERVICE_VERSION (set by the release's Compose file) or, from a source checkout, the project's version."""
     try:
         return os.environ.get("SERVICE_VERSION") or version("cvm-appliance")
     except PackageNotFoundError:
