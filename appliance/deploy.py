@@ -31,7 +31,14 @@ from appliance.llm_check import LlmKeysWarning
 from appliance.lock import audit_entry, operator
 from appliance.releases import PruneReleases, Release, current_release, manifest, rollback_target
 from appliance.remote import RemoteHost, open_host
-from appliance.render import api_image, check_artifact_key, monitoring_images, release_files, stack_api_image
+from appliance.render import (
+    api_image,
+    check_artifact_key,
+    data_images,
+    monitoring_images,
+    release_files,
+    stack_api_image,
+)
 from appliance.secrets import Secrets, ensure_generated, load_secrets
 from appliance.stack_steps import MonitoringFiles, ReleaseStack, StackUp
 from appliance.steps import Action, Facts, ManagedFile, Run, Step
@@ -222,7 +229,7 @@ def deploy(
         files = [ManagedFile(item.path, item.content.encode(), item.mode) for item in rendered]
         files.append(ManagedFile(f"{release.directory}/slug", f"{release.slug}\n".encode()))
         images = settings.images
-        roles = {"api": release_image, "postgres": images.postgres, "redis": images.redis, "nginx": images.nginx}
+        roles = {"api": release_image, **data_images(settings), "nginx": images.nginx}
         roles |= {f"monitoring-{index}": ref for index, ref in enumerate(monitoring_images(settings))}
         if not check:
             ids = {role: _local_id(engine, ref) for role, ref in roles.items()}

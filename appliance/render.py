@@ -242,6 +242,15 @@ def stack_data_services(settings: Settings) -> tuple[str, ...]:
     return tuple(name for name, managed in (("postgres", settings.database), ("redis", settings.redis)) if not managed)
 
 
+def data_images(settings: Settings) -> dict[str, str]:
+    """The data images a host needs, by service: those the stack runs, and postgres's as the dump and drill tool
+    of a managed database that the appliance backs up (appliance/backup/dump.py)."""
+    needed = set(stack_data_services(settings)) | (
+        {"postgres"} if settings.database and settings.backup.enabled else set()
+    )
+    return {name: getattr(settings.images, name) for name in ("postgres", "redis") if name in needed}
+
+
 def stack_context(
     config: Config, secrets: Secrets, version: str, reveal: bool, memory_mb: int, image_id: str = ""
 ) -> dict[str, Any]:

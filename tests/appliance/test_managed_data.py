@@ -15,7 +15,7 @@ from appliance.config import Config, load_config
 from appliance.errors import ConfigError
 from appliance.release_commands import migrate, stack_up
 from appliance.releases import Release
-from appliance.render import release_files, write_tree
+from appliance.render import data_images, release_files, write_tree
 from appliance.secrets import MASK, ensure_generated, load_secrets
 from tests.certificates import issue_chain
 from tests.conftest import REPO
@@ -208,3 +208,21 @@ def test_the_managed_release_passes_docker_compose_config(tmp_path: Path) -> Non
             cwd=release, capture_output=True, text=True,
         )  # fmt: skip
         assert check.returncode == 0, check.stderr
+
+
+def test_a_host_gets_only_the_data_images_it_runs_or_dumps_with(tmp_path: Path) -> None:
+    config = managed_config(tmp_path)
+    images = config.settings.images
+    assert data_images(load_config(REPO / "appliance.example.toml").settings) == {
+        "postgres": images.postgres,
+        "redis": images.redis,
+    }
+    # A managed database that the appliance backs up: postgres's image is its pg_dump; managed Redis needs none.
+    backed_up = config.settings.model_copy(
+        update={"backup": config.settings.backup.model_copy(update={"enabled": True})}
+    )
+    assert data_images(backed_up) == {"postgres": images.postgres}
+    unbacked = config.settings.model_copy(
+        update={"backup": config.settings.backup.model_copy(update={"enabled": False})}
+    )
+    assert data_images(unbacked) == {}
