@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -134,6 +135,13 @@ def build_config_file(folder: Path) -> Path:
     path = folder / "build.toml"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def as_foreground_job() -> None:
+    """A `preexec_fn` for a task that the test interrupts as an operator's Ctrl-C would: SIGINT back to its default.
+    A shell without job control starts background jobs with SIGINT ignored (`bash .ci/run &` does), every child
+    inherits that, and Python then installs no KeyboardInterrupt handler: the SIGINT would do nothing at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def inv(*args: str, timeout: int = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,7 @@ import pytest
 
 from appliance.config import load_config
 from appliance.remote import RemoteHost
-from tests.conftest import REPO, Bootstrapped, Deployed, inv
+from tests.conftest import REPO, Bootstrapped, Deployed, as_foreground_job, inv
 from tests.e2e.traffic import Followed, Site, follow_discussion, steady_load
 
 pytestmark = pytest.mark.e2e
@@ -280,9 +280,7 @@ def test_an_interrupted_deploy_releases_the_lock_and_says_so_in_the_audit_log(
         cwd=REPO,
         stderr=subprocess.PIPE,
         text=True,
-        # A shell without job control starts background jobs with SIGINT ignored (CI may run us so): an
-        # operator's terminal delivers it.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=as_foreground_job,
     )
     deadline = time.monotonic() + 120
     while bootstrapped_host.run("test -d /opt/appliance/shared/deploy.lock").exit_code != 0:
