@@ -41,24 +41,9 @@ from appliance.render import (
 )
 from appliance.secrets import Secrets, ensure_generated, load_secrets
 from appliance.stack_steps import MonitoringFiles, ReleaseStack, StackUp
-from appliance.steps import Action, Facts, ManagedFile, Run, Step
+from appliance.steps import Always, ManagedFile, Step
 from appliance.transport import transport_for, transport_secrets
 from appliance.warm import ApiUp, KeepWarm
-
-
-@dataclass(frozen=True)
-class Always:
-    """A phase of a procedure: a command that runs every time (check mode only shows it)."""
-
-    name: str
-    command: str
-    why: str
-
-    def probes(self) -> Mapping[str, str]:
-        return {}
-
-    def plan(self, facts: Facts) -> list[Action]:
-        return [Run(self.command, self.why)]
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,13 @@ from appliance.errors import ConfigError
 from appliance.releases import Release
 from appliance.render import site_origin
 from appliance.shell import sh
-from appliance.steps import Action, Facts, Note, Run, Step, Stream
+from appliance.steps import Action, Always, Facts, Note, Run, Step, Stream
 
 ENTRY = "index.html"
 RUNTIME_CONFIG = "config.json"  # written by the appliance next to the entry page (runtime_config)
 # The console's index.html says where it is served (service/web/app.js reads it); moved to /console/ it says so.
 CONSOLE_ROOT_META = '<meta name="console-root" content="/">'
+WWW_WHY = "the team's front end and the console into the release's web folder"
 SITE_STAGING = ".site"  # the release's www assembled beside it, then renamed over it
 BUILD_TAIL_LINES = 5  # of a failed build's output, in its one-line error
 
@@ -237,23 +238,10 @@ def assemble_site(config: Config, release: Release) -> str:
     )
 
 
-@dataclass(frozen=True)
-class AssembleSite:
-    """The phase that puts the team's front end beside the console in the release's `www` (every deploy: the
-    console was just copied out of the image again)."""
-
-    command: str
-    name: str = "assemble front end"
-
-    def probes(self) -> Mapping[str, str]:
-        return {}
-
-    def plan(self, facts: Facts) -> list[Action]:
-        return [Run(self.command, "the team's front end and the console into the release's web folder")]
-
-
 def release_steps(config: Config, release: Release, front: Shipped | None) -> tuple[list[Step], list[Step]]:
     """A deploy's front-end steps: (before the console is copied out of the image, after it)."""
     if front is None:
         return [], []
-    return [ShipFrontend(release, front.folder, front.digest)], [AssembleSite(assemble_site(config, release))]
+    # Every deploy: the console was just copied out of the image again.
+    assemble = Always("assemble front end", assemble_site(config, release), WWW_WHY)
+    return [ShipFrontend(release, front.folder, front.digest)], [assemble]

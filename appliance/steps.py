@@ -246,6 +246,21 @@ class Converge:
         return [] if facts["check"].ok else [Run(self.fix, self.why)]
 
 
+@dataclass(frozen=True)
+class Always:
+    """A phase of a procedure: a command that runs every time (check mode only shows it)."""
+
+    name: str
+    command: str
+    why: str
+
+    def probes(self) -> Mapping[str, str]:
+        return {}
+
+    def plan(self, facts: Facts) -> list[Action]:
+        return [Run(self.command, self.why)]
+
+
 APT_ENV = "DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l"
 
 

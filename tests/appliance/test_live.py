@@ -23,7 +23,7 @@ pytestmark = pytest.mark.unit
 # Three steps through the real executor and bash: one quick, one that takes 2 s, one that fails.
 DRIVER = """
 import sys
-from appliance.deploy import Always
+from appliance.steps import Always
 from appliance.executor import Executor
 from appliance.live import step_lines
 from tests.appliance.test_executor import LocalHost
