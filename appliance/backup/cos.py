@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -92,11 +91,14 @@ class CosStore:
         self.backoff = backoff
         self.retries = 0
 
-    def _call(self, what: str, call: Callable[[], T], denied: type[BackupError] = BackupError) -> T:
-        """`call` with retries; an AccessDenied raises `denied` (a refusal some callers expect)."""
+    def _request(
+        self, what: str, operation: Callable[..., T], *, denied: type[BackupError] = BackupError, **params: Any
+    ) -> T:
+        """The SDK's `operation` on this store's bucket with `params`, retried with backoff; an AccessDenied raises
+        `denied` (a refusal some callers expect)."""
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                return call()
+                return operation(Bucket=self.target.bucket, **params)
             except (CosServiceError, CosClientError) as exc:
                 if isinstance(exc, CosServiceError) and exc.get_error_code() == "AccessDenied":
                     raise denied(_describe(self.target, what, exc)) from None
@@ -110,35 +112,29 @@ class CosStore:
     def check_bucket(self) -> None:
         """Fail early, in one line, on wrong keys or a missing bucket."""
         # A GET, not a HEAD: COS explains a refused GET in its body (a HEAD has none).
-        self._call("list bucket", lambda: self.client.list_objects(Bucket=self.target.bucket, MaxKeys=1))
+        self._request("list bucket", self.client.list_objects, MaxKeys=1)
 
     def put_file(self, key: str, path: Path) -> str:
         """Upload `path` as `key`; return the CRC64 COS and we agree on."""
         size = path.stat().st_size
         if size <= self.target.part_size:
             data = path.read_bytes()
-            answer = self._call(
-                f"put {key}",
-                lambda: self.client.put_object(Bucket=self.target.bucket, Key=key, Body=data, EnableMD5=True),
-            )
+            answer = self._request(f"put {key}", self.client.put_object, Key=key, Body=data, EnableMD5=True)
             local = str(_crc_of(data))
             remote = answer.get("x-cos-hash-crc64ecma")
         else:
             local = self._multipart(key, path)
-            head = self._call(f"head {key}", lambda: self.client.head_object(Bucket=self.target.bucket, Key=key))
+            head = self._request(f"head {key}", self.client.head_object, Key=key)
             remote = head.get("x-cos-hash-crc64ecma")
         if remote != local:
-            self._call(f"delete {key}", lambda: self.client.delete_object(Bucket=self.target.bucket, Key=key))
+            self._request(f"delete {key}", self.client.delete_object, Key=key)
             raise BackupError(f"COS bucket {self.target.bucket}: {key}: CRC64 mismatch (COS {remote}, local {local})")
         return local
 
     def _multipart(self, key: str, path: Path) -> str:
-        bucket = self.target.bucket
         upload_id, done = self._resumable(key)
         if upload_id is None:
-            created = self._call(
-                f"start upload of {key}", lambda: self.client.create_multipart_upload(Bucket=bucket, Key=key)
-            )
+            created = self._request(f"start upload of {key}", self.client.create_multipart_upload, Key=key)
             upload_id = str(created["UploadId"])
         else:
             self.log(f"resuming upload of {key}: {len(done)} part(s) already there")
@@ -151,24 +147,22 @@ class CosStore:
                 crc.update(chunk)
                 md5 = hashlib.md5(chunk).hexdigest()  # noqa: S324 - COS's ETag of a part
                 if done.get(number) != md5:
-                    self._call(
+                    self._request(
                         f"upload part {number} of {key}",
-                        partial(
-                            self.client.upload_part,
-                            Bucket=bucket,
-                            Key=key,
-                            Body=chunk,
-                            PartNumber=number,
-                            UploadId=upload_id,
-                            EnableMD5=True,
-                        ),
+                        self.client.upload_part,
+                        Key=key,
+                        Body=chunk,
+                        PartNumber=number,
+                        UploadId=upload_id,
+                        EnableMD5=True,
                     )
                 parts.append({"PartNumber": number, "ETag": f'"{md5}"'})
-        self._call(
+        self._request(
             f"complete upload of {key}",
-            lambda: self.client.complete_multipart_upload(
-                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Part": parts}
-            ),
+            self.client.complete_multipart_upload,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Part": parts},
         )
         return str(crc.crcValue)
 
@@ -178,10 +172,7 @@ class CosStore:
         if not uploads:
             return None, {}
         upload_id = str(uploads[-1]["UploadId"])
-        listed = self._call(
-            f"list parts of {key}",
-            lambda: self.client.list_parts(Bucket=self.target.bucket, Key=key, UploadId=upload_id),
-        )
+        listed = self._request(f"list parts of {key}", self.client.list_parts, Key=key, UploadId=upload_id)
         parts = _as_list(listed.get("Part"))
         return upload_id, {int(p["PartNumber"]): str(p["ETag"]).strip('"') for p in parts}
 
@@ -189,15 +180,12 @@ class CosStore:
         found: list[dict[str, Any]] = []
         key_marker = upload_marker = ""
         while True:
-            page = self._call(
+            page = self._request(
                 "list multipart uploads",
-                partial(
-                    self.client.list_multipart_uploads,
-                    Bucket=self.target.bucket,
-                    Prefix=prefix,
-                    KeyMarker=key_marker,
-                    UploadIdMarker=upload_marker,
-                ),
+                self.client.list_multipart_uploads,
+                Prefix=prefix,
+                KeyMarker=key_marker,
+                UploadIdMarker=upload_marker,
             )
             found += _as_list(page.get("Upload"))
             if page.get("IsTruncated") != "true":
@@ -211,21 +199,18 @@ class CosStore:
         for upload in self._uploads(prefix):
             started = parse_time(str(upload.get("Initiated", "")))
             if started is not None and (now - started).total_seconds() > older_than_seconds:
-                self._call(
+                self._request(
                     f"abort upload of {upload['Key']}",
-                    partial(
-                        self.client.abort_multipart_upload,
-                        Bucket=self.target.bucket,
-                        Key=upload["Key"],
-                        UploadId=upload["UploadId"],
-                    ),
+                    self.client.abort_multipart_upload,
+                    Key=upload["Key"],
+                    UploadId=upload["UploadId"],
                 )
                 aborted += 1
         return aborted
 
     def get_file(self, key: str, path: Path) -> str:
         """Download `key` to `path`; the CRC64 must match COS's, else the file is removed."""
-        answer = self._call(f"get {key}", lambda: self.client.get_object(Bucket=self.target.bucket, Key=key))
+        answer = self._request(f"get {key}", self.client.get_object, Key=key)
         crc = new_crc64()
         try:
             with path.open("wb") as handle:
@@ -245,24 +230,18 @@ class CosStore:
         return str(crc.crcValue)
 
     def get_bytes(self, key: str) -> bytes:
-        answer = self._call(f"get {key}", lambda: self.client.get_object(Bucket=self.target.bucket, Key=key))
+        answer = self._request(f"get {key}", self.client.get_object, Key=key)
         return bytes(answer["Body"].get_raw_stream().read())
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self._call(
-            f"put {key}",
-            lambda: self.client.put_object(Bucket=self.target.bucket, Key=key, Body=data, EnableMD5=True),
-        )
+        self._request(f"put {key}", self.client.put_object, Key=key, Body=data, EnableMD5=True)
 
     def objects(self, prefix: str) -> list[StoredObject]:
         """Every object under `prefix`, page by page (COS answers at most 1000 keys at a time)."""
         found: list[StoredObject] = []
         marker = ""
         while True:
-            page = self._call(
-                f"list {prefix}",
-                partial(self.client.list_objects, Bucket=self.target.bucket, Prefix=prefix, Marker=marker),
-            )
+            page = self._request(f"list {prefix}", self.client.list_objects, Prefix=prefix, Marker=marker)
             contents = _as_list(page.get("Contents"))
             found += [StoredObject(c["Key"], int(c["Size"]), str(c.get("LastModified", ""))) for c in contents]
             if page.get("IsTruncated") != "true" or not contents:
@@ -274,11 +253,7 @@ class CosStore:
         whole request or object by object: either way nothing was deleted that COS did not say)."""
         for start in range(0, len(keys), 1000):
             batch = {"Object": [{"Key": key} for key in keys[start : start + 1000]], "Quiet": "true"}
-            answer = self._call(
-                "delete objects",
-                partial(self.client.delete_objects, Bucket=self.target.bucket, Delete=batch),
-                denied=DeleteRefused,
-            )
+            answer = self._request("delete objects", self.client.delete_objects, denied=DeleteRefused, Delete=batch)
             errors = _as_list(answer.get("Error"))
             if errors:
                 first = errors[0]
