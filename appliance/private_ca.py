@@ -39,7 +39,8 @@ LEAF_DAYS = 397  # browsers' limit for a server certificate's lifetime
 CA_DAYS = 3650
 CA_CERT, CA_KEY = "ca.pem", "ca-key.pem"
 # What the host gets, and its modes: the leaf's key, leaf + CA for nginx, the public CA for operators.
-ISSUED_MODES = {"privkey.pem": 0o600, "fullchain.pem": 0o644, CA_CERT: 0o644}
+PRIVKEY, FULLCHAIN = "privkey.pem", "fullchain.pem"
+ISSUED_MODES = {PRIVKEY: 0o600, FULLCHAIN: 0o644, CA_CERT: 0o644}
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 EVERY_ADDRESS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
@@ -152,15 +153,6 @@ def _url_host(name: str) -> str:
 
 
 @dataclass(frozen=True)
-class IssuedCertificate:
-    """A leaf and its key from the CA, and the CA's public certificate, all PEM."""
-
-    key: bytes
-    fullchain: bytes
-    ca: bytes
-
-
-@dataclass(frozen=True)
 class OperatorCa:
     """The CA's folder on the operator's machine and the scope it must cover."""
 
@@ -230,8 +222,9 @@ class OperatorCa:
             ) from None
         return ca, key
 
-    def issue(self, name: str, now: datetime.datetime) -> IssuedCertificate:
-        """A new key and a leaf for `name`, signed by the CA (made first if due)."""
+    def issue(self, name: str, now: datetime.datetime) -> dict[str, bytes]:
+        """The host's files for `name` by their names in ISSUED_MODES, all PEM: a new key, a leaf signed by the CA
+        (made first if due) followed by the CA, and the CA's public certificate."""
         ca, ca_key = self.ensure(now)
         key = ec.generate_private_key(ec.SECP256R1())
         start = now - datetime.timedelta(hours=1)
@@ -264,7 +257,7 @@ class OperatorCa:
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
-        return IssuedCertificate(_key_pem(key), pem(leaf) + pem(ca), pem(ca))
+        return {PRIVKEY: _key_pem(key), FULLCHAIN: pem(leaf) + pem(ca), CA_CERT: pem(ca)}
 
 
 # x509.KeyUsage's nine flags, all to be given: a CA signs certificates and CRLs, a leaf only signs (TLS 1.3 and
@@ -308,7 +301,7 @@ class IssuedFiles:
         issued = self.ca.issue(self.name, _now())
         archive = io.BytesIO()
         with tarfile.open(fileobj=archive, mode="w") as tar:
-            for filename, content in zip(ISSUED_MODES, (issued.key, issued.fullchain, issued.ca), strict=True):
+            for filename, content in issued.items():
                 info = tarfile.TarInfo(filename)
                 info.size, info.mode, info.mtime = len(content), ISSUED_MODES[filename], int(_now().timestamp())
                 tar.addfile(info, io.BytesIO(content))
