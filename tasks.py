@@ -12,7 +12,7 @@ from pathlib import Path
 from invoke.collection import Collection
 from invoke.context import Context
 
-from appliance import cos_setup, drill_schedule, log_lines, views
+from appliance import cos_setup, drain, drill_schedule, log_lines, views
 from appliance import llm_check as llm_keys
 from appliance import render as rendering
 from appliance import sandbox as sandboxes
@@ -519,3 +519,31 @@ namespace = Collection(
     Collection("restore", restore_backup, restore_drill),
     Collection("cos", cos_bucket_setup),
 )
+
+
+DRAIN_HELP = {
+    "name": "the host: USER@ADDRESS:PORT as in the config's [[hosts]] (or an address only one of them has)",
+    "check": "show what would change; change nothing",
+    "verbose": VERBOSE_HELP,
+}
+
+
+@host_task(name="drain", positional=["name"], help=DRAIN_HELP)
+def host_drain(c: Context, loaded: Config, name: str, check: bool = False, verbose: bool = False) -> None:
+    """Take one host out of the load balancer: its /api/health answers 503; requests and WebSockets in flight go on."""
+    with step_lines(verbose):
+        host, results = drain.set_drained(loaded, name, drained=True, check=check)
+    print_outcome(results, f"{host.target}: drain", host.target)
+    if not check:
+        print(drain.DRAINED_NOTE.format(host=host.target))
+
+
+@host_task(name="undrain", positional=["name"], help=DRAIN_HELP)
+def host_undrain(c: Context, loaded: Config, name: str, check: bool = False, verbose: bool = False) -> None:
+    """Put a drained host back: its /api/health answers from the API again, and the load balancer sends it traffic."""
+    with step_lines(verbose):
+        host, results = drain.set_drained(loaded, name, drained=False, check=check)
+    print_outcome(results, f"{host.target}: undrain", host.target)
+
+
+namespace.add_collection(Collection("host", host_drain, host_undrain))

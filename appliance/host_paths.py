@@ -63,6 +63,12 @@ class HostPaths:
         return f"{self.shared}/nginx"
 
     @property
+    def drain_flag(self) -> str:
+        """Exists while `inv host.drain` holds the host out of the load balancer: nginx, which sees it in its own
+        folder, then answers /api/health with 503 (several hosts only)."""
+        return f"{self.nginx}/drained"
+
+    @property
     def monitoring(self) -> str:
         """The folder Prometheus, Alertmanager and the relay read (mounted whole): the current release's monitoring
         files, published at each switch, so a release change is a reload, not a recreate."""

@@ -12,6 +12,8 @@ from appliance.shell import sh
 
 WEB_IN_IMAGE = "/opt/app/web"  # the built front end inside the API image (service/Dockerfile)
 HEALTH_URL = "http://127.0.0.1:8000/api/health"  # the API's health answer, asked inside its own container
+# The site's health answer as the host itself reaches it through its nginx (a load balancer asks the same path).
+SITE_HEALTH_URL = "https://127.0.0.1/api/health"
 NGINX_FILES = ("appliance.conf", "upstream.inc", "metrics.htpasswd")  # what a switch swaps into shared/nginx
 # The release's monitoring files (render.monitoring_files) that a switch publishes into shared/monitoring, and
 # the stack's service that reads each one.

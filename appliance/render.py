@@ -38,6 +38,11 @@ MIGRATION_URL_FILE = "migration.url"
 CONTENT_TAG_PREFIX = "id-"
 # Where the stack's services read shared/monitoring (HostPaths.monitoring), the whole folder mounted read-only.
 MONITORING_IN_CONTAINER = "/etc/appliance/monitoring"
+# Where nginx's container sees HostPaths.nginx (the compose file mounts that folder as conf.d).
+NGINX_CONF_IN_CONTAINER = "/etc/nginx/conf.d"
+# The status of the site's health answer while the host is drained (appliance/drain.py): what tells it from a sick
+# API's 503.
+DRAIN_STATUS = "draining"
 
 
 @dataclass(frozen=True)
@@ -242,6 +247,14 @@ def stack_data_services(settings: Settings) -> tuple[str, ...]:
     return tuple(name for name, managed in (("postgres", settings.database), ("redis", settings.redis)) if not managed)
 
 
+def drain_flag_in_nginx(settings: Settings) -> str | None:
+    """The drain flag (HostPaths.drain_flag) as nginx's container sees it, for the site's health check; None with one
+    app host, whose site then has no drain check: a load balancer would have no other host to send traffic to."""
+    if len(settings.hosts) < 2:
+        return None
+    return f"{NGINX_CONF_IN_CONTAINER}/{PurePosixPath(settings.paths.drain_flag).name}"
+
+
 def data_images(settings: Settings) -> dict[str, str]:
     """The data images a host needs, by service: those the stack runs, and postgres's as the dump and drill tool
     of a managed database that the appliance backs up (appliance/backup/dump.py)."""
@@ -291,6 +304,8 @@ def stack_context(
         "database_url": managed_database_url(settings, secrets, reveal),
         "redis_url": managed_redis_url(settings, secrets, reveal),
         "data_ca": (DATA_CA_FOLDER, DATA_CA_IN_CONTAINER) if settings.database or settings.redis else None,
+        "drain_flag": drain_flag_in_nginx(settings),
+        "drain_status": DRAIN_STATUS,
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -26,6 +27,14 @@ class Chain:
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _alt_name(domain: str) -> x509.GeneralName:
+    """The leaf's subject alternative name: an IP address entry for an address (clients check those), else DNS."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(domain))
+    except ValueError:
+        return x509.DNSName(domain)
 
 
 def _pem(cert: x509.Certificate) -> str:
@@ -78,7 +87,7 @@ def issue_chain(domain: str, days: int = 90, not_before_days: int = 1, rsa_key: 
         leaf_key,
         mid_key,
         [
-            (x509.SubjectAlternativeName([x509.DNSName(domain)]), False),
+            (x509.SubjectAlternativeName([_alt_name(domain)]), False),
             (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
         ],
         start,
