@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -20,11 +21,21 @@ from appliance import users as accounts
 from appliance.backup import operate as backups_edge
 from appliance.bootstrap import bootstrap, bootstrap_files, tls
 from appliance.build import build_api_image, default_version
-from appliance.cli import COMMON_HELP, VERBOSE_HELP, OperatorTask, host_task, load, one_line_errors, print_outcome, task
+from appliance.cli import (
+    COMMON_HELP,
+    VERBOSE_HELP,
+    OperatorTask,
+    host_task,
+    load,
+    one_line_errors,
+    print_outcome,
+    print_outcomes,
+    task,
+)
 from appliance.config import Config
 from appliance.console_login import console_login
 from appliance.deploy import deploy as deploy_release
-from appliance.deploy import deploy_secrets, required_secrets
+from appliance.deploy import deploy_hosts, deploy_secrets, required_secrets, rollback_hosts
 from appliance.deploy import rollback as rollback_release
 from appliance.errors import ConfigError, StepFailed
 from appliance.facts import gather_facts
@@ -34,6 +45,7 @@ from appliance.progress import TransferProgress
 from appliance.releases import current_release
 from appliance.remote import open_host
 from appliance.render import api_image, site_origin
+from appliance.rollout import HostOutcome, failed_outcome, fan_out
 from appliance.secrets import ensure_generated, load_secrets
 
 WAIT_HELP = "if another deploy or rollback holds the host's lock, wait for it (up to 30 min)"
@@ -76,9 +88,10 @@ def render(c: Context, loaded: Config, out: str, version: str = "preview", revea
 
 @host_task()
 def facts(c: Context, loaded: Config) -> None:
-    """Connect to the host and show what it is: OS, CPU, memory, disk, Docker and Compose."""
-    with open_host(loaded) as remote:
-        print(f"{loaded.settings.hosts[0].target}: {gather_facts(remote, loaded.settings.base_dir).summary()}")
+    """Connect to each host and show what it is: OS, CPU, memory, disk, Docker and Compose."""
+    for host in loaded.app_hosts():
+        with open_host(host) as remote:
+            print(f"{host.settings.hosts[0].target}: {gather_facts(remote, host.settings.base_dir).summary()}")
 
 
 @host_task(
@@ -90,13 +103,38 @@ def facts(c: Context, loaded: Config) -> None:
     },
 )
 def bootstrap_host(c: Context, loaded: Config, check: bool = False, diff: bool = False, verbose: bool = False) -> None:
-    """Turn a fresh Ubuntu/Debian CVM into a hardened Docker host; run again after config changes."""
-    target = loaded.settings.hosts[0].target
+    """Turn fresh Ubuntu/Debian CVMs into hardened Docker hosts (several at once); run again after config changes."""
+    hosts = loaded.app_hosts()
+    target = ", ".join(host.settings.hosts[0].target for host in hosts)
     if loaded.settings.host.ssh_open_to_all:
         print(f"warning: SSH on {target} stays open to any address: set host.ssh_allow_from to your networks")
+    if len(hosts) > 1:
+        with step_lines(verbose):
+            outcomes = fan_out(
+                [(label_of(host), functools.partial(bootstrap_one, host, check, diff)) for host in hosts]
+            )
+        print_outcomes(outcomes, "bootstrap", "bootstrap")
+        return
     with step_lines(verbose):
-        facts, results = bootstrap(loaded, check=check, diff=print if diff else None)
+        facts, results = bootstrap(hosts[0], check=check, diff=print if diff else None)
     print_outcome(results, f"{target}: {facts.summary()}", target)
+
+
+def label_of(host: Config) -> str:
+    """The name reports give the host a per-host config acts on (Config.app_hosts)."""
+    return host.settings.hosts[0].label
+
+
+def bootstrap_one(host: Config, check: bool, diff: bool) -> HostOutcome:
+    """One of several hosts' bootstrap, in its own thread (appliance/rollout.py's fan_out)."""
+    label = label_of(host)
+
+    def show(text: str) -> None:
+        print(f"[{label}]\n{text}")
+
+    facts, results = bootstrap(host, check=check, diff=show if diff else None)
+    outcome = failed_outcome(label, results)
+    return dataclasses.replace(outcome, summary=f"{host.settings.hosts[0].target}: {facts.summary()}")
 
 
 @host_task(
@@ -123,6 +161,16 @@ def deploy(
     if image is None and not check:
         print(f"building {api_image(loaded.settings, version)}")
         image = build_api_image(loaded, version)
+    if len(loaded.app_hosts()) > 1:
+        with step_lines(verbose), TransferProgress() as streamed:
+            outcomes = deploy_hosts(
+                loaded, image or api_image(loaded.settings, version), version, check, streamed.update, wait
+            )
+        print_outcomes(outcomes, f"release {version}", f"deploy of {version}")
+        if not check:
+            print(f"release {version} is serving on {len(outcomes)} hosts: {site_origin(loaded)}/")
+        return
+    loaded = loaded.app_hosts()[0]
     target = loaded.settings.hosts[0].target
     # The archive transport's stream reports through the executor's progress callback: bars like the layers'.
     with step_lines(verbose), TransferProgress() as streamed:
@@ -145,7 +193,14 @@ def deploy(
 def rollback(
     c: Context, loaded: Config, to: str | None = None, check: bool = False, wait: bool = False, verbose: bool = False
 ) -> None:
-    """Serve an earlier release again through the same health-gated switch (no image build, no migration)."""
+    """Serve an earlier release again through the same health-gated switch (no image build, no migration); with
+    several hosts, on each of them, the first one first."""
+    if len(loaded.app_hosts()) > 1:
+        with step_lines(verbose):
+            outcomes = rollback_hosts(loaded, to, check, wait)
+        print_outcomes(outcomes, "rollback", "rollback")
+        return
+    loaded = loaded.app_hosts()[0]
     target = loaded.settings.hosts[0].target
     with step_lines(verbose):
         results = rollback_release(loaded, to, check, wait)
@@ -154,25 +209,32 @@ def rollback(
 
 @host_task()
 def releases(c: Context, loaded: Config) -> None:
-    """List the releases on the host, most recently served first, with their last deploy/rollback result."""
-    with open_host(loaded) as remote:
-        print(views.releases_table(views.release_rows(remote.run(views.releases_probe(loaded.settings)).stdout)))
+    """List the releases on each host, most recently served first, with their last deploy/rollback result."""
+    hosts = loaded.app_hosts()
+    for host in hosts:
+        with open_host(host) as remote:
+            rows = views.release_rows(remote.run(views.releases_probe(host.settings)).stdout)
+        print(views.host_heading(host.settings, len(hosts)) + views.releases_table(rows))
 
 
 @host_task(help={"watch": "redraw the monitoring screen (scripts/monitor.sh) every N seconds until Ctrl-C"})
 def status(c: Context, loaded: Config, watch: int = 0) -> None:
-    """Show the stack's containers, the current release's health, disk, memory and the monitoring screen."""
-    with open_host(loaded) as remote:
-        if watch > 0:
-            if not loaded.settings.monitoring.enabled:
-                raise ConfigError(f"{loaded.path}: --watch needs monitoring.enabled (it reads the host's Prometheus)")
+    """Show each host's containers, current release's health, disk, memory and the monitoring screen."""
+    hosts = loaded.app_hosts()
+    if watch > 0:
+        if not loaded.settings.monitoring.enabled:
+            raise ConfigError(f"{loaded.path}: --watch needs monitoring.enabled (it reads the host's Prometheus)")
+        with open_host(hosts[0]) as remote:  # several hosts: the first one's, unless --host picks another
             screen = views.monitor_command(loaded.settings.base_dir)
             watch_screen(lambda: remote.run(screen).stdout, watch)
-            return
-        current = current_release(remote, loaded.settings)
-        print(f"{loaded.settings.hosts[0].target}: release {current.version if current else '(none deployed)'}")
-        for heading, command in views.status_sections(loaded.settings, current):
-            print(f"\n== {heading}\n{remote.run(command).stdout.rstrip()}")
+        return
+    for host in hosts:
+        with open_host(host) as remote:
+            current = current_release(remote, host.settings)
+            print(views.host_heading(host.settings, len(hosts)), end="")
+            print(f"{host.settings.hosts[0].target}: release {current.version if current else '(none deployed)'}")
+            for heading, command in views.status_sections(host.settings, current):
+                print(f"\n== {heading}\n{remote.run(command).stdout.rstrip()}")
 
 
 def watch_screen(screen: Callable[[], str], seconds: int) -> None:
@@ -214,13 +276,19 @@ def logs(
         loaded.settings, service, follow, lines, log_lines.docker_since(since) if since else None
     )
     secrets = load_secrets(loaded.secrets_path)
-    printer = log_lines.LogPrinter(console(), secrets.redact, raw=json, grep=grep)
-    target = loaded.settings.hosts[0].target
-    with open_host(loaded) as remote:
-        status = remote.follow(command, str, printer)  # the printer masks whole lines
-        printer.end()
-    if status == log_lines.NO_CONTAINER:
-        raise StepFailed(f"{target}: no {service} container: deploy first (inv deploy), or enable the service")
+    hosts = loaded.app_hosts()
+    if follow and len(hosts) > 1:
+        names = ", ".join(label_of(host) for host in hosts)
+        raise ConfigError(f"--follow reads one host's lines: pick one with --host NAME ({names})")
+    for host in hosts:
+        print(views.host_heading(host.settings, len(hosts)), end="")
+        printer = log_lines.LogPrinter(console(), secrets.redact, raw=json, grep=grep)
+        target = host.settings.hosts[0].target
+        with open_host(host) as remote:
+            status = remote.follow(command, str, printer)  # the printer masks whole lines
+            printer.end()
+        if status == log_lines.NO_CONTAINER:
+            raise StepFailed(f"{target}: no {service} container: deploy first (inv deploy), or enable the service")
 
 
 @host_task(name="break")

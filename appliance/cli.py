@@ -18,6 +18,7 @@ from appliance.errors import ApplianceError, StepFailed
 from appliance.executor import StepResult
 from appliance.live import console
 from appliance.report import summary_text
+from appliance.rollout import HostOutcome, report_lines, require_all_ok
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -25,7 +26,8 @@ R = TypeVar("R")
 COMMON_HELP = {
     "config": "config file (default: $APPLIANCE_CONFIG or ./appliance.toml)",
     "env": "environment in the config (default: the only one, else production)",
-    "host": "USER@ADDRESS[:PORT] instead of the config's hosts",
+    "host": "one of the config's hosts, by its name or address (NAME, ADDRESS[:PORT], USER@ADDRESS:PORT); "
+    "any other USER@ADDRESS[:PORT] instead of the config's hosts",
 }
 
 
@@ -100,6 +102,16 @@ def print_outcome(results: Sequence[StepResult], heading: str, target: str) -> N
     failed = next((result for result in results if result.status == "failed"), None)
     if failed is not None:
         raise StepFailed(f"{target}: {failed.step}: {failed.error}")
+
+
+def print_outcomes(outcomes: Sequence[HostOutcome], heading: str, what: str) -> None:
+    """Several hosts' ends: each host's summary table labelled with it, then one line per host; if any host
+    failed, exit non-zero naming the hosts that failed."""
+    for outcome in outcomes:
+        if outcome.results:
+            console().print(summary_text(outcome.results, f"{outcome.host}: {outcome.summary or heading}"))
+    console().print("\n".join(report_lines(outcomes)), markup=False)
+    require_all_ok(outcomes, what)
 
 
 def one_line_errors(task: Callable[P, R]) -> Callable[P, R]:

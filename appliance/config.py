@@ -7,6 +7,7 @@ task uses, so a typo in staging is caught while deploying production.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import os
@@ -106,10 +107,23 @@ class Host(_Section):
     port: int = Field(default=22, ge=1, le=65535)
     key: str | None = None
     known_hosts: str = "~/.ssh/known_hosts"
+    # What reports and `--host` call this host when there are several (default: its address, :port when not 22).
+    name: Annotated[
+        str | None, _matching(r"[a-z0-9][a-z0-9_.-]{0,62}", "must be lower-case letters, digits, '.', '_' or '-'")
+    ] = None
 
     @property
     def target(self) -> str:
         return f"{self.user}@{self.address}:{self.port}"
+
+    @property
+    def label(self) -> str:
+        """The host's stable name in reports and for `--host NAME`."""
+        return self.name or (self.address if self.port == 22 else f"{self.address}:{self.port}")
+
+    def answers_to(self, given: str) -> bool:
+        """Whether `--host given` names this host: its label, USER@LABEL or its full USER@ADDRESS:PORT."""
+        return given in (self.label, f"{self.user}@{self.label}", self.target)
 
 
 class Tls(_Section):
@@ -347,6 +361,8 @@ class Deploy(_Section):
     # A starting API's health gate: this many healthy answers in a row, this many seconds apart.
     health_checks: int = Field(default=3, ge=1, le=20)
     health_interval: float = Field(default=0.5, ge=0.1, le=10)
+    # Several app hosts: after the first host (the canary) is deployed and healthy, this many hosts at a time.
+    batch: int = Field(default=1, ge=1, le=100)
 
 
 CONSOLE_PATH = "/console/"  # where the built-in console goes when the team's front end takes /
@@ -562,17 +578,23 @@ class Settings(_Section):
         return self
 
     @model_validator(mode="after")
-    def _one_app_host(self) -> Settings:
-        # Every task acts on hosts[0]: a second host would be left out without a word.
-        if len(self.hosts) > 1:
-            shared = (
-                ""
-                if self.service.artifact_storage == "cos"
-                else '; several app hosts also need shared uploads (service.artifact_storage = "cos")'
-            )
+    def _app_hosts_share_their_data(self) -> Settings:
+        # Several app hosts serve one site behind a CLB: every host must see the same uploads, database and Redis.
+        count = len(self.hosts)
+        labels = [host.label for host in self.hosts]
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:
+            raise ValueError(f'hosts: {", ".join(twice)} listed twice: give each host its own name = "..."')
+        if count > 1 and self.service.artifact_storage != "cos":
             raise ValueError(
-                f"hosts: {len(self.hosts)} hosts listed, but this version deploys to one app host per environment: "
-                f"list one (several hosts behind a CLB are not built yet, docs/scaling.md){shared}"
+                f'hosts: {count} app hosts need shared uploads: set service.artifact_storage = "cos" '
+                "(with local storage each host would keep its own files)"
+            )
+        unmanaged = [table for table, managed in (("database", self.database), ("redis", self.redis)) if not managed]
+        if count > 1 and unmanaged:
+            raise ValueError(
+                f"hosts: {count} app hosts need managed data: set {' and '.join(unmanaged)} = {{ ... }} (TencentDB, "
+                "docs/scaling.md step 2): each host's own containers would be a separate database"
             )
         return self
 
@@ -601,6 +623,8 @@ class Config:
     env: str
     environments: tuple[str, ...]
     settings: Settings
+    # The label of the one configured host `--host NAME` picked; None: a task acts on every host.
+    picked: str | None = None
 
     def resolve(self, relative: str) -> Path:
         """A path from the config, relative to the config file's folder, `~` expanded."""
@@ -617,9 +641,25 @@ class Config:
         return self.resolve(self.settings.tls.ca_dir or f".appliance-ca/{self.settings.name}-{self.env}")
 
     def with_host(self, target: str) -> Config:
-        """This config aimed at `user@address[:port]` given on the command line instead of [[hosts]]."""
+        """This config aimed at `--host target`: one of [[hosts]] when it names one (Host.answers_to), else
+        `user@address[:port]` instead of [[hosts]]."""
+        named = next((host for host in self.settings.hosts if host.answers_to(target)), None)
+        if named is not None:
+            return dataclasses.replace(self.on_host(named), picked=named.label)
         host = parse_host_target(target, self.settings.hosts[0])
         return Config(self.path, self.env, self.environments, self.settings.model_copy(update={"hosts": [host]}))
+
+    def on_host(self, host: Host) -> Config:
+        """This config acting on `host`: it comes first in `settings.hosts` (where every per-host operation looks),
+        the others stay listed after it (the private CA's scope names them all)."""
+        others = [item for item in self.settings.hosts if item.label != host.label]
+        return dataclasses.replace(self, settings=self.settings.model_copy(update={"hosts": [host, *others]}))
+
+    def app_hosts(self) -> list[Config]:
+        """One config per host a task acts on, in [[hosts]] order (the first is a deploy's canary): every host, or
+        the one `--host NAME` picked."""
+        hosts = [host for host in self.settings.hosts if self.picked in (None, host.label)]
+        return [self.on_host(host) for host in hosts]
 
 
 def parse_host_target(target: str, template: Host) -> Host:

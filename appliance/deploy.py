@@ -9,6 +9,7 @@ the new API is stopped, and its last log lines and health answer are printed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Callable, Mapping
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import docker
 import docker.errors
 
-from appliance import frontend, notify, procedure
+from appliance import frontend, notify, procedure, rollout
 from appliance import release_commands as commands
 from appliance.bootstrap.tls import certificate_steps
 from appliance.build import LOCK, bundle_commit
@@ -28,7 +29,7 @@ from appliance.facts import gather_facts
 from appliance.frontend import Shipped
 from appliance.images import LocalImage, images_on_host, local_image, operator_engine
 from appliance.llm_check import LlmKeysWarning
-from appliance.lock import audit_entry, operator
+from appliance.lock import audit_entry, operator, release_lock
 from appliance.releases import PruneReleases, Release, current_release, manifest, rollback_target
 from appliance.remote import RemoteHost, open_host
 from appliance.render import (
@@ -39,9 +40,10 @@ from appliance.render import (
     release_files,
     stack_api_image,
 )
+from appliance.rollout import HostOutcome, failed_outcome
 from appliance.secrets import Secrets, ensure_generated, load_secrets
 from appliance.stack_steps import MonitoringFiles, ReleaseStack, StackUp
-from appliance.steps import Always, ManagedFile, Step
+from appliance.steps import Action, Always, Facts, ManagedFile, Note, Step
 from appliance.transport import transport_for, transport_secrets
 from appliance.warm import ApiUp, KeepWarm
 
@@ -51,6 +53,20 @@ class SwitchTraffic(Always):
     """The phase after which traffic has moved: a failure before it leaves the previous release serving."""
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A phase that this host leaves out, and why (a host after the canary: migrations already ran)."""
+
+    name: str
+    why: str
+
+    def probes(self) -> Mapping[str, str]:
+        return {}
+
+    def plan(self, facts: Facts) -> list[Action]:
+        return [Note(self.why)]
+
+
 def prepare_steps(
     config: Config,
     release: Release,
@@ -58,15 +74,21 @@ def prepare_steps(
     first: bool = False,
     stack_image: str = "",
     front: Shipped | None = None,
+    migrated_on: str = "",
 ) -> list[Step]:
     """A new release's files, checks, databases and migrations: nothing here touches live traffic.
 
     `first`: the host has never served a release, so there is no data a backup could protect yet. `stack_image`:
     the API image's content tag the stack's services run (render.stack_api_image), made on the host here. `front`:
-    the team's front end, shipped into the release and put beside the console (appliance/frontend.py)."""
+    the team's front end, shipped into the release and put beside the console (appliance/frontend.py).
+    `migrated_on`: the canary of several hosts, where this release's backup and migrations already ran (their
+    data is shared), so this host skips them."""
     ship, assemble = frontend.release_steps(config, release, front)
-    wanted = config.settings.backup.enabled and not first
+    wanted = config.settings.backup.enabled and not first and not migrated_on
     backup = [Always("backup", commands.pre_deploy_backup(release), "a backup before migrations")] if wanted else []
+    migrate: Step = Always("migrations", commands.migrate(release), "apply database migrations")
+    if migrated_on:
+        migrate = Skipped("migrations", f"skipped: they ran on {migrated_on}, the canary, under the advisory lock")
     tag = commands.tag_stack_image(release, stack_image)
     same = stack_image in ("", api_image(release.settings, release.version))
     image = [] if same else [Always("stack image", tag, f"the API image also as {stack_image}, for the stack")]
@@ -79,7 +101,7 @@ def prepare_steps(
         *image,
         StackUp(release),
         *backup,
-        Always("migrations", commands.migrate(release), "apply database migrations"),
+        migrate,
     ]
 
 
@@ -100,23 +122,33 @@ def switch_steps(release: Release, previous: Release | None, warm: bool = False)
     return steps
 
 
-def _run_locked(
-    remote: RemoteHost,
-    executor: Executor,
-    command: str,
-    release: Release,
-    previous: Release | None,
-    steps: list[Step],
-    announce: Callable[[Mapping[str, object], str], None],
-    wait: bool = False,
-) -> list[StepResult]:
-    """Apply `steps` under the host's deploy lock, append the outcome to the audit log, always unlock, announce."""
-    settings = release.settings
-    started = time.time()
-    holder = {"who": operator(), "command": command, "version": release.version, "since": started}
-    procedure.take_lock(remote, settings, holder, wait)
-    finished = False
-    try:
+@dataclass
+class HostRelease:
+    """One host's deploy or rollback, ready to run: its session, executor and steps, applied under the host's
+    deploy lock with an audit line (rollout.HostChange: `inv deploy` and `inv rollback` on several hosts)."""
+
+    remote: RemoteHost
+    executor: Executor
+    command: str
+    release: Release
+    previous: Release | None
+    steps: list[Step]
+    announce: Callable[[Mapping[str, object], str], None]
+    host: str = ""
+    started: float = 0.0
+
+    def lock(self, wait: bool = False) -> None:
+        self.started = time.time()
+        holder = {"who": operator(), "command": self.command, "version": self.release.version, "since": self.started}
+        procedure.take_lock(self.remote, self.release.settings, holder, wait)
+
+    def unlock(self) -> None:
+        self.remote.run(release_lock(self.release.settings))
+
+    def apply(self) -> list[StepResult]:
+        """Apply the steps (the lock held); after a failed gate, take the unhealthy API away and say why; after a
+        failure before traffic moved, the serving release's stack back."""
+        executor, steps, remote, release = self.executor, self.steps, self.remote, self.release
         results = executor.apply_all(steps)
         # apply_all stops after the first failure: the results pair with the first steps.
         applied = list(zip(steps, results, strict=False))
@@ -124,23 +156,63 @@ def _run_locked(
         if failed is not None and isinstance(failed[0], ApiUp):
             # Traffic never moved: take the unhealthy API away and show why it failed.
             failed[1].error += "\n" + executor.redact(procedure.remove_failed_api(remote, release))
-        moved = any(isinstance(step, SwitchTraffic) and result.status == "changed" for step, result in applied)
-        if failed is not None and not moved and previous is not None:
-            procedure.restore_stack(remote, previous)
+        if failed is not None and not self.moved() and self.previous is not None:
+            procedure.restore_stack(remote, self.previous)
+        return results
+
+    def moved(self) -> bool:
+        """Whether traffic moved to the release (its switch step ran)."""
+        applied = zip(self.steps, self.executor.results, strict=False)
+        return any(isinstance(step, SwitchTraffic) and result.status == "changed" for step, result in applied)
+
+    def finish(self, outcome: str) -> None:
+        """The outcome appended to the audit log, the lock released, the outcome announced."""
+        failure = next((result for result in self.executor.results if result.status == "failed"), None)
+        entry = audit_entry(
+            self.command,
+            version=self.release.version,
+            previous=self.previous.version if self.previous else None,
+            result=outcome,
+            seconds=round(time.time() - self.started, 1),
+        )
+        procedure.record_and_unlock(self.remote, self.release.settings, entry)
+        if outcome != "not started":
+            self.announce(entry, f"{failure.step}: {failure.error.splitlines()[0]}" if failure else "")
+
+    def serving(self) -> str:
+        """The release this host serves now."""
+        if self.moved():
+            return self.release.version
+        return self.previous.version if self.previous else "(none)"
+
+    def run(self) -> HostOutcome:
+        """`apply` under the lock already held, then `finish`: rollout.HostChange.run."""
+        finished = False
+        try:
+            self.apply()
+            finished = True
+        finally:
+            failed = any(result.status == "failed" for result in self.executor.results)
+            self.finish("failed" if failed else "ok" if finished else "interrupted")
+        return failed_outcome(self.host, self.executor.results, self.serving())
+
+    def skip(self) -> HostOutcome:
+        """The roll stopped before this host: audited as not started, lock released; it keeps its release."""
+        self.finish("not started")
+        return HostOutcome(self.host, "not started", serving=self.serving())
+
+
+def _run_locked(change: HostRelease, wait: bool = False) -> list[StepResult]:
+    """Apply a host's steps under its deploy lock, append the outcome to the audit log, always unlock, announce."""
+    change.lock(wait)
+    finished = False
+    try:
+        results = change.apply()
         finished = True
         return results
     finally:
-        failure = next((result for result in executor.results if result.status == "failed"), None)
-        outcome = "failed" if failure else "ok" if finished else "interrupted"
-        entry = audit_entry(
-            command,
-            version=release.version,
-            previous=previous.version if previous else None,
-            result=outcome,
-            seconds=round(time.time() - started, 1),
-        )
-        procedure.record_and_unlock(remote, settings, entry)
-        announce(entry, f"{failure.step}: {failure.error.splitlines()[0]}" if failure else "")
+        failure = next((result for result in change.executor.results if result.status == "failed"), None)
+        change.finish("failed" if failure else "ok" if finished else "interrupted")
 
 
 def _local_id(engine: docker.DockerClient, ref: str) -> str:
@@ -193,75 +265,174 @@ def deploy(
     wait: bool = False,
 ) -> list[StepResult]:
     """Put release `version` (API image `image`, already built locally) on the config's host."""
-    settings = config.settings
     front = frontend.shipped(config)  # built and checked here, before the host is touched
     secrets = deploy_secrets(config)
-    release = Release(settings, version)
     with open_host(config) as remote:
-        procedure.require_bootstrapped(remote, settings)
-        facts = gather_facts(remote, settings.base_dir)
-        previous = current_release(remote, settings)
-        executor = Executor(remote, check=check, redact=secrets.redact, progress=progress)
-        engine = operator_engine()
-        release_image = api_image(settings, version)
-        if image != release_image and not check:
-            # Releases always run `api:VERSION`, so a given image is tagged with the release's name.
-            local_image(engine, image)  # one clear line if it is missing
-            repository, tag = release_image.rsplit(":", 1)
-            engine.images.get(image).tag(repository, tag)
-        api = sent_api_image(engine, image, release_image, check)
-        rendered = release_files(config, secrets, version, True, facts.memory_mb, api.image_id)
-        files = [ManagedFile(item.path, item.content.encode(), item.mode) for item in rendered]
-        files.append(ManagedFile(f"{release.directory}/slug", f"{release.slug}\n".encode()))
-        images = settings.images
-        roles = {"api": release_image, **data_images(settings), "nginx": images.nginx}
-        roles |= {f"monitoring-{index}": ref for index, ref in enumerate(monitoring_images(settings))}
-        if not check:
-            ids = {role: _local_id(engine, ref) for role, ref in roles.items()}
-            env_file = next(item.content for item in rendered if item.path.endswith("/api.env")).encode()
-            body = manifest(version, ids, env_file, bundle_commit(), operator())
-            files.append(ManagedFile(f"{release.directory}/manifest.json", body))
-        others = other_images(engine, list(roles.values()), api)
-        transport = transport_for(settings, engine, secrets)
-        image_steps = transport.steps(api, others, check)
-        steps = [
-            *image_steps,
-            *prepare_steps(
-                config, release, files, previous is None, stack_api_image(settings, version, api.image_id), front
-            ),
-            LlmKeysWarning(release),  # the new keys tried upstream before traffic moves; a warning, never a stop
-            *switch_steps(release, previous),
-            PruneReleases(settings, settings.keep_releases),
-            *transport.prune_steps(),
-            # Last: nginx now serves the ACME challenge folder, and a failed request leaves the release serving.
-            *certificate_steps(config),
-        ]
+        change = plan_deploy(config, remote, secrets, image, version, check, progress, front)
         if check:
-            # `inv deploy` builds the image before anything reaches the host; --check builds nothing.
-            return [*([] if api.image_id else [build_pending(api.ref, settings)]), *executor.apply_all(steps)]
-        announce = functools.partial(procedure.announce, notify.channels_for(settings, secrets), settings, config.env)
-        return _run_locked(remote, executor, "deploy", release, previous, steps, announce, wait)
+            return check_results(change)
+        return _run_locked(change, wait)
+
+
+def plan_deploy(
+    config: Config,
+    remote: RemoteHost,
+    secrets: Secrets,
+    image: str,
+    version: str,
+    check: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+    front: Shipped | None = None,
+    migrated_on: str = "",
+) -> HostRelease:
+    """Release `version` for the config's (first) host, read from it: every step, nothing applied yet.
+    `migrated_on`: the canary where migrations ran (several hosts), see prepare_steps."""
+    settings = config.settings
+    release = Release(settings, version)
+    procedure.require_bootstrapped(remote, settings)
+    facts = gather_facts(remote, settings.base_dir)
+    previous = current_release(remote, settings)
+    executor = Executor(remote, check=check, redact=secrets.redact, progress=progress)
+    engine = operator_engine()
+    release_image = api_image(settings, version)
+    if image != release_image and not check:
+        # Releases always run `api:VERSION`, so a given image is tagged with the release's name.
+        local_image(engine, image)  # one clear line if it is missing
+        repository, tag = release_image.rsplit(":", 1)
+        engine.images.get(image).tag(repository, tag)
+    api = sent_api_image(engine, image, release_image, check)
+    rendered = release_files(config, secrets, version, True, facts.memory_mb, api.image_id)
+    files = [ManagedFile(item.path, item.content.encode(), item.mode) for item in rendered]
+    files.append(ManagedFile(f"{release.directory}/slug", f"{release.slug}\n".encode()))
+    images = settings.images
+    roles = {"api": release_image, **data_images(settings), "nginx": images.nginx}
+    roles |= {f"monitoring-{index}": ref for index, ref in enumerate(monitoring_images(settings))}
+    if not check:
+        ids = {role: _local_id(engine, ref) for role, ref in roles.items()}
+        env_file = next(item.content for item in rendered if item.path.endswith("/api.env")).encode()
+        body = manifest(version, ids, env_file, bundle_commit(), operator())
+        files.append(ManagedFile(f"{release.directory}/manifest.json", body))
+    others = other_images(engine, list(roles.values()), api)
+    transport = transport_for(settings, engine, secrets)
+    image_steps = transport.steps(api, others, check)
+    stack_image = stack_api_image(settings, version, api.image_id)
+    steps = [
+        *image_steps,
+        *prepare_steps(config, release, files, previous is None, stack_image, front, migrated_on),
+        LlmKeysWarning(release),  # the new keys tried upstream before traffic moves; a warning, never a stop
+        *switch_steps(release, previous),
+        PruneReleases(settings, settings.keep_releases),
+        *transport.prune_steps(),
+        # Last: nginx now serves the ACME challenge folder, and a failed request leaves the release serving.
+        *certificate_steps(config),
+    ]
+    if check and not api.image_id:
+        # `inv deploy` builds the image before anything reaches the host; --check builds nothing.
+        executor.results.append(build_pending(api.ref, settings))
+    announce = functools.partial(procedure.announce, notify.channels_for(settings, secrets), settings, config.env)
+    return HostRelease(remote, executor, "deploy", release, previous, steps, announce, settings.hosts[0].label)
+
+
+def check_results(change: HostRelease) -> list[StepResult]:
+    """check mode: what each step would do, nothing locked or changed."""
+    return change.executor.apply_all(change.steps)
+
+
+def plan_rollback(
+    config: Config, remote: RemoteHost, secrets: Secrets, to: str | None, check: bool, follower: bool = False
+) -> HostRelease:
+    """The rollback of the config's (first) host to release `to` (default: the one before its current).
+    `follower`: a host after the canary of several, which may already serve `to` (a roll that stopped early)."""
+    settings = config.settings
+    target_host = settings.hosts[0].target
+    procedure.require_bootstrapped(remote, settings)
+    current = current_release(remote, settings)
+    if current is None:
+        raise StepFailed(f"{target_host}: nothing deployed yet: run inv deploy")
+    history = procedure.history(remote, settings)
+    version = to or rollback_target(history, current.version)
+    if version is None:
+        raise StepFailed(f"{target_host}: no earlier release to roll back to (history: {' '.join(history)})")
+    release = Release(settings, version)
+    executor = Executor(remote, check=check, redact=secrets.redact)
+    announce = functools.partial(procedure.announce, notify.channels_for(settings, secrets), settings, config.env)
+    label = settings.hosts[0].label
+    if follower and version == current.version:
+        steps: list[Step] = [Skipped("switch traffic", f"skipped: {label} already serves {version}")]
+        return HostRelease(remote, executor, "rollback", release, current, steps, announce, label)
+    procedure.require_kept(remote, release)
+    return HostRelease(
+        remote, executor, "rollback", release, current, switch_steps(release, current, warm=True), announce, label
+    )
 
 
 def rollback(config: Config, to: str | None = None, check: bool = False, wait: bool = False) -> list[StepResult]:
     """Serve an earlier release again (default: the one before the current), through the same health gate."""
-    settings = config.settings
     secrets = load_secrets(config.secrets_path)
-    target_host = settings.hosts[0].target
     with open_host(config) as remote:
-        procedure.require_bootstrapped(remote, settings)
-        current = current_release(remote, settings)
-        if current is None:
-            raise StepFailed(f"{target_host}: nothing deployed yet: run inv deploy")
-        history = procedure.history(remote, settings)
-        version = to or rollback_target(history, current.version)
-        if version is None:
-            raise StepFailed(f"{target_host}: no earlier release to roll back to (history: {' '.join(history)})")
-        release = Release(settings, version)
-        procedure.require_kept(remote, release)
-        executor = Executor(remote, check=check, redact=secrets.redact)
-        steps = switch_steps(release, current, warm=True)
+        change = plan_rollback(config, remote, secrets, to, check)
         if check:
-            return executor.apply_all(steps)
-        announce = functools.partial(procedure.announce, notify.channels_for(settings, secrets), settings, config.env)
-        return _run_locked(remote, executor, "rollback", release, current, steps, announce, wait)
+            return check_results(change)
+        return _run_locked(change, wait)
+
+
+def deploy_hosts(
+    config: Config,
+    image: str,
+    version: str,
+    check: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+    wait: bool = False,
+) -> list[HostOutcome]:
+    """Release `version` on every app host: every host read and its lock taken first, then the canary (the first
+    host, where migrations run) deployed and gated, then the others `deploy.batch` at a time (appliance/rollout.py).
+    A failure stops the roll; the hosts not started keep their release. check mode: each host's plan, no lock."""
+    front = frontend.shipped(config)
+    secrets = deploy_secrets(config)
+    hosts = config.app_hosts()
+    canary = hosts[0].settings.hosts[0].label
+    with contextlib.ExitStack() as opened:
+        changes = []
+        for index, host_config in enumerate(hosts):
+            label = host_config.settings.hosts[0].label
+            remote = opened.enter_context(open_host(host_config))
+            labelled = _labelled_progress(progress, label) if progress else None
+            changes.append(
+                plan_deploy(
+                    host_config, remote, secrets, image, version, check, labelled, front, canary if index else ""
+                )
+            )
+        if check:
+            return rollout.fan_out([(change.host, functools.partial(_checked, change)) for change in changes])
+        return rollout.roll(changes, config.settings.deploy.batch, wait)
+
+
+def rollback_hosts(config: Config, to: str | None = None, check: bool = False, wait: bool = False) -> list[HostOutcome]:
+    """Every app host back to release `to` (default: the one before the canary's current), canary first, one at a
+    time, through the same gate; a host that already serves it is left as it is."""
+    secrets = load_secrets(config.secrets_path)
+    hosts = config.app_hosts()
+    with contextlib.ExitStack() as opened:
+        remotes = [opened.enter_context(open_host(host_config)) for host_config in hosts]
+        canary = plan_rollback(hosts[0], remotes[0], secrets, to, check)
+        version = canary.release.version
+        changes = [canary] + [
+            plan_rollback(host_config, remote, secrets, version, check, follower=True)
+            for host_config, remote in zip(hosts[1:], remotes[1:], strict=True)
+        ]
+        if check:
+            return rollout.fan_out([(change.host, functools.partial(_checked, change)) for change in changes])
+        return rollout.roll(changes, 1, wait)
+
+
+def _checked(change: HostRelease) -> HostOutcome:
+    return failed_outcome(change.host, check_results(change))
+
+
+def _labelled_progress(progress: Callable[[str, int, int], None], host: str) -> Callable[[str, int, int], None]:
+    """A transfer's progress with the host before each item's name, so two hosts' bars stay apart."""
+
+    def update(name: str, done: int, total: int) -> None:
+        progress(f"{host}: {name}", done, total)
+
+    return update

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import time
 from collections.abc import Iterator
 
@@ -54,27 +55,32 @@ class StepLines:
         self.console = console
         self.verbose = verbose
         self.interactive = console.is_terminal and not console.is_dumb_terminal
-        self._spinner = Spinner("dots", style="cyan")
-        self._running: tuple[str, float] | None = None
+        # Steps under way, by name: one at a time on one host; one per host when several run at once, each name
+        # labelled with its host (appliance/rollout.py's HostLines).
+        self._running: dict[str, tuple[Spinner, float]] = {}
+        self._lock = threading.Lock()
 
     def started(self, step: str) -> None:
-        self._running = (step, time.monotonic())
+        with self._lock:
+            self._running[step] = (Spinner("dots", style="cyan"), time.monotonic())
 
     def command(self, verb: str, text: str) -> None:
         if self.verbose:
             self.console.print(Text(f"      {verb}: {text}", "dim"))
 
     def finished(self, result: StepResult) -> None:
-        self._running = None
+        with self._lock:
+            self._running.pop(result.step, None)
         self.console.print(step_line(result))
 
     def __rich__(self) -> RenderableType:
-        """What the Live display redraws (several times a second): the running step and its elapsed time."""
-        if self._running is None:
-            return Group()
-        step, since = self._running
-        self._spinner.update(text=Text.assemble(f" {step}  ", (f"{time.monotonic() - since:.0f}s", "dim")))
-        return self._spinner
+        """What the Live display redraws (several times a second): each running step and its elapsed time."""
+        with self._lock:
+            running = list(self._running.items())
+        now = time.monotonic()
+        for step, (spinner, since) in running:
+            spinner.update(text=Text.assemble(f" {step}  ", (f"{now - since:.0f}s", "dim")))
+        return Group(*(spinner for _step, (spinner, _since) in running))
 
 
 @contextlib.contextmanager

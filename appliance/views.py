@@ -19,6 +19,15 @@ AUDIT_TAIL = 2000
 SERVICES = ("api", "postgres", "redis", "nginx", "llm-stub", "prometheus", "alertmanager", "node-exporter", "relay")
 
 
+def host_heading(settings: Settings, hosts: int) -> str:
+    """The line before a host's block when a view shows several hosts (`settings`: that host's, first in hosts);
+    nothing for one host, whose view stays as it was."""
+    if hosts < 2:
+        return ""
+    host = settings.hosts[0]
+    return f"\n=== {host.label} ({host.target})\n"
+
+
 def releases_probe(settings: Settings) -> str:
     """Prints `@current PATH`, `@history V...`, `@release V MANIFEST-JSON` lines, then the audit log's tail."""
     paths = settings.paths
