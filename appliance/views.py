@@ -127,9 +127,18 @@ def status_sections(settings: Settings, current: Release | None) -> list[tuple[s
     sections = [("containers", containers), ("resources", usage), ("disk", disk), ("memory", "free -m")]
     if current is not None:
         sections.insert(1, (f"health of release {current.version}", health_answer(current)))
+    if len(settings.hosts) > 1:
+        sections.insert(0, ("load balancer", drain_state(settings)))
     if settings.monitoring.enabled:
         sections.append(("monitoring", monitor_command(settings.base_dir)))
     return sections
+
+
+def drain_state(settings: Settings) -> str:
+    """Whether `inv host.drain` holds this host (settings.hosts[0]) out of the load balancer, and since when."""
+    flag, name = sh(settings.paths.drain_flag), sh(settings.hosts[0].label)
+    drained = f"printf 'drained: %s (inv host.undrain %s)\\n' \"$(tr -d '\\n' < {flag})\" {name}"
+    return f"if [ -e {flag} ]; then {drained}; else echo 'in service (not drained)'; fi"
 
 
 def monitor_command(base_dir: str) -> str:

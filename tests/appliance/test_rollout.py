@@ -30,6 +30,7 @@ from appliance.rollout import (
     waves,
 )
 from appliance.steps import Always, Note, Step
+from appliance.views import status_sections
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit
@@ -390,3 +391,16 @@ def test_a_host_failing_before_the_switch_keeps_serving_and_one_not_started_is_a
     assert [entry["result"] for entry in audit(tmp_path / "b")] == ["not started"]
     assert not (tmp_path / "a" / "shared" / "deploy.lock").exists()
     assert not (tmp_path / "b" / "shared" / "deploy.lock").exists()
+
+
+def test_status_of_one_of_several_hosts_says_whether_it_is_drained(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, TWO_HOSTS)).with_host("127.0.0.1:2223")
+    settings = config.settings.model_copy(update={"base_dir": str(tmp_path / "base")})
+    sections = dict(status_sections(settings, None))
+    assert "load balancer" not in dict(status_sections(settings.model_copy(update={"hosts": settings.hosts[:1]}), None))
+    assert LocalHost().run(sections["load balancer"]).stdout == "in service (not drained)\n"
+    Path(settings.paths.drain_flag).parent.mkdir(parents=True)
+    Path(settings.paths.drain_flag).write_text('{"who": "alice@laptop", "since": "2026-12-02T06:00:00+00:00"}\n')
+    assert LocalHost().run(sections["load balancer"]).stdout == (
+        'drained: {"who": "alice@laptop", "since": "2026-12-02T06:00:00+00:00"} (inv host.undrain 127.0.0.1:2223)\n'
+    )
