@@ -590,7 +590,7 @@ namespace = Collection(
 
 
 DRAIN_HELP = {
-    "name": "the host: USER@ADDRESS:PORT as in the config's [[hosts]] (or an address only one of them has)",
+    "name": "the host: its name in the config's [[hosts]] (name, else ADDRESS or ADDRESS:PORT), or USER@ADDRESS:PORT",
     "check": "show what would change; change nothing",
     "verbose": VERBOSE_HELP,
 }
@@ -601,9 +601,9 @@ def host_drain(c: Context, loaded: Config, name: str, check: bool = False, verbo
     """Take one host out of the load balancer: its /api/health answers 503; requests and WebSockets in flight go on."""
     with step_lines(verbose):
         host, results = drain.set_drained(loaded, name, drained=True, check=check)
-    print_outcome(results, f"{host.target}: drain", host.target)
+    print_outcome(results, f"{host.label}: drain", host.label)
     if not check:
-        print(drain.DRAINED_NOTE.format(host=host.target))
+        print(drain.DRAINED_NOTE.format(host=host.label))
 
 
 @host_task(name="undrain", positional=["name"], help=DRAIN_HELP)
@@ -611,7 +611,7 @@ def host_undrain(c: Context, loaded: Config, name: str, check: bool = False, ver
     """Put a drained host back: its /api/health answers from the API again, and the load balancer sends it traffic."""
     with step_lines(verbose):
         host, results = drain.set_drained(loaded, name, drained=False, check=check)
-    print_outcome(results, f"{host.target}: undrain", host.target)
+    print_outcome(results, f"{host.label}: undrain", host.label)
 
 
 namespace.add_collection(Collection("host", host_drain, host_undrain))

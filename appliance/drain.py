@@ -102,36 +102,20 @@ class Undrain:
         return [Run(f"rm -f {sh(self.settings.paths.drain_flag)} && {site_answers(False)}", "remove the drain flag")]
 
 
-def host_label(host: Host) -> str:
-    """A host as the operator names it to drain: USER@ADDRESS:PORT."""
-    return host.target
-
-
 def pick_host(config: Config, wanted: str) -> Host:
-    """The config's host that `wanted` names (USER@ADDRESS:PORT, ADDRESS:PORT, or an address only one host has); a
-    one-line ConfigError otherwise, and with one host, which has nowhere to send its traffic."""
-    settings = config.settings
-    hosts = settings.hosts
-    if drain_flag_in_nginx(settings) is None:
+    """The config's host that `wanted` names (its label, USER@LABEL or USER@ADDRESS:PORT: Host.answers_to); a one-line
+    ConfigError otherwise, and with one host, which has nowhere to send its traffic."""
+    hosts = config.settings.hosts
+    if drain_flag_in_nginx(config.settings) is None:
         raise ConfigError(
             f"{config.path}: host.drain needs several [[hosts]] behind a load balancer: the only host would just fail "
             "its health check with no other to take the traffic"
         )
-    matches = [
-        host
-        for host in hosts
-        if wanted in (host.target, f"{host.address}:{host.port}", getattr(host, "name", None))
-        or (wanted == host.address and sum(other.address == wanted for other in hosts) == 1)
-    ]
+    matches = [host for host in hosts if host.answers_to(wanted)]
     if len(matches) != 1:
-        known = ", ".join(host_label(host) for host in hosts)
+        known = ", ".join(host.label for host in hosts)
         raise ConfigError(f"{config.path}: {wanted!r} names none of the environment's hosts: one of {known}")
     return matches[0]
-
-
-def aimed_at(config: Config, host: Host) -> Config:
-    """The config with `host` as its only host, which open_host connects to."""
-    return Config(config.path, config.env, config.environments, config.settings.model_copy(update={"hosts": [host]}))
 
 
 def set_drained(config: Config, wanted: str, drained: bool, check: bool = False) -> tuple[Host, list[StepResult]]:
@@ -140,5 +124,5 @@ def set_drained(config: Config, wanted: str, drained: bool, check: bool = False)
     settings = config.settings
     step = Drain(settings, operator(), time.time()) if drained else Undrain(settings)
     secrets = load_secrets(config.secrets_path)
-    with open_host(aimed_at(config, host)) as remote:
+    with open_host(config.on_host(host)) as remote:
         return host, Executor(remote, check=check, redact=secrets.redact).apply_all([step])

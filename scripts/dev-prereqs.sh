@@ -23,6 +23,7 @@ if [ "$want_servers" = 1 ]; then
   packages+=(postgresql redis-server nginx-light prometheus testssl.sh wrk docker-registry)
   packages+=(prometheus-alertmanager)  # amtool: the monitoring tests check Alertmanager's config
   packages+=(pebble)  # Let's Encrypt's test ACME server: the ACME e2e issues and renews through it
+  packages+=(haproxy)  # the scale-out e2e's stand-in for the Tencent CLB, health-checking both hosts
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -1,12 +1,38 @@
-"""A config of several app hosts for the unit tier: the example's, with more [[hosts]] beside the first."""
+"""A config of several app hosts for the unit tier: the example's production, with more [[hosts]] beside its first,
+the managed data and COS uploads several hosts need (the config refuses them otherwise)."""
 
 from __future__ import annotations
 
-from appliance.config import Config
+from appliance.config import Config, load_config
+from tests.certificates import issue_chain
+
+SHARED = """
+[environments.production.database]
+host = "db.internal.example.com"
+name = "appliance"
+user = "appliance_app"
+ca_file = "tencentdb-ca.pem"
+
+[environments.production.redis]
+host = "redis.internal.example.com"
+ca_file = "tencentdb-ca.pem"
+
+[environments.production.service]
+artifact_storage = "cos"
+artifact_cos_bucket = "agents-files-1250000000"
+"""
+SECRETS = "DATABASE_PASSWORD=db-secret\nMANAGED_REDIS_PASSWORD=redis-secret\nCOS_SECRET_ID=AKIDx\nCOS_SECRET_KEY=k\n"
 
 
 def with_hosts(config: Config, *addresses: str) -> Config:
-    """`config` with one more app host per address (the first host's user, port and key): its load balancer's pool."""
+    """`config` (the example's, in a folder of its own) with one more production host per address: its CLB's pool."""
     first = config.settings.hosts[0]
-    hosts = [first, *(first.model_copy(update={"address": address}) for address in addresses)]
-    return Config(config.path, config.env, config.environments, config.settings.model_copy(update={"hosts": hosts}))
+    hosts = "".join(
+        f'\n[[environments.production.hosts]]\naddress = "{address}"\nkey = "{first.key}"\n' for address in addresses
+    )
+    (config.path.parent / "tencentdb-ca.pem").write_text(issue_chain("db.internal.example.com").root)
+    with config.path.open("a", encoding="utf-8") as toml:
+        toml.write(hosts + SHARED)
+    with config.secrets_path.open("a", encoding="utf-8") as secrets:
+        secrets.write(SECRETS)
+    return load_config(config.path, config.env)

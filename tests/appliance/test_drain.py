@@ -45,7 +45,7 @@ def test_a_name_picks_one_host_and_anything_else_is_one_line(example: Config) ->
     first = pool.settings.hosts[0]
     assert pick_host(pool, "10.0.0.12").address == "10.0.0.12"
     assert pick_host(pool, f"{first.user}@10.0.0.13:{first.port}").address == "10.0.0.13"
-    assert pick_host(pool, f"{first.address}:{first.port}") == first
+    assert pick_host(pool, first.label) == first
     with pytest.raises(ConfigError, match=r"'10\.0\.0\.99' names none of the environment's hosts: one of .*0\.12"):
         pick_host(pool, "10.0.0.99")
 
@@ -77,7 +77,9 @@ def test_undrain_removes_only_a_flag_that_is_there(example: Config) -> None:
 
 
 def test_several_hosts_render_the_drain_check_in_both_health_locations(example: Config) -> None:
-    text = site(with_hosts(example, "10.0.0.12"))
+    pool = with_hosts(example, "10.0.0.12")
+    text = site(pool)
+    assert site(pool.on_host(pool.settings.hosts[1])) == text  # what a deploy renders for the second host
     assert text.count("if (-f /etc/nginx/conf.d/drained) {") == 2
     assert text.count("""return 503 '{"status":"draining"}\\n';""") == 2
     assert "location = /api/health {" in text and "location = /health {" in text

@@ -43,8 +43,8 @@ def _as_postgres() -> list[str]:
 
 
 @contextmanager
-def _postgres(folder: Path, cert: Path, key: Path) -> Iterator[int]:
-    """A cluster whose pg_hba.conf has hostssl lines only: a plaintext TCP connection finds no entry."""
+def _postgres(folder: Path, cert: Path, key: Path, host: str) -> Iterator[int]:
+    """A cluster on `host` whose pg_hba.conf has hostssl lines only: a plaintext TCP connection finds no entry."""
     data, port = folder / "pg", free_port()
     pwfile = _write(folder / "pwfile", PASSWORD + "\n", 0o600)
     if os.geteuid() == 0:
@@ -56,11 +56,13 @@ def _postgres(folder: Path, cert: Path, key: Path) -> Iterator[int]:
          "--auth-local=trust", "--auth-host=scram-sha-256"],
         check=True, capture_output=True,
     )  # fmt: skip
+    # Loopback clients; on another address (the Docker bridge's, for the sandboxes) any client, still TLS only.
+    clients = ("127.0.0.1/32", "::1/128") if host == SERVER_NAME else ("0.0.0.0/0", "::/0")
     (data / "pg_hba.conf").write_text(
-        "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\nhostssl all all ::1/128 scram-sha-256\n"
+        "local all all trust\n" + "".join(f"hostssl all all {network} scram-sha-256\n" for network in clients)
     )
     options = (
-        f"-p {port} -k {folder} -c listen_addresses=localhost -c ssl=on "
+        f"-p {port} -k {folder} -c listen_addresses={host} -c ssl=on "
         f"-c ssl_cert_file={cert} -c ssl_key_file={key} -c fsync=off"
     )
     subprocess.run(
@@ -74,19 +76,17 @@ def _postgres(folder: Path, cert: Path, key: Path) -> Iterator[int]:
 
 
 @contextmanager
-def _redis(folder: Path, cert: Path, key: Path, ca: Path) -> Iterator[int]:
-    """redis-server on a TLS port only (--port 0): nothing listens for plaintext."""
+def _redis(folder: Path, cert: Path, key: Path, ca: Path, host: str) -> Iterator[int]:
+    """redis-server on `host`, a TLS port only (--port 0): nothing listens for plaintext."""
     port = free_port()
     proc = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", "0", "--tls-port", str(port),
+        ["redis-server", "--bind", "127.0.0.1" if host == SERVER_NAME else host, "--port", "0", "--tls-port", str(port),
          "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
          "--tls-auth-clients", "no", "--requirepass", PASSWORD, "--save", "", "--appendonly", "no",
          "--dir", str(folder)],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    client = redis.Redis(
-        host=SERVER_NAME, port=port, password=PASSWORD, ssl=True, ssl_ca_certs=str(ca), socket_timeout=2
-    )
+    client = redis.Redis(host=host, port=port, password=PASSWORD, ssl=True, ssl_ca_certs=str(ca), socket_timeout=2)
     try:
         wait_until(lambda: bool(client.ping()), 20, "the TLS-only redis-server")
         yield port
@@ -96,16 +96,17 @@ def _redis(folder: Path, cert: Path, key: Path, ca: Path) -> Iterator[int]:
 
 
 @contextmanager
-def tls_servers() -> Iterator[TlsServers]:
-    """Both servers, with certificates for `SERVER_NAME` from a fresh CA; all removed afterwards."""
+def tls_servers(host: str = SERVER_NAME) -> Iterator[TlsServers]:
+    """Both servers on `host` (SERVER_NAME: loopback; or an address, such as the Docker bridge's), with certificates
+    for it from a fresh CA; all removed afterwards."""
     folder = Path(tempfile.mkdtemp(prefix="managed-data-", dir="/tmp"))
-    chain, stranger = issue_chain(SERVER_NAME), issue_chain(SERVER_NAME)
+    chain, stranger = issue_chain(host), issue_chain(host)
     cert = _write(folder / "server.crt", chain.bundle, 0o644)
     key = _write(folder / "server.key", chain.key, 0o600)
     ca = _write(folder / "ca.pem", chain.root, 0o644)
     wrong_ca = _write(folder / "wrong-ca.pem", stranger.root, 0o644)
     try:
-        with _redis(folder, cert, key, ca) as redis_port, _postgres(folder, cert, key) as pg_port:
+        with _redis(folder, cert, key, ca, host) as redis_port, _postgres(folder, cert, key, host) as pg_port:
             yield TlsServers(pg_port, redis_port, ca, wrong_ca, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
