@@ -94,7 +94,16 @@ class HostLines:
 
 def fan_out(jobs: Sequence[tuple[str, Callable[[], HostOutcome]]]) -> list[HostOutcome]:
     """Run each host's job in a thread of its own (its step lines labelled with the host) and wait for all; an
-    error in one job is that host's failed outcome, never the others' stop. Outcomes in the jobs' order."""
+    error in one job is that host's failed outcome, never the others' stop. Outcomes in the jobs' order. Ctrl-C
+    waits for the jobs under way, then raises KeyboardInterrupt."""
+    outcomes, interrupted = _in_threads(jobs)
+    if interrupted:
+        raise KeyboardInterrupt
+    return outcomes
+
+
+def _in_threads(jobs: Sequence[tuple[str, Callable[[], HostOutcome]]]) -> tuple[list[HostOutcome], bool]:
+    """fan_out's work: the outcomes, and whether Ctrl-C came while the threads ran."""
     parent = current_watcher()
     outcomes: list[HostOutcome | None] = [None] * len(jobs)
 
@@ -112,9 +121,13 @@ def fan_out(jobs: Sequence[tuple[str, Callable[[], HostOutcome]]]) -> list[HostO
         threading.Thread(target=run, args=(index, host, job), name=f"host {host}")
         for index, (host, job) in enumerate(jobs)
     ]
-    for thread in threads:
-        thread.start()
     interrupted = False
+    try:
+        for thread in threads:
+            thread.start()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted: waiting for the hosts under way to finish their steps\n")
+        interrupted = True  # the jobs not started have no outcome: a roll skips their hosts
     for thread in threads:
         while thread.is_alive():  # Ctrl-C cannot stop a host's commands half-way: let them end, then stop
             try:
@@ -123,9 +136,7 @@ def fan_out(jobs: Sequence[tuple[str, Callable[[], HostOutcome]]]) -> list[HostO
                 if not interrupted:
                     sys.stderr.write("interrupted: waiting for the hosts under way to finish their steps\n")
                 interrupted = True
-    if interrupted:
-        raise KeyboardInterrupt
-    return [outcome for outcome in outcomes if outcome is not None]
+    return [outcome for outcome in outcomes if outcome is not None], interrupted
 
 
 class HostChange(Protocol):
@@ -162,17 +173,21 @@ def lock_all(changes: Sequence[HostChange], wait: bool) -> None:
 
 def roll(changes: Sequence[HostChange], batch: int, wait: bool = False) -> list[HostOutcome]:
     """Lock every host, then the canary alone, then `batch` at a time; the first wave with a failed host ends
-    the roll and the hosts after it are skipped (keeping their release). Outcomes in host order."""
+    the roll and the hosts after it are skipped (keeping their release). Outcomes in host order. Ctrl-C ends it
+    after the wave under way, the rest skipped, then raises KeyboardInterrupt."""
     lock_all(changes, wait)
     outcomes: dict[str, HostOutcome] = {}
+    interrupted = False
     try:
         for wave in waves(changes, batch):
-            done = fan_out([(change.host, change.run) for change in wave])
+            done, interrupted = _in_threads([(change.host, change.run) for change in wave])
             outcomes.update((outcome.host, outcome) for outcome in done)
-            if any(outcome.status == "failed" for outcome in done):
+            if interrupted or any(outcome.status == "failed" for outcome in done):
                 break
     finally:
         for change in changes:
             if change.host not in outcomes:
                 outcomes[change.host] = change.skip()
+    if interrupted:
+        raise KeyboardInterrupt
     return [outcomes[change.host] for change in changes]

@@ -3,11 +3,13 @@ host's part of a deploy run for real against local bash (lock folder, audit log)
 
 from __future__ import annotations
 
+import _thread
 import dataclasses
 import json
 import subprocess
 import textwrap
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -404,3 +406,18 @@ def test_status_of_one_of_several_hosts_says_whether_it_is_drained(tmp_path: Pat
     assert LocalHost().run(sections["load balancer"]).stdout == (
         'drained: {"who": "alice@laptop", "since": "2026-12-02T06:00:00+00:00"} (inv host.undrain 127.0.0.1:2223)\n'
     )
+
+
+def test_ctrl_c_lets_the_hosts_under_way_finish_then_skips_the_rest() -> None:
+    log: list[str] = []
+
+    @dataclass
+    class Interrupted(FakeChange):
+        def run(self) -> HostOutcome:
+            _thread.interrupt_main()  # the operator's Ctrl-C, while this host works
+            time.sleep(0.3)
+            return super().run()
+
+    with pytest.raises(KeyboardInterrupt):
+        roll([FakeChange("a", log), Interrupted("b", log), FakeChange("c", log)], batch=1)
+    assert log == ["lock a", "lock b", "lock c", "run a", "run b", "skip c"]
