@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 from invoke.collection import Collection
@@ -40,6 +41,7 @@ from appliance.deploy import rollback as rollback_release
 from appliance.errors import ConfigError, StepFailed
 from appliance.facts import gather_facts
 from appliance.live import console, step_lines
+from appliance.private_ca import operator_ca
 from appliance.procedure import break_lock
 from appliance.progress import TransferProgress
 from appliance.releases import current_release
@@ -109,6 +111,8 @@ def bootstrap_host(c: Context, loaded: Config, check: bool = False, diff: bool =
     if loaded.settings.host.ssh_open_to_all:
         print(f"warning: SSH on {target} stays open to any address: set host.ssh_allow_from to your networks")
     if len(hosts) > 1:
+        if not check:
+            one_private_ca(loaded)
         with step_lines(verbose):
             outcomes = fan_out(
                 [(label_of(host), functools.partial(bootstrap_one, host, check, diff)) for host in hosts]
@@ -118,6 +122,18 @@ def bootstrap_host(c: Context, loaded: Config, check: bool = False, diff: bool =
     with step_lines(verbose):
         facts, results = bootstrap(hosts[0], check=check, diff=print if diff else None)
     print_outcome(results, f"{target}: {facts.summary()}", target)
+
+
+def one_private_ca(loaded: Config) -> None:
+    """tls.mode "self-signed" on several hosts: the CA made (or remade for a changed list of hosts) here, once,
+    before the hosts' threads, each of which would otherwise make its own and sign its host's leaf with it."""
+    if loaded.settings.tls.mode != "self-signed":
+        return
+    ca, now = operator_ca(loaded), datetime.now(timezone.utc)
+    new = ca.why_new(now)
+    ca.ensure(now)
+    if new:
+        print(new)
 
 
 def label_of(host: Config) -> str:

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import _thread
 import dataclasses
+import functools
 import json
 import subprocess
 import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
+from appliance.bootstrap.tls import private_ca_certificate
 from appliance.config import Config, load_config
 from appliance.deploy import HostRelease, SwitchTraffic, prepare_steps
 from appliance.errors import ConfigError, StepFailed
@@ -421,3 +424,30 @@ def test_ctrl_c_lets_the_hosts_under_way_finish_then_skips_the_rest() -> None:
     with pytest.raises(KeyboardInterrupt):
         roll([FakeChange("a", log), Interrupted("b", log), FakeChange("c", log)], batch=1)
     assert log == ["lock a", "lock b", "lock c", "run a", "run b", "skip c"]
+
+
+def test_several_hosts_bootstrap_under_one_private_ca_made_before_their_threads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The hosts' threads each issue their leaf from the CA: made first, once, they all sign with the same one."""
+    import tasks
+
+    config = load_config(write(tmp_path, TWO_HOSTS))
+    tasks.one_private_ca(config)
+    assert "a new private CA in" in capsys.readouterr().out
+    hosts = config.app_hosts()
+    issued = fan_out(
+        [(host.settings.hosts[0].label, functools.partial(_issue_with_the_ca_there, host)) for host in hosts]
+    )
+    assert [outcome.status for outcome in issued] == ["ok", "ok", "ok"]
+    assert len({outcome.serving for outcome in issued}) == 1  # one CA certificate
+    assert (config.ca_path / "ca.pem").read_text() == issued[0].serving
+    tasks.one_private_ca(config)
+    assert capsys.readouterr().out == ""  # it serves every host: not made again
+
+
+def _issue_with_the_ca_there(host: Config) -> HostOutcome:
+    step = private_ca_certificate(host)
+    assert step.ca_certificate is not None and step.new_ca_note is None
+    files = step.ca.issue(host.settings.hosts[0].address, datetime.now(timezone.utc))
+    return HostOutcome(host.settings.hosts[0].label, "ok", serving=files["ca.pem"].decode())
