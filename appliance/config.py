@@ -111,6 +111,9 @@ class Host(_Section):
     name: Annotated[
         str | None, _matching(r"[a-z0-9][a-z0-9_.-]{0,62}", "must be lower-case letters, digits, '.', '_' or '-'")
     ] = None
+    # The CVM's address inside the VPC, where the other hosts reach it (one Prometheus scraping every host), when
+    # `address` is a public one (an EIP) for SSH. Default: `address`.
+    private_address: str | None = Field(default=None, min_length=1)
 
     @property
     def target(self) -> str:
@@ -120,6 +123,11 @@ class Host(_Section):
     def label(self) -> str:
         """The host's stable name in reports and for `--host NAME`."""
         return self.name or (self.address if self.port == 22 else f"{self.address}:{self.port}")
+
+    @property
+    def vpc_address(self) -> str:
+        """Where the other app hosts reach this one."""
+        return self.private_address or self.address
 
     def answers_to(self, given: str) -> bool:
         """Whether `--host given` names this host: its label, USER@LABEL or its full USER@ADDRESS:PORT."""
@@ -625,6 +633,15 @@ class Config:
     settings: Settings
     # The label of the one configured host `--host NAME` picked; None: a task acts on every host.
     picked: str | None = None
+    # [[hosts]] in the file's order, kept by on_host (which puts the host acted on first in settings.hosts); ():
+    # settings.hosts is that order.
+    pool: tuple[Host, ...] = ()
+
+    @property
+    def configured_hosts(self) -> tuple[Host, ...]:
+        """[[hosts]] as the file lists them, whichever host this config acts on (its first: the canary, and the
+        host whose Prometheus scrapes the others)."""
+        return self.pool or tuple(self.settings.hosts)
 
     def resolve(self, relative: str) -> Path:
         """A path from the config, relative to the config file's folder, `~` expanded."""
@@ -652,13 +669,14 @@ class Config:
     def on_host(self, host: Host) -> Config:
         """This config acting on `host`: it comes first in `settings.hosts` (where every per-host operation looks),
         the others stay listed after it (the private CA's scope names them all)."""
-        others = [item for item in self.settings.hosts if item.label != host.label]
-        return dataclasses.replace(self, settings=self.settings.model_copy(update={"hosts": [host, *others]}))
+        others = [item for item in self.configured_hosts if item.label != host.label]
+        settings = self.settings.model_copy(update={"hosts": [host, *others]})
+        return dataclasses.replace(self, settings=settings, pool=self.configured_hosts)
 
     def app_hosts(self) -> list[Config]:
         """One config per host a task acts on, in [[hosts]] order (the first is a deploy's canary): every host, or
         the one `--host NAME` picked."""
-        hosts = [host for host in self.settings.hosts if self.picked in (None, host.label)]
+        hosts = [host for host in self.configured_hosts if self.picked in (None, host.label)]
         return [self.on_host(host) for host in hosts]
 
 

@@ -94,6 +94,15 @@ def test_several_hosts_with_shared_uploads_and_managed_data_load_each_with_a_sta
         ["203.0.113.11", "app-1", "127.0.0.1:2223"],
         ["127.0.0.1:2223", "app-1", "203.0.113.11"],
     ]
+    # Whichever host a config acts on, the file's order stays known (the first host's Prometheus scrapes the others).
+    picked = config.with_host("127.0.0.1:2223")
+    for item in [*per_host, picked, *picked.app_hosts()]:
+        assert [host.label for host in item.configured_hosts] == ["app-1", "203.0.113.11", "127.0.0.1:2223"]
+    assert [host.vpc_address for host in config.settings.hosts] == ["203.0.113.10", "203.0.113.11", "127.0.0.1"]
+    private = load_config(
+        write(tmp_path, TWO_HOSTS.replace('name = "app-1"', 'name = "app-1"\nprivate_address = "10.0.0.7"'))
+    )
+    assert private.settings.hosts[0].vpc_address == "10.0.0.7" and private.settings.hosts[0].address == "203.0.113.10"
 
 
 @pytest.mark.parametrize(
