@@ -309,8 +309,9 @@ def logs(
 
 @host_task(name="break")
 def lock_break(c: Context, loaded: Config) -> None:
-    """Remove a deploy lock left by a deploy that died; the audit log records who broke whose lock."""
-    print(break_lock(loaded))
+    """Remove a deploy lock left by a deploy that died (on each host); the audit log records who broke whose lock."""
+    for host in loaded.app_hosts():
+        print(break_lock(host))
 
 
 @host_task(
