@@ -38,6 +38,9 @@ MIGRATION_URL_FILE = "migration.url"
 CONTENT_TAG_PREFIX = "id-"
 # Where the stack's services read shared/monitoring (HostPaths.monitoring), the whole folder mounted read-only.
 MONITORING_IN_CONTAINER = "/etc/appliance/monitoring"
+# Where the monitoring host's Prometheus finds the private CA's certificate (tls.mode "self-signed"), to check the
+# other hosts' sites with.
+SITE_CA_IN_CONTAINER = "/etc/appliance/site-ca.pem"
 # Where nginx's container sees HostPaths.nginx (the compose file mounts that folder as conf.d).
 NGINX_CONF_IN_CONTAINER = "/etc/nginx/conf.d"
 # The status of the site's health answer while the host is drained (appliance/drain.py): what tells it from a sick
@@ -255,6 +258,41 @@ def drain_flag_in_nginx(settings: Settings) -> str | None:
     return f"{NGINX_CONF_IN_CONTAINER}/{PurePosixPath(settings.paths.drain_flag).name}"
 
 
+@dataclass(frozen=True)
+class ScrapedHost:
+    """Another app host as the monitoring host's Prometheus reaches it: through its nginx on the VPC address, its
+    certificate checked for the name the host's site certificate carries."""
+
+    label: str
+    address: str  # the VPC address (Host.vpc_address)
+    server_name: str
+
+
+@dataclass(frozen=True)
+class HostsMonitoring:
+    """One Prometheus for several app hosts (docs/monitoring.md, "Several hosts"): it runs on the first configured
+    host, which scrapes the others; every other host runs only its node exporter and lets that host (and
+    monitoring.metrics_allow_from) read its /metrics and /metrics/node, with METRICS_PASSWORD."""
+
+    here: str | None  # this host's label for the samples' `host` label; None with one host (files as before)
+    runs_prometheus: bool
+    peers: tuple[ScrapedHost, ...]  # what this host's Prometheus scrapes besides its own stack
+    metrics_allow: tuple[str, ...]  # who nginx lets read /metrics: metrics_allow_from, and the monitoring host
+
+
+def hosts_monitoring(config: Config) -> HostsMonitoring:
+    """How monitoring spans the environment's app hosts, seen from the one this config acts on (settings.hosts[0])."""
+    settings = config.settings
+    allow = tuple(settings.monitoring.metrics_allow_from)
+    if len(settings.hosts) < 2 or not settings.monitoring.enabled:
+        return HostsMonitoring(None, True, (), allow)
+    here, first, *others = settings.hosts[0], *config.configured_hosts
+    if here.label == first.label:
+        peers = tuple(ScrapedHost(host.label, host.vpc_address, settings.domain or host.address) for host in others)
+        return HostsMonitoring(here.label, True, peers, allow)
+    return HostsMonitoring(here.label, False, (), (*allow, first.vpc_address))
+
+
 def data_images(settings: Settings) -> dict[str, str]:
     """The data images a host needs, by service: those the stack runs, and postgres's as the dump and drill tool
     of a managed database that the appliance backs up (appliance/backup/dump.py)."""
@@ -304,6 +342,10 @@ def stack_context(
         "database_url": managed_database_url(settings, secrets, reveal),
         "redis_url": managed_redis_url(settings, secrets, reveal),
         "data_ca": (DATA_CA_FOLDER, DATA_CA_IN_CONTAINER) if settings.database or settings.redis else None,
+        "hosts_monitoring": hosts_monitoring(config),
+        "metrics_password": _metrics_password(config, secrets, reveal) if hosts_monitoring(config).peers else "",
+        "site_ca_in_container": SITE_CA_IN_CONTAINER,
+        "tls": settings.tls,
         "drain_flag": drain_flag_in_nginx(settings),
         "drain_status": DRAIN_STATUS,
     }
@@ -365,19 +407,28 @@ def monitoring_files(
     ]
 
 
-def metrics_htpasswd(config: Config, secrets: Secrets, reveal: bool) -> str:
-    """nginx's user file for /metrics (user "metrics", salted SHA-1 as nginx's {SSHA} scheme reads it)."""
-    if not config.settings.monitoring.metrics_allow_from:
-        return "# /metrics is not served: monitoring.metrics_allow_from is empty\n"
+def _metrics_password(config: Config, secrets: Secrets, reveal: bool) -> str:
+    """METRICS_PASSWORD (masked unless `reveal`); one line naming why it is needed when it is not set."""
     password = secrets.get("METRICS_PASSWORD")
     if password is None or not password.reveal():
-        raise ConfigError(
-            f"{config.path}: monitoring.metrics_allow_from needs the METRICS_PASSWORD secret in {secrets.source}"
+        why = (
+            "monitoring.metrics_allow_from"
+            if config.settings.monitoring.metrics_allow_from
+            else "monitoring with several [[hosts]] (the first host's Prometheus reads the others' /metrics)"
         )
+        raise ConfigError(f"{config.path}: {why} needs the METRICS_PASSWORD secret in {secrets.source}")
+    return password.reveal() if reveal else MASK
+
+
+def metrics_htpasswd(config: Config, secrets: Secrets, reveal: bool) -> str:
+    """nginx's user file for /metrics (user "metrics", salted SHA-1 as nginx's {SSHA} scheme reads it)."""
+    if not hosts_monitoring(config).metrics_allow:
+        return "# /metrics is not served: monitoring.metrics_allow_from is empty\n"
+    password = _metrics_password(config, secrets, reveal)
     if not reveal:
         return f"metrics:{MASK}\n"
     salt = os.urandom(8)
-    digest = hashlib.sha1(password.reveal().encode() + salt).digest()  # noqa: S324 - the scheme nginx reads
+    digest = hashlib.sha1(password.encode() + salt).digest()  # noqa: S324 - the scheme nginx reads
     return f"metrics:{{SSHA}}{base64.b64encode(digest + salt).decode()}\n"
 
 

@@ -78,8 +78,7 @@ def test_undrain_removes_only_a_flag_that_is_there(example: Config) -> None:
 
 def test_several_hosts_render_the_drain_check_in_both_health_locations(example: Config) -> None:
     pool = with_hosts(example, "10.0.0.12")
-    text = site(pool)
-    assert site(pool.on_host(pool.settings.hosts[1])) == text  # what a deploy renders for the second host
-    assert text.count("if (-f /etc/nginx/conf.d/drained) {") == 2
-    assert text.count("""return 503 '{"status":"draining"}\\n';""") == 2
-    assert "location = /api/health {" in text and "location = /health {" in text
+    for text in (site(pool), site(pool.on_host(pool.settings.hosts[1]))):  # what a deploy renders for each host
+        assert text.count("if (-f /etc/nginx/conf.d/drained) {") == 2
+        assert text.count("""return 503 '{"status":"draining"}\\n';""") == 2
+        assert "location = /api/health {" in text and "location = /health {" in text
