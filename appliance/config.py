@@ -657,6 +657,12 @@ class Config:
         """The folder of the appliance's private CA (tls.mode "self-signed"), on the operator's machine."""
         return self.resolve(self.settings.tls.ca_dir or f".appliance-ca/{self.settings.name}-{self.env}")
 
+    @property
+    def on_first_host(self) -> bool:
+        """Whether this config acts on the first of [[hosts]]: the canary, and the one host of several that takes
+        the scheduled backups (they share one managed database: one dump each time)."""
+        return self.settings.hosts[0].label == self.configured_hosts[0].label
+
     def with_host(self, target: str) -> Config:
         """This config aimed at `--host target`: one of [[hosts]] when it names one (Host.answers_to), else
         `user@address[:port]` instead of [[hosts]]."""

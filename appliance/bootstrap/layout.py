@@ -81,7 +81,8 @@ def boot_unit(settings: Settings) -> list[Step]:
     ]
 
 
-def cron_entries(settings: Settings) -> list[Step]:
+def cron_entries(settings: Settings, backs_up: bool = True) -> list[Step]:
+    """The host's cron entries; `backs_up`: this host takes the scheduled backups (of several, the first)."""
     metrics = settings.paths.metrics
     containers = sh(settings.paths.script("container-metrics.sh"), settings.name, f"{metrics}/containers.prom")
     entries: list[Step] = [
@@ -95,7 +96,7 @@ def cron_entries(settings: Settings) -> list[Step]:
         ),
     ]
     backup_cron = f"/etc/cron.d/{settings.name}-backup"
-    if settings.backup.enabled:
+    if settings.backup.enabled and backs_up:
         content = render_template(
             "systemd/backup.cron.j2",
             {
@@ -138,4 +139,9 @@ def layout_steps(config: Config, facts: HostFacts) -> list[Step]:
 
 def service_steps(config: Config) -> list[Step]:
     """What needs Docker in place: TLS, the unit that starts the stack at boot, cron."""
-    return [*tls_steps(config), *boot_unit(config.settings), *backup_steps(config), *cron_entries(config.settings)]
+    return [
+        *tls_steps(config),
+        *boot_unit(config.settings),
+        *backup_steps(config),
+        *cron_entries(config.settings, config.on_first_host),
+    ]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.bootstrap.layout import cron_entries
 from appliance.bootstrap.tls import private_ca_certificate
 from appliance.config import Config, load_config
 from appliance.deploy import HostRelease, SwitchTraffic, prepare_steps
@@ -460,3 +461,21 @@ def _issue_with_the_ca_there(host: Config) -> HostOutcome:
     assert step.ca_certificate is not None and step.new_ca_note is None
     files = step.ca.issue(host.settings.hosts[0].address, datetime.now(timezone.utc))
     return HostOutcome(host.settings.hosts[0].label, "ok", serving=files["ca.pem"].decode())
+
+
+def test_of_several_hosts_only_the_first_takes_the_scheduled_backups() -> None:
+    config = load_config(REPO / "appliance.example.toml")
+    backup = config.settings.backup.model_copy(update={"enabled": True})
+    second = config.settings.hosts[0].model_copy(update={"address": "203.0.113.11"})
+    settings = config.settings.model_copy(update={"backup": backup, "hosts": [config.settings.hosts[0], second]})
+    several = dataclasses.replace(config, settings=settings)
+    cron = f"/etc/cron.d/{settings.name}-backup"
+    kinds = {}
+    for host in several.app_hosts():
+        steps = cron_entries(host.settings, host.on_first_host)
+        kinds[host.settings.hosts[0].label] = [
+            step.name for step in steps if cron in step.name or "backup" in step.name
+        ]
+    assert kinds == {"203.0.113.10": [f"file {cron}"], "203.0.113.11": ["backup cron off"]}
+    one = dataclasses.replace(config, settings=config.settings.model_copy(update={"backup": backup}))
+    assert [step.name for step in cron_entries(one.settings, one.on_first_host)][-1] == f"file {cron}"  # as before
