@@ -243,8 +243,10 @@ def build_pending(ref: str, settings: Settings) -> StepResult:
 
 
 def required_secrets(settings: Settings) -> list[str]:
-    """The secrets a deploy refuses to start without (the generated ones it makes itself); `inv config` warns."""
-    return ["AI_API_KEY", *transport_secrets(settings)]
+    """The secrets a deploy refuses to start without (the generated ones it makes itself); `inv config` warns.
+    Several hosts with monitoring: METRICS_PASSWORD, with which the first host's Prometheus scrapes the others."""
+    several = len(settings.hosts) > 1 and settings.monitoring.enabled
+    return ["AI_API_KEY", *transport_secrets(settings), *(["METRICS_PASSWORD"] if several else [])]
 
 
 def deploy_secrets(config: Config) -> Secrets:

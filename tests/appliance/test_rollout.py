@@ -20,7 +20,7 @@ import pytest
 from appliance.bootstrap.layout import cron_entries
 from appliance.bootstrap.tls import private_ca_certificate
 from appliance.config import Config, load_config
-from appliance.deploy import HostRelease, SwitchTraffic, prepare_steps
+from appliance.deploy import HostRelease, SwitchTraffic, prepare_steps, required_secrets
 from appliance.errors import ConfigError, StepFailed
 from appliance.executor import Executor, StepResult, watching
 from appliance.releases import Release
@@ -479,3 +479,11 @@ def test_of_several_hosts_only_the_first_takes_the_scheduled_backups() -> None:
     assert kinds == {"203.0.113.10": [f"file {cron}"], "203.0.113.11": ["backup cron off"]}
     one = dataclasses.replace(config, settings=config.settings.model_copy(update={"backup": backup}))
     assert [step.name for step in cron_entries(one.settings, one.on_first_host)][-1] == f"file {cron}"  # as before
+
+
+def test_several_hosts_with_monitoring_need_the_metrics_password_before_any_build(tmp_path: Path) -> None:
+    settings = load_config(write(tmp_path, TWO_HOSTS)).settings
+    assert "METRICS_PASSWORD" in required_secrets(settings)
+    assert "METRICS_PASSWORD" not in required_secrets(settings.model_copy(update={"hosts": settings.hosts[:1]}))
+    quiet = settings.model_copy(update={"monitoring": settings.monitoring.model_copy(update={"enabled": False})})
+    assert "METRICS_PASSWORD" not in required_secrets(quiet)
