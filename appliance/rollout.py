@@ -45,19 +45,19 @@ class HostOutcome:
 
 
 def failed_outcome(host: str, results: Sequence[StepResult], serving: str = "") -> HostOutcome:
-    """`ok` when no step failed, else `failed` with the first failed step's reason on one line."""
+    """`ok` when no step failed, else `failed` with the first failed step's reason (the API's last log lines after
+    a failed health gate, as one host's error shows them)."""
     failed = next((result for result in results if result.status == "failed"), None)
     if failed is None:
         return HostOutcome(host, "ok", list(results), serving=serving)
-    first_line = failed.error.splitlines()[0] if failed.error else "failed"
-    return HostOutcome(host, "failed", list(results), f"{failed.step}: {first_line}", serving)
+    return HostOutcome(host, "failed", list(results), f"{failed.step}: {failed.error or 'failed'}", serving)
 
 
 def outcome_line(outcome: HostOutcome) -> str:
     """`app-1: ok, serves v2`, `app-2: failed (health gate: ...), serves v1`, `app-3: not started, serves v1`."""
     line = f"{outcome.host}: {outcome.status}"
     if outcome.error:
-        line += f" ({outcome.error})"
+        line += f" ({outcome.error.splitlines()[0]})"
     return line + (f", serves {outcome.serving}" if outcome.serving else "")
 
 
@@ -67,12 +67,14 @@ def report_lines(outcomes: Sequence[HostOutcome]) -> list[str]:
 
 
 def require_all_ok(outcomes: Sequence[HostOutcome], what: str) -> None:
-    """Raise one line naming the hosts that did not end ok (the per-host lines are already printed)."""
-    failed = [outcome.host for outcome in outcomes if outcome.status == "failed"]
+    """Raise a line naming the hosts that did not end ok, then each failed host's reason in full (the per-host
+    lines are already printed)."""
+    failed = [outcome for outcome in outcomes if outcome.status == "failed"]
     skipped = [outcome.host for outcome in outcomes if outcome.status == "not started"]
     if failed:
         untouched = f"; not started: {', '.join(skipped)}" if skipped else ""
-        raise StepFailed(f"{what} failed on {', '.join(failed)}{untouched}")
+        reasons = "".join(f"\n{outcome.host}: {outcome.error}" for outcome in failed)
+        raise StepFailed(f"{what} failed on {', '.join(outcome.host for outcome in failed)}{untouched}{reasons}")
 
 
 class HostLines:
@@ -113,7 +115,7 @@ def _in_threads(jobs: Sequence[tuple[str, Callable[[], HostOutcome]]]) -> tuple[
             try:
                 outcomes[index] = job()
             except ApplianceError as exc:
-                outcomes[index] = HostOutcome(host, "failed", error=str(exc).splitlines()[0])
+                outcomes[index] = HostOutcome(host, "failed", error=str(exc))
             except Exception as exc:  # a bug on one host must still leave the others their run and report
                 outcomes[index] = HostOutcome(host, "failed", error=f"unexpected {type(exc).__name__}: {exc}")
 
