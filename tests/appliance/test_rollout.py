@@ -6,6 +6,7 @@ from __future__ import annotations
 import _thread
 import dataclasses
 import functools
+import io
 import json
 import subprocess
 import textwrap
@@ -16,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from appliance.bootstrap.layout import cron_entries
 from appliance.bootstrap.tls import private_ca_certificate
@@ -23,6 +25,7 @@ from appliance.config import Config, load_config
 from appliance.deploy import HostRelease, SwitchTraffic, prepare_steps, required_secrets
 from appliance.errors import ConfigError, StepFailed
 from appliance.executor import Executor, StepResult, watching
+from appliance.live import StepLines
 from appliance.releases import Release
 from appliance.rollout import (
     HostOutcome,
@@ -493,3 +496,21 @@ def test_several_hosts_with_monitoring_need_the_metrics_password_before_any_buil
     assert "METRICS_PASSWORD" not in required_secrets(settings.model_copy(update={"hosts": settings.hosts[:1]}))
     quiet = settings.model_copy(update={"monitoring": settings.monitoring.model_copy(update={"enabled": False})})
     assert "METRICS_PASSWORD" not in required_secrets(quiet)
+
+
+def test_the_live_display_shows_every_host_s_running_step() -> None:
+    screen = Console(file=io.StringIO(), width=100, record=True)
+    lines = StepLines(screen)
+    lines.started("app-1: packages")
+    lines.started("app-2: docker engine")
+    screen.print(lines.__rich__())
+    assert [
+        "app-1: packages" in line or "app-2: docker engine" in line for line in screen.export_text().splitlines()
+    ] == [
+        True,
+        True,
+    ]
+    lines.finished(StepResult("app-1: packages", "changed", 1.0))
+    screen.print(lines.__rich__())
+    after = screen.export_text().splitlines()
+    assert "changed  app-1: packages" in after[0] and "app-2: docker engine" in after[1] and len(after) == 2
