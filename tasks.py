@@ -323,7 +323,18 @@ def lock_break(c: Context, loaded: Config) -> None:
     },
 )
 def tls_renew(c: Context, loaded: Config, force: bool = False, check: bool = False, verbose: bool = False) -> None:
-    """The site's certificate, issued or renewed when due (30 days) or forced: ACME, or the private CA."""
+    """The site's certificate, issued or renewed when due (30 days) or forced: ACME, or the private CA (on each host,
+    one after another)."""
+    hosts = loaded.app_hosts()
+    if len(hosts) > 1:
+        outcomes = []
+        with step_lines(verbose):
+            for host in hosts:
+                results = tls.renew(host, force=force, check=check)
+                outcomes.append(failed_outcome(label_of(host), results))
+        print_outcomes(outcomes, f"TLS certificate for {tls.site_name(loaded.settings)}", "tls.renew")
+        return
+    loaded = hosts[0]
     target = loaded.settings.hosts[0].target
     name = tls.site_name(loaded.settings)
     with step_lines(verbose):
