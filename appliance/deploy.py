@@ -10,6 +10,7 @@ the new API is stopped, and its last log lines and health answer are printed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Mapping
@@ -23,7 +24,7 @@ from appliance import release_commands as commands
 from appliance.bootstrap.tls import certificate_steps
 from appliance.build import LOCK, bundle_commit
 from appliance.config import Config, Settings
-from appliance.errors import StepFailed
+from appliance.errors import ApplianceError, StepFailed
 from appliance.executor import Executor, StepResult
 from appliance.facts import gather_facts
 from appliance.frontend import Shipped
@@ -186,15 +187,19 @@ class HostRelease:
         return self.previous.version if self.previous else "(none)"
 
     def run(self) -> HostOutcome:
-        """`apply` under the lock already held, then `finish`: rollout.HostChange.run."""
-        finished = False
+        """`apply` under the lock already held, then `finish`: rollout.HostChange.run. An error between steps (the
+        SSH session lost) is this host's failure, with the steps it got through."""
+        finished, error = False, ""
         try:
             self.apply()
             finished = True
+        except ApplianceError as exc:
+            error = str(exc)
         finally:
             failed = any(result.status == "failed" for result in self.executor.results)
-            self.finish("failed" if failed else "ok" if finished else "interrupted")
-        return failed_outcome(self.host, self.executor.results, self.serving())
+            self.finish("failed" if failed or error else "ok" if finished else "interrupted")
+        outcome = failed_outcome(self.host, self.executor.results, self.serving())
+        return dataclasses.replace(outcome, status="failed", error=error) if error else outcome
 
     def skip(self) -> HostOutcome:
         """The roll stopped before this host: audited as not started, lock released; it keeps its release."""

@@ -23,7 +23,7 @@ from appliance.bootstrap.layout import cron_entries
 from appliance.bootstrap.tls import private_ca_certificate
 from appliance.config import Config, load_config
 from appliance.deploy import HostRelease, SwitchTraffic, prepare_steps, required_secrets
-from appliance.errors import ConfigError, StepFailed
+from appliance.errors import ConfigError, SshError, StepFailed
 from appliance.executor import Executor, StepResult, watching
 from appliance.live import StepLines
 from appliance.releases import Release
@@ -523,3 +523,27 @@ def test_the_live_display_shows_every_host_s_running_step() -> None:
     screen.print(lines.__rich__())
     after = screen.export_text().splitlines()
     assert "changed  app-1: packages" in after[0] and "app-2: docker engine" in after[1] and len(after) == 2
+
+
+class DroppingHost(LocalHost):
+    """Local bash, until a command that the SSH session does not survive."""
+
+    def run(self, command: str, timeout: int | None = None) -> Outcome:
+        if "drop-the-session" in command:
+            raise SshError("root@203.0.113.11:22: the SSH session was lost")
+        return super().run(command, timeout)
+
+
+def test_a_host_whose_session_drops_mid_roll_is_failed_with_its_steps_and_stops_the_roll(tmp_path: Path) -> None:
+    config = load_config(REPO / "appliance.example.toml")
+    steps: list[Step] = [Always("stack up", "true", "up"), Always("migrations", "drop-the-session", "migrate")]
+    first = host_change(config, tmp_path / "a", steps)
+    first.executor = Executor(DroppingHost())
+    second = host_change(config, tmp_path / "b", [SwitchTraffic("switch", "true", "x")], "app-2")
+    outcomes = roll([first, second], batch=1)
+    assert report_lines(outcomes) == [
+        "app-1: failed (root@203.0.113.11:22: the SSH session was lost), serves v1",
+        "app-2: not started, serves v1",
+    ]
+    assert [result.step for result in outcomes[0].results] == ["stack up"]
+    assert [entry["result"] for entry in audit(tmp_path / "a")] == ["failed"]
