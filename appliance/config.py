@@ -598,11 +598,6 @@ class Settings(_Section):
                 f'hosts: {count} app hosts need shared uploads: set service.artifact_storage = "cos" '
                 "(with local storage each host would keep its own files)"
             )
-        if count > 1 and self.tls.mode == "acme":
-            raise ValueError(
-                f'hosts: tls.mode "acme" on {count} app hosts: behind the CLB a host\'s HTTP-01 challenge may reach '
-                'another host: use tls.mode "provided" (one certificate for every host, e.g. from Tencent SSL)'
-            )
         unmanaged = [table for table, managed in (("database", self.database), ("redis", self.redis)) if not managed]
         if count > 1 and unmanaged:
             raise ValueError(

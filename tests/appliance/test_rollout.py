@@ -143,15 +143,6 @@ def test_several_hosts_on_the_stacks_own_data_containers_is_one_line_naming_mana
     assert "set database and redis = { ... }" in error_of(write(tmp_path, neither))
 
 
-def test_several_hosts_with_acme_are_refused_naming_provided(tmp_path: Path) -> None:
-    path = write(
-        tmp_path, 'domain = "agents.example.com"\ntls = { mode = "acme", acme_email = "ops@example.com" }\n' + TWO_HOSTS
-    )
-    message = error_of(path)
-    assert message.endswith('use tls.mode "provided" (one certificate for every host, e.g. from Tencent SSL)')
-    assert len(message.splitlines()) == 1
-
-
 def test_two_hosts_answering_to_one_name_are_refused(tmp_path: Path) -> None:
     path = write(tmp_path, TWO_HOSTS.replace('address = "203.0.113.11"', 'address = "203.0.113.11"\nname = "app-1"'))
     assert error_of(path).endswith('hosts: app-1 listed twice: give each host its own name = "..."')
