@@ -24,6 +24,8 @@ from appliance.build import (
     context_entries,
     context_tar,
     download_command,
+    download_wheelhouse,
+    missing_from_wheelhouse,
     parse_lock,
     prune_wheelhouse,
     split_lock,
@@ -192,3 +194,20 @@ def test_the_wheelhouse_keeps_only_files_the_lock_names(tmp_path: Path) -> None:
     digest = hashlib.sha256(b"new").hexdigest()
     assert prune_wheelhouse(tmp_path, [Locked("six", "six==1.17.0\n", frozenset({digest}))]) == [kept]
     assert not stale.exists()
+
+
+def test_pip_runs_only_when_the_wheelhouse_lacks_a_locked_file(tmp_path: Path) -> None:
+    folder, lock = tmp_path / "wheelhouse", tmp_path / "requirements.lock"
+    folder.mkdir()
+    (folder / "six-1.17.0-py2.py3-none-any.whl").write_bytes(b"six")
+    six, idna = hashlib.sha256(b"six").hexdigest(), hashlib.sha256(b"idna").hexdigest()
+    lock.write_text(f"six==1.17.0 \\\n    --hash=sha256:{six}\nidna==3.10 \\\n    --hash=sha256:{idna}\n")
+    locked = parse_lock(lock.read_text())
+    assert [item.name for item in missing_from_wheelhouse(folder, locked)] == ["idna"]
+    # `false` stands in for the python that runs pip: asked to download, the build fails in one line.
+    with pytest.raises(ApplianceError, match="downloading the wheelhouse"):
+        download_wheelhouse("/bin/false", "linux/amd64", lock, folder)
+    (folder / "idna-3.10-py3-none-any.whl").write_bytes(b"idna")
+    assert missing_from_wheelhouse(folder, locked) == []
+    kept = download_wheelhouse("/bin/false", "linux/amd64", lock, folder)  # complete: pip never runs
+    assert [path.name for path in kept] == ["idna-3.10-py3-none-any.whl", "six-1.17.0-py2.py3-none-any.whl"]
