@@ -139,7 +139,7 @@ class Runner:
                     plain["redis-aof"] = work / "redis-aof.tar"
                     dump.tar_folder(dump.volume_path(f"{project}_redisdata"), plain["redis-aof"], [aof_dir])
                 versions["redis"] = dump.redis_cli(redis, "INFO", "server").split("redis_version:")[1].split()[0]
-            paths = HostPaths(self.settings.base_dir)
+            paths = self.settings.paths
             base = Path(paths.base)
             if full:
                 artifacts = dump.volume_path(f"{project}_artifacts")
@@ -518,7 +518,7 @@ class Runner:
                 problems.append("artifact files differ from the manifest")
             if problems:
                 raise BackupError(f"restore of {identifier} finished but does not match: {'; '.join(problems)}")
-            current = _current_release(HostPaths(self.settings.base_dir))
+            current = _current_release(self.settings.paths)
             note = ""
             if manifest.release and current and manifest.release != current:
                 note = f" (taken under release {manifest.release}; {current} serves: the schema is now the older one's)"

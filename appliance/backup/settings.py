@@ -42,6 +42,9 @@ class ManagedDatabase:
 
 @dataclass(frozen=True)
 class HostSettings:
+    """What bootstrap tells the host's backup code: this appliance and its base folder on the host, where backups
+    go (COS, key prefix, age recipient), how long they stay, and which data a managed service holds instead."""
+
     name: str
     base_dir: str
     host: str
@@ -59,16 +62,21 @@ class HostSettings:
         return f"{self.prefix}{self.name}/"
 
     @property
+    def paths(self) -> HostPaths:
+        """The host's layout under `base_dir`."""
+        return HostPaths(self.base_dir)
+
+    @property
     def backups_dir(self) -> Path:
-        return Path(HostPaths(self.base_dir).backups)
+        return Path(self.paths.backups)
 
     @property
     def wal_spool(self) -> Path:
-        return Path(HostPaths(self.base_dir).wal_spool)
+        return Path(self.paths.wal_spool)
 
     @property
     def metrics_file(self) -> Path:
-        return Path(HostPaths(self.base_dir).metrics) / "backup.prom"
+        return Path(self.paths.metrics) / "backup.prom"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
