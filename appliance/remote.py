@@ -12,7 +12,7 @@ import secrets
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -97,28 +97,30 @@ class RemoteHost:
 
     def run(self, command: str, timeout: int | None = None) -> CommandResult:
         """Run `command` as root under `set -o pipefail`; transport failures raise SshError."""
-        wrapped = as_root(command, self.host.user)
-        try:
-            result = self.connection.run(wrapped, hide=True, warn=True, in_stream=False, timeout=timeout)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise SshError(f"{self.host.target}: connection lost while running a command: {exc}") from None
+        with self._connection_lost("running a command"):
+            result = self._invoke(command, hide=True, timeout=timeout)
         return CommandResult(result.stdout, result.stderr, result.exited)
+
+    def _invoke(self, command: str, **options: Any) -> Any:
+        """Invoke's run of `command` as root, with no standard input, its exit status returned (never raised: the
+        caller decides)."""
+        return self.connection.run(as_root(command, self.host.user), warn=True, in_stream=False, **options)
+
+    @contextlib.contextmanager
+    def _connection_lost(self, doing: str) -> Iterator[None]:
+        """A transport failure while `doing` something, as one SshError line."""
+        try:
+            yield
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SshError(f"{self.host.target}: connection lost while {doing}: {exc}") from None
 
     def follow(self, command: str, redact: Callable[[str], str], target: TextSink | None = None) -> int:
         """Run `command`, printing its output as it comes (redacted) to `target` (standard output); its exit
         status. It runs on a pseudo-terminal, so that Ctrl-C reaches it as the terminal's interrupt (without one
         it would wait forever for a command that never ends: `inv logs --follow`); see `_interrupt`."""
         out = _RedactingWriter(target or sys.stdout, redact)
-        try:
-            running = self.connection.run(
-                as_root(command, self.host.user),
-                out_stream=out,
-                err_stream=out,
-                warn=True,
-                in_stream=False,
-                pty=True,
-                asynchronous=True,
-            )
+        with self._connection_lost("running a command"):
+            running = self._invoke(command, out_stream=out, err_stream=out, pty=True, asynchronous=True)
             try:
                 while not running.runner.process_is_finished:
                     time.sleep(0.1)
@@ -126,8 +128,6 @@ class RemoteHost:
                 _interrupt(running.runner.channel)
                 raise
             result = running.join()
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise SshError(f"{self.host.target}: connection lost while running a command: {exc}") from None
         return int(result.exited)
 
     def upload(self, path: str, content: bytes, mode: int, owner: str, group: str) -> CommandResult:
@@ -145,7 +145,7 @@ class RemoteHost:
 
     def stream(self, command: str, chunks: Iterable[bytes], progress: Callable[[int], None]) -> CommandResult:
         """Run `command` as root on its own channel, feeding it `chunks` as standard input."""
-        try:
+        with self._connection_lost(f"streaming to {command!r}"):
             transport = self.connection.client.get_transport()
             assert transport is not None, "connected"
             channel = transport.open_session()
@@ -159,8 +159,6 @@ class RemoteHost:
             stdout = channel.makefile("rb").read().decode(errors="replace")
             stderr = channel.makefile_stderr("rb").read().decode(errors="replace")
             status = channel.recv_exit_status()
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise SshError(f"{self.host.target}: connection lost while streaming to {command!r}: {exc}") from None
         return CommandResult(stdout, stderr, status)
 
     def forward(self, port: int, transfer: Transfer) -> CommandResult:
