@@ -280,23 +280,31 @@ def _prepare_rootfs(rootfs: Path, release: str, mirror: DebianMirror) -> None:
 SANDBOX_WECOM_URL = "http://wecom-robot:8080/cgi-bin/webhook/send?key="
 STANDIN_IMAGES = BUNDLE_ROOT / "compose" / "standin-images"
 STANDINS = ("postgres", "redis", "nginx", "prometheus", "alertmanager", "node-exporter")
+# Stand-ins that share a folder of compose/standin-images/, and the build arguments that make each (the others are
+# built from the folder of their own name).
+STANDIN_BUILDS = {
+    "prometheus": ("prom", {"PACKAGE": "prometheus", "PROGRAM": "prometheus", "PORT": "9090"}),
+    "alertmanager": ("prom", {"PACKAGE": "prometheus-alertmanager", "PROGRAM": "alertmanager", "PORT": "9093"}),
+}
 
 
 def standin_image(client: docker.DockerClient, name: str) -> str:
-    """`cvm-standin/NAME:<content hash>` built from compose/standin-images/NAME on the base image, once."""
-    folder = STANDIN_IMAGES / name
+    """`cvm-standin/NAME:<hash of its folder and build arguments>` built on the base image, once."""
+    folder_name, arguments = STANDIN_BUILDS.get(name, (name, {}))
+    folder = STANDIN_IMAGES / folder_name
     digest = hashlib.sha256(BASE_IMAGE.encode())
     for path in sorted(folder.rglob("*")):
         if path.is_file():
             digest.update(path.name.encode() + path.read_bytes())
+    for argument, value in sorted(arguments.items()):
+        digest.update(f"{argument}={value}".encode())
     ref = f"cvm-standin/{name}:{digest.hexdigest()[:10]}"
     try:
         client.images.get(ref)
     except docker.errors.ImageNotFound:
+        buildargs = {"BASE_IMAGE": BASE_IMAGE, **arguments}
         try:
-            client.images.build(
-                path=str(folder), tag=ref, buildargs={"BASE_IMAGE": BASE_IMAGE}, rm=True, forcerm=True, pull=False
-            )
+            client.images.build(path=str(folder), tag=ref, buildargs=buildargs, rm=True, forcerm=True, pull=False)
         except docker.errors.BuildError as exc:
             raise SandboxError(f"building the {name} stand-in image failed: {exc.msg}") from None
     return ref
