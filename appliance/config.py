@@ -591,19 +591,23 @@ class Settings(_Section):
         count = len(self.hosts)
         labels = [host.label for host in self.hosts]
         twice = sorted({label for label in labels if labels.count(label) > 1})
-        if twice:
-            raise ValueError(f'hosts: {", ".join(twice)} listed twice: give each host its own name = "..."')
-        if count > 1 and self.service.artifact_storage != "cos":
-            raise ValueError(
-                f'hosts: {count} app hosts need shared uploads: set service.artifact_storage = "cos" '
-                "(with local storage each host would keep its own files)"
-            )
         unmanaged = [table for table, managed in (("database", self.database), ("redis", self.redis)) if not managed]
-        if count > 1 and unmanaged:
-            raise ValueError(
-                f"hosts: {count} app hosts need managed data: set {' and '.join(unmanaged)} = {{ ... }} (TencentDB, "
-                "docs/scaling.md step 2): each host's own containers would be a separate database"
-            )
+        problems = [
+            (twice, f'{", ".join(twice)} listed twice: give each host its own name = "..."'),
+            (
+                count > 1 and self.service.artifact_storage != "cos",
+                f'{count} app hosts need shared uploads: set service.artifact_storage = "cos" '
+                "(with local storage each host would keep its own files)",
+            ),
+            (
+                count > 1 and unmanaged,
+                f"{count} app hosts need managed data: set {' and '.join(unmanaged)} = {{ ... }} (TencentDB, "
+                "docs/scaling.md step 2): each host's own containers would be a separate database",
+            ),
+        ]
+        first = next((message for refused, message in problems if refused), None)
+        if first is not None:
+            raise ValueError(f"hosts: {first}")
         return self
 
     @model_validator(mode="after")

@@ -21,6 +21,7 @@ import docker.errors
 
 from appliance import frontend, notify, procedure, rollout
 from appliance import release_commands as commands
+from appliance.bootstrap.system import Noted
 from appliance.bootstrap.tls import certificate_steps
 from appliance.build import LOCK, bundle_commit
 from appliance.config import Config, Settings
@@ -44,7 +45,7 @@ from appliance.render import (
 from appliance.rollout import HostOutcome, failed_outcome
 from appliance.secrets import Secrets, ensure_generated, load_secrets
 from appliance.stack_steps import MonitoringFiles, ReleaseStack, StackUp
-from appliance.steps import Action, Always, Facts, ManagedFile, Note, Step
+from appliance.steps import Always, ManagedFile, Step
 from appliance.transport import transport_for, transport_secrets
 from appliance.warm import ApiUp, KeepWarm
 
@@ -52,20 +53,6 @@ from appliance.warm import ApiUp, KeepWarm
 @dataclass(frozen=True)
 class SwitchTraffic(Always):
     """The phase after which traffic has moved: a failure before it leaves the previous release serving."""
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A phase that this host leaves out, and why (a host after the canary: migrations already ran)."""
-
-    name: str
-    why: str
-
-    def probes(self) -> Mapping[str, str]:
-        return {}
-
-    def plan(self, facts: Facts) -> list[Action]:
-        return [Note(self.why)]
 
 
 def prepare_steps(
@@ -89,7 +76,7 @@ def prepare_steps(
     backup = [Always("backup", commands.pre_deploy_backup(release), "a backup before migrations")] if wanted else []
     migrate: Step = Always("migrations", commands.migrate(release), "apply database migrations")
     if migrated_on:
-        migrate = Skipped("migrations", f"skipped: they ran on {migrated_on}, the canary, under the advisory lock")
+        migrate = Noted("migrations", f"skipped: they ran on {migrated_on}, the canary, under the advisory lock")
     tag = commands.tag_stack_image(release, stack_image)
     same = stack_image in ("", api_image(release.settings, release.version))
     image = [] if same else [Always("stack image", tag, f"the API image also as {stack_image}, for the stack")]
@@ -274,8 +261,16 @@ def deploy(
     """Put release `version` (API image `image`, already built locally) on the config's host."""
     front = frontend.shipped(config)  # built and checked here, before the host is touched
     secrets = deploy_secrets(config)
+    return _on_host(
+        config, lambda remote: plan_deploy(config, remote, secrets, image, version, check, progress, front), check, wait
+    )
+
+
+def _on_host(config: Config, plan: Callable[[RemoteHost], HostRelease], check: bool, wait: bool) -> list[StepResult]:
+    """One host's deploy or rollback: planned over its session, then applied under its lock (check mode: only
+    what each step would do)."""
     with open_host(config) as remote:
-        change = plan_deploy(config, remote, secrets, image, version, check, progress, front)
+        change = plan(remote)
         if check:
             return check_results(change)
         return _run_locked(change, wait)
@@ -365,7 +360,7 @@ def plan_rollback(
     announce = functools.partial(procedure.announce, notify.channels_for(settings, secrets), settings, config.env)
     label = settings.hosts[0].label
     if follower and version == current.version:
-        steps: list[Step] = [Skipped("switch traffic", f"skipped: {label} already serves {version}")]
+        steps: list[Step] = [Noted("switch traffic", f"skipped: {label} already serves {version}")]
         return HostRelease(remote, executor, "rollback", release, current, steps, announce, label)
     procedure.require_kept(remote, release)
     return HostRelease(
@@ -376,11 +371,7 @@ def plan_rollback(
 def rollback(config: Config, to: str | None = None, check: bool = False, wait: bool = False) -> list[StepResult]:
     """Serve an earlier release again (default: the one before the current), through the same health gate."""
     secrets = load_secrets(config.secrets_path)
-    with open_host(config) as remote:
-        change = plan_rollback(config, remote, secrets, to, check)
-        if check:
-            return check_results(change)
-        return _run_locked(change, wait)
+    return _on_host(config, lambda remote: plan_rollback(config, remote, secrets, to, check), check, wait)
 
 
 def deploy_hosts(
@@ -409,9 +400,7 @@ def deploy_hosts(
                     host_config, remote, secrets, image, version, check, labelled, front, canary if index else ""
                 )
             )
-        if check:
-            return rollout.fan_out([(change.host, functools.partial(_checked, change)) for change in changes])
-        return rollout.roll(changes, config.settings.deploy.batch, wait)
+        return _roll(changes, check, config.settings.deploy.batch, wait)
 
 
 def rollback_hosts(config: Config, to: str | None = None, check: bool = False, wait: bool = False) -> list[HostOutcome]:
@@ -427,9 +416,14 @@ def rollback_hosts(config: Config, to: str | None = None, check: bool = False, w
             plan_rollback(host_config, remote, secrets, version, check, follower=True)
             for host_config, remote in zip(hosts[1:], remotes[1:], strict=True)
         ]
-        if check:
-            return rollout.fan_out([(change.host, functools.partial(_checked, change)) for change in changes])
-        return rollout.roll(changes, 1, wait)
+        return _roll(changes, check, 1, wait)
+
+
+def _roll(changes: list[HostRelease], check: bool, batch: int, wait: bool) -> list[HostOutcome]:
+    """Several hosts' changes rolled (rollout.roll); check mode: each host's plan at once, nothing locked."""
+    if check:
+        return rollout.fan_out([(change.host, functools.partial(_checked, change)) for change in changes])
+    return rollout.roll(changes, batch, wait)
 
 
 def _checked(change: HostRelease) -> HostOutcome:

@@ -8,8 +8,6 @@ import dataclasses
 import functools
 import io
 import json
-import subprocess
-import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,7 +21,7 @@ from appliance.bootstrap.layout import cron_entries
 from appliance.bootstrap.tls import private_ca_certificate
 from appliance.config import Config, load_config
 from appliance.deploy import HostRelease, SwitchTraffic, prepare_steps, required_secrets
-from appliance.errors import ConfigError, SshError, StepFailed
+from appliance.errors import SshError, StepFailed
 from appliance.executor import Executor, StepResult, watching
 from appliance.live import StepLines
 from appliance.releases import Release
@@ -40,6 +38,8 @@ from appliance.rollout import (
 )
 from appliance.steps import Always, Note, Step
 from appliance.views import status_sections
+from tests.appliance.test_config import MINIMAL, error_of, write
+from tests.appliance.test_executor import LocalHost, Outcome
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit
@@ -58,11 +58,11 @@ sslmode = "require"
 [redis]
 host = "redis.internal.example.com"
 ca_file = "tencentdb-ca.pem"
-
-[environments.production]
-[[environments.production.hosts]]
-address = "203.0.113.10"
-name = "app-1"
+"""
+# The example hosts of tests/appliance/test_config.py's MINIMAL (its first one named), and two more.
+TWO_HOSTS += (
+    MINIMAL
+    + """name = "app-1"
 [[environments.production.hosts]]
 address = "203.0.113.11"
 [[environments.production.hosts]]
@@ -70,18 +70,7 @@ address = "127.0.0.1"
 port = 2223
 user = "ops"
 """
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "appliance.toml"
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def error_of(path: Path) -> str:
-    with pytest.raises(ConfigError) as caught:
-        load_config(path)
-    return str(caught.value)
+)
 
 
 # --- the config ---
@@ -287,30 +276,6 @@ def test_lock_all_releases_nothing_it_did_not_take() -> None:
 
 
 # --- what several hosts' steps look like ---
-
-
-@dataclass
-class Outcome:
-    stdout: str
-    stderr: str
-    exit_code: int
-
-
-class LocalHost:
-    """Runs the commands with local bash (the SSH edge is e2e's), as tests/appliance/test_executor.py does."""
-
-    def run(self, command: str, timeout: int | None = None) -> Outcome:
-        done = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], capture_output=True, text=True)
-        return Outcome(done.stdout, done.stderr, done.returncode)
-
-    def upload(self, path: str, content: bytes, mode: int, owner: str, group: str) -> Outcome:
-        raise AssertionError("no uploads here")
-
-    def stream(self, command: str, chunks: object, progress: object) -> Outcome:
-        raise AssertionError("no streams here")
-
-    def forward(self, port: int, transfer: object) -> Outcome:
-        raise AssertionError("no forwards here")
 
 
 class Watcher:
