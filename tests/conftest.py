@@ -137,6 +137,20 @@ def build_config_file(folder: Path) -> Path:
     return path
 
 
+def example_config(folder: Path, keys: str = "sk-pool-one-1234") -> Config:
+    """appliance.example.toml copied into `folder`, with a secrets file (0600) holding `keys` as AI_API_KEY and the
+    generated passwords: what the render and unit tests start from."""
+    from appliance.secrets import ensure_generated
+
+    config_file = folder / "appliance.toml"
+    config_file.write_text((REPO / "appliance.example.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    secrets_file = folder / "secrets.env"
+    secrets_file.write_text(f"AI_API_KEY={keys}\n")
+    secrets_file.chmod(0o600)
+    ensure_generated(secrets_file, {})
+    return load_config(config_file)
+
+
 def as_foreground_job() -> None:
     """A `preexec_fn` for a task that the test interrupts as an operator's Ctrl-C would: SIGINT back to its default.
     A shell without job control starts background jobs with SIGINT ignored (`bash .ci/run &` does), every child

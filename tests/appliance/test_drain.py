@@ -3,19 +3,18 @@ health locations that read the flag (rendered for several hosts only, so one hos
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from appliance.config import Config, load_config
+from appliance.config import Config
 from appliance.drain import Drain, Undrain, pick_host
 from appliance.errors import ConfigError
 from appliance.render import release_files
-from appliance.secrets import ensure_generated, load_secrets
+from appliance.secrets import load_secrets
 from appliance.steps import Fact, Run
 from tests.appliance.several_hosts import with_hosts
-from tests.conftest import REPO
+from tests.conftest import example_config
 
 pytestmark = pytest.mark.unit
 
@@ -26,13 +25,7 @@ SERVING = Fact('{"status":"ok","version":"v1"}', 0)
 
 @pytest.fixture()
 def example(tmp_path: Path) -> Config:
-    config_file = tmp_path / "appliance.toml"
-    shutil.copy(REPO / "appliance.example.toml", config_file)
-    secrets_file = tmp_path / "secrets.env"
-    secrets_file.write_text("AI_API_KEY=sk-pool-one-1234\n")
-    secrets_file.chmod(0o600)
-    ensure_generated(secrets_file, {})
-    return load_config(config_file)
+    return example_config(tmp_path)
 
 
 def site(config: Config) -> str:

@@ -14,10 +14,10 @@ import yaml
 from appliance.config import Config, load_config
 from appliance.errors import ConfigError
 from appliance.render import release_files, write_tree
-from appliance.secrets import ensure_generated, load_secrets
+from appliance.secrets import load_secrets
 from tests.appliance.several_hosts import with_hosts
 from tests.certificates import issue_chain
-from tests.conftest import REPO
+from tests.conftest import example_config
 
 pytestmark = pytest.mark.unit
 
@@ -27,14 +27,8 @@ PASSWORD = "scrape-me-7d1e"
 @pytest.fixture()
 def pool(tmp_path: Path) -> Config:
     """The example's production (domain, ACME) with two more hosts, every one with a VPC address 10.0.0.1x."""
-    config_file = tmp_path / "appliance.toml"
-    shutil.copy(REPO / "appliance.example.toml", config_file)
-    secrets_file = tmp_path / "secrets.env"
-    secrets_file.write_text("AI_API_KEY=sk-pool-one-1234\n")
-    secrets_file.chmod(0o600)
-    ensure_generated(secrets_file, {})
     return with_hosts(
-        load_config(config_file), "203.0.113.12", "203.0.113.13", vpc="10.0.0.", metrics_password=PASSWORD
+        example_config(tmp_path), "203.0.113.12", "203.0.113.13", vpc="10.0.0.", metrics_password=PASSWORD
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -15,21 +14,15 @@ from appliance.backup.cos import CosTarget
 from appliance.config import Config, load_config
 from appliance.errors import ApplianceError, ConfigError
 from appliance.render import api_image, check_artifact_key, release_files, release_slug, stack_limits, write_tree
-from appliance.secrets import MASK, ensure_generated, load_secrets
+from appliance.secrets import MASK, load_secrets
 from service.settings import load_settings
 from service.storage import cos_config
-from tests.conftest import REPO
+from tests.conftest import REPO, example_config
 
 
 @pytest.fixture()
 def example(tmp_path: Path) -> Config:
-    config_file = tmp_path / "appliance.toml"
-    shutil.copy(REPO / "appliance.example.toml", config_file)
-    secrets_file = tmp_path / "secrets.env"
-    secrets_file.write_text("AI_API_KEY=sk-pool-one-1234,sk-pool-two-5678\n")
-    secrets_file.chmod(0o600)
-    ensure_generated(secrets_file, {})
-    return load_config(config_file)
+    return example_config(tmp_path, "sk-pool-one-1234,sk-pool-two-5678")
 
 
 @pytest.mark.unit

@@ -4,7 +4,6 @@ still serves, and removing the flag puts the API's own answer back. No reload at
 
 from __future__ import annotations
 
-import shutil
 import ssl
 import subprocess
 import threading
@@ -19,13 +18,13 @@ from typing import Any
 import httpx
 import pytest
 
-from appliance.config import Config, load_config
+from appliance.config import Config
 from appliance.drain import site_answers
 from appliance.render import release_files
-from appliance.secrets import ensure_generated, load_secrets
+from appliance.secrets import load_secrets
 from tests.appliance.several_hosts import with_hosts
 from tests.certificates import issue_chain
-from tests.conftest import REPO, free_port
+from tests.conftest import example_config, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -72,14 +71,9 @@ class Served:
 @pytest.fixture()
 def served(tmp_path: Path, api: int) -> Iterator[Served]:
     """nginx on 127.0.0.1 with the whole site of a two-host release (its listen ports and paths moved under tmp)."""
-    config_file = tmp_path / "appliance.toml"
-    shutil.copy(REPO / "appliance.example.toml", config_file)
-    secrets_file = tmp_path / "secrets.env"
-    secrets_file.write_text("AI_API_KEY=sk-pool-one-1234\n")
-    secrets_file.chmod(0o600)
-    ensure_generated(secrets_file, {})
-    config: Config = with_hosts(load_config(config_file), "10.0.0.12")
-    files = {Path(item.path).name: item.content for item in release_files(config, load_secrets(secrets_file, {}), "v1")}
+    config: Config = with_hosts(example_config(tmp_path), "10.0.0.12")
+    rendered = release_files(config, load_secrets(config.secrets_path, {}), "v1")
+    files = {Path(item.path).name: item.content for item in rendered}
     conf_d, certs, www = tmp_path / "conf.d", tmp_path / "certs", tmp_path / "www"
     for folder in (conf_d, certs, www):
         folder.mkdir()
