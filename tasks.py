@@ -36,10 +36,11 @@ from appliance.cli import (
 from appliance.config import Config
 from appliance.console_login import console_login
 from appliance.deploy import deploy as deploy_release
-from appliance.deploy import deploy_hosts, deploy_secrets, required_secrets, rollback_hosts
+from appliance.deploy import deploy_secrets, required_secrets
 from appliance.deploy import rollback as rollback_release
 from appliance.errors import ConfigError, StepFailed
 from appliance.facts import gather_facts
+from appliance.fleet import deploy_hosts, rollback_hosts
 from appliance.live import console, step_lines
 from appliance.private_ca import operator_ca
 from appliance.procedure import break_lock
@@ -179,9 +180,8 @@ def deploy(
         image = build_api_image(loaded, version)
     if len(loaded.app_hosts()) > 1:
         with step_lines(verbose), TransferProgress() as streamed:
-            outcomes = deploy_hosts(
-                loaded, image or api_image(loaded.settings, version), version, check, streamed.update, wait
-            )
+            image = image or api_image(loaded.settings, version)
+            outcomes = deploy_hosts(loaded, image, version, check=check, progress=streamed.update, wait=wait)
         print_outcomes(outcomes, f"release {version}", f"deploy of {version}")
         if not check:
             print(f"release {version} is serving on {len(outcomes)} hosts: {site_origin(loaded)}/")
@@ -213,7 +213,7 @@ def rollback(
     several hosts, on each of them, the first one first."""
     if len(loaded.app_hosts()) > 1:
         with step_lines(verbose):
-            outcomes = rollback_hosts(loaded, to, check, wait)
+            outcomes = rollback_hosts(loaded, to, check=check, wait=wait)
         print_outcomes(outcomes, "rollback", "rollback")
         return
     loaded = loaded.app_hosts()[0]

@@ -9,29 +9,23 @@ the new API is stopped, and its last log lines and health answer are printed.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import functools
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 
-import docker
-import docker.errors
-
-from appliance import frontend, notify, procedure, rollout
+from appliance import frontend, notify, procedure
 from appliance import release_commands as commands
 from appliance.bootstrap.system import Noted
 from appliance.bootstrap.tls import certificate_steps
 from appliance.build import LOCK, bundle_commit
 from appliance.config import Config, Settings
-from appliance.errors import ApplianceError, StepFailed
+from appliance.errors import StepFailed
 from appliance.executor import Executor, StepResult
 from appliance.facts import gather_facts
 from appliance.frontend import Shipped
-from appliance.images import LocalImage, images_on_host, local_image, operator_engine
+from appliance.host_release import HostRelease, SwitchTraffic, check_results, run_locked
+from appliance.images import local_id, local_image, operator_engine, other_images, sent_api_image
 from appliance.llm_check import LlmKeysWarning
-from appliance.lock import audit_entry, operator, release_lock
+from appliance.lock import operator
 from appliance.releases import PruneReleases, Release, current_release, manifest, rollback_target
 from appliance.remote import RemoteHost, open_host
 from appliance.render import (
@@ -42,17 +36,11 @@ from appliance.render import (
     release_files,
     stack_api_image,
 )
-from appliance.rollout import HostOutcome, failed_outcome
 from appliance.secrets import Secrets, ensure_generated, load_secrets
 from appliance.stack_steps import MonitoringFiles, ReleaseStack, StackUp
 from appliance.steps import Always, ManagedFile, Step
 from appliance.transport import transport_for, transport_secrets
 from appliance.warm import ApiUp, KeepWarm
-
-
-@dataclass(frozen=True)
-class SwitchTraffic(Always):
-    """The phase after which traffic has moved: a failure before it leaves the previous release serving."""
 
 
 def prepare_steps(
@@ -110,125 +98,6 @@ def switch_steps(release: Release, previous: Release | None, warm: bool = False)
     return steps
 
 
-@dataclass
-class HostRelease:
-    """One host's deploy or rollback, ready to run: its session, executor and steps, applied under the host's
-    deploy lock with an audit line (rollout.HostChange: `inv deploy` and `inv rollback` on several hosts)."""
-
-    remote: RemoteHost
-    executor: Executor
-    command: str
-    release: Release
-    previous: Release | None
-    steps: list[Step]
-    announce: Callable[[Mapping[str, object], str], None]
-    host: str = ""
-    started: float = 0.0
-
-    def lock(self, wait: bool = False) -> None:
-        self.started = time.time()
-        holder = {"who": operator(), "command": self.command, "version": self.release.version, "since": self.started}
-        procedure.take_lock(self.remote, self.release.settings, holder, wait)
-
-    def unlock(self) -> None:
-        self.remote.run(release_lock(self.release.settings))
-
-    def apply(self) -> list[StepResult]:
-        """Apply the steps (the lock held); after a failed gate, take the unhealthy API away and say why; after a
-        failure before traffic moved, the serving release's stack back."""
-        executor, steps, remote, release = self.executor, self.steps, self.remote, self.release
-        results = executor.apply_all(steps)
-        # apply_all stops after the first failure: the results pair with the first steps.
-        applied = list(zip(steps, results, strict=False))
-        failed = next(((step, result) for step, result in applied if result.status == "failed"), None)
-        if failed is not None and isinstance(failed[0], ApiUp):
-            # Traffic never moved: take the unhealthy API away and show why it failed.
-            failed[1].error += "\n" + executor.redact(procedure.remove_failed_api(remote, release))
-        if failed is not None and not self.moved() and self.previous is not None:
-            procedure.restore_stack(remote, self.previous)
-        return results
-
-    def moved(self) -> bool:
-        """Whether traffic moved to the release (its switch step ran)."""
-        applied = zip(self.steps, self.executor.results, strict=False)
-        return any(isinstance(step, SwitchTraffic) and result.status == "changed" for step, result in applied)
-
-    def finish(self, outcome: str) -> None:
-        """The outcome appended to the audit log, the lock released, the outcome announced."""
-        failure = next((result for result in self.executor.results if result.status == "failed"), None)
-        entry = audit_entry(
-            self.command,
-            version=self.release.version,
-            previous=self.previous.version if self.previous else None,
-            result=outcome,
-            seconds=round(time.time() - self.started, 1),
-        )
-        procedure.record_and_unlock(self.remote, self.release.settings, entry)
-        if outcome != "not started":
-            self.announce(entry, f"{failure.step}: {failure.error.splitlines()[0]}" if failure else "")
-
-    def serving(self) -> str:
-        """The release this host serves now."""
-        if self.moved():
-            return self.release.version
-        return self.previous.version if self.previous else "(none)"
-
-    def run(self) -> HostOutcome:
-        """`apply` under the lock already held, then `finish`: rollout.HostChange.run. An error between steps (the
-        SSH session lost) is this host's failure, with the steps it got through."""
-        finished, error = False, ""
-        try:
-            self.apply()
-            finished = True
-        except ApplianceError as exc:
-            error = str(exc)
-        finally:
-            failed = any(result.status == "failed" for result in self.executor.results)
-            self.finish("failed" if failed or error else "ok" if finished else "interrupted")
-        outcome = failed_outcome(self.host, self.executor.results, self.serving())
-        return dataclasses.replace(outcome, status="failed", error=error) if error else outcome
-
-    def skip(self) -> HostOutcome:
-        """The roll stopped before this host: audited as not started, lock released; it keeps its release."""
-        self.finish("not started")
-        return HostOutcome(self.host, "not started", serving=self.serving())
-
-
-def _run_locked(change: HostRelease, wait: bool = False) -> list[StepResult]:
-    """Apply a host's steps under its deploy lock, append the outcome to the audit log, always unlock, announce."""
-    change.lock(wait)
-    finished = False
-    try:
-        results = change.apply()
-        finished = True
-        return results
-    finally:
-        failure = next((result for result in change.executor.results if result.status == "failed"), None)
-        change.finish("failed" if failure else "ok" if finished else "interrupted")
-
-
-def _local_id(engine: docker.DockerClient, ref: str) -> str:
-    """The image's ID in the operator's engine; "" for one only the host has (pulled from a registry)."""
-    try:
-        return str(engine.images.get(ref).id)
-    except docker.errors.ImageNotFound:
-        return ""
-
-
-def sent_api_image(engine: docker.DockerClient, image: str, release_image: str, check: bool) -> LocalImage:
-    """The API image as the host gets it, under the release's name: `image` from the local engine, or, in check
-    mode (which builds nothing), the release's own image still to be built."""
-    if check and image == release_image and not _local_id(engine, image):
-        return LocalImage(release_image, "", 0)  # no ID yet: the host cannot have it
-    found = local_image(engine, image)
-    return LocalImage(release_image, found.image_id, found.size)
-
-
-def other_images(engine: docker.DockerClient, refs: list[str], api: LocalImage) -> tuple[LocalImage, ...]:
-    """A release's images but the API's, as the local engine has them."""
-    return images_on_host(engine, [ref for ref in refs if ref != api.ref]).images
-
-
 def build_pending(ref: str, settings: Settings) -> StepResult:
     """check mode's line for the API image `inv deploy` would build first (nothing on the host runs it)."""
     return StepResult("build API image", "pending", 0.0, [f"build {ref} for {settings.images.platform} ({LOCK})"])
@@ -273,7 +142,7 @@ def _on_host(config: Config, plan: Callable[[RemoteHost], HostRelease], check: b
         change = plan(remote)
         if check:
             return check_results(change)
-        return _run_locked(change, wait)
+        return run_locked(change, wait)
 
 
 def plan_deploy(
@@ -310,7 +179,7 @@ def plan_deploy(
     roles = {"api": release_image, **data_images(settings), "nginx": images.nginx}
     roles |= {f"monitoring-{index}": ref for index, ref in enumerate(monitoring_images(settings))}
     if not check:
-        ids = {role: _local_id(engine, ref) for role, ref in roles.items()}
+        ids = {role: local_id(engine, ref) for role, ref in roles.items()}
         env_file = next(item.content for item in rendered if item.path.endswith("/api.env")).encode()
         body = manifest(version, ids, env_file, bundle_commit(), operator())
         files.append(ManagedFile(f"{release.directory}/manifest.json", body))
@@ -333,11 +202,6 @@ def plan_deploy(
         executor.results.append(build_pending(api.ref, settings))
     announce = functools.partial(procedure.announce, notify.channels_for(settings, secrets), settings, config.env)
     return HostRelease(remote, executor, "deploy", release, previous, steps, announce, settings.hosts[0].label)
-
-
-def check_results(change: HostRelease) -> list[StepResult]:
-    """check mode: what each step would do, nothing locked or changed."""
-    return change.executor.apply_all(change.steps)
 
 
 def plan_rollback(
@@ -372,68 +236,3 @@ def rollback(config: Config, to: str | None = None, check: bool = False, wait: b
     """Serve an earlier release again (default: the one before the current), through the same health gate."""
     secrets = load_secrets(config.secrets_path)
     return _on_host(config, lambda remote: plan_rollback(config, remote, secrets, to, check), check, wait)
-
-
-def deploy_hosts(
-    config: Config,
-    image: str,
-    version: str,
-    check: bool = False,
-    progress: Callable[[str, int, int], None] | None = None,
-    wait: bool = False,
-) -> list[HostOutcome]:
-    """Release `version` on every app host: every host read and its lock taken first, then the canary (the first
-    host, where migrations run) deployed and gated, then the others `deploy.batch` at a time (appliance/rollout.py).
-    A failure stops the roll; the hosts not started keep their release. check mode: each host's plan, no lock."""
-    front = frontend.shipped(config)
-    secrets = deploy_secrets(config)
-    hosts = config.app_hosts()
-    canary = hosts[0].settings.hosts[0].label
-    with contextlib.ExitStack() as opened:
-        changes = []
-        for index, host_config in enumerate(hosts):
-            label = host_config.settings.hosts[0].label
-            remote = opened.enter_context(open_host(host_config))
-            labelled = _labelled_progress(progress, label) if progress else None
-            changes.append(
-                plan_deploy(
-                    host_config, remote, secrets, image, version, check, labelled, front, canary if index else ""
-                )
-            )
-        return _roll(changes, check, config.settings.deploy.batch, wait)
-
-
-def rollback_hosts(config: Config, to: str | None = None, check: bool = False, wait: bool = False) -> list[HostOutcome]:
-    """Every app host back to release `to` (default: the one before the canary's current), canary first, one at a
-    time, through the same gate; a host that already serves it is left as it is."""
-    secrets = load_secrets(config.secrets_path)
-    hosts = config.app_hosts()
-    with contextlib.ExitStack() as opened:
-        remotes = [opened.enter_context(open_host(host_config)) for host_config in hosts]
-        canary = plan_rollback(hosts[0], remotes[0], secrets, to, check)
-        version = canary.release.version
-        changes = [canary] + [
-            plan_rollback(host_config, remote, secrets, version, check, follower=True)
-            for host_config, remote in zip(hosts[1:], remotes[1:], strict=True)
-        ]
-        return _roll(changes, check, 1, wait)
-
-
-def _roll(changes: list[HostRelease], check: bool, batch: int, wait: bool) -> list[HostOutcome]:
-    """Several hosts' changes rolled (rollout.roll); check mode: each host's plan at once, nothing locked."""
-    if check:
-        return rollout.fan_out([(change.host, functools.partial(_checked, change)) for change in changes])
-    return rollout.roll(changes, batch, wait)
-
-
-def _checked(change: HostRelease) -> HostOutcome:
-    return failed_outcome(change.host, check_results(change))
-
-
-def _labelled_progress(progress: Callable[[str, int, int], None], host: str) -> Callable[[str, int, int], None]:
-    """A transfer's progress with the host before each item's name, so two hosts' bars stay apart."""
-
-    def update(name: str, done: int, total: int) -> None:
-        progress(f"{host}: {name}", done, total)
-
-    return update

@@ -142,3 +142,25 @@ class ArchiveTransport:
 
     def prune_steps(self) -> list[Step]:
         return []
+
+
+def local_id(engine: docker.DockerClient, ref: str) -> str:
+    """The image's ID in the operator's engine; "" for one only the host has (pulled from a registry)."""
+    try:
+        return str(engine.images.get(ref).id)
+    except docker.errors.ImageNotFound:
+        return ""
+
+
+def sent_api_image(engine: docker.DockerClient, image: str, release_image: str, check: bool) -> LocalImage:
+    """The API image as the host gets it, under the release's name: `image` from the local engine, or, in check
+    mode (which builds nothing), the release's own image still to be built."""
+    if check and image == release_image and not local_id(engine, image):
+        return LocalImage(release_image, "", 0)  # no ID yet: the host cannot have it
+    found = local_image(engine, image)
+    return LocalImage(release_image, found.image_id, found.size)
+
+
+def other_images(engine: docker.DockerClient, refs: list[str], api: LocalImage) -> tuple[LocalImage, ...]:
+    """A release's images but the API's, as the local engine has them."""
+    return images_on_host(engine, [ref for ref in refs if ref != api.ref]).images

@@ -142,7 +142,7 @@ def _in_threads(jobs: Sequence[tuple[str, Callable[[], HostOutcome]]]) -> tuple[
 
 
 class HostChange(Protocol):
-    """One host's part of a deploy or rollback, ready to run (appliance/deploy.py's HostRelease)."""
+    """One host's part of a deploy or rollback, ready to run (appliance/host_release.py's HostRelease)."""
 
     @property
     def host(self) -> str: ...

@@ -61,7 +61,7 @@ def test_every_path_the_page_names_exists() -> None:
 
 def test_every_module_of_the_layers_picture_exists() -> None:
     entries = layers()
-    assert entries[:2] == ["deploy.py", "procedure.py"] and "host_paths.py" in entries
+    assert entries[:4] == ["fleet.py", "deploy.py", "host_release.py", "procedure.py"] and "host_paths.py" in entries
     missing = [entry for entry in entries if not (PACKAGE / entry.rstrip("/")).exists()]
     assert not missing, f"the layers picture names modules that do not exist: {missing}"
 

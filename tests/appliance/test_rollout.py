@@ -21,9 +21,10 @@ from rich.console import Console
 from appliance.bootstrap.layout import cron_entries
 from appliance.bootstrap.tls import private_ca_certificate
 from appliance.config import Config, load_config
-from appliance.deploy import HostRelease, SwitchTraffic, prepare_steps, required_secrets
+from appliance.deploy import prepare_steps, required_secrets
 from appliance.errors import SshError, StepFailed
 from appliance.executor import Executor, StepResult, watching
+from appliance.host_release import HostRelease, SwitchTraffic
 from appliance.live import StepLines
 from appliance.releases import Release
 from appliance.rollout import (
