@@ -19,7 +19,7 @@ from appliance.bootstrap.tls import certificate_steps
 from appliance.build import LOCK, bundle_commit
 from appliance.config import Config, Settings
 from appliance.errors import StepFailed
-from appliance.executor import Executor, StepResult
+from appliance.executor import Executor, OnProgress, StepResult
 from appliance.facts import gather_facts
 from appliance.frontend import Shipped
 from appliance.host_release import HostRelease, SwitchTraffic, check_results, run_locked
@@ -31,10 +31,9 @@ from appliance.remote import RemoteHost, open_host
 from appliance.render import (
     api_image,
     check_artifact_key,
-    data_images,
-    monitoring_images,
     release_files,
     stack_api_image,
+    stack_images,
 )
 from appliance.secrets import Secrets, ensure_generated, load_secrets
 from appliance.stack_steps import MonitoringFiles, ReleaseStack, StackUp
@@ -124,7 +123,7 @@ def deploy(
     image: str,
     version: str,
     check: bool = False,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: OnProgress | None = None,
     wait: bool = False,
 ) -> list[StepResult]:
     """Put release `version` (API image `image`, already built locally) on the config's host."""
@@ -152,7 +151,7 @@ def plan_deploy(
     image: str,
     version: str,
     check: bool = False,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: OnProgress | None = None,
     front: Shipped | None = None,
     migrated_on: str = "",
 ) -> HostRelease:
@@ -175,9 +174,7 @@ def plan_deploy(
     rendered = release_files(config, secrets, version, True, facts.memory_mb, api.image_id)
     files = [ManagedFile(item.path, item.content.encode(), item.mode) for item in rendered]
     files.append(ManagedFile(f"{release.directory}/slug", f"{release.slug}\n".encode()))
-    images = settings.images
-    roles = {"api": release_image, **data_images(settings), "nginx": images.nginx}
-    roles |= {f"monitoring-{index}": ref for index, ref in enumerate(monitoring_images(settings))}
+    roles = {"api": release_image, **stack_images(config)}  # this host's own: the first alone runs Prometheus
     if not check:
         ids = {role: local_id(engine, ref) for role, ref in roles.items()}
         env_file = next(item.content for item in rendered if item.path.endswith("/api.env")).encode()

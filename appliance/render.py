@@ -293,6 +293,28 @@ def hosts_monitoring(config: Config) -> HostsMonitoring:
     return HostsMonitoring(here.label, False, (), (*allow, first.vpc_address))
 
 
+def monitoring_services(config: Config) -> tuple[str, ...]:
+    """The monitoring services this host's stack runs (none when monitoring is off): the node exporter on every app
+    host; Prometheus, Alertmanager and their relay only on the one that runs Prometheus (hosts_monitoring)."""
+    if not config.settings.monitoring.enabled:
+        return ()
+    central = ("prometheus", "alertmanager", "relay") if hosts_monitoring(config).runs_prometheus else ()
+    return (*central, "node-exporter")
+
+
+def stack_images(config: Config) -> dict[str, str]:
+    """The images this host's stack needs, by service: its data services' (data_images), nginx's, and its monitoring
+    services'. The API's image is the release's; the relay and the LLM stand-in run that one too."""
+    images = config.settings.images
+    monitoring = {
+        "prometheus": images.prometheus,
+        "alertmanager": images.alertmanager,
+        "node-exporter": images.node_exporter,
+    }
+    wanted = {name: monitoring[name] for name in monitoring_services(config) if name in monitoring}
+    return {**data_images(config.settings), "nginx": images.nginx, **wanted}
+
+
 def data_images(settings: Settings) -> dict[str, str]:
     """The data images a host needs, by service: those the stack runs, and postgres's as the dump and drill tool
     of a managed database that the appliance backs up (appliance/backup/dump.py)."""
@@ -343,6 +365,7 @@ def stack_context(
         "redis_url": managed_redis_url(settings, secrets, reveal),
         "data_ca": (DATA_CA_FOLDER, DATA_CA_IN_CONTAINER) if settings.database or settings.redis else None,
         "hosts_monitoring": hosts_monitoring(config),
+        "monitoring_services": monitoring_services(config),
         "metrics_password": _metrics_password(config, secrets, reveal) if hosts_monitoring(config).peers else "",
         "site_ca_in_container": SITE_CA_IN_CONTAINER,
         "tls": settings.tls,
@@ -430,14 +453,6 @@ def metrics_htpasswd(config: Config, secrets: Secrets, reveal: bool) -> str:
     salt = os.urandom(8)
     digest = hashlib.sha1(password.encode() + salt).digest()  # noqa: S324 - the scheme nginx reads
     return f"metrics:{{SSHA}}{base64.b64encode(digest + salt).decode()}\n"
-
-
-def monitoring_images(settings: Settings) -> list[str]:
-    """The images the monitoring profile adds to the stack (none when it is off); the relay uses the API's."""
-    if not settings.monitoring.enabled:
-        return []
-    images = settings.images
-    return [images.prometheus, images.alertmanager, images.node_exporter]
 
 
 def cron_max_gap(schedule: str) -> int:

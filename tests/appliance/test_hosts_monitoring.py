@@ -13,7 +13,7 @@ import yaml
 
 from appliance.config import Config, load_config
 from appliance.errors import ConfigError
-from appliance.render import release_files, write_tree
+from appliance.render import api_image, release_files, stack_images, write_tree
 from appliance.secrets import load_secrets
 from tests.appliance.several_hosts import with_hosts
 from tests.certificates import issue_chain
@@ -83,6 +83,21 @@ def test_another_host_runs_no_prometheus_and_lets_only_the_first_read_its_metric
     )  # fmt: skip
     assert check.returncode == 0, check.stderr
     assert_nginx_accepts(release, tmp_path)
+
+
+def test_each_host_is_sent_the_images_its_stack_runs_and_no_other(pool: Config, tmp_path: Path) -> None:
+    """What a deploy sends a host (stack_images, the release's API image besides) is what its Compose file runs: the
+    first host's Prometheus and Alertmanager stay off the others, which get only the node exporter."""
+    api = api_image(pool.settings, "v1")  # the API's, the relay's and the LLM stand-in's
+    for host in pool.configured_hosts:
+        config = pool.on_host(host)
+        stack = yaml.safe_load((rendered(config, tmp_path / host.label) / "docker-compose.yml").read_text())
+        runs = {service["image"] for service in stack["services"].values()} - {api}
+        assert set(stack_images(config).values()) == runs, host.label
+    images = pool.settings.images
+    second = stack_images(pool.on_host(pool.configured_hosts[1]))
+    assert second["node-exporter"] == images.node_exporter
+    assert {images.prometheus, images.alertmanager}.isdisjoint(second.values()), second
 
 
 def assert_nginx_accepts(release: Path, folder: Path) -> None:
