@@ -6,19 +6,17 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from appliance.errors import ConfigError
 from tests.conftest import free_port
+from tests.http_stub import QuietHandler, serving
 from tests.monitoring.conftest import example_config, rendered_release
 
 PASSWORD = "scrape-me-4f1c2a9e"
@@ -34,22 +32,13 @@ def render_with(tmp_path: Path, allow: str, secrets: str = f"METRICS_PASSWORD={P
 def api() -> Iterator[int]:
     """What the API answers at /metrics, on 127.0.0.1."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
-            body = b"cvm_agents_running 3\n" if self.path == "/metrics" else b"not here\n"
-            self.send_response(200 if self.path == "/metrics" else 404)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            found = self.path == "/metrics"
+            self.reply(200 if found else 404, b"cvm_agents_running 3\n" if found else b"not here\n", "text/plain")
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield int(server.server_address[1])
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as port:
+        yield port
 
 
 @contextmanager

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -15,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from appliance import notify
 from appliance.secrets import MASK, load_secrets
 from tests.conftest import free_port
+from tests.http_stub import QuietHandler, serving
 from tests.monitoring.conftest import example_config, rendered_release
 
 KEY = "3f1e7a2b-robot-key-0001"
@@ -69,7 +68,7 @@ class WecomRobot:
 def robot() -> Iterator[WecomRobot]:
     state = WecomRobot(url="")
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             key = self.path.partition("key=")[2]
@@ -78,22 +77,11 @@ def robot() -> Iterator[WecomRobot]:
                 answer = {"errcode": state.errcode, "errmsg": "ok" if state.errcode == 0 else "invalid"}
             else:
                 answer = {"errcode": 93000, "errmsg": "invalid webhook url"}
-            data = json.dumps(answer).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.reply(200, json.dumps(answer).encode())
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/cgi-bin/webhook/send?key={KEY}"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as port:
+        state.url = f"http://127.0.0.1:{port}/cgi-bin/webhook/send?key={KEY}"
+        yield state
 
 
 @dataclass

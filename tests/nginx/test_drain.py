@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +22,7 @@ from appliance.secrets import load_secrets
 from tests.appliance.several_hosts import with_hosts
 from tests.certificates import issue_chain
 from tests.conftest import example_config, free_port
+from tests.http_stub import QuietHandler, serving
 
 pytestmark = pytest.mark.integration
 
@@ -35,27 +33,17 @@ SLOW_SECONDS = 2.0
 def api() -> Iterator[int]:
     """The API as nginx reaches it: /api/health answers ok, /api/slow after SLOW_SECONDS."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
             if self.path == "/api/slow":
                 time.sleep(SLOW_SECONDS)
-            body = b'{"status":"ok"}' if self.path in ("/api/health", "/api/slow", "/api/me") else b"{}"
-            self.send_response(200 if body != b"{}" else 404)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            known = self.path in ("/api/health", "/api/slow", "/api/me")
+            self.reply(200 if known else 404, b'{"status":"ok"}' if known else b"{}")
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield int(server.server_address[1])
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as port:
+        yield port
 
 
 @dataclass(frozen=True)
