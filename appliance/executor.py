@@ -21,6 +21,7 @@ from appliance.shell import sh
 from appliance.steps import Action, Fact, Forward, Note, Run, Step, Stream, Transfer, Upload, VerifyLogin
 
 Status = Literal["ok", "changed", "pending", "failed"]
+OnProgress = Callable[[str, int, int], None]  # a transfer's progress: the item's name, bytes done, bytes in all
 
 
 class Host(Protocol):
@@ -155,7 +156,7 @@ class Executor:
     redact: Callable[[str], str] = str
     diff: Callable[[str], None] | None = None
     login_check: Callable[[], None] | None = None
-    progress: Callable[[str, int, int], None] | None = None
+    progress: OnProgress | None = None
     results: list[StepResult] = field(default_factory=list, init=False)
 
     def apply(self, step: Step) -> StepResult:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable
 
 from appliance import frontend, rollout
 from appliance.config import Config
 from appliance.deploy import deploy_secrets, plan_deploy, plan_rollback
+from appliance.executor import OnProgress
 from appliance.host_release import HostRelease, check_results
 from appliance.remote import open_host
 from appliance.rollout import HostOutcome, failed_outcome
@@ -23,8 +23,8 @@ def deploy_hosts(
     version: str,
     *,
     check: bool = False,
-    progress: Callable[[str, int, int], None] | None = None,
     wait: bool = False,
+    progress: OnProgress | None = None,
 ) -> list[HostOutcome]:
     """Release `version` on every app host: every host read and its lock taken first, then the canary (the first
     host, where migrations run) deployed and gated, then the others `deploy.batch` at a time (appliance/rollout.py).
@@ -76,7 +76,7 @@ def _checked(change: HostRelease) -> HostOutcome:
     return failed_outcome(change.host, check_results(change))
 
 
-def _labelled_progress(progress: Callable[[str, int, int], None], host: str) -> Callable[[str, int, int], None]:
+def _labelled_progress(progress: OnProgress, host: str) -> OnProgress:
     """A transfer's progress with the host before each item's name, so two hosts' bars stay apart."""
 
     def update(name: str, done: int, total: int) -> None:

@@ -17,7 +17,8 @@ from appliance.steps import Action, Facts, Run
 
 @dataclass(frozen=True)
 class Release:
-    """Where a release lives on the host and how its Compose projects are named."""
+    """Where a release lives on the host (BASE/releases/VERSION) and how its Compose projects are named: the stack's
+    infrastructure as NAME, each release's API as NAME-api-SLUG, so two releases' APIs run side by side."""
 
     settings: Settings
     version: str

@@ -37,6 +37,13 @@ class Run:
 
 
 @dataclass(frozen=True)
+class Note:
+    """Nothing to do, for a reason worth showing (e.g. a setting a container host cannot apply)."""
+
+    why: str
+
+
+@dataclass(frozen=True)
 class Upload:
     """Put a file on the host atomically with this content, mode and owner."""
 
@@ -112,13 +119,6 @@ class Forward:
 
     port: int
     transfer: Transfer
-
-
-@dataclass(frozen=True)
-class Note:
-    """Nothing to do, for a reason worth showing (e.g. a setting a container host cannot apply)."""
-
-    why: str
 
 
 Action = Run | Upload | Stream | Forward | VerifyLogin | Note
@@ -213,12 +213,12 @@ class Directory:
     owner: str = "root"
     group: str = "root"
 
+    def probes(self) -> Mapping[str, str]:
+        return {"stat": _stat_probe(self.path)}
+
     @property
     def name(self) -> str:
         return f"directory {self.path}"
-
-    def probes(self) -> Mapping[str, str]:
-        return {"stat": _stat_probe(self.path)}
 
     def plan(self, facts: Facts) -> list[Action]:
         current = _stat_fields(facts["stat"])
