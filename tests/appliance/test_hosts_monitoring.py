@@ -15,8 +15,8 @@ from appliance.config import Config, load_config
 from appliance.errors import ConfigError
 from appliance.render import api_image, release_files, stack_images, write_tree
 from appliance.secrets import load_secrets
+from tests.appliance import nginx_site
 from tests.appliance.several_hosts import with_hosts
-from tests.certificates import issue_chain
 from tests.conftest import example_config
 
 pytestmark = pytest.mark.unit
@@ -102,26 +102,9 @@ def test_each_host_is_sent_the_images_its_stack_runs_and_no_other(pool: Config, 
 
 def assert_nginx_accepts(release: Path, folder: Path) -> None:
     """Debian's nginx takes the site (the node exporter's name is looked up only when asked)."""
-    chain = issue_chain("agents.example.com")
-    (folder / "fullchain.pem").write_text(chain.bundle)
-    (folder / "privkey.pem").write_text(chain.key)
-    upstream = (release / "nginx/upstream.inc").read_text().replace("api-v1:8000", "127.0.0.1:8000")
-    (folder / "upstream.inc").write_text(upstream)
     shutil.copy(release / "nginx/metrics.htpasswd", folder / "metrics.htpasswd")
-    site = (
-        (release / "nginx/appliance.conf").read_text()
-        .replace("/etc/nginx/conf.d/", f"{folder}/")
-        .replace("/etc/appliance/certs/", f"{folder}/")
-    )  # fmt: skip
-    (folder / "appliance.conf").write_text(site)
-    (folder / "nginx.conf").write_text(
-        f"pid {folder}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
-        f"http {{\n  include /etc/nginx/mime.types;\n  include {folder}/appliance.conf;\n}}\n"
-    )
-    check = subprocess.run(
-        ["nginx", "-t", "-q", "-p", str(folder), "-c", str(folder / "nginx.conf")], capture_output=True, text=True
-    )
-    assert check.returncode == 0, check.stderr
+    site, upstream = ((release / "nginx" / name).read_text() for name in ("appliance.conf", "upstream.inc"))
+    nginx_site.assert_nginx_accepts(folder, site, upstream, "agents.example.com")
 
 
 def test_a_self_signed_pool_checks_the_others_against_the_private_ca(pool: Config, tmp_path: Path) -> None:

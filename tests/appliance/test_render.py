@@ -17,6 +17,7 @@ from appliance.render import api_image, check_artifact_key, release_files, relea
 from appliance.secrets import MASK, load_secrets
 from service.settings import load_settings
 from service.storage import cos_config
+from tests.appliance.nginx_site import assert_nginx_accepts
 from tests.conftest import REPO, example_config
 
 
@@ -243,30 +244,11 @@ FRONTENDS = ("", 'dist = "ui"\n', 'dist = "ui"\npath = "/app/"\ncdn_origin = "ht
 @pytest.mark.parametrize("frontend", FRONTENDS)
 def test_rendered_site_passes_nginx_t(example: Config, tmp_path: Path, frontend: str) -> None:
     """Debian's nginx accepts the site as rendered (the deploy checks it again in the nginx image)."""
-    from tests.certificates import issue_chain
-
     if frontend:
         example.path.write_text(example.path.read_text().replace('source = "console"\n', frontend, 1))
         example = load_config(example.path)
     secrets = load_secrets(example.secrets_path, {})
     files = {Path(item.path).name: item.content for item in release_files(example, secrets, "v1", reveal=True)}
-    chain = issue_chain(example.settings.domain)
-    (tmp_path / "fullchain.pem").write_text(chain.bundle)
-    (tmp_path / "privkey.pem").write_text(chain.key)
-    (tmp_path / "upstream.inc").write_text(files["upstream.inc"].replace("api-v1:8000", "127.0.0.1:8000"))
-    site = (
-        files["appliance.conf"]
-        .replace("/etc/nginx/conf.d/", f"{tmp_path}/")
-        .replace("/etc/appliance/certs/", f"{tmp_path}/")
-    )
-    (tmp_path / "appliance.conf").write_text(site)
-    (tmp_path / "nginx.conf").write_text(
-        f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
-        f"http {{\n  include /etc/nginx/mime.types;\n  include {tmp_path}/appliance.conf;\n}}\n"
-    )
-    check = subprocess.run(
-        ["nginx", "-t", "-q", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True
-    )
-    assert check.returncode == 0, check.stderr
+    site = assert_nginx_accepts(tmp_path, files["appliance.conf"], files["upstream.inc"], example.settings.domain)
     policy = next(line for line in site.splitlines() if "Content-Security-Policy" in line)
     assert ("static.example.com" in policy) == ("cdn_origin" in frontend)
