@@ -1,3 +1,6 @@
+-- The first schema. Applied once per database: service/migrate.py records its version, never its text, so an edit
+-- here reaches only new databases and must leave the schema it makes exactly as it was.
+
 CREATE TABLE users (
     id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     email text NOT NULL UNIQUE,
@@ -58,8 +61,8 @@ CREATE TABLE token_usage (
     cache_hit_tokens int NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX token_usage_user_idx ON token_usage (user_id);
 
+-- Uploads' metadata: the bytes live in the artifact store (a local folder, or COS with several hosts).
 CREATE TABLE files (
     id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     user_id uuid NOT NULL REFERENCES users(id) ON DELETE CASCADE,
@@ -69,3 +72,4 @@ CREATE TABLE files (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX files_user_idx ON files (user_id, created_at DESC);
+CREATE INDEX token_usage_user_idx ON token_usage (user_id);
