@@ -114,6 +114,16 @@ def unified_diff(path: str, old: str | None, new: str) -> str:
     return "".join(lines)
 
 
+def failure_reason(stdout: str, stderr: str, exit_code: int) -> str:
+    """A failed command's reason: the last line of its error output (else of its output), else its exit status.
+    Compose v1's `run` logs the one-off container's exit status as a line of its own after the container's output
+    (`1`): a line that says only the status is not the reason, the one before it is (a migration's, say)."""
+    lines = (stderr.strip() or stdout.strip()).splitlines()
+    if len(lines) > 1 and lines[-1].strip() == str(exit_code):
+        lines.pop()
+    return lines[-1] if lines else f"exit {exit_code}"
+
+
 def probe_script(probes: Mapping[str, str]) -> str:
     """One command that runs every probe and prints, per probe, base64(output + exit status) on a line."""
     parts = []
@@ -210,8 +220,7 @@ class Executor:
             outcome = self.host.upload(action.path, action.content, action.mode, action.owner, action.group)
         if outcome.exit_code == 0:
             return ""
-        reason = outcome.stderr.strip() or outcome.stdout.strip() or f"exit {outcome.exit_code}"
-        return reason.splitlines()[-1]
+        return failure_reason(outcome.stdout, outcome.stderr, outcome.exit_code)
 
     def _progress_of(self, action: Stream) -> Callable[[int], None]:
         report, total = self.progress, action.source.size

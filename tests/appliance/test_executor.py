@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import ApplianceError
-from appliance.executor import Executor
+from appliance.executor import Executor, failure_reason
 from appliance.report import summary_table
 from appliance.steps import Action, Directory, Facts, Forward, ManagedFile, Step, Stream, Transfer, TunnelEnd
 
@@ -90,6 +90,17 @@ def test_failed_command_error_is_redacted(tmp_path: Path) -> None:
     results = Executor(LocalHost(), redact=lambda text: text.replace("sk-123456", "******")).apply_all([step])
     assert results[0].status == "failed"
     assert "sk-123456" not in results[0].error and "******" in results[0].error
+
+
+def test_a_failure_reads_as_its_last_line_not_a_status_echoed_after_it() -> None:
+    """Compose v1's `run` logs the one-off container's exit status after the container's output
+    (tests/appliance/test_one_off_reason.py runs the real one)."""
+    why = "the database refused the password: set DATABASE_PASSWORD"
+    assert failure_reason("", f"Creating agents-api-v2_api_run ... done\n{why}\n3\n", 3) == why
+    assert failure_reason("applied migrations: []\n", "", 1) == "applied migrations: []"
+    assert failure_reason("", "3\n", 3) == "3"  # nothing else said: the status is all there is
+    assert failure_reason("", "", 4) == "exit 4"
+    assert failure_reason("", "unknown flag: --x\n2\n", 1) == "2"  # a line that is not the status is kept
 
 
 @dataclass(frozen=True)

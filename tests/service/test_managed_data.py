@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from appliance.config import load_config
+from service.data_targets import database_target
 from service.db import DATABASE_ERRORS, create_pool
 from service.main import create_app
 from service.migrate import apply_migrations
@@ -141,20 +142,60 @@ def test_the_app_role_has_no_ddl(servers: TlsServers) -> None:
     asyncio.run(check())
 
 
+def migrate(**env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m service.migrate` as the deploy's one-off container runs it, with `env` (DATABASE_URL, ...)."""
+    command = [sys.executable, "-m", "service.migrate"]
+    return subprocess.run(command, env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
 def test_migrations_run_as_the_migration_role_when_given_one(servers: TlsServers) -> None:
-    """`python -m service.migrate` as the deploy runs it: the app role alone may not touch the schema; with
-    MIGRATION_DATABASE_URL (the release's migration.url) the migration role does."""
+    """The app role alone may not touch the schema; with MIGRATION_DATABASE_URL (the release's migration.url) the
+    migration role does."""
     app = database_url(servers, "appliance_app", APP_PASSWORD)
-
-    def run(**env: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "service.migrate"]
-        return subprocess.run(command, env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True, timeout=60)
-
-    as_app = run(DATABASE_URL=app)
+    as_app = migrate(DATABASE_URL=app)
     assert as_app.returncode != 0 and "permission denied for schema public" in as_app.stderr
-    as_migrator = run(DATABASE_URL=app, MIGRATION_DATABASE_URL=database_url(servers, "appliance_migrator"))
+    as_migrator = migrate(DATABASE_URL=app, MIGRATION_DATABASE_URL=database_url(servers, "appliance_migrator"))
     assert as_migrator.returncode == 0, as_migrator.stderr
     assert "applied migrations: none (schema up to date)" in as_migrator.stdout
+
+
+@pytest.mark.parametrize(
+    ("case", "starts", "ends"),
+    [
+        ("wrong-ca", "the database's certificate did not verify against database.ca_file, {where}: ",
+         ": set ca_file to the CA that signed it (the instance's SSL page in the console)"),
+        ("another-name", "the database's certificate does not name the address connected to, {where}",
+         "not valid for '127.0.0.1': set database.host to the address its certificate is issued for"),
+        ("plaintext-server", "the database speaks no TLS, {where}: it refused the SSL upgrade",
+         "plaintext is never tried"),
+        ("app-password", "the database refused the password, {where}: password authentication failed",
+         ": set DATABASE_PASSWORD in secrets.env to database.user's password"),
+        ("migration-password", "the database refused the password, {where}: password authentication failed",
+         ": set DATABASE_MIGRATION_PASSWORD in secrets.env to database.migration_user's password"),
+    ],
+)  # fmt: skip
+def test_migrations_that_cannot_get_in_say_why_in_one_line(
+    servers: TlsServers, case: str, starts: str, ends: str
+) -> None:
+    """A wrong CA, a certificate for another name, a server without TLS, a wrong password: the entry point's stderr
+    is one line (what the deploy's migrations step shows), naming the cause and what to set; never a traceback."""
+    app = database_url(servers, "appliance_app", APP_PASSWORD)
+    env = {
+        "wrong-ca": {"MIGRATION_DATABASE_URL": database_url(servers, sslrootcert=str(servers.wrong_ca_file))},
+        "another-name": {"DATABASE_URL": database_url(servers, address=f"127.0.0.1:{servers.pg_port}")},
+        "plaintext-server": {"DATABASE_URL": f"{TEST_DATABASE_URL}?sslmode=verify-full&sslrootcert={servers.ca_file}"},
+        "app-password": {"DATABASE_URL": database_url(servers, "appliance_app", "not-the-password")},
+        "migration-password": {
+            "DATABASE_URL": app,
+            "MIGRATION_DATABASE_URL": database_url(servers, "appliance_migrator", "not-the-password"),
+        },
+    }[case]
+    refused = migrate(**env)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    line = refused.stderr.strip()
+    where = f"{database_target(env.get('MIGRATION_DATABASE_URL') or env['DATABASE_URL']).address} (tls verify-full)"
+    assert "\n" not in line and line.startswith(starts.format(where=where)), line
+    assert line.endswith(ends) and PASSWORD not in line and APP_PASSWORD not in line, line
 
 
 def test_health_says_what_it_reached_over_verified_tls(

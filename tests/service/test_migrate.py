@@ -61,5 +61,5 @@ def test_cli_with_a_refused_password_says_which_secret_differs(empty_database: s
     env = {**os.environ, "DATABASE_URL": wrong}
     result = subprocess.run([PYTHON, "-m", "service.migrate"], cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("migrations: the database refused the password")
+    assert result.stderr.strip().splitlines()[-1].startswith("the database refused the password")
     assert "POSTGRES_PASSWORD in secrets.env" in result.stderr
