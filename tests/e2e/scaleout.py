@@ -36,8 +36,10 @@ ARTIFACT_BUCKET = "scaleout-1250000000"
 ARTIFACT_SECRET_ID = "AKIDsandboxscaleout"
 ARTIFACT_SECRET_KEY = "sandbox-scaleout-secret"
 METRICS_PASSWORD = "scale-out-metrics"  # what the first host's Prometheus reads the second's /metrics with
-# haproxy's health check, as a CLB would be set (docs/scaling.md, Step 3): every second, 2 down, 2 up.
-CHECK_INTERVAL_MS, FALL, RISE = 1000, 2, 2
+# haproxy's health check, as a CLB would be set (docs/scaling.md, Step 3): every second, 2 down, 2 up; a check
+# unanswered for 3 s fails.
+CHECK_INTERVAL_MS, FALL, RISE, CHECK_TIMEOUT_MS = 1000, 2, 2, 3000
+POLL_SECONDS = 0.2  # how often the rig's waits read a state again (haproxy's servers, the discussions' leases)
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class Balancer:
         started = time.monotonic()
         while (seen := self.states().get(server)) != status:
             assert time.monotonic() - started < seconds, f"haproxy: {server} is {seen}, not {status}: {self.states()}"
-            time.sleep(0.2)
+            time.sleep(POLL_SECONDS)
         return time.monotonic() - started
 
 
@@ -76,7 +78,7 @@ def haproxy_config(port: int, admin: Path, backends: dict[str, int]) -> str:
     return (
         f"global\n    stats socket {admin} mode 600 level admin\n"
         "defaults\n    mode tcp\n    timeout connect 3s\n    timeout client 1h\n    timeout server 1h\n"
-        "    timeout check 3s\n    retries 2\n    option redispatch\n"
+        f"    timeout check {CHECK_TIMEOUT_MS}ms\n    retries 2\n    option redispatch\n"
         f"frontend site\n    bind 127.0.0.1:{port}\n    default_backend hosts\n"
         "backend hosts\n    balance roundrobin\n    option httpchk\n"
         "    http-check send meth GET uri /api/health ver HTTP/1.1 hdr Host 127.0.0.1\n"

@@ -1,18 +1,20 @@
 """Several app hosts behind a load balancer (#19's acceptance), on one shared rig (tests/e2e/scaleout.py): two sandbox
 CVMs, TLS-only PostgreSQL and Redis standing in for TencentDB, haproxy standing in for the CLB.
 
-The tests run in this order on the one rig: what only reads it first, the host stopped for good last."""
+The tests run in this order on the one rig (pytest-xdist keeps a module on one worker, tests/conftest.py): what only
+reads it first, then the abrupt stop of b (started again at its end), the host stopped for good (a) last. The two that
+stop a host first check that both serve: what an earlier failure left is then said, not guessed at."""
 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,15 +24,16 @@ import redis.asyncio
 
 from service.agents.slots import AgentSlots
 from tests.conftest import SandboxFactory, inv
-from tests.e2e.scaleout import ScaleOut, scale_out
+from tests.e2e.scaleout import CHECK_INTERVAL_MS, CHECK_TIMEOUT_MS, FALL, POLL_SECONDS, ScaleOut, scale_out
 from tests.e2e.traffic import Followed, Site, follow_discussion, steady_load
-from tests.service.tls_servers import PASSWORD
+from tests.service.tls_servers import PASSWORD, PG_BIN
 
 # The rig's set-up (two hosts bootstrapped and deployed) counts towards its first test's time.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 # The service's defaults, as the rig's api.env leaves them: the agent cap and the Redis key prefix.
 AGENT_CAP, REDIS_PREFIX = 10, "cvm:"
+AFTER_DOWN = 10  # seconds of load through haproxy that the abrupt stop runs on after haproxy marked the host DOWN
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +74,58 @@ def status(site: Site, user: dict[str, str], discussion: str) -> str:
         return str(client.get(f"/api/discussions/{discussion}", headers=user).json()["status"])
 
 
+def both_serving(rig: ScaleOut, seconds: float = 180) -> None:
+    """Both hosts UP in haproxy and serving v1: what the tests that stop a host start from (and the abrupt stop's
+    restart of b ends with)."""
+    for name in rig.boxes:
+        rig.lb.wait_for(name, "UP", seconds)
+    assert serving(rig) == {"a": "v1", "b": "v1"}
+
+
+def assert_whole(discussion: str, events: list[dict[str, Any]]) -> None:
+    """A discussion's events from the first: every seq once and in order, each of its 3 turns' messages completed
+    once, and its end `completed`."""
+    assert [event["seq"] for event in events] == list(range(1, len(events) + 1)), (discussion, events[-3:])
+    completed = [e["message"]["turn_index"] for e in events if e["type"] == "message_completed"]
+    assert sorted(completed) == sorted(set(completed)) and len(completed) == 3, (discussion, completed)
+    assert events[-1]["status"] == "completed", (discussion, events[-1])
+
+
+def lease_seconds(rig: ScaleOut) -> float:
+    """The discussion lease the hosts' API runs with (service/settings.py), as host a's API reads its settings."""
+    script = "from service.settings import load_settings; print(load_settings().discussion_lease_seconds)"
+    with rig.host("a") as host:
+        api = host.run("docker ps -q --filter label=com.docker.compose.service=api").stdout.split()[0]
+        read = host.run(f"docker exec {api} python3 -c {shlex.quote(script)}")
+    assert read.exit_code == 0, read.stdout + read.stderr
+    return float(read.stdout)
+
+
+def hostnames(rig: ScaleOut, box: str) -> set[str]:
+    """The host's containers' hostnames (Docker's: the id's first 12 digits), which start its workers' ids."""
+    with rig.host(box) as host:
+        return {line[:12] for line in host.run("docker ps -q --no-trunc").stdout.split()}
+
+
+def psql(rig: ScaleOut, tls: str, query: str) -> subprocess.CompletedProcess[str]:
+    """`query` in the managed PostgreSQL as its superuser, over a connection with libpq's `tls` settings; rows as
+    lines of space-separated fields."""
+    dsn = f"host={rig.gateway} port={rig.data.pg_port} user=postgres dbname=postgres sslrootcert={rig.data.ca_file}"
+    return subprocess.run(
+        [str(PG_BIN / "psql"), f"{dsn} {tls}", "-AtF", " ", "-c", query],
+        capture_output=True, text=True, env={"PGPASSWORD": PASSWORD}, timeout=30,
+    )  # fmt: skip
+
+
+def lease_hosts(rig: ScaleOut, discussions: list[str]) -> dict[str, str]:
+    """Each discussion's lease owner's hostname (a worker id is HOSTNAME:PID:NONCE; none once it finished), read from
+    the managed PostgreSQL as the workers read it."""
+    read = psql(rig, "sslmode=verify-full", "SELECT id, coalesce(lease_owner, '') FROM discussions")  # a few rows
+    assert read.returncode == 0, read.stderr
+    rows = dict(line.partition(" ")[::2] for line in read.stdout.splitlines())
+    return {discussion: rows[discussion].split(":")[0] for discussion in discussions}
+
+
 def test_both_hosts_bootstrap_in_one_command(rig: ScaleOut) -> None:
     for name in rig.boxes:
         with rig.host(name) as host:
@@ -104,12 +159,7 @@ def test_one_prometheus_on_the_first_host_scrapes_the_second_over_the_vpc(rig: S
 
 
 def test_the_data_services_refuse_plaintext_and_each_host_verifies_their_tls(rig: ScaleOut) -> None:
-    psql = next(Path("/usr/lib/postgresql").glob("*/bin/psql"))
-    plain = subprocess.run(
-        [str(psql), f"host={rig.gateway} port={rig.data.pg_port} user=postgres dbname=postgres sslmode=disable",
-         "-c", "SELECT 1"],
-        capture_output=True, text=True, env={"PGPASSWORD": PASSWORD}, timeout=30,
-    )  # fmt: skip
+    plain = psql(rig, "sslmode=disable", "SELECT 1")
     assert plain.returncode != 0 and "no encryption" in plain.stderr, plain.stderr
     with pytest.raises(redis.ConnectionError):
         redis.Redis(host=rig.gateway, port=rig.data.redis_port, password=PASSWORD, socket_timeout=3).ping()
@@ -198,15 +248,76 @@ def test_rolling_deploy_and_rollback_under_load_through_the_balancer(rig: ScaleO
         rig.site.stop_discussion(user, discussion)
         followed.result(timeout=120)
     assert load.total > 50 * 10, load.outcomes
-    assert load.failed == 0, (load.outcomes, load.errors[:5])
+    assert load.failed == 0, (load.outcomes, load.errors[:5], load.failures[:20])
     assert [event["seq"] for event in stream.events] == list(range(1, len(stream.events) + 1)), str(stream)
     assert stream.events[-1]["status"] == "stopped"
     print(f"roll: load {dict(load.outcomes)}; follower {stream}\n{run.stdout[-2500:]}\n{back.stdout[-1500:]}")
 
 
+def test_an_abrupt_stop_fails_requests_only_until_haproxy_sees_it_and_the_other_host_takes_its_discussions(
+    rig: ScaleOut,
+) -> None:
+    """Discussions started on host b, steady load through haproxy, then b's sandbox is killed (`docker kill`: a power
+    cut, no drain, no shutdown). Requests fail only from the kill until haproxy marks b DOWN (interval x fall), none
+    after; once b's leases expire, a's reaper takes each discussion over and completes it with each turn's message
+    once. Expects both hosts UP and serving v1 (checked first); whatever happens, b is started again, and its systemd
+    brings its Docker and the stack back: it serves v1 again, UP in haproxy, for the drain test after."""
+    both_serving(rig)
+    lease, on_a, on_b = lease_seconds(rig), hostnames(rig, "a"), hostnames(rig, "b")
+    user = rig.site.new_user()
+    discussions = [
+        rig.direct["b"].create_discussion(user, f"Cut {i} [[fake:delay=0.05,words=200]]", ["bull", "bear"])
+        for i in range(3)
+    ]
+    box = rig.boxes["b"].name
+    try:
+        with steady_load(rig.site, ["/api/roles", "/"], per_second=30) as load:
+            time.sleep(2)
+            assert set(lease_hosts(rig, discussions).values()) <= on_b, (lease_hosts(rig, discussions), on_b)
+            killed = time.monotonic()
+            subprocess.run(["docker", "kill", box], check=True, capture_output=True, timeout=60)
+            rig.lb.wait_for("b", "DOWN")
+            down = time.monotonic()
+            taken: dict[str, float] = {}  # seconds from the kill until a worker on a held the discussion's lease
+            # The load goes on through the take-over, and for AFTER_DOWN seconds at least: failures after DOWN show.
+            while time.monotonic() - killed < 3 * lease and (
+                len(taken) < len(discussions) or time.monotonic() < down + AFTER_DOWN
+            ):
+                for discussion, owner in lease_hosts(rig, discussions).items():
+                    if owner in on_a:
+                        taken.setdefault(discussion, time.monotonic() - killed)
+                time.sleep(POLL_SECONDS)
+        detected = down - killed
+        # haproxy checks every interval; each check fails at once (the port refuses) or within its timeout.
+        assert detected <= FALL * (CHECK_INTERVAL_MS + CHECK_TIMEOUT_MS) / 1000 + 1, detected
+        window = [(path, outcome, sent - killed, ended - killed) for path, outcome, sent, ended in load.failures]
+        # Failed: only requests answered after the kill, and none sent after haproxy saw b DOWN (its state read every
+        # POLL_SECONDS) while the load went on through the take-over.
+        assert all(ended >= 0 and sent <= detected + POLL_SECONDS + 0.5 for _, _, sent, ended in window), window
+        # The owner renews every lease/3, so its lease runs out at most `lease` after the kill; a's reapers pass every
+        # lease/2 (service/agents/orchestration.py): every discussion taken over within 1.5 x the lease.
+        assert sorted(taken) == sorted(discussions), (taken, lease_hosts(rig, discussions))
+        assert max(taken.values()) <= 1.5 * lease + 2, (taken, lease)
+        ends = [finished(rig.direct["a"], user, discussion, 180)["status"] for discussion in discussions]
+        assert ends == ["completed"] * 3, ends
+        for discussion in discussions:
+            assert_whole(discussion, rig.site.read_to_end(user, discussion, timeout=30))  # from a, the only one UP
+    finally:
+        subprocess.run(["docker", "start", box], capture_output=True, timeout=120)
+    both_serving(rig)
+    when = [f"{path} {outcome} {sent:.2f}-{ended:.2f}" for path, outcome, sent, ended in window]
+    print(
+        f"abrupt stop: haproxy saw b DOWN {detected:.1f}s after the kill; {load.failed} of {load.total} requests"
+        f" failed ({dict(load.outcomes)}; each path, outcome, sent-ended s after the kill: {when});"
+        f" taken over after {sorted(round(t, 1) for t in taken.values())}s (lease {lease:.0f}s)"
+    )
+
+
 def test_drain_then_stop_a_host_drops_nothing_and_its_discussions_finish_on_the_other(rig: ScaleOut) -> None:
     """Discussions started on host a; a drained, haproxy stops sending it requests, then a is powered off: every
-    request through haproxy answers, and each discussion completes on b with each turn's message exactly once."""
+    request through haproxy answers, and each discussion completes on b with each turn's message exactly once.
+    Expects both hosts UP and serving v1 (checked first); leaves a off for good."""
+    both_serving(rig)
     user = rig.site.new_user()
     discussions = [
         rig.direct["a"].create_discussion(user, f"Drain {i} [[fake:delay=0.05,words=400]]", ["bull", "bear"])
@@ -233,10 +344,7 @@ def test_drain_then_stop_a_host_drops_nothing_and_its_discussions_finish_on_the_
         ends = [follower.result(timeout=300) for follower in followers]
     assert load.failed == 0, (load.outcomes, load.errors[:5])
     for discussion, stream in zip(discussions, ends, strict=True):
-        assert [event["seq"] for event in stream.events] == list(range(1, len(stream.events) + 1)), str(stream)
-        completed = [e["message"]["turn_index"] for e in stream.events if e["type"] == "message_completed"]
-        assert sorted(completed) == sorted(set(completed)) and len(completed) == 3, (discussion, completed)
-        assert stream.events[-1]["status"] == "completed", str(stream)
+        assert_whole(discussion, stream.events)
     assert [status(rig.direct["b"], user, discussion) for discussion in discussions] == ["completed"] * 3
     followed = "; ".join(str(stream) for stream in ends)
     print(f"drain: haproxy saw a DOWN {detected:.1f}s after the drain; load {dict(load.outcomes)}; {followed}")

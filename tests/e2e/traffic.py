@@ -180,12 +180,19 @@ def follow_discussion(
     raise AssertionError(f"discussion {discussion} did not finish within {limit_seconds}s: {followed.closes}")
 
 
+def failing(outcome: str) -> bool:
+    """A request that got no HTTP answer or an answer of 500 or more."""
+    return not outcome.isdigit() or int(outcome) >= 500
+
+
 @dataclass
 class LoadReport:
     """What a steady load saw: one outcome per request ('200', '502', 'ConnectError', ...)."""
 
     outcomes: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    # Each failed request's path, outcome and (sent, ended) on time.monotonic(): what failed when in an outage.
+    failures: list[tuple[str, str, float, float]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -193,8 +200,7 @@ class LoadReport:
 
     @property
     def failed(self) -> int:
-        """Requests with no HTTP answer or an answer of 500 or more."""
-        return sum(n for outcome, n in self.outcomes.items() if not outcome.isdigit() or int(outcome) >= 500)
+        return sum(n for outcome, n in self.outcomes.items() if failing(outcome))
 
 
 @contextmanager
@@ -210,6 +216,7 @@ def steady_load(site: Site, paths: list[str], per_second: int, limit_seconds: fl
     context = site.tls()
 
     def one(path: str) -> None:
+        sent = time.monotonic()
         try:
             with httpx.Client(base_url=site.origin, verify=context, timeout=10) as client:
                 outcome = str(client.get(path, headers={"Connection": "close"}).status_code)
@@ -219,6 +226,8 @@ def steady_load(site: Site, paths: list[str], per_second: int, limit_seconds: fl
                 report.errors.append(f"{path}: {error!r}")
         with lock:
             report.outcomes[outcome] += 1
+            if failing(outcome):
+                report.failures.append((path, outcome, sent, time.monotonic()))
 
     def schedule(pool: ThreadPoolExecutor) -> None:
         started = time.monotonic()
