@@ -7,9 +7,14 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -116,3 +121,39 @@ def test_service_boots_while_postgres_is_down_and_recovers(
         assert service.proc.poll() is None
     finally:
         stop_process(service.proc, timeout=40)
+
+
+def test_a_burst_of_health_checks_shares_one_probe_per_worker(
+    throwaway_pg: ThrowawayPostgres, pg_service: Service
+) -> None:
+    """60 checks at once: every one answers 200, and the workers open no new database connection for them (each
+    its own probe opened up to the pool's 10 per worker)."""
+    assert all(health(pg_service).status_code == 200 for _ in range(4))  # each worker's pool has its connection
+    started: datetime = asyncio.run(_fetchval(throwaway_pg.url, "SELECT now()"))
+    start = threading.Barrier(60)
+
+    def check(_: int) -> int:
+        with httpx.Client(base_url=pg_service.url, timeout=30) as client:
+            start.wait()
+            return client.get("/api/health").status_code
+
+    with ThreadPoolExecutor(60) as pool:
+        codes = list(pool.map(check, range(60)))
+    opened = asyncio.run(_fetchval(throwaway_pg.url, NEW_CLIENTS, started))
+    assert codes == [200] * 60, codes
+    assert opened <= 1, f"{opened} database connections opened for 60 health checks"
+
+
+# Client connections opened since $1 (the asking one aside).
+NEW_CLIENTS = (
+    "SELECT count(*) FROM pg_stat_activity"
+    " WHERE backend_type = 'client backend' AND backend_start > $1 AND pid <> pg_backend_pid()"
+)
+
+
+async def _fetchval(url: str, query: str, *args: object) -> Any:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(query, *args)
+    finally:
+        await conn.close()

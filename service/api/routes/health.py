@@ -98,9 +98,25 @@ async def _redis(res: Resources) -> tuple[dict[str, Any], bool]:
 
 
 @router.get("/api/health")
-async def health(res: Res) -> JSONResponse:
+async def health(request: Request, res: Res) -> JSONResponse:
     """200 while PostgreSQL answers, 503 otherwise, or when TLS to Redis fails (a wrong CA, a plaintext server:
-    never a silent downgrade); other Redis trouble degrades but does not fail it. `reason` is one line."""
+    never a silent downgrade); other Redis trouble degrades but does not fail it. `reason` is one line.
+
+    One probe in flight per worker: a request that arrives while one runs gets that probe's answer. A burst (a CLB's
+    several checkers, a load test, the first requests after a deploy's switch) so costs the worker one pooled
+    connection and one query, not one each: each its own probe, a burst opened up to the pool's 10 connections at
+    once, and on a starved CPU (the scale-out rig at load 13-21) answers took 2.5-7 s, past the probe's 2 s, and
+    were 503s with the database up."""
+    state = request.app.state
+    running: asyncio.Task[tuple[dict[str, Any], int]] | None = getattr(state, "health_probe", None)
+    if running is None or running.done():
+        running = state.health_probe = asyncio.create_task(_answer(res))
+    body, status_code = await asyncio.shield(running)  # a client that leaves does not cancel the others' answer
+    return JSONResponse(body, status_code=status_code)
+
+
+async def _answer(res: Resources) -> tuple[dict[str, Any], int]:
+    """The health answer and its status code."""
     database, (redis, redis_tls_failed) = await asyncio.gather(_database(res), _redis(res))
     ok = database["connected"] and not redis_tls_failed
     body: dict[str, Any] = {
@@ -112,7 +128,7 @@ async def health(res: Res) -> JSONResponse:
     if not ok:
         failed, name = (database, "database") if not database["connected"] else (redis, "redis")
         body["reason"] = f"{name} {failed['target']} (tls {failed['tls']}): {failed['error']}"
-    return JSONResponse(body, status_code=200 if ok else 503)
+    return body, 200 if ok else 503
 
 
 @router.get("/metrics", include_in_schema=False)
